@@ -1,1 +1,29 @@
-//! gregor
+//! # gregor
+//!
+//! Samza-style key-value state stores and a stateful stream-processing runtime.
+//!
+//! A stream job is split into **tasks**, one per input partition. Each task owns named
+//! **stores** — RocksDB on disk or in memory — that are fast like local memory and survive
+//! crashes like a database: every write is also appended to the store's **changelog**, state
+//! is **restored** from it after a crash, and **checkpoints** tie input offsets to state so
+//! each input message changes the state exactly once.
+//!
+//! Where things live:
+//!
+//! - [`store`]: the key-value contract ([`store::KeyValueStore`]), engines (RocksDB, memory)
+//!   and layers (typed, metered, cached, logged).
+//! - [`serde`]: key and value serdes named in config.
+//! - [`log`]: the embedded partitioned log (segment files with CRC32C-framed records).
+//! - [`partitioner`]: Kafka's murmur2 partitioner.
+//! - [`statedir`]: the state directory layout and its lock.
+//! - [`config`]: flat Samza-style config read from TOML.
+//! - [`checked_file`], [`fsutil`]: atomic, checksummed small files.
+
+pub mod checked_file;
+pub mod config;
+pub mod fsutil;
+pub mod log;
+pub mod partitioner;
+pub mod serde;
+pub mod statedir;
+pub mod store;

@@ -1,0 +1,215 @@
+//! Key-value stores: the bytes-level contract every engine and layer implements, and the
+//! layers themselves.
+//!
+//! A store is a stack assembled from config (see [`crate::store::stack`]), top to bottom:
+//!
+//! ```text
+//! Store<K, V>   typed facade (serdes)                       typed.rs
+//!  └ Metered    counters + latency histograms               metered.rs
+//!     └ Cached  write-back LRU with a dirty list             cached.rs
+//!        └ Logged  one changelog record per put/delete      logged.rs
+//!           └ Engine  RocksDB | Memory                      rocks.rs, memory.rs
+//! ```
+//!
+//! Every layer implements [`KeyValueStore`]; engines also implement [`Engine`], which
+//! restore and the logged layer use to write batches together with the changelog offset
+//! they bring the engine to.
+
+pub mod cached;
+pub mod config;
+mod error;
+pub mod limits;
+pub mod memory;
+pub mod metered;
+pub mod rocks;
+pub mod stack;
+pub mod typed;
+
+pub use error::{Result, StoreError};
+pub use limits::Limits;
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An iterator over entries in ascending unsigned-byte key order. It borrows the store
+/// (or snapshot) it came from, so it cannot outlive it.
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// One write: a put (`value: Some`) or a delete (`value: None`, a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutation {
+    /// The key written.
+    pub key: Vec<u8>,
+    /// The new value, or `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Mutation {
+    /// A put of `value` under `key`.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Mutation { key: key.into(), value: Some(value.into()) }
+    }
+
+    /// A delete of `key`.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Self {
+        Mutation { key: key.into(), value: None }
+    }
+}
+
+/// The key-value store contract, kept from Samza's `KeyValueStore`.
+///
+/// - Keys are ordered as unsigned bytes: `0x00` sorts first, `0xFF` last, and a key sorts
+///   before every longer key it is a prefix of.
+/// - Keys must be non-empty and at most [`Limits::max_key_bytes`] (64 KiB); values at most
+///   [`Limits::max_value_bytes`] (1 MiB by default). A write breaking a limit is refused with
+///   an error naming the store, the size and the limit, and nothing of it is written: a batch
+///   (`put_all`, `delete_all`, [`write_batch`](Self::write_batch)) is checked whole first.
+/// - Reads always see the newest write made through the same store, whatever layer holds it.
+/// - `range(from, to)` covers `[from, to)`; `from >= to` is an empty range, not an error.
+/// - Iterators borrow the store and so cannot outlive it; a [`snapshot`](Self::snapshot) is
+///   an owned, consistent view that later writes do not change.
+/// - After an I/O failure a store may refuse every later write ([`StoreError::Poisoned`]):
+///   it never acknowledges a write it could not make durable.
+///
+/// Methods take `&mut self`: a store belongs to one task, and even reads move entries in the
+/// cache's LRU order.
+pub trait KeyValueStore: Send {
+    /// The store's name, used in errors and metrics.
+    fn name(&self) -> &str;
+
+    /// The value under `key`, if any.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// The values under `keys`, in the same order (`None` where missing).
+    fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Applies `batch` in order; every mutation is validated before any is applied.
+    fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()>;
+
+    /// Stores `value` under `key`, replacing any previous value.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write_batch(vec![Mutation::put(key, value)])
+    }
+
+    /// Stores every entry, in order (a later entry for the same key wins).
+    fn put_all(&mut self, entries: Vec<Entry>) -> Result<()> {
+        self.write_batch(entries.into_iter().map(|(k, v)| Mutation { key: k, value: Some(v) }).collect())
+    }
+
+    /// Removes `key`; deleting a missing key is not an error.
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.write_batch(vec![Mutation::delete(key)])
+    }
+
+    /// Removes every key in `keys`.
+    fn delete_all(&mut self, keys: Vec<Vec<u8>>) -> Result<()> {
+        self.write_batch(keys.into_iter().map(Mutation::delete).collect())
+    }
+
+    /// Entries with `from <= key` and, if `to` is given, `key < to`, in key order.
+    fn scan(&mut self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>>;
+
+    /// Entries with `from <= key < to`, in key order.
+    fn range(&mut self, from: &[u8], to: &[u8]) -> Result<KvIter<'_>> {
+        self.scan(from, Some(to))
+    }
+
+    /// Entries whose key starts with `prefix`, in key order.
+    fn prefix(&mut self, prefix: &[u8]) -> Result<KvIter<'_>> {
+        let end = prefix_successor(prefix);
+        self.scan(prefix, end.as_deref())
+    }
+
+    /// Every entry, in key order.
+    fn all(&mut self) -> Result<KvIter<'_>> {
+        self.scan(&[], None)
+    }
+
+    /// An owned, consistent view of the store as of now.
+    fn snapshot(&mut self) -> Result<Box<dyn KvSnapshot>>;
+
+    /// Writes everything buffered in this layer below it and flushes the layers below.
+    fn flush(&mut self) -> Result<()>;
+
+    /// Flushes and releases the store. Dropping a store without closing it loses only what
+    /// was buffered and never flushed (the changelog makes that recoverable up to the last
+    /// commit).
+    fn close(&mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// A consistent, read-only view of a store taken by [`KeyValueStore::snapshot`].
+pub trait KvSnapshot: Send {
+    /// The value under `key` in the view.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Entries with `from <= key` and, if `to` is given, `key < to`, in key order.
+    fn scan(&self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>>;
+
+    /// Entries with `from <= key < to`.
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<KvIter<'_>> {
+        self.scan(from, Some(to))
+    }
+
+    /// Entries whose key starts with `prefix`.
+    fn prefix(&self, prefix: &[u8]) -> Result<KvIter<'_>> {
+        let end = prefix_successor(prefix);
+        self.scan(prefix, end.as_deref())
+    }
+
+    /// Every entry.
+    fn all(&self) -> Result<KvIter<'_>> {
+        self.scan(&[], None)
+    }
+}
+
+/// An engine: the bottom of a stack, where data lives. Restore and the logged layer write
+/// through [`Engine::write_logged`], which records the changelog offset a batch brings the
+/// engine to atomically with the batch, so that after a crash restore knows exactly which
+/// changelog records the engine already holds.
+pub trait Engine: KeyValueStore {
+    /// Applies `batch` and records `changelog_offset` (the offset of the last changelog
+    /// record the engine now reflects) in the same atomic write.
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_offset: u64) -> Result<()>;
+
+    /// The changelog offset recorded by the last [`write_logged`](Self::write_logged) that
+    /// is durable in the engine, or `None` if there is none.
+    fn changelog_offset(&mut self) -> Result<Option<u64>>;
+
+    /// Removes every entry and the recorded changelog offset.
+    fn wipe(&mut self) -> Result<()>;
+
+    /// Whether the engine holds no entries.
+    fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.all()?.next().is_none())
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is
+/// none (empty prefix or all `0xFF`).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_successor;
+
+    #[test]
+    fn prefix_successor_carries_over_ff() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[0x01, 0xFF]), Some(vec![0x02]));
+        assert_eq!(prefix_successor(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_successor(&[]), None);
+    }
+}

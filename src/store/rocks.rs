@@ -1,0 +1,307 @@
+//! The RocksDB engine: one RocksDB database per store, with the options users tune exposed
+//! per store ([`RocksOptions`]).
+//!
+//! Besides the default column family holding the data, each database has a small
+//! `gregor-meta` column family recording the changelog offset the data reflects. It is
+//! written in the same `WriteBatch` as the data and the database uses RocksDB's
+//! `atomic_flush`, so even with the WAL off (the default: the changelog is the durability)
+//! whatever survives a crash carries the exact changelog offset it corresponds to. Restore
+//! uses it to replay only what the engine lacks, or to wipe an engine that got ahead of the
+//! last checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, FlushOptions,
+    IteratorMode, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, KvIter, KvSnapshot, KeyValueStore, Limits, Mutation, Result, StoreError};
+
+const META_CF: &str = "gregor-meta";
+const OFFSET_KEY: &[u8] = b"changelog.offset";
+
+/// Compression of RocksDB blocks (`stores.<name>.rocksdb.compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// Snappy (Samza's default).
+    Snappy,
+    /// LZ4.
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// Parses a config value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Compression::None,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    fn to_rocks(self) -> DBCompressionType {
+        match self {
+            Compression::None => DBCompressionType::None,
+            Compression::Snappy => DBCompressionType::Snappy,
+            Compression::Lz4 => DBCompressionType::Lz4,
+            Compression::Zstd => DBCompressionType::Zstd,
+        }
+    }
+}
+
+/// The RocksDB options of one store, under `stores.<name>.rocksdb.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RocksOptions {
+    /// `rocksdb.block.cache.size`: bytes of block cache (default 100 MiB, as Samza).
+    pub block_cache_size: usize,
+    /// `rocksdb.write.buffer.size`: bytes per memtable (default 32 MiB).
+    pub write_buffer_size: usize,
+    /// `rocksdb.max.write.buffer.number`: memtables before writes stall (default 3).
+    pub max_write_buffer_number: i32,
+    /// `rocksdb.compression`: none, snappy, lz4 (default) or zstd.
+    pub compression: Compression,
+    /// `rocksdb.bloom.filter.bits`: bits per key of the bloom filter, 0 disables (default 10).
+    pub bloom_filter_bits: f64,
+    /// `rocksdb.wal.enabled`: RocksDB's own write-ahead log (default off: the changelog is
+    /// the durability).
+    pub wal_enabled: bool,
+    /// `rocksdb.max.open.files`: -1 keeps every file open (default 1000).
+    pub max_open_files: i32,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            block_cache_size: 100 << 20,
+            write_buffer_size: 32 << 20,
+            max_write_buffer_number: 3,
+            compression: Compression::Lz4,
+            bloom_filter_bits: 10.0,
+            wal_enabled: false,
+            max_open_files: 1000,
+        }
+    }
+}
+
+impl RocksOptions {
+    fn db_options(&self) -> Options {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        o.set_atomic_flush(true);
+        o.set_max_open_files(self.max_open_files);
+        o.set_write_buffer_size(self.write_buffer_size);
+        o.set_max_write_buffer_number(self.max_write_buffer_number);
+        o.set_compression_type(self.compression.to_rocks());
+        let mut table = BlockBasedOptions::default();
+        if self.block_cache_size > 0 {
+            table.set_block_cache(&Cache::new_lru_cache(self.block_cache_size));
+        } else {
+            table.disable_cache();
+        }
+        if self.bloom_filter_bits > 0.0 {
+            table.set_bloom_filter(self.bloom_filter_bits, false);
+        }
+        o.set_block_based_table_factory(&table);
+        o
+    }
+}
+
+/// A store's data in a RocksDB database.
+pub struct RocksEngine {
+    name: String,
+    limits: Limits,
+    path: PathBuf,
+    db: Arc<DB>,
+    write_opts: WriteOptions,
+    wal_enabled: bool,
+}
+
+impl RocksEngine {
+    /// Opens (creating if missing) the database at `path`.
+    pub fn open(name: impl Into<String>, path: &Path, limits: Limits, opts: &RocksOptions) -> Result<Self> {
+        let name = name.into();
+        let db_opts = opts.db_options();
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_opts.clone()),
+            ColumnFamilyDescriptor::new(META_CF, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|source| StoreError::Rocks { store: name.clone(), source })?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.disable_wal(!opts.wal_enabled);
+        Ok(RocksEngine {
+            name,
+            limits,
+            path: path.to_path_buf(),
+            db: Arc::new(db),
+            write_opts,
+            wal_enabled: opts.wal_enabled,
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rocks<T>(&self, r: std::result::Result<T, rocksdb::Error>) -> Result<T> {
+        r.map_err(|source| StoreError::Rocks { store: self.name.clone(), source })
+    }
+
+    fn batch_of(&self, batch: Vec<Mutation>) -> WriteBatch {
+        let mut wb = WriteBatch::default();
+        for m in batch {
+            match m.value {
+                Some(v) => wb.put(&m.key, &v),
+                None => wb.delete(&m.key),
+            }
+        }
+        wb
+    }
+}
+
+fn scan_db<'a>(name: &str, db: &'a DB, snap: Option<&'a SnapshotWithThreadMode<'static, DB>>, from: &[u8], to: Option<&[u8]>) -> KvIter<'a> {
+    if let Some(to) = to
+        && from >= to
+    {
+        return Box::new(std::iter::empty());
+    }
+    let mut ro = ReadOptions::default();
+    if let Some(to) = to {
+        ro.set_iterate_upper_bound(to.to_vec());
+    }
+    let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
+    let store = name.to_string();
+    let iter = match snap {
+        Some(s) => s.iterator_opt(mode, ro),
+        None => db.iterator_opt(mode, ro),
+    };
+    Box::new(iter.map(move |r| {
+        r.map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .map_err(|source| StoreError::Rocks { store: store.clone(), source })
+    }))
+}
+
+impl KeyValueStore for RocksEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.rocks(self.db.get(key))
+    }
+
+    fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db.multi_get(keys).into_iter().map(|r| self.rocks(r)).collect()
+    }
+
+    fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
+        self.limits.check_batch(&self.name, &batch)?;
+        let wb = self.batch_of(batch);
+        self.rocks(self.db.write_opt(wb, &self.write_opts))
+    }
+
+    fn scan(&mut self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>> {
+        Ok(scan_db(&self.name, &self.db, None, from, to))
+    }
+
+    fn snapshot(&mut self) -> Result<Box<dyn KvSnapshot>> {
+        let db = Arc::clone(&self.db);
+        let snap = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB` inside `db`. `RocksSnapshot` owns a clone of
+        // that `Arc`, so the `DB` lives at least as long as the snapshot, and its field order
+        // drops `snap` before `_db`. The `'static` never escapes: iterators borrow the
+        // `RocksSnapshot`.
+        let snap: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snap) };
+        Ok(Box::new(RocksSnapshot { name: self.name.clone(), snap, _db: db }))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        let default = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        self.rocks(self.db.flush_cfs_opt(&[default, meta], &fo))?;
+        if self.wal_enabled {
+            self.rocks(self.db.flush_wal(true))?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine for RocksEngine {
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_offset: u64) -> Result<()> {
+        self.limits.check_batch(&self.name, &batch)?;
+        let mut wb = self.batch_of(batch);
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        wb.put_cf(meta, OFFSET_KEY, changelog_offset.to_be_bytes());
+        self.rocks(self.db.write_opt(wb, &self.write_opts))
+    }
+
+    fn changelog_offset(&mut self) -> Result<Option<u64>> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        match self.rocks(self.db.get_cf(meta, OFFSET_KEY))? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                    store: self.name.clone(),
+                    reason: format!("changelog offset marker has {} bytes, expected 8", v.len()),
+                })?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    fn wipe(&mut self) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        let default = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        // Keys are non-empty, so [0x00, +inf) covers everything; delete_range needs an end,
+        // so delete the remainder (keys starting with 0xFF..) one by one afterwards.
+        let ff_run = vec![0xFFu8; super::limits::DEFAULT_MAX_KEY_BYTES.max(self.limits.max_key_bytes) + 1];
+        wb.delete_range_cf(default, [0u8].as_slice(), ff_run.as_slice());
+        wb.delete_cf(meta, OFFSET_KEY);
+        self.rocks(self.db.write_opt(wb, &self.write_opts))?;
+        self.flush()
+    }
+}
+
+/// A RocksDB snapshot that owns a handle on its database.
+struct RocksSnapshot {
+    name: String,
+    // Field order matters: `snap` must drop before `_db`.
+    snap: SnapshotWithThreadMode<'static, DB>,
+    _db: Arc<DB>,
+}
+
+impl KvSnapshot for RocksSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snap.get(key).map_err(|source| StoreError::Rocks { store: self.name.clone(), source })
+    }
+
+    fn scan(&self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>> {
+        Ok(scan_db(&self.name, &self._db, Some(&self.snap), from, to))
+    }
+}

@@ -1,0 +1,162 @@
+//! The typed facade: `Store<K, V>` encodes keys and values with the serdes named in config
+//! and decodes what it reads; undecodable bytes are errors naming the store and serde.
+
+use super::{KeyValueStore, KvSnapshot, Mutation, Result, StoreError};
+use crate::serde::{Codec, Serde, SerdeError, SerdeName};
+
+/// A typed view of a bytes-level store stack.
+pub struct Store<K, V> {
+    inner: Box<dyn KeyValueStore>,
+    keys: Box<dyn Serde<K>>,
+    values: Box<dyn Serde<V>>,
+}
+
+fn serde_err(store: &str, action: &'static str, what: &'static str, e: SerdeError) -> StoreError {
+    StoreError::Serde { store: store.to_string(), action, what, serde: e.serde, message: e.message }
+}
+
+impl<K: Codec, V: Codec> Store<K, V> {
+    /// Wraps `inner`, using the serdes named `key_serde` / `value_serde`. Fails if `K` or `V`
+    /// cannot use the named serde (e.g. `u64` keys with `key.serde = "string"`).
+    pub fn new(inner: Box<dyn KeyValueStore>, key_serde: SerdeName, value_serde: SerdeName) -> Result<Self> {
+        let name = inner.name().to_string();
+        let mismatch = |what: &str, serde: SerdeName, ty: &str| StoreError::Config {
+            store: name.clone(),
+            reason: format!("{what}.serde = \"{serde}\" cannot encode the Rust type {ty}"),
+        };
+        let keys = K::serde(key_serde).ok_or_else(|| mismatch("key", key_serde, std::any::type_name::<K>()))?;
+        let values = V::serde(value_serde).ok_or_else(|| mismatch("value", value_serde, std::any::type_name::<V>()))?;
+        Ok(Store { inner, keys, values })
+    }
+}
+
+impl<K, V> Store<K, V> {
+    /// Wraps `inner` with explicit serdes.
+    pub fn with_serdes(inner: Box<dyn KeyValueStore>, keys: Box<dyn Serde<K>>, values: Box<dyn Serde<V>>) -> Self {
+        Store { inner, keys, values }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn ek(&self, k: &K) -> Result<Vec<u8>> {
+        self.keys.encode(k).map_err(|e| serde_err(self.inner.name(), "encode", "key", e))
+    }
+
+    fn ev(&self, v: &V) -> Result<Vec<u8>> {
+        self.values.encode(v).map_err(|e| serde_err(self.inner.name(), "encode", "value", e))
+    }
+
+    fn decode_entry(&self, (k, v): (Vec<u8>, Vec<u8>)) -> Result<(K, V)> {
+        let name = self.inner.name();
+        let k = self.keys.decode(&k).map_err(|e| serde_err(name, "decode", "key", e))?;
+        let v = self.values.decode(&v).map_err(|e| serde_err(name, "decode", "value", e))?;
+        Ok((k, v))
+    }
+
+    /// The value under `key`.
+    pub fn get(&mut self, key: &K) -> Result<Option<V>> {
+        let k = self.ek(key)?;
+        match self.inner.get(&k)? {
+            None => Ok(None),
+            Some(v) => self.values.decode(&v).map(Some).map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
+        }
+    }
+
+    /// The values under `keys`, in order.
+    pub fn get_all(&mut self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        let encoded = keys.iter().map(|k| self.ek(k)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&[u8]> = encoded.iter().map(|k| k.as_slice()).collect();
+        let vs = self.inner.get_all(&refs)?;
+        vs.into_iter()
+            .map(|v| match v {
+                None => Ok(None),
+                Some(v) => self.values.decode(&v).map(Some).map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
+            })
+            .collect()
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&mut self, key: &K, value: &V) -> Result<()> {
+        let (k, v) = (self.ek(key)?, self.ev(value)?);
+        self.inner.put(&k, &v)
+    }
+
+    /// Stores every entry; nothing is written if any entry fails to encode or breaks a limit.
+    pub fn put_all(&mut self, entries: &[(K, V)]) -> Result<()> {
+        let batch = entries
+            .iter()
+            .map(|(k, v)| Ok(Mutation { key: self.ek(k)?, value: Some(self.ev(v)?) }))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.write_batch(batch)
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &K) -> Result<()> {
+        let k = self.ek(key)?;
+        self.inner.delete(&k)
+    }
+
+    /// Removes every key in `keys`.
+    pub fn delete_all(&mut self, keys: &[K]) -> Result<()> {
+        let batch = keys.iter().map(|k| Ok(Mutation { key: self.ek(k)?, value: None })).collect::<Result<Vec<_>>>()?;
+        self.inner.write_batch(batch)
+    }
+
+    /// Entries with `from <= key < to` in encoded-key order (numeric order for `u64`/`i64`).
+    pub fn range(&mut self, from: &K, to: &K) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        let (f, t) = (self.ek(from)?, self.ek(to)?);
+        self.iter_of(f, Some(t))
+    }
+
+    /// Every entry in key order.
+    pub fn all(&mut self) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        self.iter_of(Vec::new(), None)
+    }
+
+    /// Entries whose encoded key starts with `prefix` (raw bytes, e.g. a string prefix).
+    pub fn prefix(&mut self, prefix: &[u8]) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        let end = super::prefix_successor(prefix);
+        self.iter_of(prefix.to_vec(), end)
+    }
+
+    fn iter_of(&mut self, from: Vec<u8>, to: Option<Vec<u8>>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        let Store { inner, keys, values } = self;
+        let name = inner.name().to_string();
+        let it = inner.scan(&from, to.as_deref())?;
+        let (keys, values) = (&**keys, &**values);
+        Ok(it.map(move |r| {
+            let (k, v) = r?;
+            let k = keys.decode(&k).map_err(|e| serde_err(&name, "decode", "key", e))?;
+            let v = values.decode(&v).map_err(|e| serde_err(&name, "decode", "value", e))?;
+            Ok((k, v))
+        }))
+    }
+
+    /// A consistent, owned bytes-level view as of now (decode with the store's serdes).
+    pub fn snapshot(&mut self) -> Result<Box<dyn KvSnapshot>> {
+        self.inner.snapshot()
+    }
+
+    /// Flushes every layer.
+    pub fn flush(&mut self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Flushes and closes the store.
+    pub fn close(mut self) -> Result<()> {
+        self.inner.close()
+    }
+
+    /// The bytes-level stack under this facade.
+    pub fn inner_mut(&mut self) -> &mut dyn KeyValueStore {
+        &mut *self.inner
+    }
+
+    /// Decodes one raw entry with this store's serdes.
+    pub fn decode(&self, entry: (Vec<u8>, Vec<u8>)) -> Result<(K, V)> {
+        self.decode_entry(entry)
+    }
+}
