@@ -19,11 +19,13 @@
 //! - [`config`]: flat Samza-style config read from TOML.
 //! - [`checked_file`], [`fsutil`]: atomic, checksummed small files.
 
+pub mod changelog;
 pub mod checked_file;
 pub mod config;
 pub mod fsutil;
 pub mod log;
 pub mod partitioner;
+pub mod restore;
 pub mod serde;
 pub mod statedir;
 pub mod store;

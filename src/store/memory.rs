@@ -14,13 +14,13 @@ pub struct MemoryEngine {
     name: String,
     limits: Limits,
     map: Map,
-    changelog_offset: Option<u64>,
+    changelog_end: Option<u64>,
 }
 
 impl MemoryEngine {
     /// An empty engine for store `name`.
     pub fn new(name: impl Into<String>, limits: Limits) -> Self {
-        MemoryEngine { name: name.into(), limits, map: Map::new(), changelog_offset: None }
+        MemoryEngine { name: name.into(), limits, map: Map::new(), changelog_end: None }
     }
 
     fn apply(&mut self, batch: Vec<Mutation>) {
@@ -80,20 +80,20 @@ impl KeyValueStore for MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_offset: u64) -> Result<()> {
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
         self.apply(batch);
-        self.changelog_offset = Some(changelog_offset);
+        self.changelog_end = Some(changelog_end);
         Ok(())
     }
 
-    fn changelog_offset(&mut self) -> Result<Option<u64>> {
-        Ok(self.changelog_offset)
+    fn changelog_end(&mut self) -> Result<Option<u64>> {
+        Ok(self.changelog_end)
     }
 
     fn wipe(&mut self) -> Result<()> {
         self.map = Map::new();
-        self.changelog_offset = None;
+        self.changelog_end = None;
         Ok(())
     }
 

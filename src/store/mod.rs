@@ -19,6 +19,7 @@ pub mod cached;
 pub mod config;
 mod error;
 pub mod limits;
+pub mod logged;
 pub mod memory;
 pub mod metered;
 pub mod rocks;
@@ -167,19 +168,20 @@ pub trait KvSnapshot: Send {
 }
 
 /// An engine: the bottom of a stack, where data lives. Restore and the logged layer write
-/// through [`Engine::write_logged`], which records the changelog offset a batch brings the
-/// engine to atomically with the batch, so that after a crash restore knows exactly which
-/// changelog records the engine already holds.
+/// through [`Engine::write_logged`], which records the changelog end a batch brings the
+/// engine to (the offset after the last changelog record it reflects) atomically with the
+/// batch, so that after a crash restore knows exactly which changelog records the engine
+/// already holds.
 pub trait Engine: KeyValueStore {
-    /// Applies `batch` and records `changelog_offset` (the offset of the last changelog
+    /// Applies `batch` and records `changelog_end` (the offset after the last changelog
     /// record the engine now reflects) in the same atomic write.
-    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_offset: u64) -> Result<()>;
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()>;
 
-    /// The changelog offset recorded by the last [`write_logged`](Self::write_logged) that
-    /// is durable in the engine, or `None` if there is none.
-    fn changelog_offset(&mut self) -> Result<Option<u64>>;
+    /// The changelog end recorded by the last [`write_logged`](Self::write_logged) that is
+    /// durable in the engine, or `None` if there is none.
+    fn changelog_end(&mut self) -> Result<Option<u64>>;
 
-    /// Removes every entry and the recorded changelog offset.
+    /// Removes every entry and the recorded changelog end.
     fn wipe(&mut self) -> Result<()>;
 
     /// Whether the engine holds no entries.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{Engine, KvIter, KvSnapshot, KeyValueStore, Limits, Mutation, Result, StoreError};
 
 const META_CF: &str = "gregor-meta";
-const OFFSET_KEY: &[u8] = b"changelog.offset";
+const OFFSET_KEY: &[u8] = b"changelog.end";
 
 /// Compression of RocksDB blocks (`stores.<name>.rocksdb.compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -252,22 +252,22 @@ impl KeyValueStore for RocksEngine {
 }
 
 impl Engine for RocksEngine {
-    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_offset: u64) -> Result<()> {
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
         let mut wb = self.batch_of(batch);
         let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
-        wb.put_cf(meta, OFFSET_KEY, changelog_offset.to_be_bytes());
+        wb.put_cf(meta, OFFSET_KEY, changelog_end.to_be_bytes());
         self.rocks(self.db.write_opt(wb, &self.write_opts))
     }
 
-    fn changelog_offset(&mut self) -> Result<Option<u64>> {
+    fn changelog_end(&mut self) -> Result<Option<u64>> {
         let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
         match self.rocks(self.db.get_cf(meta, OFFSET_KEY))? {
             None => Ok(None),
             Some(v) => {
                 let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
                     store: self.name.clone(),
-                    reason: format!("changelog offset marker has {} bytes, expected 8", v.len()),
+                    reason: format!("changelog end marker has {} bytes, expected 8", v.len()),
                 })?;
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
