@@ -1,0 +1,216 @@
+//! Sequential reader across the segments of a partition: the restore hot path.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::error::{LogError, Result};
+use super::record::Record;
+use super::segment::{FrameReader, IndexCache, Next, SharedIndex, list_segments, segment_path};
+
+/// Reads the records of one partition in offset order, from a starting offset, crossing
+/// segments. Reads 1 MiB chunks into a reused buffer and decodes into reused `Record`s.
+///
+/// It sees what has been written to the OS (`Partition::flush_to_os`); when it reaches the
+/// end it re-checks the file length and the segment list, so it can tail a live partition.
+/// A partial frame at the very end of the last segment is treated as "not written yet".
+pub struct PartitionReader {
+    dir: PathBuf,
+    index: SharedIndex,
+    /// Segment bases still to visit after the current one.
+    bases: Vec<u64>,
+    cur: Option<Cursor>,
+    next_offset: u64,
+    batch: Vec<Record>,
+}
+
+struct Cursor {
+    base: u64,
+    generation: u64,
+    path: PathBuf,
+    reader: FrameReader<Box<File>>,
+    prev_offset: Option<u64>,
+    last_indexed: Option<u64>,
+}
+
+impl PartitionReader {
+    /// A reader of the partition in `dir` from `from_offset` (records below it are skipped;
+    /// reading from before the first segment starts at the first record).
+    pub fn open(dir: &Path, from_offset: u64) -> Result<Self> {
+        Self::with_index(dir, from_offset, Arc::new(Mutex::new(IndexCache::default())))
+    }
+
+    pub(crate) fn with_index(dir: &Path, from_offset: u64, index: SharedIndex) -> Result<Self> {
+        let all = list_segments(dir)?;
+        // Start at the last segment whose base is <= from_offset.
+        let first = all.partition_point(|&b| b <= from_offset).saturating_sub(1);
+        Ok(PartitionReader {
+            dir: dir.to_path_buf(),
+            index,
+            bases: all[first..].iter().rev().copied().collect(),
+            cur: None,
+            next_offset: from_offset,
+            batch: Vec::new(),
+        })
+    }
+
+    /// The offset after the last record returned (or the starting offset).
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Opens the next segment to visit; false if there is none.
+    fn open_next(&mut self) -> Result<bool> {
+        while let Some(base) = self.bases.pop() {
+            let path = segment_path(&self.dir, base);
+            // Look up the index and open the file under the index lock, so a concurrent
+            // compaction (rename + invalidate under the same lock) cannot pair old index
+            // positions with a new file.
+            let mut cache = self.index.lock().expect("index lock");
+            let idx = cache.get(base);
+            let generation = idx.generation;
+            let (_, start) = idx.floor(self.next_offset);
+            let indexed = !idx.entries.is_empty();
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Deleted by retention since we listed: go on with the next one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(LogError::io("open", &path, e)),
+            };
+            drop(cache);
+            let len = file
+                .metadata()
+                .map_err(|e| LogError::io("stat", &path, e))?
+                .len();
+            let start = if start > len { 0 } else { start };
+            self.cur = Some(Cursor {
+                base,
+                generation,
+                path,
+                reader: FrameReader::new(Box::new(file), start, len),
+                prev_offset: None,
+                last_indexed: indexed.then_some(start),
+            });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// At the end of the current segment: true if reading can go on (the file grew or a
+    /// newer segment exists), false if caught up.
+    fn advance_at_end(&mut self) -> Result<bool> {
+        let cur = self.cur.as_mut().expect("cursor");
+        if self.bases.is_empty() {
+            let len = cur
+                .reader
+                .limit()
+                .max(match std::fs::metadata(&cur.path) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(LogError::io("stat", &cur.path, e)),
+                });
+            if len > cur.reader.limit() {
+                cur.reader.set_limit(len);
+                return Ok(true);
+            }
+            let base = cur.base;
+            self.bases = list_segments(&self.dir)?
+                .into_iter()
+                .filter(|&b| b > base)
+                .rev()
+                .collect();
+            if self.bases.is_empty() {
+                return Ok(false);
+            }
+        }
+        self.cur = None;
+        Ok(true)
+    }
+
+    /// Reads up to `max_records` records. An empty slice means caught up with the end of
+    /// the log. The returned records are reused by the next call.
+    pub fn next_batch(&mut self, max_records: usize) -> Result<&[Record]> {
+        let mut n = 0;
+        while n < max_records {
+            if self.cur.is_none() && !self.open_next()? {
+                break;
+            }
+            if self.batch.len() <= n {
+                self.batch.push(Record::default());
+            }
+            let cur = self.cur.as_mut().expect("cursor");
+            let slot = &mut self.batch[n];
+            let next = cur
+                .reader
+                .next(slot)
+                .map_err(|e| LogError::io("read", &cur.path, e))?;
+            match next {
+                Next::Record => {
+                    let (pos, _) = cur.reader.last_frame();
+                    if slot.offset < cur.base || cur.prev_offset.is_some_and(|p| slot.offset <= p) {
+                        return Err(LogError::Corrupt {
+                            file: cur.path.clone(),
+                            position: pos,
+                            last_good_offset: cur.prev_offset,
+                            reason: format!(
+                                "offset {} out of order (segment base {}, previous offset {:?})",
+                                slot.offset, cur.base, cur.prev_offset
+                            ),
+                        });
+                    }
+                    cur.prev_offset = Some(slot.offset);
+                    if cur
+                        .last_indexed
+                        .is_none_or(|p| pos >= p + super::segment::INDEX_INTERVAL)
+                    {
+                        cur.last_indexed = Some(pos);
+                        self.index
+                            .lock()
+                            .expect("index lock")
+                            .add(cur.base, cur.generation, slot.offset, pos);
+                    }
+                    if slot.offset >= self.next_offset {
+                        self.next_offset = slot.offset + 1;
+                        n += 1;
+                    }
+                }
+                Next::End => {
+                    if !self.advance_at_end()? {
+                        break;
+                    }
+                }
+                Next::Bad {
+                    position,
+                    reason,
+                    past_end,
+                } => {
+                    if past_end && self.bases.is_empty() && list_segments(&self.dir)?.last() == Some(&cur.base) {
+                        // Partial frame at the end of the last segment: not written yet.
+                        break;
+                    }
+                    return Err(LogError::Corrupt {
+                        file: cur.path.clone(),
+                        position,
+                        last_good_offset: self.next_offset.checked_sub(1),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(&self.batch[..n])
+    }
+
+    /// Reads up to `max_records` records into owned values.
+    pub fn read(&mut self, max_records: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        while out.len() < max_records {
+            let batch = self.next_batch((max_records - out.len()).min(4096))?;
+            if batch.is_empty() {
+                break;
+            }
+            out.extend_from_slice(batch);
+        }
+        Ok(out)
+    }
+}

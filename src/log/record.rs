@@ -1,0 +1,271 @@
+//! Record codec: one self-checking frame per record (pure, no I/O).
+//!
+//! ```text
+//! frame   = payload_len: u32 LE | crc32c(payload): u32 LE | payload
+//! payload = offset: u64 LE | timestamp: i64 LE (ms)
+//!         | key_len: u32 LE | key
+//!         | value_len: i32 LE (-1 = tombstone) | value
+//! ```
+//! `payload_len` must equal `24 + key_len + max(value_len, 0)` exactly and lie in
+//! `[MIN_PAYLOAD_LEN, MAX_PAYLOAD_LEN]`; a decoder checks that before it trusts or allocates
+//! anything a length field claims.
+
+/// Bytes before the payload: length + CRC.
+pub const FRAME_HEADER_LEN: usize = 8;
+/// Payload of a record with an empty key and a tombstone.
+pub const MIN_PAYLOAD_LEN: usize = 24;
+/// Smallest possible frame.
+pub const MIN_FRAME_LEN: usize = FRAME_HEADER_LEN + MIN_PAYLOAD_LEN;
+/// Largest accepted payload (64 MiB). Appends above it fail with `RecordTooLarge`; a frame
+/// claiming more is invalid without reading (or allocating) it.
+pub const MAX_PAYLOAD_LEN: usize = 64 << 20;
+
+/// One log record. `value == None` is a tombstone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the partition; assigned by `append`, never changed afterwards.
+    pub offset: u64,
+    /// Milliseconds since the epoch, as given to `append`.
+    pub timestamp: i64,
+    /// Key bytes (may be empty).
+    pub key: Vec<u8>,
+    /// Value bytes, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Payload length of a record with these sizes (may exceed `MAX_PAYLOAD_LEN`).
+pub fn payload_len(key_len: usize, value_len: Option<usize>) -> usize {
+    MIN_PAYLOAD_LEN
+        .saturating_add(key_len)
+        .saturating_add(value_len.unwrap_or(0))
+}
+
+/// Appends the frame of one record to `buf` and returns the frame length. The caller checks
+/// `payload_len(..) <= MAX_PAYLOAD_LEN` first.
+pub fn encode_into(
+    buf: &mut Vec<u8>,
+    offset: u64,
+    timestamp: i64,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> usize {
+    let plen = payload_len(key.len(), value.map(<[u8]>::len));
+    assert!(plen <= MAX_PAYLOAD_LEN, "record payload of {plen} bytes too large");
+    let start = buf.len();
+    buf.reserve(FRAME_HEADER_LEN + plen);
+    buf.extend_from_slice(&(plen as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&offset.to_le_bytes());
+    buf.extend_from_slice(&timestamp.to_le_bytes());
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    match value {
+        Some(v) => {
+            buf.extend_from_slice(&(v.len() as i32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+        None => buf.extend_from_slice(&(-1i32).to_le_bytes()),
+    }
+    let crc = crc32c::crc32c(&buf[start + FRAME_HEADER_LEN..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    FRAME_HEADER_LEN + plen
+}
+
+/// Encodes one record into a fresh buffer.
+pub fn encode(record: &Record) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_into(
+        &mut buf,
+        record.offset,
+        record.timestamp,
+        &record.key,
+        record.value.as_deref(),
+    );
+    buf
+}
+
+/// Checks a frame header: returns the payload length if it is within bounds and the whole
+/// frame fits in `available` bytes (the rest of the file). Nothing is allocated.
+pub fn check_header(header: &[u8; FRAME_HEADER_LEN], available: u64) -> Result<usize, HeaderError> {
+    let plen = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if plen < MIN_PAYLOAD_LEN {
+        return Err(HeaderError::Invalid(format!(
+            "payload length {plen} is below the minimum of {MIN_PAYLOAD_LEN}"
+        )));
+    }
+    if plen > MAX_PAYLOAD_LEN {
+        return Err(HeaderError::Invalid(format!(
+            "payload length {plen} exceeds the maximum of {MAX_PAYLOAD_LEN}"
+        )));
+    }
+    if (FRAME_HEADER_LEN + plen) as u64 > available {
+        return Err(HeaderError::PastEnd(format!(
+            "frame of {} bytes extends past the end of the file ({available} bytes left)",
+            FRAME_HEADER_LEN + plen
+        )));
+    }
+    Ok(plen)
+}
+
+/// Why a frame header was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Length out of bounds.
+    Invalid(String),
+    /// The frame would end beyond the end of the file (a torn write, or a damaged length).
+    PastEnd(String),
+}
+
+impl HeaderError {
+    /// The human-readable reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            HeaderError::Invalid(r) | HeaderError::PastEnd(r) => r,
+        }
+    }
+}
+
+/// Verifies the CRC of `payload` against the frame header and decodes it into `slot`,
+/// reusing `slot`'s buffers. `payload.len()` is the header's payload length.
+pub fn decode_payload(crc: u32, payload: &[u8], slot: &mut Record) -> Result<(), String> {
+    let actual = crc32c::crc32c(payload);
+    if actual != crc {
+        return Err(format!(
+            "CRC32C mismatch: stored {crc:#010x}, computed {actual:#010x}"
+        ));
+    }
+    let (offset, timestamp, key, value) = parse_payload(payload)?;
+    slot.offset = offset;
+    slot.timestamp = timestamp;
+    slot.key.clear();
+    slot.key.extend_from_slice(key);
+    match (value, &mut slot.value) {
+        (Some(v), Some(existing)) => {
+            existing.clear();
+            existing.extend_from_slice(v);
+        }
+        (Some(v), none) => *none = Some(v.to_vec()),
+        (None, v) => *v = None,
+    }
+    Ok(())
+}
+
+/// Structural parse of a payload (no CRC check): offset, timestamp, key, value.
+pub fn parse_payload(p: &[u8]) -> Result<(u64, i64, &[u8], Option<&[u8]>), String> {
+    if p.len() < MIN_PAYLOAD_LEN {
+        return Err(format!("payload of {} bytes is too short", p.len()));
+    }
+    let offset = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
+    let timestamp = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
+    let key_len = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
+    if key_len > p.len() - MIN_PAYLOAD_LEN {
+        return Err(format!(
+            "key length {key_len} does not fit in a payload of {} bytes",
+            p.len()
+        ));
+    }
+    let key = &p[20..20 + key_len];
+    let vpos = 20 + key_len;
+    let value_len = i32::from_le_bytes(p[vpos..vpos + 4].try_into().expect("4 bytes"));
+    let rest = &p[vpos + 4..];
+    let value = match value_len {
+        -1 => None,
+        n if n >= 0 => Some(n as usize),
+        n => return Err(format!("invalid value length {n}")),
+    };
+    if value.unwrap_or(0) != rest.len() {
+        return Err(format!(
+            "value length {value_len} does not match the {} payload bytes left",
+            rest.len()
+        ));
+    }
+    Ok((offset, timestamp, key, value.map(|_| rest)))
+}
+
+/// Decodes one complete frame at the start of `bytes`; returns the record and frame length.
+pub fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err("incomplete frame header".into());
+    }
+    let header: [u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("8 bytes");
+    let plen = check_header(&header, bytes.len() as u64).map_err(|e| e.reason().to_string())?;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let mut rec = Record::default();
+    decode_payload(crc, &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen], &mut rec)?;
+    Ok((rec, FRAME_HEADER_LEN + plen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        (
+            any::<u64>(),
+            any::<i64>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+        )
+            .prop_map(|(offset, timestamp, key, value)| Record {
+                offset,
+                timestamp,
+                key,
+                value,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(rec in arb_record()) {
+            let bytes = encode(&rec);
+            prop_assert_eq!(bytes.len(), FRAME_HEADER_LEN + payload_len(rec.key.len(), rec.value.as_ref().map(Vec::len)));
+            let (back, n) = decode(&bytes).unwrap();
+            prop_assert_eq!(n, bytes.len());
+            prop_assert_eq!(back, rec);
+        }
+
+        #[test]
+        fn decode_into_reused_slot(a in arb_record(), b in arb_record()) {
+            let mut slot = a.clone();
+            let bytes = encode(&b);
+            let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+            decode_payload(crc, &bytes[8..], &mut slot).unwrap();
+            prop_assert_eq!(slot, b);
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_detected(rec in arb_record(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = encode(&rec);
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            prop_assert!(decode(&bytes).is_err() || decode(&bytes).unwrap().1 != bytes.len());
+        }
+
+        #[test]
+        fn truncated_frames_never_decode(rec in arb_record(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&rec);
+            let n = cut.index(bytes.len());
+            prop_assert!(decode(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn huge_length_is_rejected_without_allocating() {
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(check_header(&header, u64::MAX), Err(HeaderError::Invalid(_))));
+        header[..4].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(check_header(&header, 500), Err(HeaderError::PastEnd(_))));
+        assert_eq!(check_header(&header, 1008), Ok(1000));
+    }
+
+    #[test]
+    fn tombstone_and_empty_value_differ() {
+        let t = Record { offset: 1, timestamp: 2, key: b"k".to_vec(), value: None };
+        let e = Record { value: Some(vec![]), ..t.clone() };
+        assert_ne!(encode(&t), encode(&e));
+        assert_eq!(decode(&encode(&t)).unwrap().0.value, None);
+        assert_eq!(decode(&encode(&e)).unwrap().0.value, Some(vec![]));
+    }
+}

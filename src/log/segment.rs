@@ -1,0 +1,564 @@
+//! Segment files: naming, a buffered frame reader, the recovery scan that tells a torn tail
+//! from corruption, and the sparse in-memory index.
+//!
+//! A segment is `<base offset:020>.log`: frames (see [`super::record`]) back to back. Every
+//! record's offset is `>= base` and greater than the previous record's offset.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::error::{LogError, Result};
+use super::record::{
+    FRAME_HEADER_LEN, HeaderError, MAX_PAYLOAD_LEN, MIN_FRAME_LEN, Record, check_header,
+    decode_payload,
+};
+
+/// Suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = ".log";
+/// Suffix of a segment being rewritten by compaction (deleted on open if left by a crash).
+pub const COMPACTING_SUFFIX: &str = ".log.compacting";
+/// Bytes read per chunk by sequential readers.
+pub const READ_CHUNK: usize = 1 << 20;
+/// One sparse-index entry per this many bytes of segment.
+pub const INDEX_INTERVAL: u64 = 64 << 10;
+
+/// File name of the segment whose first offset is `base`.
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:020}{SEGMENT_SUFFIX}")
+}
+
+/// Path of segment `base` in partition directory `dir`.
+pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(segment_file_name(base))
+}
+
+/// Parses a segment file name back to its base offset.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Base offsets of the segments in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| LogError::io("list", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Positional reads from a file or a byte slice (the fuzz target and unit tests use slices).
+pub trait ReadAt {
+    /// Fills `buf` from byte `pos`; the range is within the length the caller was given.
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, pos)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(pos).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// What [`FrameReader::next`] found at the current position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A valid frame; decoded into the slot. Its position and length are in the reader.
+    Record,
+    /// Exactly at the limit.
+    End,
+    /// A frame that fails its checks at `position`; `past_end` if it merely runs past the
+    /// limit (a torn write, or a damaged length field).
+    Bad {
+        /// Byte position of the frame.
+        position: u64,
+        /// Why it was rejected.
+        reason: String,
+        /// True if the frame (header or payload) extends beyond the limit.
+        past_end: bool,
+    },
+}
+
+/// Sequential frame reader over `[pos, limit)` of a source, reading big chunks into a reused
+/// buffer (no per-record syscalls). Never allocates more than `max(READ_CHUNK, frame)` where
+/// a frame's length was first checked against `MAX_PAYLOAD_LEN` and the remaining bytes.
+pub struct FrameReader<S> {
+    src: S,
+    buf: Vec<u8>,
+    /// File position of `buf[lo]`.
+    pos: u64,
+    lo: usize,
+    hi: usize,
+    limit: u64,
+    last_frame_pos: u64,
+    last_frame_len: u64,
+}
+
+impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
+    /// Reads frames of `src` from `pos` up to `limit` (normally the file length).
+    pub fn new(src: S, pos: u64, limit: u64) -> Self {
+        FrameReader {
+            src,
+            buf: Vec::new(),
+            pos,
+            lo: 0,
+            hi: 0,
+            limit,
+            last_frame_pos: pos,
+            last_frame_len: 0,
+        }
+    }
+
+    /// Position of the next frame.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Position and length of the frame returned by the last `Next::Record`.
+    pub fn last_frame(&self) -> (u64, u64) {
+        (self.last_frame_pos, self.last_frame_len)
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Extends the limit (the file grew).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.max(self.pos + (self.hi - self.lo) as u64);
+    }
+
+    /// Makes at least `n` bytes available at `buf[lo..]`; `n` is within the limit.
+    fn fill(&mut self, n: usize) -> io::Result<()> {
+        if self.hi - self.lo >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.lo..self.hi, 0);
+        self.hi -= self.lo;
+        self.lo = 0;
+        let want = n.max(READ_CHUNK);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let file_pos = self.pos + self.hi as u64;
+        let space = (self.buf.len() - self.hi) as u64;
+        let to_read = space.min(self.limit - file_pos) as usize;
+        self.src
+            .read_exact_at(file_pos, &mut self.buf[self.hi..self.hi + to_read])?;
+        self.hi += to_read;
+        debug_assert!(self.hi - self.lo >= n);
+        Ok(())
+    }
+
+    /// Reads the next frame into `slot`.
+    pub fn next(&mut self, slot: &mut Record) -> io::Result<Next> {
+        let avail = self.limit - self.pos;
+        if avail == 0 {
+            return Ok(Next::End);
+        }
+        if avail < FRAME_HEADER_LEN as u64 {
+            return Ok(Next::Bad {
+                position: self.pos,
+                reason: format!("incomplete frame header: {avail} bytes before the end"),
+                past_end: true,
+            });
+        }
+        self.fill(FRAME_HEADER_LEN)?;
+        let header: [u8; FRAME_HEADER_LEN] = self.buf[self.lo..self.lo + FRAME_HEADER_LEN]
+            .try_into()
+            .expect("8 bytes");
+        let plen = match check_header(&header, avail) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Next::Bad {
+                    position: self.pos,
+                    past_end: matches!(e, HeaderError::PastEnd(_)),
+                    reason: e.reason().to_string(),
+                });
+            }
+        };
+        let frame_len = FRAME_HEADER_LEN + plen;
+        self.fill(frame_len)?;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let payload = &self.buf[self.lo + FRAME_HEADER_LEN..self.lo + frame_len];
+        if let Err(reason) = decode_payload(crc, payload, slot) {
+            return Ok(Next::Bad {
+                position: self.pos,
+                reason,
+                past_end: false,
+            });
+        }
+        self.last_frame_pos = self.pos;
+        self.last_frame_len = frame_len as u64;
+        self.lo += frame_len;
+        self.pos += frame_len as u64;
+        // Do not keep a huge buffer around after one huge record.
+        if self.buf.len() > 4 * READ_CHUNK && self.lo == self.hi {
+            self.buf = Vec::new();
+            self.lo = 0;
+            self.hi = 0;
+        }
+        Ok(Next::Record)
+    }
+}
+
+/// A torn tail found (and, by `Partition::open`, cut off) at the end of the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// Byte position of the first bad frame; the file is cut to this length.
+    pub position: u64,
+    /// Bytes after `position`.
+    pub bytes: u64,
+    /// Why the first bad frame was rejected.
+    pub reason: String,
+}
+
+/// Result of scanning one segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Bytes of valid frames (the file length unless there is a torn tail).
+    pub valid_len: u64,
+    /// Number of valid records.
+    pub records: u64,
+    /// Offset of the first record.
+    pub first_offset: Option<u64>,
+    /// Offset of the last record.
+    pub last_offset: Option<u64>,
+    /// Largest record timestamp.
+    pub max_timestamp: Option<i64>,
+    /// Sparse index: `(offset, position)` about every `INDEX_INTERVAL` bytes, first record
+    /// included.
+    pub index: Vec<(u64, u64)>,
+    /// Set if the segment ends with a torn tail (only allowed when scanning as last segment).
+    pub torn: Option<TornTail>,
+}
+
+/// Scans a whole segment of `len` bytes with base offset `base`, verifying every frame and
+/// that offsets increase. A bad frame is a torn tail only if `is_last` and no valid frame
+/// parses anywhere after it; otherwise the result is `LogError::Corrupt` naming `path`.
+pub fn scan_segment<T: ReadAt + ?Sized>(
+    src: &T,
+    len: u64,
+    path: &Path,
+    base: u64,
+    is_last: bool,
+) -> Result<SegmentScan> {
+    let mut reader = FrameReader::new(src, 0, len);
+    let mut slot = Record::default();
+    let mut scan = SegmentScan::default();
+    let mut last_indexed: Option<u64> = None;
+    loop {
+        let pos = reader.position();
+        let next = reader.next(&mut slot).map_err(|e| LogError::io("read", path, e))?;
+        let bad = match next {
+            Next::End => break,
+            Next::Record => {
+                let min = scan.last_offset.map_or(base, |o| o + 1);
+                if slot.offset < min {
+                    Some((
+                        pos,
+                        format!(
+                            "offset {} is below the expected minimum {min} (segment base {base})",
+                            slot.offset
+                        ),
+                    ))
+                } else {
+                    if last_indexed.is_none_or(|p| pos - p >= INDEX_INTERVAL) {
+                        scan.index.push((slot.offset, pos));
+                        last_indexed = Some(pos);
+                    }
+                    scan.records += 1;
+                    scan.first_offset.get_or_insert(slot.offset);
+                    scan.last_offset = Some(slot.offset);
+                    scan.max_timestamp = Some(scan.max_timestamp.map_or(slot.timestamp, |t| t.max(slot.timestamp)));
+                    scan.valid_len = reader.position();
+                    None
+                }
+            }
+            Next::Bad {
+                position, reason, ..
+            } => Some((position, reason)),
+        };
+        if let Some((position, reason)) = bad {
+            let corrupt = |reason: String| LogError::Corrupt {
+                file: path.to_path_buf(),
+                position,
+                last_good_offset: scan.last_offset,
+                reason,
+            };
+            if !is_last {
+                return Err(corrupt(reason));
+            }
+            let min_offset = scan.last_offset.map_or(base, |o| o + 1);
+            if let Some(found) = find_valid_frame_after(src, position + 1, len, min_offset)
+                .map_err(|e| LogError::io("read", path, e))?
+            {
+                return Err(corrupt(format!(
+                    "{reason}; not a torn tail: a valid record follows at byte position {found}"
+                )));
+            }
+            scan.torn = Some(TornTail {
+                position,
+                bytes: len - position,
+                reason,
+            });
+            break;
+        }
+    }
+    Ok(scan)
+}
+
+/// Searches `[from, len)` for any position where a complete valid frame starts whose offset
+/// is plausible (`>= min_offset` and not more than one record per minimum frame size
+/// beyond it). Cheap header checks come first, so garbage is skipped in linear time; a
+/// candidate's frame is read only after its length was bounded by `MAX_PAYLOAD_LEN` and
+/// the file size.
+pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
+    src: &T,
+    from: u64,
+    len: u64,
+    min_offset: u64,
+) -> io::Result<Option<u64>> {
+    const PROBE: usize = FRAME_HEADER_LEN + 8; // header + offset field
+    if from >= len {
+        return Ok(None);
+    }
+    let max_offset = min_offset.saturating_add((len - from) / MIN_FRAME_LEN as u64 + 1);
+    let mut chunk = vec![0u8; (READ_CHUNK + PROBE).min((len - from) as usize)];
+    let mut frame = Vec::new();
+    let mut slot = Record::default();
+    let mut base = from;
+    while base + MIN_FRAME_LEN as u64 <= len {
+        let n = chunk.len().min((len - base) as usize);
+        src.read_exact_at(base, &mut chunk[..n])?;
+        // Positions whose probe lies fully inside this chunk.
+        let positions = n + 1 - PROBE.min(n);
+        for i in 0..positions {
+            let q = base + i as u64;
+            if q + MIN_FRAME_LEN as u64 > len {
+                break;
+            }
+            let header: [u8; FRAME_HEADER_LEN] = chunk[i..i + FRAME_HEADER_LEN].try_into().expect("8");
+            let Ok(plen) = check_header(&header, len - q) else {
+                continue;
+            };
+            let offset = u64::from_le_bytes(chunk[i + 8..i + 16].try_into().expect("8"));
+            if offset < min_offset || offset > max_offset {
+                continue;
+            }
+            debug_assert!(plen <= MAX_PAYLOAD_LEN);
+            frame.resize(plen, 0);
+            src.read_exact_at(q + FRAME_HEADER_LEN as u64, &mut frame)?;
+            let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
+            if decode_payload(crc, &frame, &mut slot).is_ok() {
+                return Ok(Some(q));
+            }
+        }
+        if positions == 0 {
+            break;
+        }
+        base += positions as u64;
+    }
+    Ok(None)
+}
+
+/// Scans an in-memory segment (base offset 0) as the last segment of a partition: the entry
+/// point of the `segment_reader` fuzz target. Never panics; allocations are bounded by the
+/// input size and `MAX_PAYLOAD_LEN`.
+pub fn scan_bytes(bytes: &[u8]) -> Result<SegmentScan> {
+    scan_segment(bytes, bytes.len() as u64, Path::new("<memory>"), 0, true)
+}
+
+/// Reads every record of an in-memory segment with base `base`; an error for any bad frame.
+pub fn read_all_bytes(bytes: &[u8], base: u64) -> Result<Vec<Record>> {
+    let mut reader = FrameReader::new(bytes, 0, bytes.len() as u64);
+    let mut out = Vec::new();
+    loop {
+        let mut slot = Record::default();
+        match reader.next(&mut slot).map_err(|e| LogError::io("read", "<memory>", e))? {
+            Next::End => return Ok(out),
+            Next::Record => {
+                let min = out.last().map_or(base, |r: &Record| r.offset + 1);
+                if slot.offset < min {
+                    return Err(LogError::Corrupt {
+                        file: "<memory>".into(),
+                        position: reader.last_frame().0,
+                        last_good_offset: out.last().map(|r| r.offset),
+                        reason: format!("offset {} below {min}", slot.offset),
+                    });
+                }
+                out.push(slot)
+            }
+            Next::Bad {
+                position, reason, ..
+            } => {
+                return Err(LogError::Corrupt {
+                    file: "<memory>".into(),
+                    position,
+                    last_good_offset: out.last().map(|r| r.offset),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// Sparse `(offset, position)` entries of one segment, valid for one version of its file.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentIndex {
+    /// Changes whenever the file is replaced; readers holding an older generation must not
+    /// add entries.
+    pub generation: u64,
+    /// Ascending by offset and position; every position is a frame boundary.
+    pub entries: Vec<(u64, u64)>,
+}
+
+impl SegmentIndex {
+    /// The entry with the largest offset `<= offset`, or the start of the file.
+    pub fn floor(&self, offset: u64) -> (u64, u64) {
+        let i = self.entries.partition_point(|&(o, _)| o <= offset);
+        if i == 0 { (0, 0) } else { self.entries[i - 1] }
+    }
+
+    /// Adds an entry if it lies at least `INDEX_INTERVAL` beyond the last one.
+    pub fn add(&mut self, offset: u64, position: u64) {
+        match self.entries.last() {
+            Some(&(o, p)) if o >= offset || position < p + INDEX_INTERVAL => {}
+            _ => self.entries.push((offset, position)),
+        }
+    }
+}
+
+/// Indexes of the segments of one partition, shared by the partition and its readers.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache {
+    segments: HashMap<u64, SegmentIndex>,
+    next_generation: u64,
+}
+
+/// Shared handle to an [`IndexCache`].
+pub(crate) type SharedIndex = Arc<Mutex<IndexCache>>;
+
+impl IndexCache {
+    /// The index of segment `base`, created empty if absent.
+    pub fn get(&mut self, base: u64) -> &mut SegmentIndex {
+        let next = &mut self.next_generation;
+        self.segments.entry(base).or_insert_with(|| {
+            *next += 1;
+            SegmentIndex {
+                generation: *next,
+                entries: Vec::new(),
+            }
+        })
+    }
+
+    /// Replaces the index of `base` (after a scan of the whole file).
+    pub fn set(&mut self, base: u64, entries: Vec<(u64, u64)>) {
+        self.invalidate(base);
+        self.get(base).entries = entries;
+    }
+
+    /// Forgets segment `base` (its file was replaced, truncated or deleted).
+    pub fn invalidate(&mut self, base: u64) {
+        self.segments.remove(&base);
+    }
+
+    /// Adds an entry if `generation` is still current.
+    pub fn add(&mut self, base: u64, generation: u64, offset: u64, position: u64) {
+        if let Some(idx) = self.segments.get_mut(&base)
+            && idx.generation == generation
+        {
+            idx.add(offset, position);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::encode_into;
+
+    fn segment(n: u64, base: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            encode_into(&mut buf, base + i, i as i64, format!("k{i}").as_bytes(), Some(b"value"));
+        }
+        buf
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_file_name(42), "00000000000000000042.log");
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.log.compacting"), None);
+    }
+
+    #[test]
+    fn scan_counts_and_indexes() {
+        let bytes = segment(1000, 7);
+        let s = scan_segment(&bytes[..], bytes.len() as u64, Path::new("x"), 7, false).unwrap();
+        assert_eq!(s.records, 1000);
+        assert_eq!(s.first_offset, Some(7));
+        assert_eq!(s.last_offset, Some(1006));
+        assert_eq!(s.valid_len, bytes.len() as u64);
+        assert_eq!(s.index[0], (7, 0));
+        assert!(s.torn.is_none());
+    }
+
+    #[test]
+    fn offsets_below_base_are_corrupt() {
+        let bytes = segment(3, 0);
+        let err = scan_segment(&bytes[..], bytes.len() as u64, Path::new("seg"), 1, false).unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { position: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn huge_length_at_tail_is_torn_not_allocated() {
+        let mut bytes = segment(3, 0);
+        let good = bytes.len() as u64;
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0xAB; 100]);
+        let s = scan_bytes(&bytes).unwrap();
+        assert_eq!(s.records, 3);
+        let torn = s.torn.unwrap();
+        assert_eq!(torn.position, good);
+        assert_eq!(torn.bytes, 104);
+    }
+
+    #[test]
+    fn index_floor() {
+        let idx = SegmentIndex {
+            generation: 1,
+            entries: vec![(10, 0), (20, 100), (30, 200)],
+        };
+        assert_eq!(idx.floor(5), (0, 0));
+        assert_eq!(idx.floor(10), (10, 0));
+        assert_eq!(idx.floor(25), (20, 100));
+        assert_eq!(idx.floor(99), (30, 200));
+    }
+}
