@@ -46,7 +46,7 @@ pub struct TornTailCut {
     pub position: u64,
     /// Bytes removed.
     pub bytes_cut: u64,
-    /// Offset of the last record kept in the partition, if any.
+    /// Offset of the last record kept in that segment, if any.
     pub last_good_offset: Option<u64>,
     /// Why the first removed frame was bad.
     pub reason: String,
