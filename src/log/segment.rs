@@ -550,6 +550,36 @@ mod tests {
         assert_eq!(torn.bytes, 104);
     }
 
+    proptest::proptest! {
+        /// The fuzz target's invariants, on mutated valid segments and on random bytes.
+        #[test]
+        fn scan_never_panics_and_keeps_a_valid_prefix(
+            n in 0u64..20,
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 0..4),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut bytes = segment(n, 0);
+            if !bytes.is_empty() {
+                for (i, b) in &edits {
+                    let i = i.index(bytes.len());
+                    bytes[i] = *b;
+                }
+                let keep = cut.index(bytes.len() + 1);
+                bytes.truncate(keep);
+            }
+            bytes.extend_from_slice(&noise);
+            for data in [&bytes[..], &noise[..]] {
+                if let Ok(scan) = scan_bytes(data) {
+                    proptest::prop_assert!(scan.valid_len <= data.len() as u64);
+                    let recs = read_all_bytes(&data[..scan.valid_len as usize], 0).unwrap();
+                    proptest::prop_assert_eq!(recs.len() as u64, scan.records);
+                }
+                let _ = read_all_bytes(data, 0);
+            }
+        }
+    }
+
     #[test]
     fn index_floor() {
         let idx = SegmentIndex {
