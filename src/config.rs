@@ -187,6 +187,16 @@ impl FlatConfig {
         names
     }
 
+    /// Every key starting with `prefix`, sorted.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.entries.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Removes and returns a value as is.
+    pub fn take_raw(&mut self, key: &str) -> Option<toml::Value> {
+        self.entries.remove(key)
+    }
+
     /// Fails on the first key nobody took.
     pub fn finish(self) -> Result<(), ConfigError> {
         match self.entries.into_keys().next() {

@@ -21,11 +21,14 @@
 
 pub mod changelog;
 pub mod checked_file;
+pub mod checkpoint;
 pub mod config;
 pub mod fsutil;
 pub mod log;
 pub mod partitioner;
 pub mod restore;
+pub mod runtime;
 pub mod serde;
 pub mod statedir;
 pub mod store;
+pub mod task_stores;

@@ -1,1 +1,82 @@
-fn main() {}
+//! `gregor`: the command-line tool. Inspect and edit stores and embedded topics, run jobs,
+//! and run the demo. Errors print one line and exit with status 2.
+
+mod demo;
+mod progress;
+mod run_cmd;
+mod store_cmd;
+mod topic;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Samza-style state stores and stream processing.
+#[derive(Parser, Debug)]
+#[command(name = "gregor", version, about)]
+struct Cli {
+    /// The state directory (stores, logs, checkpoints).
+    #[arg(long, global = true, env = "GREGOR_STATE_DIR", default_value = "gregor-state")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read and write a task's store offline.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
+    /// Create, inspect, produce to and consume from embedded topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCmd),
+    /// Run a job (a TOML file naming a built-in task) in this process.
+    Run {
+        /// The job file.
+        job: PathBuf,
+        /// Stop once every input is consumed to the end it had at start, and committed.
+        #[arg(long)]
+        until_end: bool,
+    },
+    /// Generate page views and run the page-view counter job over them (resumes on re-run).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Store(cmd) => store_cmd::run(&cli.state_dir, cmd),
+        Command::Topic(cmd) => gregor::statedir::StateDir::open(&cli.state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|_lock| topic::run(&cli.state_dir, cmd)),
+        Command::Run { job, until_end } => run_cmd::run(&cli.state_dir, &job, until_end),
+        Command::Demo(args) => demo::run(&cli.state_dir, args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s.replace('\n', " ")
+}

@@ -1,6 +1,8 @@
 //! Restore: bring a store back to its last checkpoint from the local engine plus the
-//! changelog. [`plan`] decides (pure), [`exec`] does.
+//! changelog. [`plan`] decides (a pure function, tested exhaustively), [`exec`] does.
 
+pub mod exec;
 pub mod plan;
 
+pub use exec::{LogProgress, NoProgress, RestoreError, RestoreProgress, RestoreStats, execute};
 pub use plan::{Action, LocalStore, PlanError, RestoreInputs, RestoreKind, RestorePlan};

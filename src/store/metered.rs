@@ -84,7 +84,9 @@ impl KeyValueStore for MeteredStore {
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let vs = self.inner.get_all(keys)?;
         self.m.gets.increment(keys.len() as u64);
-        let n: usize = vs.iter().map(|v| v.as_ref().map_or(0, |v| v.len())).sum();
+        // Same rule as `get`: key bytes of every key asked plus the bytes of values found.
+        let n: usize = keys.iter().map(|k| k.len()).sum::<usize>()
+            + vs.iter().map(|v| v.as_ref().map_or(0, |v| v.len())).sum::<usize>();
         self.m.bytes_read.increment(n as u64);
         Ok(vs)
     }
@@ -93,8 +95,9 @@ impl KeyValueStore for MeteredStore {
         let start = Instant::now();
         let (mut puts, mut deletes, mut bytes) = (0u64, 0u64, 0usize);
         for m in &batch {
-            bytes += m.key.len() + m.value.as_ref().map_or(0, |v| v.len());
-            if m.value.is_some() {
+            // Same rule as `put`/`delete`: only puts count bytes written.
+            if let Some(v) = &m.value {
+                bytes += m.key.len() + v.len();
                 puts += 1;
             } else {
                 deletes += 1;

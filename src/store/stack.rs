@@ -27,6 +27,9 @@ pub struct Manifest {
     pub store: String,
     /// Its configuration when it was created or last opened by a job.
     pub config: StoreConfig,
+    /// The changelog partition its task writes.
+    #[serde(default)]
+    pub changelog_partition: u32,
 }
 
 fn checked(store: &str, e: CheckedFileError) -> StoreError {

@@ -1,12 +1,19 @@
 //! The typed facade: `Store<K, V>` encodes keys and values with the serdes named in config
 //! and decodes what it reads; undecodable bytes are errors naming the store and serde.
+//!
+//! A `Store` either owns its stack (`Store<K, V>`, over `Box<dyn KeyValueStore>`) or borrows
+//! it (`Store<K, V, &mut dyn KeyValueStore>`, how tasks get typed access to their stores;
+//! the built-in serdes are zero-sized, so making one costs no allocation).
+
+use std::ops::DerefMut;
 
 use super::{KeyValueStore, KvSnapshot, Mutation, Result, StoreError};
 use crate::serde::{Codec, Serde, SerdeError, SerdeName};
 
-/// A typed view of a bytes-level store stack.
-pub struct Store<K, V> {
-    inner: Box<dyn KeyValueStore>,
+/// A typed view of a bytes-level store stack, owned (`S = Box<dyn KeyValueStore>`) or
+/// borrowed (`S = &mut dyn KeyValueStore`).
+pub struct Store<K, V, S = Box<dyn KeyValueStore>> {
+    inner: S,
     keys: Box<dyn Serde<K>>,
     values: Box<dyn Serde<V>>,
 }
@@ -15,10 +22,14 @@ fn serde_err(store: &str, action: &'static str, what: &'static str, e: SerdeErro
     StoreError::Serde { store: store.to_string(), action, what, serde: e.serde, message: e.message }
 }
 
-impl<K: Codec, V: Codec> Store<K, V> {
+impl<K: Codec, V: Codec, S> Store<K, V, S>
+where
+    S: DerefMut,
+    S::Target: KeyValueStore,
+{
     /// Wraps `inner`, using the serdes named `key_serde` / `value_serde`. Fails if `K` or `V`
     /// cannot use the named serde (e.g. `u64` keys with `key.serde = "string"`).
-    pub fn new(inner: Box<dyn KeyValueStore>, key_serde: SerdeName, value_serde: SerdeName) -> Result<Self> {
+    pub fn new(inner: S, key_serde: SerdeName, value_serde: SerdeName) -> Result<Self> {
         let name = inner.name().to_string();
         let mismatch = |what: &str, serde: SerdeName, ty: &str| StoreError::Config {
             store: name.clone(),
@@ -30,9 +41,13 @@ impl<K: Codec, V: Codec> Store<K, V> {
     }
 }
 
-impl<K, V> Store<K, V> {
+impl<K, V, S> Store<K, V, S>
+where
+    S: DerefMut,
+    S::Target: KeyValueStore,
+{
     /// Wraps `inner` with explicit serdes.
-    pub fn with_serdes(inner: Box<dyn KeyValueStore>, keys: Box<dyn Serde<K>>, values: Box<dyn Serde<V>>) -> Self {
+    pub fn with_serdes(inner: S, keys: Box<dyn Serde<K>>, values: Box<dyn Serde<V>>) -> Self {
         Store { inner, keys, values }
     }
 
@@ -151,7 +166,7 @@ impl<K, V> Store<K, V> {
     }
 
     /// The bytes-level stack under this facade.
-    pub fn inner_mut(&mut self) -> &mut dyn KeyValueStore {
+    pub fn inner_mut(&mut self) -> &mut S::Target {
         &mut *self.inner
     }
 

@@ -1,0 +1,160 @@
+//! `gregor demo`: generates a page-view stream into a local topic, runs the page-view
+//! counter job over it on the embedded default (RocksDB stores with changelogs), and prints
+//! the top pages, the top users and the throughput. Each run appends new page views and the
+//! job resumes from its checkpoint, so counts accumulate across runs.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Args;
+use gregor::checkpoint::Checkpoint;
+use gregor::config::FlatConfig;
+use gregor::log::{LogDir, LogError, TopicConfig};
+use gregor::partitioner::partition_for_key;
+use gregor::runtime::builtin::{self, top_n};
+use gregor::runtime::{JobConfig, RunOptions, run_job, task_name};
+use gregor::serde::{Serde, StringSerde, U64Serde};
+use gregor::statedir::StateDir;
+use gregor::store::stack;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+
+use crate::{progress, run_cmd};
+
+const TOPIC: &str = "page-views";
+
+/// Demo settings.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Page views to generate in this run.
+    #[arg(long, default_value_t = 500_000)]
+    events: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 20_000)]
+    users: u64,
+    /// Distinct pages.
+    #[arg(long, default_value_t = 500)]
+    pages: u64,
+    /// Partitions of the page-view topic (= tasks), used when it is first created.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+fn job_config() -> Result<JobConfig> {
+    let text = r#"
+        [job]
+        name = "pageviews"
+        task = "pageviews"
+        inputs = ["page-views"]
+        outputs = ["top-pages"]
+        commit.ms = 1000
+        window.ms = 2000
+
+        [stores.page-views]
+        key.serde = "string"
+        value.serde = "u64"
+        changelog = "page-views-changelog"
+        object.cache.size = 10000
+
+        [stores.user-views]
+        key.serde = "string"
+        value.serde = "u64"
+        changelog = "user-views-changelog"
+        object.cache.size = 10000
+
+        [task]
+        top.n = 5
+    "#;
+    Ok(JobConfig::from_flat(FlatConfig::from_toml_str("<demo job>", text)?)?)
+}
+
+/// Page `p` of `pages` with a Zipf-like skew: a few pages get most views.
+fn pick_page(rng: &mut impl Rng, pages: u64) -> u64 {
+    let u: f64 = rng.r#gen();
+    ((pages as f64).powf(u) - 1.0) as u64 % pages
+}
+
+fn generate(state: &StateDir, args: &DemoArgs) -> Result<()> {
+    let logs = LogDir::open(state.root())?;
+    let topic = match logs.topic(TOPIC) {
+        Ok(t) => t,
+        Err(LogError::TopicNotFound { .. }) => logs.create_topic(TOPIC, args.partitions, TopicConfig::default())?,
+        Err(e) => return Err(e.into()),
+    };
+    let n = topic.partitions();
+    let mut parts = (0..n).map(|p| topic.open_partition(p).map(|(p, _)| p)).collect::<Result<Vec<_>, _>>()?;
+    let seed = parts.iter().map(|p| p.end_offset()).sum::<u64>();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(args.events) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("generating page views [{bar:30}] {pos}/{len} {per_sec}").expect("template").progress_chars("=> "));
+    let now = gregor::changelog::now_ms();
+    for i in 0..args.events {
+        let user = format!("user-{:05}", rng.gen_range(0..args.users));
+        let page = format!("/page/{}", pick_page(&mut rng, args.pages));
+        let p = partition_for_key(user.as_bytes(), n);
+        let value = format!("{user}\t{page}");
+        parts[p as usize].append(now, user.as_bytes(), Some(value.as_bytes()))?;
+        if i % 10_000 == 0 {
+            bar.set_position(i);
+        }
+    }
+    for p in &mut parts {
+        p.sync()?;
+    }
+    bar.finish_and_clear();
+    eprintln!("generated {} page views into topic `{TOPIC}` ({n} partitions)", args.events);
+    Ok(())
+}
+
+/// Sums a string -> u64 store over every task.
+fn totals(state: &StateDir, tasks: u32, store: &str) -> Result<BTreeMap<String, u64>> {
+    let job = job_config()?;
+    let config = &job.stores[store];
+    let mut sums = BTreeMap::new();
+    for p in 0..tasks {
+        let dir = state.store_dir(&task_name(p), store);
+        let mut engine = stack::open_engine(store, &dir, config)?;
+        for e in engine.all()? {
+            let (k, v) = e?;
+            *sums.entry(StringSerde.decode(&k)?).or_insert(0) += U64Serde.decode(&v)?;
+        }
+    }
+    Ok(sums)
+}
+
+/// Runs the demo.
+pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
+    let state = StateDir::open(state_dir)?;
+    let resumed = Checkpoint::read(&state.checkpoint_path(&task_name(0)))?.is_some();
+    generate(&state, &args)?;
+    let job = job_config()?;
+    let factory = builtin::factory(&job.task).expect("built-in");
+    let opts = RunOptions { until_end: true, stop: run_cmd::stop_on_signal()?, progress: progress::for_stderr() };
+    if resumed {
+        eprintln!("resuming the page-view job from its checkpoint");
+    }
+    let stats = run_job(&state, &job, &factory, opts)?;
+    run_cmd::print_stats(&stats);
+    let pages = totals(&state, stats.tasks, "page-views")?;
+    let users = totals(&state, stats.tasks, "user-views")?;
+    let total: u64 = pages.values().sum();
+    println!("\nTop pages ({total} views counted so far, {} pages, {} users):", pages.len(), users.len());
+    for (rank, (page, views)) in top_n(pages, 10).into_iter().enumerate() {
+        println!("{:>3}. {page:<12} {views:>9} views", rank + 1);
+    }
+    println!("\nTop users:");
+    for (rank, (user, views)) in top_n(users, 5).into_iter().enumerate() {
+        println!("{:>3}. {user:<12} {views:>9} views", rank + 1);
+    }
+    println!(
+        "\nthroughput: {:.0} events/s ({} events in {:.2}s); state in {}",
+        stats.processed as f64 / stats.elapsed.as_secs_f64().max(1e-9),
+        stats.processed,
+        stats.elapsed.as_secs_f64(),
+        state.root().display()
+    );
+    println!("run `gregor --state-dir {} demo` again to add more page views and resume from the checkpoint", state.root().display());
+    Ok(0)
+}

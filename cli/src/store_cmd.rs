@@ -1,0 +1,309 @@
+//! `gregor store …`: offline inspection and editing of a task's store (one no job has open:
+//! the state directory lock guarantees it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use gregor::checkpoint::Checkpoint;
+use gregor::log::LogDir;
+use gregor::serde::SerdeName;
+use gregor::statedir::StateDir;
+use gregor::store::config::{EngineKind, StoreConfig};
+use gregor::store::stack;
+use gregor::task_stores::{StoreOpenContext, TaskStore, open_store};
+
+use crate::progress;
+
+/// Which store, and how to create it if it does not exist yet.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// The task owning the store.
+    #[arg(long)]
+    task: String,
+    /// The store's name.
+    #[arg(long)]
+    store: String,
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+/// Settings for a store the CLI creates (ignored, but checked, for an existing store).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CreateArgs {
+    /// Engine of a new store: rocksdb (default) or memory (needs --changelog).
+    #[arg(long, value_parser = ["rocksdb", "memory"])]
+    engine: Option<String>,
+    /// Key serde of a new store (default string).
+    #[arg(long, value_parser = ["bytes", "string", "u64", "i64", "json", "postcard"])]
+    key_serde: Option<String>,
+    /// Value serde of a new store (default string).
+    #[arg(long, value_parser = ["bytes", "string", "u64", "i64", "json", "postcard"])]
+    value_serde: Option<String>,
+    /// Changelog topic of a new store.
+    #[arg(long)]
+    changelog: Option<String>,
+    /// Changelog partition of a new store (default: N for a task named partition-N, else 0).
+    #[arg(long)]
+    changelog_partition: Option<u32>,
+}
+
+/// `gregor store` verbs.
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Store VALUE under KEY (creates the store if needed).
+    Put {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The key, in the store's key serde (decimal for u64/i64, JSON text for json).
+        key: String,
+        /// The value, in the store's value serde.
+        value: String,
+    },
+    /// Print the value under KEY (exit status 1 if missing).
+    Get {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The key.
+        key: String,
+    },
+    /// Delete KEY.
+    Delete {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The key.
+        key: String,
+    },
+    /// Print entries in key order, one `key<TAB>value` line each.
+    Range {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// First key (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last key (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only keys starting with this prefix (raw text).
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        prefix: Option<String>,
+        /// Print JSON lines `{"key":…,"value":…}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every entry in key order; without --task, of every task, merged in key order.
+    Dump {
+        /// The task (default: all tasks that have the store).
+        #[arg(long)]
+        task: Option<String>,
+        /// The store.
+        #[arg(long)]
+        store: String,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a store from its changelog (e.g. after its directory was deleted), with progress.
+    Restore {
+        #[command(flatten)]
+        at: StoreArgs,
+    },
+}
+
+fn default_partition(task: &str) -> u32 {
+    task.strip_prefix("partition-").and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Loads the store's config from its manifest, or builds one from the flags if `create`.
+fn resolve_config(state: &StateDir, at: &StoreArgs, create: bool) -> Result<(StoreConfig, u32)> {
+    let dir = state.store_dir(&at.task, &at.store);
+    let c = &at.create;
+    if let Some(m) = stack::read_manifest(&at.store, &dir)? {
+        let mut wanted = m.config.clone();
+        if let Some(e) = &c.engine {
+            wanted.engine = EngineKind::parse(e).expect("clap checked");
+        }
+        if let Some(s) = &c.key_serde {
+            wanted.key_serde = SerdeName::parse(s).expect("clap checked");
+        }
+        if let Some(s) = &c.value_serde {
+            wanted.value_serde = SerdeName::parse(s).expect("clap checked");
+        }
+        stack::check_compatible(&at.store, &m.config, &wanted)?;
+        return Ok((m.config, m.changelog_partition));
+    }
+    if !create && c.changelog.is_none() {
+        let tasks = state.tasks().unwrap_or_default();
+        bail!(
+            "no store `{}` in task `{}` under {} (tasks here: {}); `store put` creates one, `store restore --changelog TOPIC` rebuilds one",
+            at.store,
+            at.task,
+            state.root().display(),
+            if tasks.is_empty() { "none".to_string() } else { tasks.join(", ") }
+        );
+    }
+    let config = StoreConfig {
+        engine: c.engine.as_deref().map_or(EngineKind::Rocksdb, |e| EngineKind::parse(e).expect("clap checked")),
+        key_serde: c.key_serde.as_deref().map_or(SerdeName::String, |s| SerdeName::parse(s).expect("clap checked")),
+        value_serde: c.value_serde.as_deref().map_or(SerdeName::String, |s| SerdeName::parse(s).expect("clap checked")),
+        changelog: c.changelog.clone(),
+        ..StoreConfig::default()
+    };
+    if config.engine == EngineKind::Memory && config.changelog.is_none() {
+        bail!("a memory store keeps nothing between commands without a changelog: add --changelog TOPIC or use --engine rocksdb");
+    }
+    Ok((config, c.changelog_partition.unwrap_or_else(|| default_partition(&at.task))))
+}
+
+/// An open store plus what committing it needs.
+struct Opened<'a> {
+    state: &'a StateDir,
+    task: String,
+    store: TaskStore,
+}
+
+fn open<'a>(state: &'a StateDir, logs: &LogDir, at: &StoreArgs, create: bool) -> Result<Opened<'a>> {
+    let (config, partition) = resolve_config(state, at, create)?;
+    let checkpoint = Checkpoint::read(&state.checkpoint_path(&at.task))?;
+    let ctx = StoreOpenContext { state, logs, task: &at.task, changelog_partition: partition, checkpoint: checkpoint.as_ref() };
+    let mut progress = progress::for_stderr();
+    let (store, _) = open_store(&ctx, &at.store, &config, &mut *progress)?;
+    Ok(Opened { state, task: at.task.clone(), store })
+}
+
+impl Opened<'_> {
+    /// Commits the store and records its changelog end in the task's checkpoint, so the
+    /// write is not dropped as uncommitted when the job restarts.
+    fn commit(mut self) -> Result<()> {
+        let end = self.store.commit()?;
+        if let Some(end) = end {
+            let path = self.state.checkpoint_path(&self.task);
+            let mut cp = Checkpoint::read(&path)?.unwrap_or_default();
+            cp.changelogs.insert(self.store.name().to_string(), end);
+            cp.write(&path)?;
+        }
+        self.store.close()?;
+        Ok(())
+    }
+}
+
+fn text(serde: SerdeName, bytes: &[u8], what: &str) -> Result<String> {
+    serde.decode_text(bytes).with_context(|| format!("cannot decode {what}"))
+}
+
+fn json_of(serde: SerdeName, bytes: &[u8]) -> Result<serde_json::Value> {
+    Ok(match serde {
+        SerdeName::U64 | SerdeName::I64 => serde_json::from_str(&serde.decode_text(bytes)?)?,
+        SerdeName::Json => serde_json::from_slice(bytes)?,
+        _ => serde_json::Value::String(serde.decode_text(bytes)?),
+    })
+}
+
+fn print_entry(config: &StoreConfig, key: &[u8], value: &[u8], json: bool) -> Result<()> {
+    if json {
+        let line = serde_json::json!({"key": json_of(config.key_serde, key)?, "value": json_of(config.value_serde, value)?});
+        println!("{line}");
+    } else {
+        println!("{}\t{}", text(config.key_serde, key, "key")?, text(config.value_serde, value, "value")?);
+    }
+    Ok(())
+}
+
+/// Runs a `store` verb; returns the exit status.
+pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    let state = StateDir::open(state_dir)?;
+    let logs = LogDir::open(state.root())?;
+    match cmd {
+        StoreCmd::Put { at, key, value } => {
+            let mut o = open(&state, &logs, &at, true)?;
+            let c = o.store.config().clone();
+            let k = c.key_serde.encode_text(&key).context("bad key")?;
+            let v = c.value_serde.encode_text(&value).context("bad value")?;
+            o.store.stack().put(&k, &v)?;
+            o.commit()?;
+            Ok(0)
+        }
+        StoreCmd::Get { at, key } => {
+            let mut o = open(&state, &logs, &at, false)?;
+            let c = o.store.config().clone();
+            let k = c.key_serde.encode_text(&key).context("bad key")?;
+            match o.store.stack().get(&k)? {
+                Some(v) => {
+                    println!("{}", text(c.value_serde, &v, "value")?);
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("key {key:?} not found in store `{}` of task `{}`", at.store, at.task);
+                    Ok(1)
+                }
+            }
+        }
+        StoreCmd::Delete { at, key } => {
+            let mut o = open(&state, &logs, &at, false)?;
+            let c = o.store.config().clone();
+            let k = c.key_serde.encode_text(&key).context("bad key")?;
+            o.store.stack().delete(&k)?;
+            o.commit()?;
+            Ok(0)
+        }
+        StoreCmd::Range { at, from, to, prefix, json } => {
+            let mut o = open(&state, &logs, &at, false)?;
+            let c = o.store.config().clone();
+            let from = from.map(|f| c.key_serde.encode_text(&f)).transpose().context("bad --from")?;
+            let to = to.map(|t| c.key_serde.encode_text(&t)).transpose().context("bad --to")?;
+            let it = match &prefix {
+                Some(p) => o.store.stack().prefix(p.as_bytes())?,
+                None => o.store.stack().scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
+            };
+            for e in it {
+                let (k, v) = e?;
+                print_entry(&c, &k, &v, json)?;
+            }
+            Ok(0)
+        }
+        StoreCmd::Dump { task, store, json } => dump(&state, &logs, task, &store, json),
+        StoreCmd::Restore { at } => {
+            let o = open(&state, &logs, &at, false)?;
+            o.commit()?;
+            Ok(0)
+        }
+    }
+}
+
+/// Dumps a store of one task or, merged in key order, of every task that has it.
+fn dump(state: &StateDir, logs: &LogDir, task: Option<String>, store: &str, json: bool) -> Result<i32> {
+    let tasks = match task {
+        Some(t) => vec![t],
+        None => state.tasks()?.into_iter().filter(|t| state.store_dir(t, store).join(stack::MANIFEST_FILE).exists()).collect(),
+    };
+    if tasks.is_empty() {
+        bail!("no task under {} has a store `{store}`", state.root().display());
+    }
+    let mut opened = Vec::new();
+    for t in &tasks {
+        let at = StoreArgs { task: t.clone(), store: store.to_string(), create: CreateArgs::default() };
+        opened.push(open(state, logs, &at, false)?);
+    }
+    let config = opened[0].store.config().clone();
+    // k-way merge of the tasks' ordered iterators.
+    let mut iters = Vec::new();
+    for o in &mut opened {
+        iters.push(o.store.stack().all()?.peekable());
+    }
+    let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
+    for (i, it) in iters.iter_mut().enumerate() {
+        if let Some(e) = it.next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    while let Some(((k, i), v)) = heads.pop_first() {
+        print_entry(&config, &k, &v, json)?;
+        if let Some(e) = iters[i].next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    Ok(0)
+}

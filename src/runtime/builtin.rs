@@ -1,0 +1,95 @@
+//! Built-in tasks, runnable by name from a job file (`job.task`):
+//!
+//! - `count`: counts messages per key into store `counts` (string -> u64).
+//! - `wordcount`: splits values on whitespace and counts words into store `counts`.
+//! - `pageviews`: the demo's page-view counter: input values are `user<TAB>page`, views per
+//!   page in store `page-views` and per user in `user-views`; every window it sends the
+//!   top `task.top.n` (default 5) pages of the task to output `top-pages` (value
+//!   `task<TAB>rank<TAB>page<TAB>views`) if that is a job output.
+
+use super::task::{Envelope, StreamTask, TaskContext, TaskError, TaskFactory};
+
+/// The names of the built-in tasks.
+pub const NAMES: [&str; 3] = ["count", "wordcount", "pageviews"];
+
+/// A factory for built-in task `name`.
+pub fn factory(name: &str) -> Option<TaskFactory> {
+    let f: TaskFactory = match name {
+        "count" => Box::new(|_| Box::new(Count)),
+        "wordcount" => Box::new(|_| Box::new(WordCount)),
+        "pageviews" => Box::new(|_| Box::new(PageViews)),
+        _ => return None,
+    };
+    Some(f)
+}
+
+fn increment(ctx: &mut TaskContext<'_>, store: &str, key: &str) -> Result<u64, TaskError> {
+    let mut s = ctx.store::<String, u64>(store)?;
+    let key = key.to_string();
+    let n = s.get(&key)?.unwrap_or(0) + 1;
+    s.put(&key, &n)?;
+    Ok(n)
+}
+
+/// Counts messages per key.
+pub struct Count;
+
+impl StreamTask for Count {
+    fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        increment(ctx, "counts", &String::from_utf8_lossy(msg.key))?;
+        Ok(())
+    }
+}
+
+/// Counts words in message values.
+pub struct WordCount;
+
+impl StreamTask for WordCount {
+    fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        let text = String::from_utf8_lossy(msg.value.unwrap_or_default()).into_owned();
+        for word in text.split_whitespace() {
+            increment(ctx, "counts", word)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts page views per page and per user; emits the top pages every window.
+pub struct PageViews;
+
+/// The `n` entries with the highest counts (ties by key), highest first.
+pub fn top_n(entries: impl IntoIterator<Item = (String, u64)>, n: usize) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = entries.into_iter().collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(n);
+    all
+}
+
+impl StreamTask for PageViews {
+    fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        let value = String::from_utf8_lossy(msg.value.unwrap_or_default()).into_owned();
+        let Some((user, page)) = value.split_once('\t') else {
+            return Err(format!("page view {:?} at offset {} is not `user<TAB>page`", value, msg.offset).into());
+        };
+        increment(ctx, "page-views", page)?;
+        increment(ctx, "user-views", user)?;
+        Ok(())
+    }
+
+    fn window(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        if !ctx.config().outputs.iter().any(|o| o == "top-pages") {
+            return Ok(());
+        }
+        let n = ctx.config().task_u64("top.n").unwrap_or(5) as usize;
+        let top = {
+            let mut views = ctx.store::<String, u64>("page-views")?;
+            top_n(views.all()?.collect::<Result<Vec<_>, _>>()?, n)
+        };
+        let task = ctx.task_name().to_string();
+        for (rank, (page, count)) in top.iter().enumerate() {
+            let value = format!("{task}\t{}\t{page}\t{count}", rank + 1);
+            ctx.send("top-pages", page.as_bytes(), Some(value.as_bytes()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,493 @@
+//! The container: runs every task of a job in one thread, one task per input partition.
+//!
+//! Start-up: check inputs, create changelog and output topics, drop output that no
+//! checkpoint covers, open each task's stores (restoring them to the task's checkpoint) and
+//! position its inputs at the checkpointed offsets. Then loop: read input in batches, call
+//! `process`, call `window` every `job.window.ms`, commit every `job.commit.ms`. A stop
+//! request (Ctrl-C, SIGTERM, a task's `shutdown`) or, with `until_end`, reaching the end every
+//! input had at start, ends the loop with a final commit.
+//!
+//! Commit, one task at a time (so the tail of an output partition only ever belongs to the
+//! task committing): flush and sync the stores (see [`crate::task_stores`]); append the
+//! task's buffered output and fsync it; write the checkpoint (input offsets, changelog ends,
+//! output ends); update the output partitions' read-committed markers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::changelog::now_ms;
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::log::{LogDir, LogError, Partition, PartitionReader, TopicConfig};
+use crate::restore::{RestoreProgress, RestoreStats};
+use crate::statedir::StateDir;
+use crate::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_stores};
+
+use super::committed;
+use super::config::JobConfig;
+use super::task::{Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskError, TaskFactory};
+
+/// Records read from one input partition per batch.
+const FETCH_RECORDS: usize = 1024;
+
+/// A job could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// An input topic does not exist.
+    #[error("input topic `{topic}` does not exist (create it with `gregor topic create {topic} --partitions N`)")]
+    NoInput {
+        /// The topic.
+        topic: String,
+    },
+    /// A changelog topic has fewer partitions than the job has tasks.
+    #[error("changelog topic `{topic}` has {has} partitions but the job has {needs} tasks")]
+    ChangelogPartitions {
+        /// The topic.
+        topic: String,
+        /// Partitions it has.
+        has: u32,
+        /// Tasks of the job.
+        needs: u32,
+    },
+    /// Two stores share a changelog topic.
+    #[error("stores `{a}` and `{b}` both use changelog topic `{topic}`; each store needs its own")]
+    SharedChangelog {
+        /// The topic.
+        topic: String,
+        /// One store.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// A checkpointed input offset lies past the end of the input.
+    #[error(
+        "task `{task}`: checkpoint says input {topic}/{partition} was read up to {offset}, but it ends at {end}: the input lost data"
+    )]
+    InputBehindCheckpoint {
+        /// Task.
+        task: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Checkpointed offset.
+        offset: u64,
+        /// Actual end.
+        end: u64,
+    },
+    /// A log operation failed.
+    #[error("topic `{topic}`: {source}")]
+    Log {
+        /// Topic.
+        topic: String,
+        /// The log error.
+        #[source]
+        source: LogError,
+    },
+    /// A store failed to open, restore or commit.
+    #[error(transparent)]
+    Store(#[from] TaskStoreError),
+    /// A checkpoint could not be read or written.
+    #[error("task `{task}`: {source}")]
+    Checkpoint {
+        /// Task.
+        task: String,
+        /// The error.
+        #[source]
+        source: CheckpointError,
+    },
+    /// A read-committed marker could not be read or written.
+    #[error("{0}")]
+    Marker(#[from] crate::checked_file::CheckedFileError),
+    /// The task returned an error.
+    #[error("task `{task}` failed in {during}: {source}")]
+    Task {
+        /// Task.
+        task: String,
+        /// Where (`process of in/0@42`, `window`, …).
+        during: String,
+        /// The task's error.
+        #[source]
+        source: TaskError,
+    },
+}
+
+/// How to run a job.
+pub struct RunOptions {
+    /// Stop once every input partition is consumed to the end it had at start (and committed).
+    pub until_end: bool,
+    /// Set to stop the container (commit, close, return).
+    pub stop: Arc<AtomicBool>,
+    /// Restore progress display.
+    pub progress: Box<dyn RestoreProgress>,
+}
+
+impl RunOptions {
+    /// Runs until stopped, logging restore progress.
+    pub fn new() -> Self {
+        RunOptions { until_end: false, stop: Arc::new(AtomicBool::new(false)), progress: Box::new(crate::restore::LogProgress::default()) }
+    }
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Tasks run.
+    pub tasks: u32,
+    /// Messages processed.
+    pub processed: u64,
+    /// Commits (per task).
+    pub commits: u64,
+    /// Time spent processing (after restore).
+    pub elapsed: Duration,
+    /// Time spent restoring stores.
+    pub restore_elapsed: Duration,
+    /// Per-store restore statistics.
+    pub restores: Vec<RestoreStats>,
+}
+
+struct Cursor {
+    topic: String,
+    partition: u32,
+    reader: PartitionReader,
+    /// Next offset to process.
+    next: u64,
+    /// Read below this (the committed end for job outputs, else the end).
+    limit: u64,
+    /// `until_end` target: the limit at start.
+    target: u64,
+    /// Partition directory (to refresh the committed marker).
+    dir: std::path::PathBuf,
+    marked: bool,
+}
+
+struct TaskRun {
+    name: String,
+    partition: u32,
+    task: Box<dyn StreamTask>,
+    stores: BTreeMap<String, TaskStore>,
+    cursors: Vec<Cursor>,
+    collector: Collector,
+    coordinator: Coordinator,
+}
+
+struct Outputs {
+    partitions: BTreeMap<(String, u32), Partition>,
+}
+
+fn task_err(task: &str, during: String) -> impl FnOnce(TaskError) -> RuntimeError + '_ {
+    move |source| RuntimeError::Task { task: task.to_string(), during, source }
+}
+
+/// Task name for input partition `p`.
+pub fn task_name(p: u32) -> String {
+    format!("partition-{p}")
+}
+
+/// Runs `job` in this process until it is stopped (or, with `until_end`, caught up).
+pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opts: RunOptions) -> Result<RunStats, RuntimeError> {
+    let logs = LogDir::open(state.root()).map_err(|source| RuntimeError::Log { topic: "*".into(), source })?;
+    let log_err = |topic: &str| {
+        let topic = topic.to_string();
+        move |source| RuntimeError::Log { topic, source }
+    };
+
+    // Inputs decide the number of tasks.
+    let mut input_partitions = BTreeMap::new();
+    for t in &job.inputs {
+        let topic = match logs.topic(t) {
+            Ok(topic) => topic,
+            Err(LogError::TopicNotFound { .. }) => return Err(RuntimeError::NoInput { topic: t.clone() }),
+            Err(e) => return Err(log_err(t)(e)),
+        };
+        input_partitions.insert(t.clone(), topic.partitions());
+    }
+    let n_tasks = input_partitions.values().copied().max().unwrap_or(0);
+
+    // Changelogs: one partition per task, compacted; one topic per store.
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (store, cfg) in &job.stores {
+        let Some(cl) = &cfg.changelog else { continue };
+        if let Some(other) = seen.insert(cl, store) {
+            return Err(RuntimeError::SharedChangelog { topic: cl.clone(), a: other.to_string(), b: store.clone() });
+        }
+        match logs.topic(cl) {
+            Ok(t) if t.partitions() < n_tasks => {
+                return Err(RuntimeError::ChangelogPartitions { topic: cl.clone(), has: t.partitions(), needs: n_tasks });
+            }
+            Ok(_) => {}
+            Err(LogError::TopicNotFound { .. }) => {
+                logs.create_topic(cl, n_tasks, TopicConfig::compacted()).map_err(log_err(cl))?;
+            }
+            Err(e) => return Err(log_err(cl)(e)),
+        }
+    }
+
+    // Checkpoints of every task.
+    let mut checkpoints = Vec::new();
+    for p in 0..n_tasks {
+        let name = task_name(p);
+        let cp = Checkpoint::read(&state.checkpoint_path(&name))
+            .map_err(|source| RuntimeError::Checkpoint { task: name.clone(), source })?;
+        checkpoints.push(cp);
+    }
+
+    // Outputs: create if missing, drop what no checkpoint covers, write the markers.
+    let mut outputs = Outputs { partitions: BTreeMap::new() };
+    let mut collector_partitions = BTreeMap::new();
+    for t in &job.outputs {
+        let topic = match logs.topic(t) {
+            Ok(topic) => topic,
+            Err(LogError::TopicNotFound { .. }) => {
+                tracing::info!(topic = %t, partitions = n_tasks, "creating output topic");
+                logs.create_topic(t, n_tasks.max(1), TopicConfig::default()).map_err(log_err(t))?
+            }
+            Err(e) => return Err(log_err(t)(e)),
+        };
+        collector_partitions.insert(t.clone(), topic.partitions());
+        for p in 0..topic.partitions() {
+            let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
+            let committed = checkpoints.iter().flatten().filter_map(|cp| cp.outputs.get(t).and_then(|m| m.get(&p)).copied()).max();
+            if let Some(c) = committed
+                && part.end_offset() > c
+            {
+                tracing::warn!(topic = %t, partition = p, "dropping {} uncommitted output records", part.end_offset() - c);
+                part.truncate(c).map_err(log_err(t))?;
+            }
+            committed::write(part.dir(), part.end_offset())?;
+            outputs.partitions.insert((t.clone(), p), part);
+        }
+    }
+
+    // Open every task: stores (restored), inputs at the checkpoint.
+    let restore_started = Instant::now();
+    let mut stats = RunStats { tasks: n_tasks, ..Default::default() };
+    let mut runs = Vec::new();
+    for p in 0..n_tasks {
+        let name = task_name(p);
+        let cp = checkpoints[p as usize].clone();
+        let ctx = StoreOpenContext { state, logs: &logs, task: &name, changelog_partition: p, checkpoint: cp.as_ref() };
+        let (stores, restored) = open_stores(&ctx, &job.stores, &mut *opts.progress)?;
+        stats.restores.extend(restored);
+        let mut cursors = Vec::new();
+        for (t, &np) in &input_partitions {
+            if p >= np {
+                continue;
+            }
+            let topic = logs.topic(t).map_err(log_err(t))?;
+            let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
+            let dir = part.dir().to_path_buf();
+            let marker = committed::read(&dir)?;
+            let end = part.end_offset();
+            let limit = marker.map_or(end, |m| m.min(end));
+            let start = part.start_offset();
+            let next = match cp.as_ref().and_then(|c| c.input(t, p)) {
+                Some(o) if o > end => {
+                    return Err(RuntimeError::InputBehindCheckpoint { task: name.clone(), topic: t.clone(), partition: p, offset: o, end });
+                }
+                Some(o) if o < start => {
+                    tracing::warn!(topic = %t, partition = p, "checkpointed offset {o} was deleted by retention; resuming at {start}");
+                    start
+                }
+                Some(o) => o,
+                None => start,
+            };
+            let reader = part.reader(next).map_err(log_err(t))?;
+            cursors.push(Cursor { topic: t.clone(), partition: p, reader, next, limit, target: limit, dir, marked: marker.is_some() });
+        }
+        let task = factory(&name);
+        let mut run = TaskRun {
+            name: name.clone(),
+            partition: p,
+            task,
+            stores,
+            cursors,
+            collector: Collector { partitions: collector_partitions.clone(), pending: Vec::new() },
+            coordinator: Coordinator::default(),
+        };
+        if cp.is_none() {
+            // A first checkpoint before any processing: from now on the checkpoint is the
+            // single truth about what this task has committed.
+            commit_task(&mut run, &mut outputs, state)?;
+        }
+        runs.push(run);
+    }
+    stats.restore_elapsed = restore_started.elapsed();
+    for run in &mut runs {
+        with_ctx(run, job, |task, ctx| task.init(ctx)).map_err(task_err(&run.name, "init".into()))?;
+    }
+
+    // The loop.
+    let started = Instant::now();
+    let commit_every = Duration::from_millis(job.commit_ms);
+    let window_every = job.window_ms.map(Duration::from_millis);
+    let (mut last_commit, mut last_window) = (Instant::now(), Instant::now());
+    let mut stop_requested = false;
+    loop {
+        let mut progressed = 0u64;
+        for run in &mut runs {
+            progressed += process_batch(run, job)?;
+            if run.coordinator.commit {
+                run.coordinator.commit = false;
+                commit_task(run, &mut outputs, state)?;
+                stats.commits += 1;
+            }
+            stop_requested |= run.coordinator.shutdown;
+        }
+        stats.processed += progressed;
+        if let Some(w) = window_every
+            && last_window.elapsed() >= w
+        {
+            for run in &mut runs {
+                with_ctx(run, job, |task, ctx| task.window(ctx)).map_err(task_err(&run.name, "window".into()))?;
+            }
+            last_window = Instant::now();
+        }
+        if last_commit.elapsed() >= commit_every {
+            for run in &mut runs {
+                commit_task(run, &mut outputs, state)?;
+                stats.commits += 1;
+            }
+            last_commit = Instant::now();
+        }
+        let caught_up = runs.iter().all(|r| r.cursors.iter().all(|c| c.next >= c.target));
+        if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
+            break;
+        }
+        if progressed == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+            for run in &mut runs {
+                for c in &mut run.cursors {
+                    if c.marked {
+                        c.limit = committed::read(&c.dir)?.unwrap_or(c.limit).max(c.limit);
+                    }
+                }
+            }
+        }
+    }
+
+    // Clean stop: close, final commit, close stores.
+    for run in &mut runs {
+        with_ctx(run, job, |task, ctx| task.close(ctx)).map_err(task_err(&run.name, "close".into()))?;
+        commit_task(run, &mut outputs, state)?;
+        stats.commits += 1;
+    }
+    for run in runs {
+        for (_, s) in run.stores {
+            s.close()?;
+        }
+    }
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+fn with_ctx<R>(run: &mut TaskRun, job: &JobConfig, f: impl FnOnce(&mut dyn StreamTask, &mut TaskContext<'_>) -> R) -> R {
+    let mut ctx = TaskContext {
+        task: &run.name,
+        partition: run.partition,
+        stores: &mut run.stores,
+        collector: &mut run.collector,
+        coordinator: &mut run.coordinator,
+        config: job,
+        now_ms: now_ms(),
+    };
+    f(&mut *run.task, &mut ctx)
+}
+
+/// Processes up to one batch from each input of `run`; returns the number of messages.
+fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError> {
+    let TaskRun { name, partition, task, stores, cursors, collector, coordinator } = run;
+    let mut n = 0;
+    let now = now_ms();
+    for c in cursors.iter_mut() {
+        if c.next >= c.limit {
+            continue;
+        }
+        let topic = c.topic.clone();
+        let records = c.reader.next_batch(FETCH_RECORDS).map_err(|source| RuntimeError::Log { topic: topic.clone(), source })?;
+        let mut past_limit = false;
+        for r in records {
+            if r.offset >= c.limit {
+                past_limit = true;
+                break;
+            }
+            let env = Envelope {
+                topic: &c.topic,
+                partition: c.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: &r.key,
+                value: r.value.as_deref(),
+            };
+            let mut ctx = TaskContext {
+                task: name,
+                partition: *partition,
+                stores: &mut *stores,
+                collector: &mut *collector,
+                coordinator: &mut *coordinator,
+                config: job,
+                now_ms: now,
+            };
+            task.process(&env, &mut ctx)
+                .map_err(task_err(name, format!("process of {}/{}@{}", c.topic, c.partition, r.offset)))?;
+            c.next = r.offset + 1;
+            n += 1;
+            if coordinator.commit || coordinator.shutdown {
+                break;
+            }
+        }
+        if past_limit || coordinator.commit || coordinator.shutdown {
+            // The reader has read past `next`; reposition it so nothing is skipped.
+            c.reader = reopen(&c.dir, c.next).map_err(|source| RuntimeError::Log { topic, source })?;
+            if !past_limit {
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn reopen(dir: &std::path::Path, from: u64) -> Result<PartitionReader, LogError> {
+    PartitionReader::open(dir, from)
+}
+
+/// Commits one task: stores, then its output, then its checkpoint, then output markers.
+fn commit_task(run: &mut TaskRun, outputs: &mut Outputs, state: &StateDir) -> Result<(), RuntimeError> {
+    let mut cp = Checkpoint::default();
+    for (name, store) in &mut run.stores {
+        if let Some(end) = store.commit()? {
+            cp.changelogs.insert(name.clone(), end);
+        }
+    }
+    let mut touched = BTreeSet::new();
+    for m in run.collector.pending.drain(..) {
+        let key = (m.topic, m.partition);
+        let part = outputs.partitions.get_mut(&key).expect("collector only accepts declared outputs");
+        part.append(m.timestamp, &m.key, m.value.as_deref()).map_err(|source| RuntimeError::Log { topic: key.0.clone(), source })?;
+        touched.insert(key);
+    }
+    for key in &touched {
+        let part = outputs.partitions.get_mut(key).expect("touched output exists");
+        part.sync().map_err(|source| RuntimeError::Log { topic: key.0.clone(), source })?;
+    }
+    for c in &run.cursors {
+        cp.inputs.entry(c.topic.clone()).or_default().insert(c.partition, c.next);
+    }
+    for ((t, p), part) in &outputs.partitions {
+        cp.outputs.entry(t.clone()).or_default().insert(*p, part.end_offset());
+    }
+    cp.write(&state.checkpoint_path(&run.name)).map_err(|source| RuntimeError::Checkpoint { task: run.name.clone(), source })?;
+    for key in &touched {
+        let part = &outputs.partitions[key];
+        committed::write(part.dir(), part.end_offset())?;
+    }
+    metrics::counter!("job.commits").increment(1);
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The stores of one task: opening each one (manifest check, engine, restore from its
+//! changelog, layers) and the store half of a commit.
+//!
+//! Commit order for a store (see DESIGN.md): flush the cache (dirty batch → changelog
+//! append → engine batch), sync the changelog and take its end, flush the engine, then write
+//! the store's `OFFSET` file. The task writes its checkpoint after every store has done so.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::changelog::SharedChangelog;
+use crate::checkpoint::Checkpoint;
+use crate::log::{LogDir, LogError, Partition, TopicConfig};
+use crate::restore::{self, LocalStore, RestoreError, RestoreInputs, RestoreProgress, RestoreStats};
+use crate::statedir::{StateDir, StateDirError, validate_name};
+use crate::store::config::{EngineKind, StoreConfig};
+use crate::store::logged::LoggedStore;
+use crate::store::stack::{self, Manifest};
+use crate::store::{Engine, KeyValueStore, StoreError};
+
+/// Opening or committing a task's store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStoreError {
+    /// The store itself failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Restoring it failed.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// Its changelog could not be opened or created.
+    #[error("store `{store}`: changelog `{topic}`: {source}")]
+    Changelog {
+        /// Store name.
+        store: String,
+        /// Changelog topic.
+        topic: String,
+        /// The log error.
+        #[source]
+        source: LogError,
+    },
+    /// A bad task or store name.
+    #[error(transparent)]
+    Name(#[from] StateDirError),
+}
+
+/// Where a task's stores live and what they restore to.
+pub struct StoreOpenContext<'a> {
+    /// The state directory.
+    pub state: &'a StateDir,
+    /// The embedded log holding changelogs.
+    pub logs: &'a LogDir,
+    /// The task's name (its directory under `tasks/`).
+    pub task: &'a str,
+    /// The changelog partition this task writes (its input partition).
+    pub changelog_partition: u32,
+    /// The task's last checkpoint, if any.
+    pub checkpoint: Option<&'a Checkpoint>,
+}
+
+/// One open store of a task.
+pub struct TaskStore {
+    name: String,
+    config: StoreConfig,
+    dir: PathBuf,
+    stack: Box<dyn KeyValueStore>,
+    changelog: Option<Arc<Mutex<Partition>>>,
+}
+
+impl TaskStore {
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The top of the store's stack.
+    pub fn stack(&mut self) -> &mut dyn KeyValueStore {
+        &mut *self.stack
+    }
+
+    /// Flushes every layer (which syncs the changelog before flushing the engine), writes the
+    /// store's `OFFSET` file and returns the changelog end to checkpoint (`None` without a
+    /// changelog).
+    pub fn commit(&mut self) -> Result<Option<u64>, TaskStoreError> {
+        self.stack.flush()?;
+        let Some(cl) = &self.changelog else { return Ok(None) };
+        let end = cl.lock().unwrap_or_else(|p| p.into_inner()).end_offset();
+        stack::write_offset_file(&self.name, &self.dir, end)?;
+        Ok(Some(end))
+    }
+
+    /// Flushes and closes the store.
+    pub fn close(mut self) -> Result<(), TaskStoreError> {
+        self.stack.close()?;
+        Ok(())
+    }
+}
+
+/// Opens store `name` of the task in `ctx` with `config`, restoring it to the task's
+/// checkpoint from its changelog first.
+pub fn open_store(
+    ctx: &StoreOpenContext<'_>,
+    name: &str,
+    config: &StoreConfig,
+    progress: &mut dyn RestoreProgress,
+) -> Result<(TaskStore, Option<RestoreStats>), TaskStoreError> {
+    validate_name("task", ctx.task)?;
+    validate_name("store", name)?;
+    let dir = ctx.state.store_dir(ctx.task, name);
+    if let Some(m) = stack::read_manifest(name, &dir)? {
+        stack::check_compatible(name, &m.config, config)?;
+    }
+    stack::write_manifest(
+        &dir,
+        &Manifest { store: name.to_string(), config: config.clone(), changelog_partition: ctx.changelog_partition },
+    )?;
+    let (mut engine, local) = open_local(name, &dir, config)?;
+
+    let Some(topic) = &config.changelog else {
+        let stack = stack::add_layers(engine, config);
+        return Ok((TaskStore { name: name.to_string(), config: config.clone(), dir, stack, changelog: None }, None));
+    };
+    let cl_err = |source| TaskStoreError::Changelog { store: name.to_string(), topic: topic.clone(), source };
+    let mut partition = open_changelog(ctx.logs, topic, ctx.changelog_partition).map_err(cl_err)?;
+    let inputs = RestoreInputs {
+        local,
+        checkpoint: ctx.checkpoint.and_then(|c| c.changelogs.get(name).copied()),
+        changelog_start: partition.start_offset(),
+        changelog_end: partition.end_offset(),
+    };
+    let plan = restore::plan::plan(&inputs).map_err(|source| RestoreError::Plan { store: name.to_string(), source })?;
+    let stats = restore::execute(&plan, &mut *engine, &mut partition, progress)?;
+    let partition = Arc::new(Mutex::new(partition));
+    let shared: SharedChangelog = partition.clone();
+    let logged = LoggedStore::new(engine, shared, config.limits);
+    let stack = stack::add_layers(Box::new(logged), config);
+    Ok((TaskStore { name: name.to_string(), config: config.clone(), dir, stack, changelog: Some(partition) }, Some(stats)))
+}
+
+/// Opens the engine and describes what it holds for the planner. A RocksDB store that fails
+/// to open is moved aside and recreated empty; it is reported as unusable.
+fn open_local(name: &str, dir: &std::path::Path, config: &StoreConfig) -> Result<(Box<dyn Engine>, LocalStore), TaskStoreError> {
+    if config.engine == EngineKind::Memory {
+        return Ok((stack::open_engine(name, dir, config)?, LocalStore::Missing));
+    }
+    let existed = dir.join(stack::DATA_DIR).exists();
+    let mut engine = match stack::open_engine(name, dir, config) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("the engine failed to open: {e}");
+            tracing::warn!(store = name, "{reason}; rebuilding it from the changelog");
+            let data = dir.join(stack::DATA_DIR);
+            std::fs::remove_dir_all(&data).map_err(|source| StoreError::Io {
+                store: name.to_string(),
+                context: "cannot remove",
+                path: data.clone(),
+                source,
+            })?;
+            return Ok((stack::open_engine(name, dir, config)?, LocalStore::Unusable { reason }));
+        }
+    };
+    if !existed {
+        return Ok((engine, LocalStore::Missing));
+    }
+    let local = match (engine.changelog_end(), stack::read_offset_file(name, dir)) {
+        (Ok(engine_end), Ok(offset_file)) => LocalStore::Present { engine_end, offset_file, empty: engine.is_empty()? },
+        (Err(e), _) | (_, Err(e)) => LocalStore::Unusable { reason: e.to_string() },
+    };
+    Ok((engine, local))
+}
+
+/// Opens partition `partition` of changelog `topic`, creating the topic (compacted) if it
+/// does not exist.
+pub fn open_changelog(logs: &LogDir, topic: &str, partition: u32) -> Result<Partition, LogError> {
+    let t = match logs.topic(topic) {
+        Ok(t) => t,
+        Err(LogError::TopicNotFound { .. }) => logs.create_topic(topic, partition + 1, TopicConfig::compacted())?,
+        Err(e) => return Err(e),
+    };
+    let (p, report) = t.open_partition(partition)?;
+    if let Some(cut) = &report.torn_tail {
+        tracing::warn!(topic, partition, "cut a torn tail off the changelog: {cut:?}");
+    }
+    Ok(p)
+}
+
+/// Opens every store of a task; returns them by name with their restore statistics.
+pub fn open_stores(
+    ctx: &StoreOpenContext<'_>,
+    configs: &BTreeMap<String, StoreConfig>,
+    progress: &mut dyn RestoreProgress,
+) -> Result<(BTreeMap<String, TaskStore>, Vec<RestoreStats>), TaskStoreError> {
+    let mut stores = BTreeMap::new();
+    let mut stats = Vec::new();
+    for (name, config) in configs {
+        let (s, st) = open_store(ctx, name, config, progress)?;
+        stores.insert(name.clone(), s);
+        stats.extend(st);
+    }
+    Ok((stores, stats))
+}
