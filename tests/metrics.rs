@@ -24,11 +24,19 @@ struct Seen {
 
 impl Seen {
     fn counter(&self, name: &str) -> u64 {
-        *self.counters.get(name).unwrap_or_else(|| panic!("counter {name} was never registered; saw {:?}", self.counters))
+        *self.counters.get(name).unwrap_or_else(|| {
+            panic!(
+                "counter {name} was never registered; saw {:?}",
+                self.counters
+            )
+        })
     }
 
     fn samples(&self, name: &str) -> usize {
-        *self.histogram_samples.get(name).unwrap_or_else(|| panic!("histogram {name} was never registered"))
+        *self
+            .histogram_samples
+            .get(name)
+            .unwrap_or_else(|| panic!("histogram {name} was never registered"))
     }
 }
 
@@ -54,7 +62,10 @@ fn record(f: impl FnOnce()) -> Seen {
 }
 
 fn metered_memory(name: &str) -> Box<dyn KeyValueStore> {
-    Box::new(MeteredStore::new(Box::new(MemoryEngine::new(name, Limits::default()))))
+    Box::new(MeteredStore::new(Box::new(MemoryEngine::new(
+        name,
+        Limits::default(),
+    ))))
 }
 
 /// Single-key operations: each get/put/delete counts once; bytes written are key + value of
@@ -100,8 +111,12 @@ fn single_operations_are_counted() {
 fn batches_count_each_entry() {
     let seen = record(|| {
         let mut s = metered_memory("batches");
-        s.put_all(vec![(b"a".to_vec(), b"1111".to_vec()), (b"bb".to_vec(), b"22".to_vec()), (b"a".to_vec(), b"3".to_vec())])
-            .unwrap(); // (1+4) + (2+2) + (1+1) = 11
+        s.put_all(vec![
+            (b"a".to_vec(), b"1111".to_vec()),
+            (b"bb".to_vec(), b"22".to_vec()),
+            (b"a".to_vec(), b"3".to_vec()),
+        ])
+        .unwrap(); // (1+4) + (2+2) + (1+1) = 11
         let got = s.get_all(&[b"a", b"bb", b"zz"]).unwrap(); // keys 1+2+2, values 1+2
         assert_eq!(got, vec![Some(b"3".to_vec()), Some(b"22".to_vec()), None]);
         s.delete_all(vec![b"a".to_vec(), b"zz".to_vec()]).unwrap();
@@ -129,25 +144,48 @@ fn single_and_batch_forms_count_bytes_alike() {
             s.put(b"key", b"value").unwrap();
         }
         assert_eq!(single.get(b"key").unwrap(), Some(b"value".to_vec()));
-        assert_eq!(batch.get_all(&[b"key"]).unwrap(), vec![Some(b"value".to_vec())]);
+        assert_eq!(
+            batch.get_all(&[b"key"]).unwrap(),
+            vec![Some(b"value".to_vec())]
+        );
     });
-    assert_eq!(seen.counter("single.bytes-written"), seen.counter("batch.bytes-written"));
+    assert_eq!(
+        seen.counter("single.bytes-written"),
+        seen.counter("batch.bytes-written")
+    );
     assert_eq!(seen.counter("single.bytes-written"), 16);
-    assert_eq!(seen.counter("single.bytes-read"), seen.counter("batch.bytes-read"));
+    assert_eq!(
+        seen.counter("single.bytes-read"),
+        seen.counter("batch.bytes-read")
+    );
     assert_eq!(seen.counter("single.bytes-read"), 8);
-    assert_eq!(seen.counter("single.deletes"), seen.counter("batch.deletes"));
+    assert_eq!(
+        seen.counter("single.deletes"),
+        seen.counter("batch.deletes")
+    );
 }
 
 /// Refused writes (limits) are not counted: only acknowledged operations are.
 #[test]
 fn refused_writes_are_not_counted() {
     let seen = record(|| {
-        let limits = Limits { max_value_bytes: 4, ..Limits::default() };
-        let mut s: Box<dyn KeyValueStore> = Box::new(MeteredStore::new(Box::new(MemoryEngine::new("strict", limits))));
+        let limits = Limits {
+            max_value_bytes: 4,
+            ..Limits::default()
+        };
+        let mut s: Box<dyn KeyValueStore> = Box::new(MeteredStore::new(Box::new(
+            MemoryEngine::new("strict", limits),
+        )));
         s.put(b"ok", b"1234").unwrap();
         assert!(s.put(b"", b"x").is_err());
         assert!(s.put(b"big", b"12345").is_err());
-        assert!(s.put_all(vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"12345".to_vec())]).is_err());
+        assert!(
+            s.put_all(vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"12345".to_vec())
+            ])
+            .is_err()
+        );
         assert!(s.delete(b"").is_err());
     });
     assert_eq!(seen.counter("strict.puts"), 1);
@@ -163,15 +201,25 @@ fn refused_writes_are_not_counted() {
 fn counts_through_config_built_stack_over_cache_and_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     let seen = record(|| {
-        let config = StoreConfig { object_cache_size: 10, write_batch_size: 4, ..StoreConfig::default() };
-        let engine = RocksEngine::open("views", dir.path(), config.limits, &RocksOptions::default()).unwrap();
+        let config = StoreConfig {
+            object_cache_size: 10,
+            write_batch_size: 4,
+            ..StoreConfig::default()
+        };
+        let engine =
+            RocksEngine::open("views", dir.path(), config.limits, &RocksOptions::default())
+                .unwrap();
         let mut s = add_layers(Box::new(engine), &config);
         for i in 0..20u32 {
-            s.put(format!("page-{i:02}").as_bytes(), &i.to_be_bytes()).unwrap(); // 7 + 4 each
+            s.put(format!("page-{i:02}").as_bytes(), &i.to_be_bytes())
+                .unwrap(); // 7 + 4 each
         }
         for i in 0..20u32 {
             // The last 10 come from the cache, the first 10 from RocksDB.
-            assert_eq!(s.get(format!("page-{i:02}").as_bytes()).unwrap(), Some(i.to_be_bytes().to_vec()));
+            assert_eq!(
+                s.get(format!("page-{i:02}").as_bytes()).unwrap(),
+                Some(i.to_be_bytes().to_vec())
+            );
         }
         for i in 0..5u32 {
             s.delete(format!("page-{i:02}").as_bytes()).unwrap();

@@ -58,7 +58,11 @@ impl Harness {
     }
 
     fn with_limits(spec: Spec, limits: Limits) -> Self {
-        Harness { spec, limits, dir: tempfile::tempdir().expect("tempdir") }
+        Harness {
+            spec,
+            limits,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// Opens the bare engine (a fresh one for memory; the same directory for RocksDB).
@@ -173,7 +177,11 @@ fn get_put_overwrite_delete(spec: Spec) {
     s.put(b"k", b"two").unwrap();
     assert_eq!(s.get(b"k").unwrap(), Some(v("two")));
     s.put(b"k", b"").unwrap();
-    assert_eq!(s.get(b"k").unwrap(), Some(Vec::new()), "an empty value is a value, not a delete");
+    assert_eq!(
+        s.get(b"k").unwrap(),
+        Some(Vec::new()),
+        "an empty value is a value, not a delete"
+    );
     s.delete(b"k").unwrap();
     assert_eq!(s.get(b"k").unwrap(), None);
     s.delete(b"k").unwrap();
@@ -195,9 +203,23 @@ fn get_all_order_and_missing_keys(spec: Spec) {
     s.delete(b"gone").unwrap();
     let keys: Vec<&[u8]> = vec![&[0xFF], b"missing", b"b", b"gone", b"a", b"b"];
     let got = s.get_all(&keys).unwrap();
-    assert_eq!(got, vec![Some(v("ff")), None, Some(v("2")), None, Some(v("1")), Some(v("2"))]);
+    assert_eq!(
+        got,
+        vec![
+            Some(v("ff")),
+            None,
+            Some(v("2")),
+            None,
+            Some(v("1")),
+            Some(v("2"))
+        ]
+    );
     s.flush().unwrap();
-    assert_eq!(s.get_all(&keys).unwrap(), got, "same answer once flushed below the cache");
+    assert_eq!(
+        s.get_all(&keys).unwrap(),
+        got,
+        "same answer once flushed below the cache"
+    );
     assert!(s.get_all(&[]).unwrap().is_empty());
 }
 
@@ -218,9 +240,15 @@ fn put_all_later_duplicate_wins_and_delete_all(spec: Spec) {
     assert_eq!(s.get(b"a").unwrap(), Some(v("third")));
     assert_eq!(
         all_of(&mut *s),
-        vec![(v("a"), v("third")), (v("b"), v("b")), (v("c"), v("c")), (v("d"), v("d"))]
+        vec![
+            (v("a"), v("third")),
+            (v("b"), v("b")),
+            (v("c"), v("c")),
+            (v("d"), v("d"))
+        ]
     );
-    s.delete_all(vec![v("a"), v("missing"), v("c"), v("a")]).unwrap();
+    s.delete_all(vec![v("a"), v("missing"), v("c"), v("a")])
+        .unwrap();
     assert_eq!(s.get(b"a").unwrap(), None);
     assert_eq!(s.get(b"c").unwrap(), None);
     assert_eq!(all_of(&mut *s), vec![(v("b"), v("b")), (v("d"), v("d"))]);
@@ -233,7 +261,10 @@ fn put_all_later_duplicate_wins_and_delete_all(spec: Spec) {
     ])
     .unwrap();
     s.flush().unwrap();
-    assert_eq!(all_of(&mut *s), vec![(v("b"), v("again")), (v("d"), v("d"))]);
+    assert_eq!(
+        all_of(&mut *s),
+        vec![(v("b"), v("again")), (v("d"), v("d"))]
+    );
 }
 
 /// `range(from, to)` is `[from, to)` in unsigned byte order, checked against a model for
@@ -246,15 +277,28 @@ fn range_with_00_and_ff_keys(spec: Spec) {
     let keys = |e: Vec<Entry>| e.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
     assert_eq!(
         keys(range_of(&mut *s, &[0x00], &[0x80])),
-        vec![vec![0x00], vec![0x00, 0x00], vec![0x00, 0xFF], vec![0x01], vec![0x7F], vec![0x7F, 0xFF]]
+        vec![
+            vec![0x00],
+            vec![0x00, 0x00],
+            vec![0x00, 0xFF],
+            vec![0x01],
+            vec![0x7F],
+            vec![0x7F, 0xFF]
+        ]
     );
-    assert_eq!(keys(range_of(&mut *s, &[0x7F], &[0x80])), vec![vec![0x7F], vec![0x7F, 0xFF]]);
+    assert_eq!(
+        keys(range_of(&mut *s, &[0x7F], &[0x80])),
+        vec![vec![0x7F], vec![0x7F, 0xFF]]
+    );
     assert_eq!(
         keys(range_of(&mut *s, &[0xFF], &[0xFF, 0xFF])),
         vec![vec![0xFF], vec![0xFF, 0x00]],
         "upper bound is exclusive"
     );
-    assert_eq!(keys(range_of(&mut *s, &[0x00, 0x00], &[0x00, 0xFF])), vec![vec![0x00, 0x00]]);
+    assert_eq!(
+        keys(range_of(&mut *s, &[0x00, 0x00], &[0x00, 0xFF])),
+        vec![vec![0x00, 0x00]]
+    );
     let bounds: Vec<&[u8]> = EDGE_KEYS.iter().chain(EXTRA_BOUNDS).copied().collect();
     for from in &bounds {
         for to in &bounds {
@@ -296,15 +340,36 @@ fn prefix_including_all_ff(spec: Spec) {
     let model = load_edge_keys(&mut *s);
     let prefixes: Vec<&[u8]> = EDGE_KEYS.iter().chain(EXTRA_BOUNDS).copied().collect();
     for p in prefixes {
-        let expected: Vec<Entry> =
-            model.iter().filter(|(k, _)| k.starts_with(p)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let expected: Vec<Entry> = model
+            .iter()
+            .filter(|(k, _)| k.starts_with(p))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(prefix_of(&mut *s, p), expected, "prefix({p:02x?})");
     }
-    let ff: Vec<Vec<u8>> = prefix_of(&mut *s, &[0xFF]).into_iter().map(|(k, _)| k).collect();
-    assert_eq!(ff, vec![vec![0xFF], vec![0xFF, 0x00], vec![0xFF, 0xFF], vec![0xFF, 0xFF, 0xFF]]);
-    let ffff: Vec<Vec<u8>> = prefix_of(&mut *s, &[0xFF, 0xFF]).into_iter().map(|(k, _)| k).collect();
+    let ff: Vec<Vec<u8>> = prefix_of(&mut *s, &[0xFF])
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        ff,
+        vec![
+            vec![0xFF],
+            vec![0xFF, 0x00],
+            vec![0xFF, 0xFF],
+            vec![0xFF, 0xFF, 0xFF]
+        ]
+    );
+    let ffff: Vec<Vec<u8>> = prefix_of(&mut *s, &[0xFF, 0xFF])
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(ffff, vec![vec![0xFF, 0xFF], vec![0xFF, 0xFF, 0xFF]]);
-    assert_eq!(prefix_of(&mut *s, &[]), model_entries(&model), "empty prefix is everything");
+    assert_eq!(
+        prefix_of(&mut *s, &[]),
+        model_entries(&model),
+        "empty prefix is everything"
+    );
 }
 
 /// `all` returns every entry once, in unsigned byte order.
@@ -333,21 +398,33 @@ fn delete_then_range_and_all_hide_key(spec: Spec) {
         model.remove(k);
     }
     assert_eq!(all_of(&mut *s), model_entries(&model));
-    assert_eq!(range_of(&mut *s, &[0x7F], &[0xFF]), model_range(&model, &[0x7F], &[0xFF]));
-    assert_eq!(prefix_of(&mut *s, &[0xFF, 0xFF]), vec![(vec![0xFF, 0xFF, 0xFF], v("value-11"))]);
+    assert_eq!(
+        range_of(&mut *s, &[0x7F], &[0xFF]),
+        model_range(&model, &[0x7F], &[0xFF])
+    );
+    assert_eq!(
+        prefix_of(&mut *s, &[0xFF, 0xFF]),
+        vec![(vec![0xFF, 0xFF, 0xFF], v("value-11"))]
+    );
     assert_eq!(s.get(&[0x80]).unwrap(), None);
     // Written and deleted without a flush in between, then read by range and all.
     s.put(b"fresh", b"1").unwrap();
     s.delete(b"fresh").unwrap();
     s.delete(&[0x00]).unwrap();
     model.remove(&[0x00][..]);
-    assert_eq!(range_of(&mut *s, &[0x00], b"g"), model_range(&model, &[0x00], b"g"));
+    assert_eq!(
+        range_of(&mut *s, &[0x00], b"g"),
+        model_range(&model, &[0x00], b"g")
+    );
     assert_eq!(all_of(&mut *s), model_entries(&model));
     // Read (so the cache holds it clean), then delete, then range.
     assert_eq!(s.get(&[0x7F]).unwrap(), Some(v("value-4")));
     s.delete(&[0x7F]).unwrap();
     model.remove(&[0x7F][..]);
-    assert_eq!(range_of(&mut *s, &[0x7F], &[0x80]), model_range(&model, &[0x7F], &[0x80]));
+    assert_eq!(
+        range_of(&mut *s, &[0x7F], &[0x80]),
+        model_range(&model, &[0x7F], &[0x80])
+    );
     assert_eq!(all_of(&mut *s), model_entries(&model));
     s.flush().unwrap();
     assert_eq!(all_of(&mut *s), model_entries(&model));
@@ -362,7 +439,12 @@ fn snapshot_isolation(spec: Spec) {
     s.put(b"b", b"2").unwrap();
     s.put(b"c", b"3").unwrap();
     s.put(&[0xFF], b"ff").unwrap();
-    let before = vec![(v("a"), v("1")), (v("b"), v("2")), (v("c"), v("3")), (vec![0xFF], v("ff"))];
+    let before = vec![
+        (v("a"), v("1")),
+        (v("b"), v("2")),
+        (v("c"), v("3")),
+        (vec![0xFF], v("ff")),
+    ];
     let snap = s.snapshot().unwrap();
 
     s.put(b"b", b"20").unwrap();
@@ -381,12 +463,26 @@ fn snapshot_isolation(spec: Spec) {
     assert_eq!(snap.get(b"d").unwrap(), None);
     assert_eq!(snap.get(&[0xFF, 0xFF]).unwrap(), None);
     assert_eq!(collect(snap.all().unwrap()), before);
-    assert_eq!(collect(snap.range(b"a", b"c").unwrap()), before[..2].to_vec());
+    assert_eq!(
+        collect(snap.range(b"a", b"c").unwrap()),
+        before[..2].to_vec()
+    );
     assert!(collect(snap.range(b"c", b"a").unwrap()).is_empty());
-    assert_eq!(collect(snap.prefix(&[0xFF]).unwrap()), vec![(vec![0xFF], v("ff"))]);
-    assert_eq!(collect(snap.scan(b"b", None).unwrap()), before[1..].to_vec());
+    assert_eq!(
+        collect(snap.prefix(&[0xFF]).unwrap()),
+        vec![(vec![0xFF], v("ff"))]
+    );
+    assert_eq!(
+        collect(snap.scan(b"b", None).unwrap()),
+        before[1..].to_vec()
+    );
 
-    let after = vec![(v("b"), v("20")), (v("c"), v("30")), (v("d"), v("4")), (vec![0xFF, 0xFF], v("new"))];
+    let after = vec![
+        (v("b"), v("20")),
+        (v("c"), v("30")),
+        (v("d"), v("4")),
+        (vec![0xFF, 0xFF], v("new")),
+    ];
     assert_eq!(all_of(&mut *s), after);
     assert_eq!(s.get(b"a").unwrap(), None);
     // A second snapshot sees the new view while the first still sees the old one.
@@ -394,12 +490,17 @@ fn snapshot_isolation(spec: Spec) {
     assert_eq!(collect(snap2.all().unwrap()), after);
     assert_eq!(collect(snap.all().unwrap()), before);
     // Snapshots are owned and `Send`: readable from another thread.
-    let from_thread = std::thread::spawn(move || collect(snap.all().unwrap())).join().unwrap();
+    let from_thread = std::thread::spawn(move || collect(snap.all().unwrap()))
+        .join()
+        .unwrap();
     assert_eq!(from_thread, before);
 }
 
 fn small_limits() -> Limits {
-    Limits { max_key_bytes: DEFAULT_MAX_KEY_BYTES, max_value_bytes: 100 }
+    Limits {
+        max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+        max_value_bytes: 100,
+    }
 }
 
 /// Empty keys are refused for put, delete and in batches, with an error naming the store.
@@ -407,13 +508,29 @@ fn limits_empty_key_refused(spec: Spec) {
     let h = Harness::new(spec);
     let mut s = h.open();
     let e = s.put(b"", b"v").unwrap_err();
-    assert!(matches!(e, StoreError::EmptyKey { ref store } if store == NAME), "{e:?}");
+    assert!(
+        matches!(e, StoreError::EmptyKey { ref store } if store == NAME),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(NAME), "{e}");
-    assert!(matches!(s.delete(b"").unwrap_err(), StoreError::EmptyKey { .. }));
-    assert!(matches!(s.put_all(vec![(v("a"), v("1")), (vec![], v("2"))]).unwrap_err(), StoreError::EmptyKey { .. }));
-    assert!(matches!(s.delete_all(vec![v("a"), vec![]]).unwrap_err(), StoreError::EmptyKey { .. }));
+    assert!(matches!(
+        s.delete(b"").unwrap_err(),
+        StoreError::EmptyKey { .. }
+    ));
+    assert!(matches!(
+        s.put_all(vec![(v("a"), v("1")), (vec![], v("2"))])
+            .unwrap_err(),
+        StoreError::EmptyKey { .. }
+    ));
+    assert!(matches!(
+        s.delete_all(vec![v("a"), vec![]]).unwrap_err(),
+        StoreError::EmptyKey { .. }
+    ));
     s.flush().unwrap();
-    assert!(all_of(&mut *s).is_empty(), "nothing of a refused batch is written");
+    assert!(
+        all_of(&mut *s).is_empty(),
+        "nothing of a refused batch is written"
+    );
 }
 
 /// A 64 KiB key is accepted (and ranges/reads back), 64 KiB + 1 is refused naming store,
@@ -433,8 +550,14 @@ fn limits_key_at_64k_ok_and_over_refused(spec: Spec) {
         other => panic!("expected KeyTooLarge, got {other:?}"),
     }
     let msg = e.to_string();
-    assert!(msg.contains(NAME) && msg.contains("65537") && msg.contains("65536"), "{msg}");
-    assert!(matches!(s.delete(&over).unwrap_err(), StoreError::KeyTooLarge { .. }));
+    assert!(
+        msg.contains(NAME) && msg.contains("65537") && msg.contains("65536"),
+        "{msg}"
+    );
+    assert!(matches!(
+        s.delete(&over).unwrap_err(),
+        StoreError::KeyTooLarge { .. }
+    ));
     s.flush().unwrap();
     assert_eq!(s.get(&over).unwrap(), None);
     assert_eq!(all_of(&mut *s), vec![(at_limit.clone(), v("big"))]);
@@ -456,9 +579,16 @@ fn limits_value_at_limit_ok_and_over_refused(spec: Spec) {
         other => panic!("expected ValueTooLarge, got {other:?}"),
     }
     let msg = e.to_string();
-    assert!(msg.contains(NAME) && msg.contains("101") && msg.contains("100"), "{msg}");
+    assert!(
+        msg.contains(NAME) && msg.contains("101") && msg.contains("100"),
+        "{msg}"
+    );
     s.flush().unwrap();
-    assert_eq!(s.get(b"k").unwrap(), Some(vec![7; 100]), "a refused overwrite keeps the old value");
+    assert_eq!(
+        s.get(b"k").unwrap(),
+        Some(vec![7; 100]),
+        "a refused overwrite keeps the old value"
+    );
 }
 
 /// A `put_all` (or mixed batch) with one bad entry leaves nothing of the batch written,
@@ -476,9 +606,23 @@ fn limits_refused_batch_writes_nothing(spec: Spec) {
         (v("k4"), v("v4")),
     ];
     let e = s.put_all(batch).unwrap_err();
-    assert!(matches!(e, StoreError::ValueTooLarge { size: 101, limit: 100, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            StoreError::ValueTooLarge {
+                size: 101,
+                limit: 100,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = s
-        .write_batch(vec![Mutation::delete("k1"), Mutation::put("k5", "v5"), Mutation::put(vec![1; 65537], "x")])
+        .write_batch(vec![
+            Mutation::delete("k1"),
+            Mutation::put("k5", "v5"),
+            Mutation::put(vec![1; 65537], "x"),
+        ])
         .unwrap_err();
     assert!(matches!(e, StoreError::KeyTooLarge { .. }), "{e:?}");
     let expected = vec![(v("k1"), v("old"))];
@@ -498,7 +642,8 @@ fn limits_refused_batch_writes_nothing(spec: Spec) {
 /// `u64` keys range and iterate in numeric order (their encoding sorts like the numbers).
 fn typed_u64_keys_in_numeric_order(spec: Spec) {
     let h = Harness::new(spec);
-    let mut s: Store<u64, String> = Store::new(h.open(), SerdeName::U64, SerdeName::String).unwrap();
+    let mut s: Store<u64, String> =
+        Store::new(h.open(), SerdeName::U64, SerdeName::String).unwrap();
     let keys = [u64::MAX, 256, 0, 1 << 32, 255, u64::MAX - 1, 1, 65_535];
     for k in keys {
         s.put(&k, &format!("n{k}")).unwrap();
@@ -507,12 +652,28 @@ fn typed_u64_keys_in_numeric_order(spec: Spec) {
     let mut sorted = keys.to_vec();
     sorted.sort_unstable();
     assert_eq!(got, sorted);
-    let r: Vec<(u64, String)> = s.range(&1, &(1 << 32)).unwrap().map(|r| r.unwrap()).collect();
-    assert_eq!(r, vec![(1, v_s("n1")), (255, v_s("n255")), (256, v_s("n256")), (65_535, v_s("n65535"))]);
+    let r: Vec<(u64, String)> = s
+        .range(&1, &(1 << 32))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        r,
+        vec![
+            (1, v_s("n1")),
+            (255, v_s("n255")),
+            (256, v_s("n256")),
+            (65_535, v_s("n65535"))
+        ]
+    );
     assert_eq!(s.get(&(1 << 32)).unwrap(), Some(format!("n{}", 1u64 << 32)));
     assert_eq!(s.get_all(&[7, 0]).unwrap(), vec![None, Some(v_s("n0"))]);
     s.delete(&u64::MAX).unwrap();
-    let r: Vec<u64> = s.range(&(u64::MAX - 1), &u64::MAX).unwrap().map(|r| r.unwrap().0).collect();
+    let r: Vec<u64> = s
+        .range(&(u64::MAX - 1), &u64::MAX)
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(r, vec![u64::MAX - 1]);
     assert_eq!(s.all().unwrap().count(), keys.len() - 1);
 }
@@ -524,19 +685,37 @@ fn v_s(s: &str) -> String {
 /// `i64` keys range in numeric order, negatives first (the sign bit is flipped).
 fn typed_i64_keys_in_numeric_order_with_negatives(spec: Spec) {
     let h = Harness::new(spec);
-    let mut s: Store<i64, serde_json::Value> = Store::new(h.open(), SerdeName::I64, SerdeName::Json).unwrap();
+    let mut s: Store<i64, serde_json::Value> =
+        Store::new(h.open(), SerdeName::I64, SerdeName::Json).unwrap();
     let keys = [0, i64::MAX, -1, 255, i64::MIN, -256, 1, 256, -1_000_000];
     for k in keys {
         s.put(&k, &serde_json::json!({ "k": k })).unwrap();
     }
     let got: Vec<i64> = s.all().unwrap().map(|r| r.unwrap().0).collect();
-    assert_eq!(got, vec![i64::MIN, -1_000_000, -256, -1, 0, 1, 255, 256, i64::MAX]);
-    let r: Vec<i64> = s.range(&-256, &256).unwrap().map(|r| r.unwrap().0).collect();
+    assert_eq!(
+        got,
+        vec![i64::MIN, -1_000_000, -256, -1, 0, 1, 255, 256, i64::MAX]
+    );
+    let r: Vec<i64> = s
+        .range(&-256, &256)
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(r, vec![-256, -1, 0, 1, 255]);
-    let r: Vec<i64> = s.range(&i64::MIN, &0).unwrap().map(|r| r.unwrap().0).collect();
+    let r: Vec<i64> = s
+        .range(&i64::MIN, &0)
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(r, vec![i64::MIN, -1_000_000, -256, -1]);
-    assert!(s.range(&5, &-5).unwrap().next().is_none(), "from > to is empty");
-    assert_eq!(s.get(&-256).unwrap(), Some(serde_json::json!({ "k": -256 })));
+    assert!(
+        s.range(&5, &-5).unwrap().next().is_none(),
+        "from > to is empty"
+    );
+    assert_eq!(
+        s.get(&-256).unwrap(),
+        Some(serde_json::json!({ "k": -256 }))
+    );
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -550,9 +729,19 @@ gregor::impl_codec!(Order);
 /// String keys with JSON values round-trip through every layer, and string prefixes work.
 fn typed_string_keys_json_values(spec: Spec) {
     let h = Harness::new(spec);
-    let mut s: Store<String, Order> = Store::new(h.open(), SerdeName::String, SerdeName::Json).unwrap();
-    let o = |id: u64| Order { id, items: vec![format!("item-{id}"), "ü".into()], note: None };
-    s.put_all(&[(v_s("order/2"), o(2)), (v_s("order/1"), o(1)), (v_s("user/1"), o(9))]).unwrap();
+    let mut s: Store<String, Order> =
+        Store::new(h.open(), SerdeName::String, SerdeName::Json).unwrap();
+    let o = |id: u64| Order {
+        id,
+        items: vec![format!("item-{id}"), "ü".into()],
+        note: None,
+    };
+    s.put_all(&[
+        (v_s("order/2"), o(2)),
+        (v_s("order/1"), o(1)),
+        (v_s("user/1"), o(9)),
+    ])
+    .unwrap();
     assert_eq!(s.get(&v_s("order/1")).unwrap(), Some(o(1)));
     let orders: Vec<(String, Order)> = s.prefix(b"order/").unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(orders, vec![(v_s("order/1"), o(1)), (v_s("order/2"), o(2))]);
@@ -566,13 +755,25 @@ fn typed_string_keys_json_values(spec: Spec) {
 /// error naming the store and serde; never a panic, and the store stays usable.
 fn typed_string_serde_rejects_invalid_utf8(spec: Spec) {
     let h = Harness::new(spec);
-    let mut s: Store<String, String> = Store::new(h.open(), SerdeName::String, SerdeName::String).unwrap();
+    let mut s: Store<String, String> =
+        Store::new(h.open(), SerdeName::String, SerdeName::String).unwrap();
     s.put(&v_s("good"), &v_s("fine")).unwrap();
-    s.inner_mut().put(b"bad-value", &[0xFF, 0xFE, 0x80]).unwrap();
+    s.inner_mut()
+        .put(b"bad-value", &[0xFF, 0xFE, 0x80])
+        .unwrap();
     let e = s.get(&v_s("bad-value")).unwrap_err();
     match &e {
-        StoreError::Serde { store, action, what, serde, .. } => {
-            assert_eq!((store.as_str(), *action, *what, *serde), (NAME, "decode", "value", "string"));
+        StoreError::Serde {
+            store,
+            action,
+            what,
+            serde,
+            ..
+        } => {
+            assert_eq!(
+                (store.as_str(), *action, *what, *serde),
+                (NAME, "decode", "value", "string")
+            );
         }
         other => panic!("expected a serde error, got {other:?}"),
     }
@@ -582,7 +783,14 @@ fn typed_string_serde_rejects_invalid_utf8(spec: Spec) {
     let results: Vec<_> = s.all().unwrap().collect();
     assert_eq!(results.len(), 2);
     assert!(
-        matches!(&results[1], Err(StoreError::Serde { what: "key", action: "decode", .. })),
+        matches!(
+            &results[1],
+            Err(StoreError::Serde {
+                what: "key",
+                action: "decode",
+                ..
+            })
+        ),
         "the invalid key sorts after \"good\": {:?}",
         results[1].as_ref().err()
     );
@@ -593,17 +801,24 @@ fn typed_string_serde_rejects_invalid_utf8(spec: Spec) {
 /// `Store::new` refuses a serde that cannot encode the Rust type, as a config error.
 fn typed_mismatched_serde_is_config_error(spec: Spec) {
     let h = Harness::new(spec);
-    let r: Result<Store<u64, String>, StoreError> = Store::new(h.open(), SerdeName::String, SerdeName::String);
+    let r: Result<Store<u64, String>, StoreError> =
+        Store::new(h.open(), SerdeName::String, SerdeName::String);
     match r {
         Err(StoreError::Config { store, reason }) => {
             assert_eq!(store, NAME);
-            assert!(reason.contains("key.serde") && reason.contains("string") && reason.contains("u64"), "{reason}");
+            assert!(
+                reason.contains("key.serde") && reason.contains("string") && reason.contains("u64"),
+                "{reason}"
+            );
         }
         Err(other) => panic!("expected a config error, got {other:?}"),
         Ok(_) => panic!("u64 keys with the string serde must be refused"),
     }
-    let r: Result<Store<String, i64>, StoreError> = Store::new(h.open(), SerdeName::String, SerdeName::U64);
-    assert!(matches!(r, Err(StoreError::Config { ref reason, .. }) if reason.contains("value.serde")));
+    let r: Result<Store<String, i64>, StoreError> =
+        Store::new(h.open(), SerdeName::String, SerdeName::U64);
+    assert!(
+        matches!(r, Err(StoreError::Config { ref reason, .. }) if reason.contains("value.serde"))
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -678,14 +893,16 @@ fn reopen_after_close_keeps_everything(spec: Spec) {
 fn typed_reopen_after_flush(spec: Spec) {
     let h = Harness::new(spec);
     {
-        let mut s: Store<i64, String> = Store::new(h.open(), SerdeName::I64, SerdeName::String).unwrap();
+        let mut s: Store<i64, String> =
+            Store::new(h.open(), SerdeName::I64, SerdeName::String).unwrap();
         for k in -20..20i64 {
             s.put(&k, &format!("n{k}")).unwrap();
         }
         s.delete(&0).unwrap();
         s.flush().unwrap();
     }
-    let mut s: Store<i64, String> = Store::new(h.open(), SerdeName::I64, SerdeName::String).unwrap();
+    let mut s: Store<i64, String> =
+        Store::new(h.open(), SerdeName::I64, SerdeName::String).unwrap();
     let keys: Vec<i64> = s.all().unwrap().map(|r| r.unwrap().0).collect();
     assert_eq!(keys, (-20..20).filter(|k| *k != 0).collect::<Vec<_>>());
     assert_eq!(s.get(&-20).unwrap(), Some(v_s("n-20")));
@@ -702,20 +919,45 @@ fn engine_write_logged_records_changelog_end(spec: Spec) {
     let mut e = h.engine();
     assert_eq!(e.changelog_end().unwrap(), None);
     assert!(e.is_empty().unwrap());
-    e.write_logged(vec![Mutation::put("a", "1"), Mutation::put("b", "2"), Mutation::delete("a")], 3).unwrap();
+    e.write_logged(
+        vec![
+            Mutation::put("a", "1"),
+            Mutation::put("b", "2"),
+            Mutation::delete("a"),
+        ],
+        3,
+    )
+    .unwrap();
     assert_eq!(e.changelog_end().unwrap(), Some(3));
     assert_eq!(all_of(&mut *e), vec![(v("b"), v("2"))]);
     assert!(!e.is_empty().unwrap());
     e.put(b"c", b"3").unwrap();
-    assert_eq!(e.changelog_end().unwrap(), Some(3), "plain writes do not move the marker");
+    assert_eq!(
+        e.changelog_end().unwrap(),
+        Some(3),
+        "plain writes do not move the marker"
+    );
     e.write_logged(vec![Mutation::put("d", "4")], 10).unwrap();
     assert_eq!(e.changelog_end().unwrap(), Some(10));
-    let err = e.write_logged(vec![Mutation::put("x", "1"), Mutation::put("y", vec![0; 101])], 20).unwrap_err();
+    let err = e
+        .write_logged(
+            vec![Mutation::put("x", "1"), Mutation::put("y", vec![0; 101])],
+            20,
+        )
+        .unwrap_err();
     assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err:?}");
-    assert_eq!(e.changelog_end().unwrap(), Some(10), "a refused batch does not move the marker");
+    assert_eq!(
+        e.changelog_end().unwrap(),
+        Some(10),
+        "a refused batch does not move the marker"
+    );
     assert_eq!(e.get(b"x").unwrap(), None);
     e.write_logged(Vec::new(), 11).unwrap();
-    assert_eq!(e.changelog_end().unwrap(), Some(11), "an empty batch still records the end");
+    assert_eq!(
+        e.changelog_end().unwrap(),
+        Some(11),
+        "an empty batch still records the end"
+    );
 }
 
 /// Keys written to a tiny key space corner: 0x00, 0xFF runs up to the 64 KiB limit.
@@ -744,7 +986,11 @@ fn engine_wipe_removes_everything(spec: Spec) {
     let h = Harness::new(spec);
     let mut e = h.engine();
     let keys = ff_keys();
-    e.write_logged(keys.iter().map(|k| Mutation::put(k.clone(), "v")).collect(), 42).unwrap();
+    e.write_logged(
+        keys.iter().map(|k| Mutation::put(k.clone(), "v")).collect(),
+        42,
+    )
+    .unwrap();
     e.put(b"plain", b"p").unwrap();
     assert_eq!(all_of(&mut *e).len(), keys.len() + 1);
     e.wipe().unwrap();
@@ -752,7 +998,13 @@ fn engine_wipe_removes_everything(spec: Spec) {
     assert!(all_of(&mut *e).is_empty());
     assert_eq!(e.changelog_end().unwrap(), None);
     for k in &keys {
-        assert_eq!(e.get(k).unwrap(), None, "{} bytes starting {:02x?}", k.len(), &k[..k.len().min(3)]);
+        assert_eq!(
+            e.get(k).unwrap(),
+            None,
+            "{} bytes starting {:02x?}",
+            k.len(),
+            &k[..k.len().min(3)]
+        );
     }
     e.put(&[0xFF], b"after").unwrap();
     assert_eq!(all_of(&mut *e), vec![(vec![0xFF], v("after"))]);
@@ -763,13 +1015,21 @@ fn engine_changelog_end_survives_reopen(spec: Spec) {
     let h = Harness::new(spec);
     {
         let mut e = h.engine();
-        e.write_logged(vec![Mutation::put("a", "1"), Mutation::put(vec![0xFF], "ff")], 7).unwrap();
-        e.write_logged(vec![Mutation::delete("a"), Mutation::put("b", "2")], 9).unwrap();
+        e.write_logged(
+            vec![Mutation::put("a", "1"), Mutation::put(vec![0xFF], "ff")],
+            7,
+        )
+        .unwrap();
+        e.write_logged(vec![Mutation::delete("a"), Mutation::put("b", "2")], 9)
+            .unwrap();
         e.flush().unwrap();
     }
     let mut e = h.engine();
     assert_eq!(e.changelog_end().unwrap(), Some(9));
-    assert_eq!(all_of(&mut *e), vec![(v("b"), v("2")), (vec![0xFF], v("ff"))]);
+    assert_eq!(
+        all_of(&mut *e),
+        vec![(v("b"), v("2")), (vec![0xFF], v("ff"))]
+    );
 }
 
 /// RocksDB: after `wipe` and reopen, nothing comes back (no entries, no marker).
@@ -777,7 +1037,14 @@ fn engine_wipe_survives_reopen(spec: Spec) {
     let h = Harness::new(spec);
     {
         let mut e = h.engine();
-        e.write_logged(ff_keys().into_iter().map(|k| Mutation::put(k, "v")).collect(), 5).unwrap();
+        e.write_logged(
+            ff_keys()
+                .into_iter()
+                .map(|k| Mutation::put(k, "v"))
+                .collect(),
+            5,
+        )
+        .unwrap();
         e.flush().unwrap();
         e.wipe().unwrap();
     }
@@ -855,17 +1122,17 @@ const TINY_CACHE: Option<(usize, usize)> = Some((3, 2));
 
 combination!(memory memory, None, false; engine_write_logged_records_changelog_end, engine_wipe_removes_everything);
 combination!(memory memory_metered, None, true);
-combination!(memory memory_cached, DEFAULT_CACHE, false);
-combination!(memory memory_cached_metered, DEFAULT_CACHE, true);
-combination!(memory memory_tiny_cache, TINY_CACHE, false);
-combination!(memory memory_tiny_cache_metered, TINY_CACHE, true);
+combination!(memory memory_cached, crate::DEFAULT_CACHE, false);
+combination!(memory memory_cached_metered, crate::DEFAULT_CACHE, true);
+combination!(memory memory_tiny_cache, crate::TINY_CACHE, false);
+combination!(memory memory_tiny_cache_metered, crate::TINY_CACHE, true);
 combination!(rocks rocks, None, false;
     engine_write_logged_records_changelog_end,
     engine_wipe_removes_everything,
     engine_changelog_end_survives_reopen,
     engine_wipe_survives_reopen);
 combination!(rocks rocks_metered, None, true);
-combination!(rocks rocks_cached, DEFAULT_CACHE, false);
-combination!(rocks rocks_cached_metered, DEFAULT_CACHE, true);
-combination!(rocks rocks_tiny_cache, TINY_CACHE, false);
-combination!(rocks rocks_tiny_cache_metered, TINY_CACHE, true);
+combination!(rocks rocks_cached, crate::DEFAULT_CACHE, false);
+combination!(rocks rocks_cached_metered, crate::DEFAULT_CACHE, true);
+combination!(rocks rocks_tiny_cache, crate::TINY_CACHE, false);
+combination!(rocks rocks_tiny_cache_metered, crate::TINY_CACHE, true);

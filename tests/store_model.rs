@@ -96,7 +96,8 @@ impl Subject {
         let engine: Box<dyn KeyValueStore> = match self.kind {
             Kind::Memory => Box::new(MemoryEngine::new("model", limits)),
             Kind::Rocks => Box::new(
-                RocksEngine::open("model", self.dir.path(), limits, &RocksOptions::default()).expect("open RocksDB"),
+                RocksEngine::open("model", self.dir.path(), limits, &RocksOptions::default())
+                    .expect("open RocksDB"),
             ),
         };
         if self.cached {
@@ -109,7 +110,8 @@ impl Subject {
 }
 
 fn collect(it: KvIter<'_>) -> Result<Vec<Entry>, TestCaseError> {
-    it.map(|r| r.map_err(|e| TestCaseError::fail(format!("iteration failed: {e}")))).collect()
+    it.map(|r| r.map_err(|e| TestCaseError::fail(format!("iteration failed: {e}"))))
+        .collect()
 }
 
 fn model_scan(m: &Model, from: &[u8], to: Option<&[u8]>) -> Vec<Entry> {
@@ -120,21 +122,39 @@ fn model_scan(m: &Model, from: &[u8], to: Option<&[u8]>) -> Vec<Entry> {
 }
 
 fn model_prefix(m: &Model, p: &[u8]) -> Vec<Entry> {
-    m.iter().filter(|(k, _)| k.starts_with(p)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    m.iter()
+        .filter(|(k, _)| k.starts_with(p))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
-fn check_snapshot(snap: &dyn KvSnapshot, model: &Model, from: &[u8], to: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert_eq!(collect(snap.range(from, to).unwrap())?, model_scan(model, from, Some(to)));
+fn check_snapshot(
+    snap: &dyn KvSnapshot,
+    model: &Model,
+    from: &[u8],
+    to: &[u8],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        collect(snap.range(from, to).unwrap())?,
+        model_scan(model, from, Some(to))
+    );
     prop_assert_eq!(collect(snap.all().unwrap())?, model_scan(model, &[], None));
     if !from.is_empty() {
         prop_assert_eq!(snap.get(from).unwrap(), model.get(from).cloned());
-        prop_assert_eq!(collect(snap.prefix(from).unwrap())?, model_prefix(model, from));
+        prop_assert_eq!(
+            collect(snap.prefix(from).unwrap())?,
+            model_prefix(model, from)
+        );
     }
     Ok(())
 }
 
 fn run(kind: Kind, cached: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let subject = Subject { kind, cached, dir: tempfile::tempdir().unwrap() };
+    let subject = Subject {
+        kind,
+        cached,
+        dir: tempfile::tempdir().unwrap(),
+    };
     let mut store = subject.open();
     let mut model = Model::new();
     let mut snapshots: Vec<(Box<dyn KvSnapshot>, Model)> = Vec::new();
@@ -158,21 +178,36 @@ fn run(kind: Kind, cached: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.remove(&k);
                 }
             }
-            Op::Get(k) => prop_assert_eq!(store.get(&k).unwrap(), model.get(&k).cloned(), "get {:02x?}", k),
+            Op::Get(k) => prop_assert_eq!(
+                store.get(&k).unwrap(),
+                model.get(&k).cloned(),
+                "get {:02x?}",
+                k
+            ),
             Op::GetAll(keys) => {
                 let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                let expected: Vec<Option<Vec<u8>>> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                let expected: Vec<Option<Vec<u8>>> =
+                    keys.iter().map(|k| model.get(k).cloned()).collect();
                 prop_assert_eq!(store.get_all(&refs).unwrap(), expected);
             }
             Op::Range(f, t) => {
                 let got = collect(store.range(&f, &t).unwrap())?;
-                prop_assert_eq!(got, model_scan(&model, &f, Some(&t)), "range {:02x?}..{:02x?}", f, t);
+                prop_assert_eq!(
+                    got,
+                    model_scan(&model, &f, Some(&t)),
+                    "range {:02x?}..{:02x?}",
+                    f,
+                    t
+                );
             }
             Op::Prefix(p) => {
                 let got = collect(store.prefix(&p).unwrap())?;
                 prop_assert_eq!(got, model_prefix(&model, &p), "prefix {:02x?}", p);
             }
-            Op::All => prop_assert_eq!(collect(store.all().unwrap())?, model_scan(&model, &[], None)),
+            Op::All => prop_assert_eq!(
+                collect(store.all().unwrap())?,
+                model_scan(&model, &[], None)
+            ),
             Op::Snapshot => {
                 if snapshots.len() == MAX_SNAPSHOTS {
                     snapshots.remove(0);
@@ -197,7 +232,10 @@ fn run(kind: Kind, cached: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
     }
-    prop_assert_eq!(collect(store.all().unwrap())?, model_scan(&model, &[], None));
+    prop_assert_eq!(
+        collect(store.all().unwrap())?,
+        model_scan(&model, &[], None)
+    );
     for (snap, m) in &snapshots {
         prop_assert_eq!(collect(snap.all().unwrap())?, model_scan(m, &[], None));
     }
@@ -207,13 +245,20 @@ fn run(kind: Kind, cached: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
         snapshots.clear();
         drop(store);
         let mut store = subject.open();
-        prop_assert_eq!(collect(store.all().unwrap())?, model_scan(&model, &[], None));
+        prop_assert_eq!(
+            collect(store.all().unwrap())?,
+            model_scan(&model, &[], None)
+        );
     }
     Ok(())
 }
 
 fn config() -> Config {
-    Config { cases: 256, failure_persistence: None, ..Config::default() }
+    Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 proptest! {
