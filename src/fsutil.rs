@@ -21,7 +21,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| with_path(e, "create", &tmp))?;
-        f.write_all(bytes).map_err(|e| with_path(e, "write", &tmp))?;
+        f.write_all(bytes)
+            .map_err(|e| with_path(e, "write", &tmp))?;
         f.sync_all().map_err(|e| with_path(e, "fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| with_path(e, "rename to", path))?;

@@ -63,7 +63,10 @@ mod tests {
             ("foobar", -790_332_482),
             ("a-little-bit-long-string", -985_981_536),
             ("a-little-bit-longer-string", -1_486_304_829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             ("abc", 479_470_107),
             ("string-f-24-chars-length", 124_730_809),
             ("string-fo-25-chars-length", 1_269_511_650),
@@ -80,7 +83,10 @@ mod tests {
         assert_eq!(to_positive(-1), 0x7fff_ffff);
         assert_eq!(to_positive(i32::MIN), 0);
         assert_eq!(to_positive(5), 5);
-        assert_eq!(to_positive(-973_932_308), (-973_932_308i32 & 0x7fff_ffff) as u32);
+        assert_eq!(
+            to_positive(-973_932_308),
+            (-973_932_308i32 & 0x7fff_ffff) as u32
+        );
     }
 
     #[test]

@@ -57,6 +57,9 @@ fn huge_length_fields_do_not_allocate() {
         assert!(report.torn_tail.is_some());
         assert_eq!(p.read(0, 1000).unwrap().len(), 100);
         let largest = LARGEST.load(Ordering::SeqCst);
-        assert!(largest < LIMIT, "claimed {claimed}: allocated {largest} bytes at once");
+        assert!(
+            largest < LIMIT,
+            "claimed {claimed}: allocated {largest} bytes at once"
+        );
     }
 }

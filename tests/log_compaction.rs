@@ -8,7 +8,9 @@ use gregor::log::{CleanupPolicy, NoHooks, Partition, Record, TopicConfig};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn open(dir: &Path, config: &TopicConfig) -> Partition {
-    Partition::open(dir, config.clone(), Arc::new(NoHooks)).unwrap().0
+    Partition::open(dir, config.clone(), Arc::new(NoHooks))
+        .unwrap()
+        .0
 }
 
 /// The model: survivors of every compaction so far. A compaction with active segment base
@@ -49,15 +51,28 @@ fn random_workloads_match_model() {
                 Some(vec![b'v'; rng.gen_range(0..30)])
             };
             let off = p.append(now, &key, value.as_deref()).unwrap();
-            model.push(Record { offset: off, timestamp: now, key, value });
+            model.push(Record {
+                offset: off,
+                timestamp: now,
+                key,
+                value,
+            });
             if rng.gen_bool(0.03) || step == 399 {
                 let at = now + rng.gen_range(0..60);
                 let horizon = at - config.delete_retention_ms;
                 let active = p.active_segment_base();
                 removed += p.compact(at).unwrap().records_removed;
                 model_compact(&mut model, active, horizon);
-                assert_eq!(p.start_offset(), 0, "compaction never moves the start offset");
-                assert_eq!(p.read(0, usize::MAX).unwrap(), model, "seed {seed} step {step}");
+                assert_eq!(
+                    p.start_offset(),
+                    0,
+                    "compaction never moves the start offset"
+                );
+                assert_eq!(
+                    p.read(0, usize::MAX).unwrap(),
+                    model,
+                    "seed {seed} step {step}"
+                );
             }
             if rng.gen_bool(0.02) {
                 p.sync().unwrap();
@@ -72,7 +87,12 @@ fn random_workloads_match_model() {
         for _ in 0..30 {
             let from = rng.gen_range(0..=end);
             let max = rng.gen_range(1..50);
-            let want: Vec<Record> = model.iter().filter(|r| r.offset >= from).take(max).cloned().collect();
+            let want: Vec<Record> = model
+                .iter()
+                .filter(|r| r.offset >= from)
+                .take(max)
+                .cloned()
+                .collect();
             assert_eq!(p.read(from, max).unwrap(), want, "seed {seed} from {from}");
         }
         // Compacting again with nothing new is a no-op.
@@ -81,7 +101,11 @@ fn random_workloads_match_model() {
         p.sync().unwrap();
         drop(p);
         let mut p = open(dir.path(), &config);
-        assert_eq!(p.read(0, usize::MAX).unwrap(), model, "after reopen, seed {seed}");
+        assert_eq!(
+            p.read(0, usize::MAX).unwrap(),
+            model,
+            "after reopen, seed {seed}"
+        );
         let v = gregor::log::verify_partition(dir.path()).unwrap();
         assert_eq!(v.records, model.len() as u64);
     }
@@ -102,13 +126,20 @@ fn compaction_keeps_newest_value_and_fresh_tombstones() {
     p.append(10, b"b", None).unwrap(); // 3: tombstone at t=10
     p.append(500, b"c", None).unwrap(); // 4: tombstone at t=500
     for i in 0..10 {
-        p.append(600, b"filler", Some(format!("{i}").as_bytes())).unwrap();
+        p.append(600, b"filler", Some(format!("{i}").as_bytes()))
+            .unwrap();
     }
-    assert!(p.active_segment_base() > 5, "first records are in closed segments");
+    assert!(
+        p.active_segment_base() > 5,
+        "first records are in closed segments"
+    );
     let report = p.compact(550).unwrap(); // horizon 450: b's tombstone goes, c's stays
     assert!(report.records_removed >= 3);
     let got = p.read(0, 3).unwrap();
-    assert_eq!((got[0].offset, got[0].value.as_deref()), (2, Some(&b"2"[..])));
+    assert_eq!(
+        (got[0].offset, got[0].value.as_deref()),
+        (2, Some(&b"2"[..]))
+    );
     assert_eq!((got[1].offset, got[1].value.as_deref()), (4, None));
     assert!(got[2].offset >= 5);
     assert_eq!(p.read(0, 1).unwrap()[0].offset, 2, "gap: offsets unchanged");
@@ -126,7 +157,8 @@ fn retention_by_size_deletes_whole_oldest_segments() {
     };
     let mut p = open(dir.path(), &config);
     for i in 0..200 {
-        p.append(i, format!("k{i}").as_bytes(), Some(b"0123456789")).unwrap();
+        p.append(i, format!("k{i}").as_bytes(), Some(b"0123456789"))
+            .unwrap();
     }
     let bases = p.segment_bases();
     let report = p.apply_retention(0).unwrap();
@@ -137,7 +169,10 @@ fn retention_by_size_deletes_whole_oldest_segments() {
     assert_eq!(p.segment_bases(), bases[report.segments_deleted..].to_vec());
     let recs = p.read(p.start_offset(), usize::MAX).unwrap();
     assert_eq!(recs.first().unwrap().offset, p.start_offset());
-    assert!(recs.windows(2).all(|w| w[1].offset == w[0].offset + 1), "contiguous");
+    assert!(
+        recs.windows(2).all(|w| w[1].offset == w[0].offset + 1),
+        "contiguous"
+    );
     assert_eq!(recs.last().unwrap().offset, 199);
     // Reading below the start is out of range.
     assert!(p.read(0, 1).is_err());
@@ -173,7 +208,11 @@ fn retention_by_time_uses_newest_record_of_each_segment() {
     // segment holds a record at or after it.
     let kept = p.read(p.start_offset(), usize::MAX).unwrap();
     let base = p.segment_bases()[1];
-    assert!(kept.iter().filter(|r| r.offset < base).any(|r| r.timestamp >= 4000));
+    assert!(
+        kept.iter()
+            .filter(|r| r.offset < base)
+            .any(|r| r.timestamp >= 4000)
+    );
     assert!(first.offset > 0);
     // Everything is eventually deleted except the active segment.
     let r = p.apply_retention(1_000_000).unwrap();

@@ -32,7 +32,9 @@ impl Faulty {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if is_write == self.fail_writes
             && self.armed.load(Ordering::SeqCst)
-            && path.to_string_lossy().ends_with(self.suffix.lock().unwrap().as_str())
+            && path
+                .to_string_lossy()
+                .ends_with(self.suffix.lock().unwrap().as_str())
         {
             self.armed.store(false, Ordering::SeqCst);
             self.failed.lock().unwrap().push(path.to_path_buf());
@@ -153,7 +155,16 @@ fn directory_fsync_failure_poisons() {
         }
     }
     let e = failed.expect("dir fsync failure on roll");
-    assert!(matches!(e, LogError::Io { op: "fsync directory", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LogError::Io {
+                op: "fsync directory",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_poisoned(&mut p);
 }
 
@@ -164,7 +175,8 @@ fn compaction_write_failure_poisons_and_keeps_data() {
     let hooks = Faulty::new(true, ".compacting");
     let (mut p, _) = Partition::open(&dir, config(200), hooks.clone()).unwrap();
     for i in 0..40 {
-        p.append(i, format!("k{}", i % 3).as_bytes(), Some(b"value")).unwrap();
+        p.append(i, format!("k{}", i % 3).as_bytes(), Some(b"value"))
+            .unwrap();
     }
     p.sync().unwrap();
     let before = p.read(0, usize::MAX).unwrap();
@@ -175,9 +187,11 @@ fn compaction_write_failure_poisons_and_keeps_data() {
     assert_poisoned(&mut p);
     drop(p);
     assert!(
-        std::fs::read_dir(&dir)
+        std::fs::read_dir(&dir).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".compacting")),
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".compacting")),
         "temp file removed"
     );
     let (mut p, _) = Partition::open(&dir, config(200), Arc::new(NoHooks)).unwrap();

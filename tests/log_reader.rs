@@ -20,7 +20,12 @@ fn fill(p: &mut Partition, n: u64) -> Vec<Record> {
             let key = format!("key{}", i % 17).into_bytes();
             let value = Some(format!("value {i} {}", "#".repeat((i % 13) as usize)).into_bytes());
             let offset = p.append(i as i64, &key, value.as_deref()).unwrap();
-            Record { offset, timestamp: i as i64, key, value }
+            Record {
+                offset,
+                timestamp: i as i64,
+                key,
+                value,
+            }
         })
         .collect()
 }
@@ -126,7 +131,12 @@ fn truncate_into_a_compaction_gap_keeps_the_end_offset() {
         p.append(i, b"k", Some(b"some value")).unwrap();
     }
     p.compact(0).unwrap();
-    let survivors: Vec<u64> = p.read(0, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+    let survivors: Vec<u64> = p
+        .read(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
     assert!(survivors[0] >= p.active_segment_base());
     let to = 20; // inside an emptied closed segment
     assert!(to < p.active_segment_base());
@@ -144,8 +154,18 @@ fn range_and_size_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = open(dir.path(), 1 << 20);
     fill(&mut p, 10);
-    assert!(matches!(p.read(11, 1), Err(LogError::OffsetOutOfRange { offset: 11, end: 10, .. })));
-    assert!(matches!(p.truncate(11), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        p.read(11, 1),
+        Err(LogError::OffsetOutOfRange {
+            offset: 11,
+            end: 10,
+            ..
+        })
+    ));
+    assert!(matches!(
+        p.truncate(11),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     assert!(p.read(10, 5).unwrap().is_empty());
     let huge = vec![0u8; (64 << 20) + 1];
     let e = p.append(0, b"k", Some(&huge)).unwrap_err();

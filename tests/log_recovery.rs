@@ -15,7 +15,10 @@ fn config(segment_bytes: u64) -> TopicConfig {
     }
 }
 
-fn open(dir: &Path, segment_bytes: u64) -> Result<(Partition, gregor::log::RecoveryReport), LogError> {
+fn open(
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(Partition, gregor::log::RecoveryReport), LogError> {
     Partition::open(dir, config(segment_bytes), Arc::new(NoHooks))
 }
 
@@ -35,10 +38,19 @@ fn write_log(dir: &Path, n: u64, segment_bytes: u64) -> Vec<Record> {
     let mut recs = Vec::new();
     for i in 0..n {
         let key = format!("key-{i}").into_bytes();
-        let value = if i % 5 == 3 { None } else { Some(format!("value-{i}-{}", "x".repeat(i as usize % 7)).into_bytes()) };
+        let value = if i % 5 == 3 {
+            None
+        } else {
+            Some(format!("value-{i}-{}", "x".repeat(i as usize % 7)).into_bytes())
+        };
         let off = p.append(1000 + i as i64, &key, value.as_deref()).unwrap();
         assert_eq!(off, i);
-        recs.push(Record { offset: off, timestamp: 1000 + i as i64, key, value });
+        recs.push(Record {
+            offset: off,
+            timestamp: 1000 + i as i64,
+            key,
+            value,
+        });
     }
     p.sync().unwrap();
     recs
@@ -89,7 +101,12 @@ fn check_torn_tails(segment_bytes: u64, n: u64) {
             fs::write(work.path().join(&last_name), &bytes).unwrap();
 
             // Records complete in the prefix, and where the first incomplete one starts.
-            let ends: Vec<usize> = starts.iter().skip(1).copied().chain([original.len()]).collect();
+            let ends: Vec<usize> = starts
+                .iter()
+                .skip(1)
+                .copied()
+                .chain([original.len()])
+                .collect();
             let complete = ends.iter().filter(|&&e| e <= cut).count();
             let boundary = if complete == 0 { 0 } else { ends[complete - 1] };
             let expect_end = first_in_last + complete as u64;
@@ -98,14 +115,24 @@ fn check_torn_tails(segment_bytes: u64, n: u64) {
                 .unwrap_or_else(|e| panic!("cut {cut} garbage {garbage_len}: {e}"));
             if bytes.len() > boundary {
                 let torn = report.torn_tail.clone().expect("torn tail reported");
-                assert_eq!(torn.position as usize, boundary, "cut {cut} garbage {garbage_len}");
+                assert_eq!(
+                    torn.position as usize, boundary,
+                    "cut {cut} garbage {garbage_len}"
+                );
                 assert_eq!(torn.bytes_cut as usize, bytes.len() - boundary);
                 assert_eq!(torn.last_good_offset, expect_end.checked_sub(1));
             } else {
                 assert_eq!(report.torn_tail, None, "cut {cut} garbage {garbage_len}");
             }
-            assert_eq!(p.end_offset(), expect_end, "cut {cut} garbage {garbage_len}");
-            assert_eq!(fs::metadata(work.path().join(&last_name)).unwrap().len() as usize, boundary);
+            assert_eq!(
+                p.end_offset(),
+                expect_end,
+                "cut {cut} garbage {garbage_len}"
+            );
+            assert_eq!(
+                fs::metadata(work.path().join(&last_name)).unwrap().len() as usize,
+                boundary
+            );
             assert_eq!(read_all(&mut p), recs[..expect_end as usize].to_vec());
             // Appending afterwards continues the offsets.
             assert_eq!(p.append(5, b"new", Some(b"v")).unwrap(), expect_end);
@@ -166,7 +193,12 @@ fn flipped_byte_in_middle_of_active_segment_fails_open_naming_file_and_position(
             Ok(_) => panic!("flip at {pos} was not detected"),
         };
         match &err {
-            LogError::Corrupt { file, position, last_good_offset, .. } => {
+            LogError::Corrupt {
+                file,
+                position,
+                last_good_offset,
+                ..
+            } => {
                 assert_eq!(file, &target);
                 assert_eq!(*position as usize, starts[4], "flip at {pos}");
                 assert_eq!(*last_good_offset, Some(3));
@@ -200,9 +232,18 @@ fn flipped_byte_in_closed_segment_is_corrupt_on_read() {
     let msg = err.to_string();
     assert!(matches!(err, LogError::Corrupt { .. }), "{msg}");
     assert!(msg.contains(&files[0].display().to_string()), "{msg}");
-    assert!(msg.contains(&format!("position {}", starts.last().unwrap())), "{msg}");
+    assert!(
+        msg.contains(&format!("position {}", starts.last().unwrap())),
+        "{msg}"
+    );
     // Reading from a later segment still works.
-    let second_base: u64 = files[1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let second_base: u64 = files[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let recs = p.read(second_base, usize::MAX).unwrap();
     assert_eq!(recs.first().unwrap().offset, second_base);
     assert_eq!(recs.last().unwrap().offset, 39);
@@ -217,7 +258,12 @@ fn truncated_closed_segment_is_corrupt_not_torn() {
     write_log(dir.path(), 40, 300);
     let files = segment_files(dir.path());
     let len = fs::metadata(&files[0]).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(len - 3).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
     let (mut p, _) = open(dir.path(), 300).unwrap();
     let err = p.read(0, usize::MAX).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");

@@ -369,6 +369,12 @@ mod tests {
         let err = parse_input(&b"a\t1\nb\t\\N\nno-tab\n"[..]).unwrap_err();
         assert!(err.to_string().contains("line 3"), "{err}");
         let ok = parse_input(&b"a\t1\t2\nb\t\\N\n"[..]).unwrap();
-        assert_eq!(ok, vec![(b"a".to_vec(), Some(b"1\t2".to_vec())), (b"b".to_vec(), None)]);
+        assert_eq!(
+            ok,
+            vec![
+                (b"a".to_vec(), Some(b"1\t2".to_vec())),
+                (b"b".to_vec(), None)
+            ]
+        );
     }
 }

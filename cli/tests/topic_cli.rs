@@ -18,7 +18,12 @@ fn gregor(state: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -37,7 +42,18 @@ fn ok(state: &Path, args: &[&str], stdin: &str) -> String {
 fn create_produce_consume_list_verify() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    ok(s, &["create", "orders", "--partitions", "4", "--segment-bytes", "150"], "");
+    ok(
+        s,
+        &[
+            "create",
+            "orders",
+            "--partitions",
+            "4",
+            "--segment-bytes",
+            "150",
+        ],
+        "",
+    );
     let mut input = String::new();
     for i in 0..40 {
         input.push_str(&format!("key{}\tvalue {i}\n", i % 9));
@@ -54,15 +70,31 @@ fn create_produce_consume_list_verify() {
         assert_eq!(l.len(), 4, "{l:?}");
         let key = l[2].replace("\\t", "\t");
         let p: u32 = l[0].parse().unwrap();
-        assert_eq!(p, partition_for_key(key.as_bytes(), 4), "murmur2 partitioning of {key:?}");
+        assert_eq!(
+            p,
+            partition_for_key(key.as_bytes(), 4),
+            "murmur2 partitioning of {key:?}"
+        );
     }
     // Per-partition offsets are contiguous from 0 and keep input order.
     for p in 0..4 {
-        let offs: Vec<u64> = lines.iter().filter(|l| l[0] == p.to_string()).map(|l| l[1].parse().unwrap()).collect();
+        let offs: Vec<u64> = lines
+            .iter()
+            .filter(|l| l[0] == p.to_string())
+            .map(|l| l[1].parse().unwrap())
+            .collect();
         assert_eq!(offs, (0..offs.len() as u64).collect::<Vec<_>>());
     }
-    assert!(lines.iter().any(|l| l[2] == "key1" && l[3] == "\\N"), "tombstone printed as \\N");
-    assert!(lines.iter().any(|l| l[2] == "tab\\tkey" && l[3] == "line\\nbreak \\xff"), "escapes round-trip");
+    assert!(
+        lines.iter().any(|l| l[2] == "key1" && l[3] == "\\N"),
+        "tombstone printed as \\N"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l[2] == "tab\\tkey" && l[3] == "line\\nbreak \\xff"),
+        "escapes round-trip"
+    );
 
     let list = ok(s, &["list"], "");
     let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split('\t').collect()).collect();
@@ -72,7 +104,20 @@ fn create_produce_consume_list_verify() {
     assert!(rows.iter().all(|r| r[0] == "orders" && r[2] == "0"));
 
     // --partition, --from, --max
-    let p0 = ok(s, &["consume", "orders", "--partition", "1", "--from", "1", "--max", "2"], "");
+    let p0 = ok(
+        s,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            "1",
+            "--from",
+            "1",
+            "--max",
+            "2",
+        ],
+        "",
+    );
     let l: Vec<&str> = p0.lines().collect();
     assert!(l.len() <= 2);
     assert!(l.iter().all(|x| x.starts_with("1\t")));
@@ -81,10 +126,18 @@ fn create_produce_consume_list_verify() {
     }
 
     let verify = ok(s, &["verify", "orders"], "");
-    assert_eq!(verify.lines().filter(|l| l.contains("\tok\t")).count(), 4, "{verify}");
+    assert_eq!(
+        verify.lines().filter(|l| l.contains("\tok\t")).count(),
+        4,
+        "{verify}"
+    );
 
     // Forced partition.
-    let out = ok(s, &["produce", "orders", "--partition", "3"], "x\t1\ny\t2\n");
+    let out = ok(
+        s,
+        &["produce", "orders", "--partition", "3"],
+        "x\t1\ny\t2\n",
+    );
     assert!(out.contains("wrote 2 records"));
 }
 
@@ -121,7 +174,11 @@ fn errors_for_unknown_topic_and_partition() {
 fn verify_reports_corruption_with_file_and_position() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    ok(s, &["create", "t", "--partitions", "1", "--segment-bytes", "120"], "");
+    ok(
+        s,
+        &["create", "t", "--partitions", "1", "--segment-bytes", "120"],
+        "",
+    );
     let input: String = (0..30).map(|i| format!("k{i}\tvalue-{i}\n")).collect();
     ok(s, &["produce", "t"], &input);
     let seg = s.join("logs/t/0/00000000000000000000.log");
@@ -140,7 +197,19 @@ fn verify_reports_corruption_with_file_and_position() {
 fn compact_keeps_newest_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    ok(s, &["create", "cl", "--partitions", "1", "--compact", "--segment-bytes", "100"], "");
+    ok(
+        s,
+        &[
+            "create",
+            "cl",
+            "--partitions",
+            "1",
+            "--compact",
+            "--segment-bytes",
+            "100",
+        ],
+        "",
+    );
     let input: String = (0..50).map(|i| format!("k{}\tv{i}\n", i % 3)).collect();
     ok(s, &["produce", "cl"], &input);
     let out = ok(s, &["compact", "cl"], "");
@@ -150,7 +219,10 @@ fn compact_keeps_newest_per_key() {
     assert!(lines.len() < 50, "{consumed}");
     // The newest value of every key survives with its original offset.
     for (k, i) in [(0, 48), (1, 49), (2, 47)] {
-        assert!(lines.contains(&format!("0\t{i}\tk{k}\tv{i}").as_str()), "{consumed}");
+        assert!(
+            lines.contains(&format!("0\t{i}\tk{k}\tv{i}").as_str()),
+            "{consumed}"
+        );
     }
     ok(s, &["verify", "cl"], "");
 }

@@ -32,7 +32,9 @@ pub struct CompactionReport {
 }
 
 /// The newest offset of each key, from records in offset order.
-pub fn latest_offsets<'a>(records: impl IntoIterator<Item = (&'a [u8], u64)>) -> HashMap<Vec<u8>, u64> {
+pub fn latest_offsets<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], u64)>,
+) -> HashMap<Vec<u8>, u64> {
     let mut latest = HashMap::new();
     for (key, offset) in records {
         latest.insert(key.to_vec(), offset);
@@ -143,7 +145,8 @@ pub(crate) fn rewrite_segment(
                             &slot.key,
                             slot.value.as_deref(),
                         ) as u64;
-                        max_timestamp = Some(max_timestamp.map_or(slot.timestamp, |t| t.max(slot.timestamp)));
+                        max_timestamp =
+                            Some(max_timestamp.map_or(slot.timestamp, |t| t.max(slot.timestamp)));
                         if buf.len() >= 1 << 20 {
                             flush(&mut buf, &mut out)?;
                         }

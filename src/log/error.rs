@@ -35,7 +35,9 @@ pub enum LogError {
         reason: String,
     },
     /// A write or fsync failed earlier; the partition refuses all further writes.
-    #[error("log partition {partition} is poisoned by an earlier failure and must be reopened: {cause}")]
+    #[error(
+        "log partition {partition} is poisoned by an earlier failure and must be reopened: {cause}"
+    )]
     Poisoned {
         /// `<topic>/<partition>` (or the directory).
         partition: String,
@@ -57,7 +59,9 @@ pub enum LogError {
         reason: &'static str,
     },
     /// A record exceeds the maximum frame payload.
-    #[error("record of {size} bytes exceeds the maximum record size of {max} bytes (partition {partition})")]
+    #[error(
+        "record of {size} bytes exceeds the maximum record size of {max} bytes (partition {partition})"
+    )]
     RecordTooLarge {
         /// `<topic>/<partition>`.
         partition: String,
@@ -77,7 +81,9 @@ pub enum LogError {
         partitions: u32,
     },
     /// An offset outside `[start_offset, end_offset]`.
-    #[error("offset {offset} out of range for partition {partition}: valid range is [{start}, {end}]")]
+    #[error(
+        "offset {offset} out of range for partition {partition}: valid range is [{start}, {end}]"
+    )]
     OffsetOutOfRange {
         /// `<topic>/<partition>`.
         partition: String,

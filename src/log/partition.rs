@@ -13,8 +13,8 @@ use super::reader::PartitionReader;
 use super::record::{FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, Record, encode_into, payload_len};
 use super::retention::{self, RetentionReport, SegmentStat};
 use super::segment::{
-    COMPACTING_SUFFIX, FrameReader, INDEX_INTERVAL, IndexCache, Next, SharedIndex,
-    list_segments, scan_segment, segment_path,
+    COMPACTING_SUFFIX, FrameReader, INDEX_INTERVAL, IndexCache, Next, SharedIndex, list_segments,
+    scan_segment, segment_path,
 };
 use super::topic::{CleanupPolicy, TopicConfig};
 
@@ -146,7 +146,11 @@ impl Partition {
             let rd = fs::read_dir(&dir).map_err(|e| LogError::io("list", &dir, e))?;
             for entry in rd {
                 let entry = entry.map_err(|e| LogError::io("list", &dir, e))?;
-                if entry.file_name().to_string_lossy().ends_with(COMPACTING_SUFFIX) {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(COMPACTING_SUFFIX)
+                {
                     let path = entry.path();
                     self.hooks
                         .before_write(&path)
@@ -357,13 +361,24 @@ impl Partition {
         let pos = self.active_len + self.buf.len() as u64;
         let offset = self.end_offset;
         encode_into(&mut self.buf, offset, timestamp, key, value);
-        if self.active_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL) {
+        if self
+            .active_indexed
+            .is_none_or(|p| pos >= p + INDEX_INTERVAL)
+        {
             self.active_indexed = Some(pos);
             let base = self.active_segment_base();
-            self.index.lock().expect("index lock").get(base).add(offset, pos);
+            self.index
+                .lock()
+                .expect("index lock")
+                .get(base)
+                .add(offset, pos);
         }
         let meta = self.segments.last_mut().expect("one segment");
-        meta.max_timestamp = Some(Some(meta.max_timestamp.flatten().map_or(timestamp, |t| t.max(timestamp))));
+        meta.max_timestamp = Some(Some(
+            meta.max_timestamp
+                .flatten()
+                .map_or(timestamp, |t| t.max(timestamp)),
+        ));
         self.end_offset += 1;
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.flush_to_os()?;
@@ -497,7 +512,11 @@ impl Partition {
         for i in (first_deleted..self.segments.len()).rev() {
             let base = self.segments[i].base;
             let path = segment_path(&self.dir, base);
-            if let Err(e) = self.hooks.before_write(&path).and_then(|_| fs::remove_file(&path)) {
+            if let Err(e) = self
+                .hooks
+                .before_write(&path)
+                .and_then(|_| fs::remove_file(&path))
+            {
                 return Err(self.poison("delete", &path, e));
             }
             self.index.lock().expect("index lock").invalidate(base);
@@ -514,7 +533,11 @@ impl Partition {
             Ok(f) => f,
             Err(e) => return Err(self.poison("open", &path, e)),
         };
-        if let Err(e) = self.hooks.before_write(&path).and_then(|_| file.set_len(cut)) {
+        if let Err(e) = self
+            .hooks
+            .before_write(&path)
+            .and_then(|_| file.set_len(cut))
+        {
             return Err(self.poison("truncate", &path, e));
         }
         if let Err(e) = self.hooks.before_sync(&path).and_then(|_| file.sync_all()) {
@@ -526,7 +549,11 @@ impl Partition {
         if last_kept.map_or(base, |o| o + 1) != to_offset {
             let new_path = segment_path(&self.dir, to_offset);
             if let Err(e) = self.hooks.before_write(&new_path).and_then(|_| {
-                OpenOptions::new().write(true).create_new(true).open(&new_path).map(drop)
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&new_path)
+                    .map(drop)
             }) {
                 return Err(self.poison("create", &new_path, e));
             }
@@ -582,7 +609,10 @@ impl Partition {
         let mut last_kept = None;
         loop {
             let pos = reader.position();
-            match reader.next(&mut slot).map_err(|e| LogError::io("read", path, e))? {
+            match reader
+                .next(&mut slot)
+                .map_err(|e| LogError::io("read", path, e))?
+            {
                 Next::End => return Ok((len, last_kept)),
                 Next::Record if slot.offset >= to => return Ok((pos, last_kept)),
                 Next::Record => last_kept = Some(slot.offset),
@@ -621,7 +651,8 @@ impl Partition {
         }
         // Pass 1: the newest offset of every key. (Keys are held in memory.)
         let mut latest = std::collections::HashMap::<Vec<u8>, u64>::new();
-        let mut reader = PartitionReader::with_index(&self.dir, self.start_offset(), self.index.clone())?;
+        let mut reader =
+            PartitionReader::with_index(&self.dir, self.start_offset(), self.index.clone())?;
         loop {
             let batch = reader.next_batch(4096)?;
             if batch.is_empty() {
@@ -707,7 +738,11 @@ impl Partition {
         let mut report = RetentionReport::default();
         for s in &stats[..n] {
             let path = segment_path(&self.dir, s.base);
-            if let Err(e) = self.hooks.before_write(&path).and_then(|_| fs::remove_file(&path)) {
+            if let Err(e) = self
+                .hooks
+                .before_write(&path)
+                .and_then(|_| fs::remove_file(&path))
+            {
                 return Err(self.poison("delete", &path, e));
             }
             self.index.lock().expect("index lock").invalidate(s.base);
@@ -754,14 +789,19 @@ pub fn partition_info(dir: &Path, partition: u32) -> Result<PartitionInfo> {
     let mut bytes = 0;
     for &b in &bases {
         let path = segment_path(dir, b);
-        bytes += fs::metadata(&path).map_err(|e| LogError::io("stat", &path, e))?.len();
+        bytes += fs::metadata(&path)
+            .map_err(|e| LogError::io("stat", &path, e))?
+            .len();
     }
     let (start_offset, end_offset) = match bases.last() {
         None => (0, 0),
         Some(&last) => {
             let path = segment_path(dir, last);
             let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
-            let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+            let len = file
+                .metadata()
+                .map_err(|e| LogError::io("stat", &path, e))?
+                .len();
             let scan = scan_segment(&file, len, &path, last, true)?;
             (bases[0], scan.last_offset.map_or(last, |o| o + 1))
         }
@@ -800,7 +840,10 @@ pub fn verify_partition(dir: &Path) -> Result<VerifyReport> {
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base);
         let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
-        let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &path, e))?
+            .len();
         let is_last = i + 1 == bases.len();
         if let Some(prev) = report.last_offset
             && base <= prev

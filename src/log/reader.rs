@@ -38,7 +38,11 @@ impl PartitionReader {
     /// A reader of the partition in `dir` from `from_offset` (records below it are skipped;
     /// reading from before the first segment starts at the first record).
     pub fn open(dir: &Path, from_offset: u64) -> Result<Self> {
-        Self::with_index(dir, from_offset, Arc::new(Mutex::new(IndexCache::default())))
+        Self::with_index(
+            dir,
+            from_offset,
+            Arc::new(Mutex::new(IndexCache::default())),
+        )
     }
 
     pub(crate) fn with_index(dir: &Path, from_offset: u64, index: SharedIndex) -> Result<Self> {
@@ -102,14 +106,11 @@ impl PartitionReader {
     fn advance_at_end(&mut self) -> Result<bool> {
         let cur = self.cur.as_mut().expect("cursor");
         if self.bases.is_empty() {
-            let len = cur
-                .reader
-                .limit()
-                .max(match std::fs::metadata(&cur.path) {
-                    Ok(m) => m.len(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                    Err(e) => return Err(LogError::io("stat", &cur.path, e)),
-                });
+            let len = cur.reader.limit().max(match std::fs::metadata(&cur.path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(LogError::io("stat", &cur.path, e)),
+            });
             if len > cur.reader.limit() {
                 cur.reader.set_limit(len);
                 return Ok(true);
@@ -165,10 +166,12 @@ impl PartitionReader {
                         .is_none_or(|p| pos >= p + super::segment::INDEX_INTERVAL)
                     {
                         cur.last_indexed = Some(pos);
-                        self.index
-                            .lock()
-                            .expect("index lock")
-                            .add(cur.base, cur.generation, slot.offset, pos);
+                        self.index.lock().expect("index lock").add(
+                            cur.base,
+                            cur.generation,
+                            slot.offset,
+                            pos,
+                        );
                     }
                     if slot.offset >= self.next_offset {
                         self.next_offset = slot.offset + 1;
@@ -185,7 +188,10 @@ impl PartitionReader {
                     reason,
                     past_end,
                 } => {
-                    if past_end && self.bases.is_empty() && list_segments(&self.dir)?.last() == Some(&cur.base) {
+                    if past_end
+                        && self.bases.is_empty()
+                        && list_segments(&self.dir)?.last() == Some(&cur.base)
+                    {
                         // Partial frame at the end of the last segment: not written yet.
                         break;
                     }

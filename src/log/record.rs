@@ -50,7 +50,10 @@ pub fn encode_into(
     value: Option<&[u8]>,
 ) -> usize {
     let plen = payload_len(key.len(), value.map(<[u8]>::len));
-    assert!(plen <= MAX_PAYLOAD_LEN, "record payload of {plen} bytes too large");
+    assert!(
+        plen <= MAX_PAYLOAD_LEN,
+        "record payload of {plen} bytes too large"
+    );
     let start = buf.len();
     buf.reserve(FRAME_HEADER_LEN + plen);
     buf.extend_from_slice(&(plen as u32).to_le_bytes());
@@ -150,8 +153,11 @@ pub fn decode_payload(crc: u32, payload: &[u8], slot: &mut Record) -> Result<(),
     Ok(())
 }
 
+/// A parsed payload: offset, timestamp, key, value (`None` = tombstone).
+pub type PayloadParts<'a> = (u64, i64, &'a [u8], Option<&'a [u8]>);
+
 /// Structural parse of a payload (no CRC check): offset, timestamp, key, value.
-pub fn parse_payload(p: &[u8]) -> Result<(u64, i64, &[u8], Option<&[u8]>), String> {
+pub fn parse_payload(p: &[u8]) -> Result<PayloadParts<'_>, String> {
     if p.len() < MIN_PAYLOAD_LEN {
         return Err(format!("payload of {} bytes is too short", p.len()));
     }
@@ -191,7 +197,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
     let plen = check_header(&header, bytes.len() as u64).map_err(|e| e.reason().to_string())?;
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     let mut rec = Record::default();
-    decode_payload(crc, &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen], &mut rec)?;
+    decode_payload(
+        crc,
+        &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen],
+        &mut rec,
+    )?;
     Ok((rec, FRAME_HEADER_LEN + plen))
 }
 
@@ -254,16 +264,30 @@ mod tests {
     fn huge_length_is_rejected_without_allocating() {
         let mut header = [0u8; 8];
         header[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(check_header(&header, u64::MAX), Err(HeaderError::Invalid(_))));
+        assert!(matches!(
+            check_header(&header, u64::MAX),
+            Err(HeaderError::Invalid(_))
+        ));
         header[..4].copy_from_slice(&1000u32.to_le_bytes());
-        assert!(matches!(check_header(&header, 500), Err(HeaderError::PastEnd(_))));
+        assert!(matches!(
+            check_header(&header, 500),
+            Err(HeaderError::PastEnd(_))
+        ));
         assert_eq!(check_header(&header, 1008), Ok(1000));
     }
 
     #[test]
     fn tombstone_and_empty_value_differ() {
-        let t = Record { offset: 1, timestamp: 2, key: b"k".to_vec(), value: None };
-        let e = Record { value: Some(vec![]), ..t.clone() };
+        let t = Record {
+            offset: 1,
+            timestamp: 2,
+            key: b"k".to_vec(),
+            value: None,
+        };
+        let e = Record {
+            value: Some(vec![]),
+            ..t.clone()
+        };
         assert_ne!(encode(&t), encode(&e));
         assert_eq!(decode(&encode(&t)).unwrap().0.value, None);
         assert_eq!(decode(&encode(&e)).unwrap().0.value, Some(vec![]));

@@ -273,7 +273,9 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
     let mut last_indexed: Option<u64> = None;
     loop {
         let pos = reader.position();
-        let next = reader.next(&mut slot).map_err(|e| LogError::io("read", path, e))?;
+        let next = reader
+            .next(&mut slot)
+            .map_err(|e| LogError::io("read", path, e))?;
         let bad = match next {
             Next::End => break,
             Next::Record => {
@@ -294,7 +296,10 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                     scan.records += 1;
                     scan.first_offset.get_or_insert(slot.offset);
                     scan.last_offset = Some(slot.offset);
-                    scan.max_timestamp = Some(scan.max_timestamp.map_or(slot.timestamp, |t| t.max(slot.timestamp)));
+                    scan.max_timestamp = Some(
+                        scan.max_timestamp
+                            .map_or(slot.timestamp, |t| t.max(slot.timestamp)),
+                    );
                     scan.valid_len = reader.position();
                     None
                 }
@@ -362,7 +367,8 @@ pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
             if q + MIN_FRAME_LEN as u64 > len {
                 break;
             }
-            let header: [u8; FRAME_HEADER_LEN] = chunk[i..i + FRAME_HEADER_LEN].try_into().expect("8");
+            let header: [u8; FRAME_HEADER_LEN] =
+                chunk[i..i + FRAME_HEADER_LEN].try_into().expect("8");
             let Ok(plen) = check_header(&header, len - q) else {
                 continue;
             };
@@ -399,7 +405,10 @@ pub fn read_all_bytes(bytes: &[u8], base: u64) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     loop {
         let mut slot = Record::default();
-        match reader.next(&mut slot).map_err(|e| LogError::io("read", "<memory>", e))? {
+        match reader
+            .next(&mut slot)
+            .map_err(|e| LogError::io("read", "<memory>", e))?
+        {
             Next::End => return Ok(out),
             Next::Record => {
                 let min = out.last().map_or(base, |r: &Record| r.offset + 1);
@@ -505,7 +514,13 @@ mod tests {
     fn segment(n: u64, base: u64) -> Vec<u8> {
         let mut buf = Vec::new();
         for i in 0..n {
-            encode_into(&mut buf, base + i, i as i64, format!("k{i}").as_bytes(), Some(b"value"));
+            encode_into(
+                &mut buf,
+                base + i,
+                i as i64,
+                format!("k{i}").as_bytes(),
+                Some(b"value"),
+            );
         }
         buf
     }
@@ -515,7 +530,10 @@ mod tests {
         assert_eq!(segment_file_name(42), "00000000000000000042.log");
         assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
         assert_eq!(parse_segment_name("42.log"), None);
-        assert_eq!(parse_segment_name("00000000000000000042.log.compacting"), None);
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log.compacting"),
+            None
+        );
     }
 
     #[test]
@@ -533,8 +551,12 @@ mod tests {
     #[test]
     fn offsets_below_base_are_corrupt() {
         let bytes = segment(3, 0);
-        let err = scan_segment(&bytes[..], bytes.len() as u64, Path::new("seg"), 1, false).unwrap_err();
-        assert!(matches!(err, LogError::Corrupt { position: 0, .. }), "{err}");
+        let err =
+            scan_segment(&bytes[..], bytes.len() as u64, Path::new("seg"), 1, false).unwrap_err();
+        assert!(
+            matches!(err, LogError::Corrupt { position: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -198,7 +198,9 @@ impl LogDir {
             )));
         }
         if config.segment_bytes == 0 {
-            return Err(LogError::InvalidArgument("segment_bytes must be positive".into()));
+            return Err(LogError::InvalidArgument(
+                "segment_bytes must be positive".into(),
+            ));
         }
         let dir = self.root.join(name);
         let meta_path = dir.join(TOPIC_META_FILE);
@@ -209,7 +211,8 @@ impl LogDir {
             let pdir = dir.join(p.to_string());
             fs::create_dir_all(&pdir).map_err(|e| LogError::io("create directory", &pdir, e))?;
         }
-        crate::fsutil::fsync_dir(&self.root).map_err(|e| LogError::io("fsync directory", &self.root, e))?;
+        crate::fsutil::fsync_dir(&self.root)
+            .map_err(|e| LogError::io("fsync directory", &self.root, e))?;
         let meta = TopicMeta { partitions, config };
         crate::fsutil::write_atomic(&meta_path, &encode_meta(&meta))
             .map_err(|e| LogError::io("write", &meta_path, e))?;
@@ -248,7 +251,11 @@ impl LogDir {
     }
 
     /// Opens one partition of a topic for appends.
-    pub fn open_partition(&self, topic: &str, partition: u32) -> Result<(Partition, RecoveryReport)> {
+    pub fn open_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Partition, RecoveryReport)> {
         self.topic(topic)?.open_partition(partition)
     }
 
@@ -304,7 +311,9 @@ fn decode_meta(bytes: &[u8]) -> std::result::Result<TopicMeta, String> {
     let json = &bytes[nl + 1..];
     let got = crc32c::crc32c(json);
     if got != want {
-        return Err(format!("checksum mismatch: header says {want:08x}, content has {got:08x}"));
+        return Err(format!(
+            "checksum mismatch: header says {want:08x}, content has {got:08x}"
+        ));
     }
     let meta: TopicMeta = serde_json::from_slice(json).map_err(|e| format!("bad JSON: {e}"))?;
     if meta.partitions == 0 {
@@ -351,8 +360,14 @@ mod tests {
             ..TopicConfig::default()
         };
         logs.create_topic("t", 2, cfg.clone()).unwrap();
-        assert!(matches!(logs.create_topic("t", 2, cfg), Err(LogError::TopicExists(_))));
-        assert!(matches!(logs.topic("nope"), Err(LogError::TopicNotFound(_))));
+        assert!(matches!(
+            logs.create_topic("t", 2, cfg),
+            Err(LogError::TopicExists(_))
+        ));
+        assert!(matches!(
+            logs.topic("nope"),
+            Err(LogError::TopicNotFound(_))
+        ));
         assert!(matches!(
             logs.create_topic("../evil", 1, TopicConfig::default()),
             Err(LogError::InvalidTopicName { .. })
@@ -364,7 +379,11 @@ mod tests {
         p.sync().unwrap();
         assert!(matches!(
             logs.open_partition("t", 2),
-            Err(LogError::PartitionOutOfRange { partition: 2, partitions: 2, .. })
+            Err(LogError::PartitionOutOfRange {
+                partition: 2,
+                partitions: 2,
+                ..
+            })
         ));
         let topics = logs.list_topics().unwrap();
         assert_eq!(topics.len(), 1);
