@@ -1,0 +1,337 @@
+//! Store stack vs raw RocksDB (issue 2).
+//!
+//! In one run, over the same deterministic data (16-byte random keys, 100-byte random values,
+//! random order, seeded):
+//!
+//! - (a) raw `rocksdb` crate puts one by one with the WAL on (RocksDB default options plus
+//!   gregor's default block cache, bloom filter and compression), then a flush;
+//! - (b) gregor stack puts (RocksEngine + CachedStore with default sizes + MeteredStore +
+//!   typed `Store<Vec<u8>, Vec<u8>>`, as `StoreConfig::default()` assembles it), then flush;
+//! - (c) random gets of keys not recently touched (every stack get is a cache miss) on both;
+//! - (d) gets of a hot set that fits in the cache, on both (stack gets are cache hits);
+//! - (e) a full scan on both.
+//!
+//! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gregor::serde::SerdeName;
+use gregor::store::cached::DEFAULT_OBJECT_CACHE_SIZE;
+use gregor::store::config::StoreConfig;
+use gregor::store::rocks::{Compression, RocksEngine, RocksOptions};
+use gregor::store::stack::add_layers;
+use gregor::store::typed::Store;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, IteratorMode, Options};
+
+const KEY_BYTES: usize = 16;
+const VALUE_BYTES: usize = 100;
+const SEED: u64 = 0x5eed_2026;
+/// Rounds of each read measurement; the best round is reported (the machine is shared).
+const ROUNDS: usize = 3;
+
+/// The value of key number `i`: 100 pseudo-random (incompressible) bytes, recomputed on
+/// demand so values do not sit in memory.
+fn value_of(i: usize, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ SEED;
+    while buf.len() < VALUE_BYTES {
+        // splitmix64
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let take = (VALUE_BYTES - buf.len()).min(8);
+        buf.extend_from_slice(&z.to_le_bytes()[..take]);
+    }
+}
+
+/// Raw RocksDB with default options plus gregor's default block cache, bloom filter and
+/// compression (see `RocksOptions::default()`); the WAL stays on (the default).
+fn open_raw(path: &Path) -> DB {
+    let g = RocksOptions::default();
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(match g.compression {
+        Compression::None => DBCompressionType::None,
+        Compression::Snappy => DBCompressionType::Snappy,
+        Compression::Lz4 => DBCompressionType::Lz4,
+        Compression::Zstd => DBCompressionType::Zstd,
+    });
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(g.block_cache_size));
+    table.set_bloom_filter(g.bloom_filter_bits, false);
+    o.set_block_based_table_factory(&table);
+    DB::open(&o, path).expect("open raw RocksDB")
+}
+
+type Stack = Store<Vec<u8>, Vec<u8>>;
+
+/// The gregor stack exactly as the default store config builds it.
+fn open_stack(path: &Path) -> Stack {
+    let config = StoreConfig::default();
+    let engine = RocksEngine::open("bench", path, config.limits, &config.rocksdb)
+        .expect("open gregor engine");
+    Store::new(
+        add_layers(Box::new(engine), &config),
+        SerdeName::Bytes,
+        SerdeName::Bytes,
+    )
+    .expect("typed store")
+}
+
+struct Row {
+    what: &'static str,
+    ops: usize,
+    raw: Duration,
+    stack: Duration,
+    target: Option<f64>,
+}
+
+impl Row {
+    fn raw_rate(&self) -> f64 {
+        self.ops as f64 / self.raw.as_secs_f64()
+    }
+    fn stack_rate(&self) -> f64 {
+        self.ops as f64 / self.stack.as_secs_f64()
+    }
+    fn ratio(&self) -> f64 {
+        self.stack_rate() / self.raw_rate()
+    }
+}
+
+fn best_of(mut f: impl FnMut() -> Duration) -> Duration {
+    (0..ROUNDS).map(|_| f()).min().expect("at least one round")
+}
+
+fn machine() -> (usize, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    (cpus, model)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; only `--quick` matters.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: usize = if quick { 100_000 } else { 1_000_000 };
+    let (cpus, model) = machine();
+    println!("# gregor store stack vs raw RocksDB");
+    println!("machine: {cpus} CPUs (nproc), {model}");
+    println!(
+        "mode: {} ({n} keys, {KEY_BYTES}-byte keys, {VALUE_BYTES}-byte values, random order, seed {SEED:#x})",
+        if quick { "quick" } else { "full" }
+    );
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    let keys: Vec<Vec<u8>> = (0..n)
+        .map(|_| {
+            let mut k = vec![0u8; KEY_BYTES];
+            rng.fill(&mut k[..]);
+            k
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    println!("data dir: {}", dir.path().display());
+    let raw = open_raw(&dir.path().join("raw"));
+    let mut stack = open_stack(&dir.path().join("stack"));
+    let mut rows = Vec::new();
+    let mut buf = Vec::with_capacity(VALUE_BYTES);
+
+    // (a) raw puts, WAL on, then flush the memtable.
+    let t = Instant::now();
+    for (i, k) in keys.iter().enumerate() {
+        value_of(i, &mut buf);
+        raw.put(k, &buf).expect("raw put");
+    }
+    raw.flush().expect("raw flush");
+    let raw_puts = t.elapsed();
+
+    // (b) stack puts, then flush (cache → engine batch → memtable flush).
+    let t = Instant::now();
+    for (i, k) in keys.iter().enumerate() {
+        value_of(i, &mut buf);
+        stack.put(k, &buf).expect("stack put");
+    }
+    stack.flush().expect("stack flush");
+    let stack_puts = t.elapsed();
+    rows.push(Row {
+        what: "puts (+ final flush)",
+        ops: n,
+        raw: raw_puts,
+        stack: stack_puts,
+        target: Some(1.0),
+    });
+
+    // (c) random gets on keys not recently touched: every key at most once, none of the last
+    // 2 cache-fulls written, so each stack get misses the cache.
+    let mut cold: Vec<usize> = (0..n - 2 * DEFAULT_OBJECT_CACHE_SIZE).collect();
+    cold.shuffle(&mut rng);
+    let cold_rounds: Vec<&[usize]> = cold.chunks(cold.len() / ROUNDS).take(ROUNDS).collect();
+    let per_round = cold_rounds[0].len();
+    let mut round = 0;
+    let raw_miss = best_of(|| {
+        let idx = cold_rounds[round % ROUNDS];
+        round += 1;
+        let t = Instant::now();
+        for &i in idx {
+            let v = raw.get(&keys[i]).expect("raw get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    });
+    let mut round = 0;
+    let stack_miss = best_of(|| {
+        let idx = cold_rounds[round % ROUNDS];
+        round += 1;
+        let t = Instant::now();
+        for &i in idx {
+            let v = stack.get(&keys[i]).expect("stack get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    });
+    rows.push(Row {
+        what: "random gets, cache misses",
+        ops: per_round,
+        raw: raw_miss,
+        stack: stack_miss,
+        target: Some(0.8),
+    });
+
+    // (d) a hot set of half a cache, read over and over; stack gets hit the cache.
+    let hot: Vec<usize> = (0..DEFAULT_OBJECT_CACHE_SIZE / 2)
+        .map(|_| rng.gen_range(0..n))
+        .collect();
+    let hot_ops = n;
+    let hot_seq: Vec<usize> = (0..hot_ops)
+        .map(|_| hot[rng.gen_range(0..hot.len())])
+        .collect();
+    for &i in &hot {
+        stack.get(&keys[i]).expect("warm-up");
+        raw.get(&keys[i]).expect("warm-up");
+    }
+    let raw_hit = best_of(|| {
+        let t = Instant::now();
+        for &i in &hot_seq {
+            let v = raw.get(&keys[i]).expect("raw get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    });
+    let stack_hit = best_of(|| {
+        let t = Instant::now();
+        for &i in &hot_seq {
+            let v = stack.get(&keys[i]).expect("stack get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    });
+    rows.push(Row {
+        what: "hot-set gets, cache hits",
+        ops: hot_ops,
+        raw: raw_hit,
+        stack: stack_hit,
+        target: Some(5.0),
+    });
+
+    // (e) full scans: raw `iterator` (allocates each entry, like the stack's owned entries)
+    // and raw `raw_iterator` (zero-copy), vs the typed stack's `all()`.
+    let raw_scan = best_of(|| {
+        let t = Instant::now();
+        let mut count = 0usize;
+        for r in raw.iterator(IteratorMode::Start) {
+            let (k, v) = r.expect("raw scan");
+            count += usize::from(k.len() == KEY_BYTES && v.len() == VALUE_BYTES);
+        }
+        assert_eq!(count, n);
+        t.elapsed()
+    });
+    let raw_scan_zero_copy = best_of(|| {
+        let t = Instant::now();
+        let mut count = 0usize;
+        let mut it = raw.raw_iterator();
+        it.seek_to_first();
+        while it.valid() {
+            count += usize::from(
+                it.key().map(<[u8]>::len) == Some(KEY_BYTES)
+                    && it.value().map(<[u8]>::len) == Some(VALUE_BYTES),
+            );
+            it.next();
+        }
+        it.status().expect("raw scan");
+        assert_eq!(count, n);
+        t.elapsed()
+    });
+    let stack_scan = best_of(|| {
+        let t = Instant::now();
+        let mut count = 0usize;
+        for r in stack.all().expect("stack scan") {
+            let (k, v) = r.expect("stack scan");
+            count += usize::from(k.len() == KEY_BYTES && v.len() == VALUE_BYTES);
+        }
+        assert_eq!(count, n);
+        t.elapsed()
+    });
+    rows.push(Row {
+        what: "full scan (raw iterator)",
+        ops: n,
+        raw: raw_scan,
+        stack: stack_scan,
+        target: None,
+    });
+    rows.push(Row {
+        what: "full scan (raw_iterator, zero-copy)",
+        ops: n,
+        raw: raw_scan_zero_copy,
+        stack: stack_scan,
+        target: None,
+    });
+
+    println!();
+    println!("| operation | ops | raw RocksDB ops/s | gregor stack ops/s | stack/raw | target | |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let (target, verdict) = match r.target {
+            Some(t) => (
+                format!(">= {t:.1}x"),
+                if r.ratio() >= t { "met" } else { "NOT met" },
+            ),
+            None => ("-".to_string(), ""),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2}x | {} | {} |",
+            r.what,
+            r.ops,
+            r.raw_rate(),
+            r.stack_rate(),
+            r.ratio(),
+            target,
+            verdict
+        );
+    }
+    println!();
+    println!(
+        "raw puts: WAL on, one `put` per key; stack puts: WAL off (gregor default, the changelog is the durability), \
+         cache batches of {} mutations",
+        gregor::store::cached::DEFAULT_WRITE_BATCH_SIZE
+    );
+    println!(
+        "reads: best of {ROUNDS} rounds; miss rounds use disjoint key sets so every stack get misses the cache"
+    );
+    println!(
+        "metrics: no recorder installed (the metered layer's counters and histograms are no-ops)"
+    );
+    drop(stack);
+    drop(raw);
+}
