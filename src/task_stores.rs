@@ -135,6 +135,12 @@ pub fn open_store(
     };
     let plan = restore::plan::plan(&inputs).map_err(|source| RestoreError::Plan { store: name.to_string(), source })?;
     let stats = restore::execute(&plan, &mut *engine, &mut partition, progress)?;
+    if plan.kind != restore::RestoreKind::UpToDate {
+        // The engine now holds (flushed) exactly `plan.target`; an older OFFSET file ahead
+        // of it (a crash between OFFSET and checkpoint) would make every later open rebuild
+        // the store from scratch until the next commit.
+        stack::write_offset_file(name, &dir, plan.target)?;
+    }
     let partition = Arc::new(Mutex::new(partition));
     let shared: SharedChangelog = partition.clone();
     let logged = LoggedStore::new(engine, shared, config.limits);
