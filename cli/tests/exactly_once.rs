@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 const PARTITIONS: u32 = 4;
 const KEYS: u64 = 20_000;
-const MESSAGES: u64 = 200_000;
+const MESSAGES: u64 = 400_000;
 const MIN_KILLS: u32 = 20;
 
 /// Appends `n` messages over `KEYS` skewed keys to topic `in` (created if missing), placed
@@ -31,10 +31,14 @@ fn produce(state: &Path, n: u64, seed: u64, expected: &mut BTreeMap<String, u64>
     let logs = LogDir::open(state).unwrap();
     let topic = match logs.topic("in") {
         Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => logs.create_topic("in", PARTITIONS, TopicConfig::default()).unwrap(),
+        Err(LogError::TopicNotFound { .. }) => logs
+            .create_topic("in", PARTITIONS, TopicConfig::default())
+            .unwrap(),
         Err(e) => panic!("{e}"),
     };
-    let mut parts: Vec<_> = (0..PARTITIONS).map(|p| topic.open_partition(p).unwrap().0).collect();
+    let mut parts: Vec<_> = (0..PARTITIONS)
+        .map(|p| topic.open_partition(p).unwrap().0)
+        .collect();
     let mut rng = StdRng::seed_from_u64(seed);
     for i in 0..n {
         // Half uniform (most keys appear), half Zipf-like (a few keys are hot).
@@ -45,7 +49,9 @@ fn produce(state: &Path, n: u64, seed: u64, expected: &mut BTreeMap<String, u64>
         };
         let key = format!("key-{k:05}");
         let p = partition_for_key(key.as_bytes(), PARTITIONS);
-        parts[p as usize].append(i as i64, key.as_bytes(), Some(format!("v{i}").as_bytes())).unwrap();
+        parts[p as usize]
+            .append(i as i64, key.as_bytes(), Some(format!("v{i}").as_bytes()))
+            .unwrap();
         *expected.entry(key).or_insert(0) += 1;
     }
     for p in &mut parts {
@@ -82,7 +88,9 @@ store = "{store}"
 /// Messages of `topic` the job's checkpoints say are processed, over every task.
 fn committed_progress(state: &Path, topic: &str) -> u64 {
     (0..PARTITIONS)
-        .filter_map(|p| Checkpoint::read(&state.join(format!("tasks/partition-{p}/checkpoint"))).unwrap())
+        .filter_map(|p| {
+            Checkpoint::read(&state.join(format!("tasks/partition-{p}/checkpoint"))).unwrap()
+        })
         .map(|cp| cp.inputs.get(topic).map_or(0, |m| m.values().sum::<u64>()))
         .sum()
 }
@@ -114,10 +122,16 @@ struct KillStats {
     /// Times the job finished before enough kills and more input was added.
     extended: u32,
     elapsed: Duration,
+    /// Per kill: milliseconds after spawn, and committed input messages after it (in 1000s).
+    trace: Vec<(u64, u64)>,
 }
 
 fn check_exit(status: ExitStatus, log: &Path) {
-    assert!(status.success(), "gregor run failed ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "gregor run failed ({status}): {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 /// Runs `job` under random SIGKILLs (at least `MIN_KILLS`) and then to completion. `total`
@@ -146,7 +160,11 @@ fn kill_loop(
             break;
         }
         let early = stats.kills % 4 == 3;
-        let delay = Duration::from_micros(if early { rng.gen_range(0..60_000) } else { rng.gen_range(0..(cap_ms * 1000.0) as u64) });
+        let delay = Duration::from_micros(if early {
+            rng.gen_range(0..60_000)
+        } else {
+            rng.gen_range(0..(cap_ms * 1000.0) as u64)
+        });
         let spawned = Instant::now();
         let exited = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -174,7 +192,11 @@ fn kill_loop(
                     stats.early_kills += 1;
                 }
                 let after = committed_progress(state, topic);
-                assert!(after >= before, "committed progress went backwards: {before} -> {after}");
+                stats.trace.push((delay.as_millis() as u64, after / 1000));
+                assert!(
+                    after >= before,
+                    "committed progress went backwards: {before} -> {after}"
+                );
                 if after == before {
                     stats.kills_without_progress += 1;
                 }
@@ -183,7 +205,14 @@ fn kill_loop(
                     let left = MIN_KILLS.saturating_sub(stats.kills) as f64 + 1.0;
                     let want = (total().saturating_sub(before)) as f64 / left;
                     let got = (after - before) as f64;
-                    cap_ms = if got > want { cap_ms * 0.75 } else { cap_ms * 1.25 }.clamp(60.0, 5000.0);
+                    let factor = if got == 0.0 {
+                        1.3
+                    } else if got > want {
+                        0.75
+                    } else {
+                        1.1
+                    };
+                    cap_ms = (cap_ms * factor).clamp(30.0, 5000.0);
                 }
             }
         }
@@ -202,11 +231,20 @@ fn dump(state: &Path, store: &str) -> BTreeMap<String, u64> {
         .env("GREGOR_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut m = BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let (k, v) = line.split_once('\t').unwrap_or_else(|| panic!("bad dump line {line:?}"));
-        assert!(m.insert(k.to_string(), v.parse::<u64>().unwrap()).is_none(), "key {k} dumped twice");
+        let (k, v) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("bad dump line {line:?}"));
+        assert!(
+            m.insert(k.to_string(), v.parse::<u64>().unwrap()).is_none(),
+            "key {k} dumped twice"
+        );
     }
     m
 }
@@ -240,7 +278,9 @@ fn committed_output(state: &Path, topic: &str) -> (HashMap<String, Vec<u64>>, u6
     let mut n = 0;
     for p in 0..PARTITIONS {
         let dir = state.join(format!("logs/{topic}/{p}"));
-        let end = committed::read(&dir).unwrap().expect("a job output has a COMMITTED marker");
+        let end = committed::read(&dir)
+            .unwrap()
+            .expect("a job output has a COMMITTED marker");
         let mut reader = PartitionReader::open(&dir, 0).unwrap();
         let mut next = 0;
         loop {
@@ -255,12 +295,22 @@ fn committed_output(state: &Path, topic: &str) -> (HashMap<String, Vec<u64>>, u6
                 assert_eq!(r.offset, next, "gap in {topic}/{p}");
                 next += 1;
                 let key = String::from_utf8(r.key.clone()).unwrap();
-                assert_eq!(partition_for_key(&r.key, PARTITIONS), p, "{key} in the wrong partition");
-                let v: u64 = std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap();
+                assert_eq!(
+                    partition_for_key(&r.key, PARTITIONS),
+                    p,
+                    "{key} in the wrong partition"
+                );
+                let v: u64 = std::str::from_utf8(r.value.as_deref().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 per_key.entry(key).or_default().push(v);
             }
         }
-        assert_eq!(next, end, "{topic}/{p}: COMMITTED says {end} but the partition holds {next} records");
+        assert_eq!(
+            next, end,
+            "{topic}/{p}: COMMITTED says {end} but the partition holds {next} records"
+        );
         n += next;
     }
     (per_key, n)
@@ -296,25 +346,53 @@ fn count_and_downstream_survive_random_sigkills() {
     let mut chunk = 1u64;
 
     // 1. The count job (input -> counts store + `key -> count` output) under SIGKILLs.
-    let s1 = kill_loop(&state, &count_job, "in", 11, &|| input_total.get(), &mut || {
-        chunk += 1;
-        produce(&state, MESSAGES / 10, chunk, &mut expected_cell.borrow_mut());
-        input_total.set(input_total.get() + MESSAGES / 10);
-    });
+    let s1 = kill_loop(
+        &state,
+        &count_job,
+        "in",
+        11,
+        &|| input_total.get(),
+        &mut || {
+            chunk += 1;
+            produce(
+                &state,
+                MESSAGES / 10,
+                chunk,
+                &mut expected_cell.borrow_mut(),
+            );
+            input_total.set(input_total.get() + MESSAGES / 10);
+        },
+    );
     let expected = expected_cell.into_inner();
     eprintln!("count job: {s1:?}, input {} messages", input_total.get());
     assert!(s1.kills >= MIN_KILLS);
-    assert_eq!(committed_progress(&state, "in"), input_total.get(), "the finished run did not commit every input");
+    assert_eq!(
+        committed_progress(&state, "in"),
+        input_total.get(),
+        "the finished run did not commit every input"
+    );
     let counts = dump(&state, "counts");
     assert_same_counts("count job store", &counts, &expected);
 
     // Its committed output: per key exactly 1, 2, …, final count.
     let (per_key, out_total) = committed_output(&state, "counts-out");
-    assert_eq!(out_total, input_total.get(), "one output message per input message");
+    assert_eq!(
+        out_total,
+        input_total.get(),
+        "one output message per input message"
+    );
     for (k, seq) in &per_key {
         let ok = seq.iter().enumerate().all(|(i, &v)| v == i as u64 + 1);
-        assert!(ok, "output for {k} is not 1..n: {:?}", &seq[..seq.len().min(20)]);
-        assert_eq!(Some(&(seq.len() as u64)), expected.get(k), "output for {k} does not end at its count");
+        assert!(
+            ok,
+            "output for {k} is not 1..n: {:?}",
+            &seq[..seq.len().min(20)]
+        );
+        assert_eq!(
+            Some(&(seq.len() as u64)),
+            expected.get(k),
+            "output for {k} does not end at its count"
+        );
     }
     assert_eq!(per_key.len(), expected.len());
 
@@ -322,31 +400,55 @@ fn count_and_downstream_survive_random_sigkills() {
     //    directory. If it finishes early, more input goes through the first job.
     let recount_job = job_file(tmp.path(), "recount", "counts-out", None, "recounts");
     let out_total_cell = std::cell::Cell::new(out_total);
-    let s2 = kill_loop(&state, &recount_job, "counts-out", 22, &|| out_total_cell.get(), &mut || {
-        chunk += 1;
-        let mut more = BTreeMap::new();
-        produce(&state, MESSAGES / 10, chunk, &mut more);
-        run_to_end(&state, &count_job);
-        out_total_cell.set(out_total_cell.get() + MESSAGES / 10);
-    });
-    eprintln!("downstream job: {s2:?}, input {} messages", out_total_cell.get());
+    let s2 = kill_loop(
+        &state,
+        &recount_job,
+        "counts-out",
+        22,
+        &|| out_total_cell.get(),
+        &mut || {
+            chunk += 1;
+            let mut more = BTreeMap::new();
+            produce(&state, MESSAGES / 10, chunk, &mut more);
+            run_to_end(&state, &count_job);
+            out_total_cell.set(out_total_cell.get() + MESSAGES / 10);
+        },
+    );
+    eprintln!(
+        "downstream job: {s2:?}, input {} messages",
+        out_total_cell.get()
+    );
     assert!(s2.kills >= MIN_KILLS);
     let (per_key, out_total) = committed_output(&state, "counts-out");
     assert_eq!(out_total, out_total_cell.get());
-    assert_eq!(committed_progress(&state, "counts-out"), out_total, "the finished downstream run did not commit every input");
+    assert_eq!(
+        committed_progress(&state, "counts-out"),
+        out_total,
+        "the finished downstream run did not commit every input"
+    );
     let want: BTreeMap<String, u64> = per_key
         .iter()
         .map(|(k, seq)| {
-            assert!(seq.iter().enumerate().all(|(i, &v)| v == i as u64 + 1), "output for {k} is not 1..n");
+            assert!(
+                seq.iter().enumerate().all(|(i, &v)| v == i as u64 + 1),
+                "output for {k} is not 1..n"
+            );
             (k.clone(), seq.len() as u64)
         })
         .collect();
     assert_same_counts("downstream store", &dump(&state, "recounts"), &want);
     // The first job's state and checkpoint survived the downstream job in the same state
     // directory: it agrees with its output and has nothing left to do.
-    assert_same_counts("count job store after the downstream job", &dump(&state, "counts"), &want);
+    assert_same_counts(
+        "count job store after the downstream job",
+        &dump(&state, "counts"),
+        &want,
+    );
     let again = run_to_end(&state, &count_job);
-    assert!(again.contains("processed 0 messages"), "the count job re-ran input after the downstream job: {again}");
+    assert!(
+        again.contains("processed 0 messages"),
+        "the count job re-ran input after the downstream job: {again}"
+    );
     eprintln!(
         "exactly-once: {} + {} kills ({} + {} without progress, {} + {} aimed at start-up), {} + {} restarts, {:.1}s + {:.1}s, total {:.1}s",
         s1.kills,

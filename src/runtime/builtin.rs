@@ -1,6 +1,9 @@
 //! Built-in tasks, runnable by name from a job file (`job.task`):
 //!
-//! - `count`: counts messages per key into store `counts` (string -> u64).
+//! - `count`: counts messages per key into store `counts` (string -> u64; `task.store`
+//!   names another store). If the job has outputs, every message also sends
+//!   `key -> new count` (the count as a decimal string) to each of them, partitioned by key,
+//!   so per key an output carries exactly `1, 2, 3, …` (a downstream job can check or count it).
 //! - `wordcount`: splits values on whitespace and counts words into store `counts`.
 //! - `pageviews`: the demo's page-view counter: input values are `user<TAB>page`, views per
 //!   page in store `page-views` and per user in `user-views`; every window it sends the
@@ -15,7 +18,7 @@ pub const NAMES: [&str; 3] = ["count", "wordcount", "pageviews"];
 /// A factory for built-in task `name`.
 pub fn factory(name: &str) -> Option<TaskFactory> {
     let f: TaskFactory = match name {
-        "count" => Box::new(|_| Box::new(Count)),
+        "count" => Box::new(|_| Box::new(Count::default())),
         "wordcount" => Box::new(|_| Box::new(WordCount)),
         "pageviews" => Box::new(|_| Box::new(PageViews)),
         _ => return None,
@@ -31,12 +34,34 @@ fn increment(ctx: &mut TaskContext<'_>, store: &str, key: &str) -> Result<u64, T
     Ok(n)
 }
 
-/// Counts messages per key.
-pub struct Count;
+/// Counts messages per key (see the module doc).
+#[derive(Debug, Default)]
+pub struct Count {
+    /// The store (`task.store`, default `counts`), read in `init`.
+    store: Option<String>,
+    /// `job.outputs`, read in `init`.
+    outputs: Vec<String>,
+}
 
 impl StreamTask for Count {
+    fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        let store = match ctx.config().task_config.get("store") {
+            None => "counts".to_string(),
+            Some(v) => v.as_str().ok_or_else(|| format!("{}: task.store must be a string, not {v}", ctx.config().source))?.to_string(),
+        };
+        self.store = Some(store);
+        self.outputs = ctx.config().outputs.clone();
+        Ok(())
+    }
+
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
-        increment(ctx, "counts", &String::from_utf8_lossy(msg.key))?;
+        let n = increment(ctx, self.store.as_deref().unwrap_or("counts"), &String::from_utf8_lossy(msg.key))?;
+        if !self.outputs.is_empty() {
+            let value = n.to_string();
+            for out in &self.outputs {
+                ctx.send(out, msg.key, Some(value.as_bytes()))?;
+            }
+        }
         Ok(())
     }
 }

@@ -170,6 +170,9 @@ struct Cursor {
 
 struct TaskRun {
     name: String,
+    /// The checkpoint read at start: its entries for other jobs' inputs, stores and outputs
+    /// (jobs sharing a state directory share `tasks/<task>/checkpoint`) are kept on commit.
+    base: Checkpoint,
     partition: u32,
     task: Box<dyn StreamTask>,
     stores: BTreeMap<String, TaskStore>,
@@ -303,8 +306,15 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             cursors.push(Cursor { topic: t.clone(), partition: p, reader, next, limit, target: limit, dir, marked: marker.is_some() });
         }
         let task = factory(&name);
+        // Does the checkpoint record every input and changelog of this job? It may not exist
+        // yet, or belong to another job run in this state directory, or predate a store.
+        let covered = cp.as_ref().is_some_and(|cp| {
+            cursors.iter().all(|c| cp.input(&c.topic, c.partition).is_some())
+                && job.stores.iter().all(|(s, cfg)| cfg.changelog.is_none() || cp.changelogs.contains_key(s))
+        });
         let mut run = TaskRun {
             name: name.clone(),
+            base: cp.clone().unwrap_or_default(),
             partition: p,
             task,
             stores,
@@ -312,9 +322,11 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             collector: Collector { partitions: collector_partitions.clone(), pending: Vec::new() },
             coordinator: Coordinator::default(),
         };
-        if cp.is_none() {
+        if !covered {
             // A first checkpoint before any processing: from now on the checkpoint is the
-            // single truth about what this task has committed.
+            // single truth about what this task has committed (without it, a crash before
+            // the first commit would make the next restore trust uncommitted changelog
+            // records).
             commit_task(&mut run, &mut outputs, state)?;
         }
         runs.push(run);
@@ -403,7 +415,7 @@ fn with_ctx<R>(run: &mut TaskRun, job: &JobConfig, f: impl FnOnce(&mut dyn Strea
 
 /// Processes up to one batch from each input of `run`; returns the number of messages.
 fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError> {
-    let TaskRun { name, partition, task, stores, cursors, collector, coordinator } = run;
+    let TaskRun { name, partition, task, stores, cursors, collector, coordinator, .. } = run;
     let mut n = 0;
     let now = now_ms();
     for c in cursors.iter_mut() {
@@ -460,7 +472,7 @@ fn reopen(dir: &std::path::Path, from: u64) -> Result<PartitionReader, LogError>
 
 /// Commits one task: stores, then its output, then its checkpoint, then output markers.
 fn commit_task(run: &mut TaskRun, outputs: &mut Outputs, state: &StateDir) -> Result<(), RuntimeError> {
-    let mut cp = Checkpoint::default();
+    let mut cp = run.base.clone();
     for (name, store) in &mut run.stores {
         if let Some(end) = store.commit()? {
             cp.changelogs.insert(name.clone(), end);
