@@ -1,7 +1,7 @@
 //! Compaction of `compact` topics (changelogs): keep the newest record per key, drop
 //! tombstones older than `delete.retention.ms`, never change a surviving record's offset.
 //!
-//! The decision is pure ([`latest_offsets`], [`survives`]); [`rewrite_segment`] applies it to
+//! The decision is pure ([`latest_offsets`], [`survives`]); `rewrite_segment` applies it to
 //! one closed segment: survivors are written to `<segment>.compacting`, fsynced, renamed over
 //! the segment, and the directory is fsynced. A crash leaves either the old or the new
 //! segment (plus maybe a temp file, deleted on the next open).
