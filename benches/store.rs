@@ -30,7 +30,7 @@ const KEY_BYTES: usize = 16;
 const VALUE_BYTES: usize = 100;
 const SEED: u64 = 0x5eed_2026;
 /// Rounds of each read measurement; the best round is reported (the machine is shared).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Slices the puts are split into, alternating raw and stack.
 const CHUNKS: usize = 10;
 
@@ -72,9 +72,11 @@ fn open_raw(path: &Path) -> DB {
 
 type Stack = Store<Vec<u8>, Vec<u8>>;
 
-/// The gregor stack exactly as the default store config builds it.
-fn open_stack(path: &Path) -> Stack {
-    let config = StoreConfig::default();
+/// The gregor stack exactly as the default store config builds it (optionally with
+/// `rocksdb.wal.enabled = true`).
+fn open_stack(path: &Path, wal: bool) -> Stack {
+    let mut config = StoreConfig::default();
+    config.rocksdb.wal_enabled = wal;
     let engine = RocksEngine::open("bench", path, config.limits, &config.rocksdb)
         .expect("open gregor engine");
     Store::new(
@@ -105,8 +107,23 @@ impl Row {
     }
 }
 
-fn best_of(mut f: impl FnMut() -> Duration) -> Duration {
-    (0..ROUNDS).map(|_| f()).min().expect("at least one round")
+/// Runs `ROUNDS` rounds of `a` and `b` (given the round number), alternating which goes
+/// first so background load falls on both alike, and returns the best time of each.
+fn paired(
+    mut a: impl FnMut(usize) -> Duration,
+    mut b: impl FnMut(usize) -> Duration,
+) -> (Duration, Duration) {
+    let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
+    for r in 0..ROUNDS {
+        if r % 2 == 0 {
+            best_a = best_a.min(a(r));
+            best_b = best_b.min(b(r));
+        } else {
+            best_b = best_b.min(b(r));
+            best_a = best_a.min(a(r));
+        }
+    }
+    (best_a, best_b)
 }
 
 fn machine() -> (usize, String) {
@@ -146,14 +163,16 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     println!("data dir: {}", dir.path().display());
     let raw = open_raw(&dir.path().join("raw"));
-    let mut stack = open_stack(&dir.path().join("stack"));
+    let mut stack = open_stack(&dir.path().join("stack"), false);
+    let mut stack_wal = open_stack(&dir.path().join("stack-wal"), true);
     let mut rows = Vec::new();
     let mut buf = Vec::with_capacity(VALUE_BYTES);
 
     // (a) raw puts (WAL on) and (b) stack puts, each followed by a flush. The keys go in
     // CHUNKS slices, alternating which side goes first, so that load from other processes on
     // a shared machine falls on both sides alike.
-    let (mut raw_puts, mut stack_puts) = (Duration::ZERO, Duration::ZERO);
+    let (mut raw_puts, mut stack_puts, mut stack_wal_puts) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let chunk = n.div_ceil(CHUNKS);
     for (c, part) in keys.chunks(chunk).enumerate() {
         let base = c * chunk;
@@ -174,6 +193,12 @@ fn main() {
             stack.put(k, &buf).expect("stack put");
         }
         stack_puts += t.elapsed();
+        let t = Instant::now();
+        for (j, k) in part.iter().enumerate() {
+            value_of(base + j, &mut buf);
+            stack_wal.put(k, &buf).expect("stack put");
+        }
+        stack_wal_puts += t.elapsed();
         if c % 2 == 1 {
             put_raw(&mut buf);
         }
@@ -184,12 +209,23 @@ fn main() {
     let t = Instant::now();
     stack.flush().expect("stack flush");
     let stack_flush = t.elapsed();
+    let t = Instant::now();
+    stack_wal.flush().expect("stack flush");
+    stack_wal_puts += t.elapsed();
+    drop(stack_wal);
     rows.push(Row {
         what: "puts (+ final flush)",
         ops: n,
         raw: raw_puts + raw_flush,
         stack: stack_puts + stack_flush,
         target: Some(1.0),
+    });
+    rows.push(Row {
+        what: "puts, stack with WAL on (+ final flush)",
+        ops: n,
+        raw: raw_puts + raw_flush,
+        stack: stack_wal_puts,
+        target: None,
     });
     println!(
         "puts alone: raw {:.0} ops/s, stack {:.0} ops/s; final flush: raw {:.0} ms, stack {:.0} ms",
@@ -200,33 +236,30 @@ fn main() {
     );
 
     // (c) random gets on keys not recently touched: every key at most once, none of the last
-    // 2 cache-fulls written, so each stack get misses the cache.
+    // 2 cache-fulls written, so each stack get misses the cache. Each round reads a disjoint
+    // key set (the same one on both sides).
     let mut cold: Vec<usize> = (0..n - 2 * DEFAULT_OBJECT_CACHE_SIZE).collect();
     cold.shuffle(&mut rng);
     let cold_rounds: Vec<&[usize]> = cold.chunks(cold.len() / ROUNDS).take(ROUNDS).collect();
     let per_round = cold_rounds[0].len();
-    let mut round = 0;
-    let raw_miss = best_of(|| {
-        let idx = cold_rounds[round % ROUNDS];
-        round += 1;
-        let t = Instant::now();
-        for &i in idx {
-            let v = raw.get(&keys[i]).expect("raw get");
-            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
-        }
-        t.elapsed()
-    });
-    let mut round = 0;
-    let stack_miss = best_of(|| {
-        let idx = cold_rounds[round % ROUNDS];
-        round += 1;
-        let t = Instant::now();
-        for &i in idx {
-            let v = stack.get(&keys[i]).expect("stack get");
-            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
-        }
-        t.elapsed()
-    });
+    let (raw_miss, stack_miss) = paired(
+        |r| {
+            let t = Instant::now();
+            for &i in cold_rounds[r] {
+                let v = raw.get(&keys[i]).expect("raw get");
+                assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+            }
+            t.elapsed()
+        },
+        |r| {
+            let t = Instant::now();
+            for &i in cold_rounds[r] {
+                let v = stack.get(&keys[i]).expect("stack get");
+                assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+            }
+            t.elapsed()
+        },
+    );
     rows.push(Row {
         what: "random gets, cache misses",
         ops: per_round,
@@ -247,22 +280,24 @@ fn main() {
         stack.get(&keys[i]).expect("warm-up");
         raw.get(&keys[i]).expect("warm-up");
     }
-    let raw_hit = best_of(|| {
-        let t = Instant::now();
-        for &i in &hot_seq {
-            let v = raw.get(&keys[i]).expect("raw get");
-            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
-        }
-        t.elapsed()
-    });
-    let stack_hit = best_of(|| {
-        let t = Instant::now();
-        for &i in &hot_seq {
-            let v = stack.get(&keys[i]).expect("stack get");
-            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
-        }
-        t.elapsed()
-    });
+    let (raw_hit, stack_hit) = paired(
+        |_| {
+            let t = Instant::now();
+            for &i in &hot_seq {
+                let v = raw.get(&keys[i]).expect("raw get");
+                assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+            }
+            t.elapsed()
+        },
+        |_| {
+            let t = Instant::now();
+            for &i in &hot_seq {
+                let v = stack.get(&keys[i]).expect("stack get");
+                assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+            }
+            t.elapsed()
+        },
+    );
     rows.push(Row {
         what: "hot-set gets, cache hits",
         ops: hot_ops,
@@ -272,8 +307,10 @@ fn main() {
     });
 
     // (e) full scans: raw `iterator` (allocates each entry, like the stack's owned entries)
-    // and raw `raw_iterator` (zero-copy), vs the typed stack's `all()`.
-    let raw_scan = best_of(|| {
+    // and raw `raw_iterator` (zero-copy), vs the typed stack's `all()`, interleaved.
+    let (mut raw_scan, mut raw_scan_zero_copy, mut stack_scan) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..ROUNDS {
         let t = Instant::now();
         let mut count = 0usize;
         for r in raw.iterator(IteratorMode::Start) {
@@ -281,9 +318,17 @@ fn main() {
             count += usize::from(k.len() == KEY_BYTES && v.len() == VALUE_BYTES);
         }
         assert_eq!(count, n);
-        t.elapsed()
-    });
-    let raw_scan_zero_copy = best_of(|| {
+        raw_scan = raw_scan.min(t.elapsed());
+
+        let t = Instant::now();
+        let mut count = 0usize;
+        for r in stack.all().expect("stack scan") {
+            let (k, v) = r.expect("stack scan");
+            count += usize::from(k.len() == KEY_BYTES && v.len() == VALUE_BYTES);
+        }
+        assert_eq!(count, n);
+        stack_scan = stack_scan.min(t.elapsed());
+
         let t = Instant::now();
         let mut count = 0usize;
         let mut it = raw.raw_iterator();
@@ -297,18 +342,8 @@ fn main() {
         }
         it.status().expect("raw scan");
         assert_eq!(count, n);
-        t.elapsed()
-    });
-    let stack_scan = best_of(|| {
-        let t = Instant::now();
-        let mut count = 0usize;
-        for r in stack.all().expect("stack scan") {
-            let (k, v) = r.expect("stack scan");
-            count += usize::from(k.len() == KEY_BYTES && v.len() == VALUE_BYTES);
-        }
-        assert_eq!(count, n);
-        t.elapsed()
-    });
+        raw_scan_zero_copy = raw_scan_zero_copy.min(t.elapsed());
+    }
     rows.push(Row {
         what: "full scan (raw iterator)",
         ops: n,
@@ -353,7 +388,7 @@ fn main() {
         gregor::store::cached::DEFAULT_WRITE_BATCH_SIZE
     );
     println!(
-        "reads: best of {ROUNDS} rounds; miss rounds use disjoint key sets so every stack get misses the cache"
+        "reads: best of {ROUNDS} interleaved rounds; miss rounds use disjoint key sets so every stack get misses the cache"
     );
     println!(
         "metrics: no recorder installed (the metered layer's counters and histograms are no-ops)"
