@@ -8,8 +8,10 @@ use super::plan::{Action, PlanError, RestoreKind, RestorePlan};
 use crate::log::{LogError, Partition};
 use crate::store::{Engine, Mutation, StoreError};
 
-/// Records per engine write batch during replay.
+/// Records per engine write batch during a delta replay.
 const BATCH_RECORDS: usize = 8192;
+/// Key and value bytes gathered, sorted and bulk-loaded at once during a full restore.
+const BULK_CHUNK_BYTES: u64 = 32 << 20;
 
 /// A restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +34,9 @@ pub enum RestoreError {
         #[source]
         source: LogError,
     },
-    /// Writing the engine failed.
-    #[error("restore of store `{store}`: {source}")]
-    Store {
-        /// Store name.
-        store: String,
-        /// The store error.
-        #[source]
-        source: StoreError,
-    },
+    /// Writing the engine failed (the error names the store).
+    #[error("restore: {0}")]
+    Store(#[source] StoreError),
 }
 
 /// What a restore did.
@@ -86,7 +82,13 @@ pub struct LogProgress {
 
 impl RestoreProgress for LogProgress {
     fn start(&mut self, store: &str, records: u64) {
-        *self = LogProgress { store: store.to_string(), total: records, started: Some(Instant::now()), last: Some(Instant::now()), ..Default::default() };
+        *self = LogProgress {
+            store: store.to_string(),
+            total: records,
+            started: Some(Instant::now()),
+            last: Some(Instant::now()),
+            ..Default::default()
+        };
         tracing::info!(store, records, "restoring");
     }
 
@@ -96,7 +98,10 @@ impl RestoreProgress for LogProgress {
         let now = Instant::now();
         if self.last.is_some_and(|l| now - l >= Duration::from_secs(5)) {
             self.last = Some(now);
-            let secs = self.started.map_or(0.0, |s| (now - s).as_secs_f64()).max(1e-9);
+            let secs = self
+                .started
+                .map_or(0.0, |s| (now - s).as_secs_f64())
+                .max(1e-9);
             tracing::info!(
                 store = %self.store,
                 "restore progress: {}/{} records, {:.1} MB/s",
@@ -140,8 +145,11 @@ pub fn execute(
 ) -> Result<RestoreStats, RestoreError> {
     let store = engine.name().to_string();
     let started = Instant::now();
-    let log_err = |source| RestoreError::Log { store: store.clone(), source };
-    let store_err = |source| RestoreError::Store { store: store.clone(), source };
+    let log_err = |source| RestoreError::Log {
+        store: store.clone(),
+        source,
+    };
+    let store_err = RestoreError::Store;
     let mut stats = RestoreStats {
         store: store.clone(),
         kind: plan.kind,
@@ -165,13 +173,138 @@ pub fn execute(
             }
             Action::Replay { from, to } => {
                 progress.start(&store, to - from);
-                replay(engine, changelog, *from, *to, &mut stats, progress)?;
+                if plan.kind == RestoreKind::Full {
+                    bulk_replay(engine, changelog, *from, *to, &mut stats, progress)?;
+                } else {
+                    replay(engine, changelog, *from, *to, &mut stats, progress)?;
+                }
             }
         }
     }
     stats.elapsed = started.elapsed();
     progress.finish(&stats);
     Ok(stats)
+}
+
+/// Sorts `chunk` by key and keeps the newest mutation per key (the chunk is in offset
+/// order and the sort is stable). Tombstones are dropped when nothing older lies below.
+fn newest_per_key(chunk: Vec<Mutation>, drop_tombstones: bool) -> Vec<Mutation> {
+    // Sort on an inline 16-byte key prefix first (no pointer chasing for most comparisons),
+    // then the full key, then the position, so the newest record of a key comes last.
+    let prefix = |k: &[u8]| {
+        let mut p = [0u8; 16];
+        let n = k.len().min(16);
+        p[..n].copy_from_slice(&k[..n]);
+        u128::from_be_bytes(p)
+    };
+    let mut chunk: Vec<(u128, u32, Mutation)> = chunk
+        .into_iter()
+        .zip(0u32..)
+        .map(|(m, i)| (prefix(&m.key), i, m))
+        .collect();
+    chunk.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.2.key.cmp(&b.2.key))
+            .then(a.1.cmp(&b.1))
+    });
+    let mut out: Vec<Mutation> = Vec::with_capacity(chunk.len());
+    for (_, _, m) in chunk {
+        match out.last_mut() {
+            Some(last) if last.key == m.key => *last = m,
+            _ => out.push(m),
+        }
+    }
+    if drop_tombstones {
+        out.retain(|m| m.value.is_some());
+    }
+    out
+}
+
+/// A full restore into an empty engine: gather large chunks of the changelog, keep the
+/// newest record per key, and bulk-load each chunk (sorted SST ingestion on RocksDB). Loading
+/// chunk k runs on a second thread while this one reads and sorts chunk k+1.
+fn bulk_replay(
+    engine: &mut dyn Engine,
+    changelog: &mut Partition,
+    from: u64,
+    to: u64,
+    stats: &mut RestoreStats,
+    progress: &mut dyn RestoreProgress,
+) -> Result<(), RestoreError> {
+    let store = engine.name().to_string();
+    let log_err = |source| RestoreError::Log {
+        store: store.clone(),
+        source,
+    };
+    let store_err = RestoreError::Store;
+    if from >= to {
+        engine.write_logged(Vec::new(), to).map_err(store_err)?;
+        return engine.flush().map_err(store_err);
+    }
+    let mut reader = changelog.reader(from).map_err(log_err)?;
+    std::thread::scope(|scope| {
+        // The engine is either here (`idle`) or lent to the loading thread.
+        let mut idle: Option<&mut dyn Engine> = Some(engine);
+        let mut loading: Option<std::thread::ScopedJoinHandle<'_, Loaded<'_>>> = None;
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0u64;
+        let mut first = true;
+        let mut done = false;
+        while !done {
+            let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
+            done = records.is_empty();
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for r in records {
+                if r.offset >= to {
+                    done = true;
+                    break;
+                }
+                bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
+                n += 1;
+                chunk.push(Mutation {
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                });
+            }
+            chunk_bytes += bytes;
+            stats.records += n;
+            stats.bytes += bytes;
+            progress.advance(n, bytes);
+            if chunk_bytes >= BULK_CHUNK_BYTES || (done && !chunk.is_empty()) {
+                let end = if done {
+                    to
+                } else {
+                    reader.next_offset().min(to)
+                };
+                let sorted = newest_per_key(std::mem::take(&mut chunk), first);
+                first = false;
+                chunk_bytes = 0;
+                if let Some(h) = loading.take() {
+                    idle = Some(joined(h.join())?);
+                }
+                let e = idle.take().expect("the engine is idle between loads");
+                loading = Some(scope.spawn(move || {
+                    let r = e.bulk_load(sorted, end);
+                    (e, r)
+                }));
+            }
+        }
+        if let Some(h) = loading.take() {
+            idle = Some(joined(h.join())?);
+        }
+        let e = idle.take().expect("the engine is idle after the last load");
+        e.write_logged(Vec::new(), to).map_err(store_err)?;
+        e.flush().map_err(store_err)
+    })
+}
+
+/// What the loading thread hands back: the engine and the load's result.
+type Loaded<'e> = (&'e mut dyn Engine, crate::store::Result<()>);
+
+fn joined<'e>(r: std::thread::Result<Loaded<'e>>) -> Result<&'e mut dyn Engine, RestoreError> {
+    let (e, r) = r.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    r.map_err(RestoreError::Store)?;
+    Ok(e)
 }
 
 fn replay(
@@ -183,8 +316,11 @@ fn replay(
     progress: &mut dyn RestoreProgress,
 ) -> Result<(), RestoreError> {
     let store = engine.name().to_string();
-    let log_err = |source| RestoreError::Log { store: store.clone(), source };
-    let store_err = |source| RestoreError::Store { store: store.clone(), source };
+    let log_err = |source| RestoreError::Log {
+        store: store.clone(),
+        source,
+    };
+    let store_err = RestoreError::Store;
     if from < to {
         let mut reader = changelog.reader(from).map_err(log_err)?;
         'read: loop {
@@ -201,10 +337,17 @@ fn replay(
                     break;
                 }
                 bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
-                batch.push(Mutation { key: r.key.clone(), value: r.value.clone() });
+                batch.push(Mutation {
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                });
             }
             let n = batch.len() as u64;
-            let end = if done { to } else { records.last().map_or(to, |r| r.offset + 1).min(to) };
+            let end = if done {
+                to
+            } else {
+                records.last().map_or(to, |r| r.offset + 1).min(to)
+            };
             engine.write_logged(batch, end).map_err(store_err)?;
             stats.records += n;
             stats.bytes += bytes;

@@ -126,45 +126,94 @@ pub enum PlanError {
 
 /// Plans the restore of one store.
 pub fn plan(inputs: &RestoreInputs) -> Result<RestorePlan, PlanError> {
-    let RestoreInputs { local, checkpoint, changelog_start: start, changelog_end: end } = inputs;
+    let RestoreInputs {
+        local,
+        checkpoint,
+        changelog_start: start,
+        changelog_end: end,
+    } = inputs;
     let (start, end) = (*start, *end);
     let target = match *checkpoint {
-        Some(c) if c > end => return Err(PlanError::ChangelogBehindCheckpoint { checkpoint: c, end }),
-        Some(c) if c < start => return Err(PlanError::ChangelogStartsAfterCheckpoint { checkpoint: c, start }),
+        Some(c) if c > end => {
+            return Err(PlanError::ChangelogBehindCheckpoint { checkpoint: c, end });
+        }
+        Some(c) if c < start => {
+            return Err(PlanError::ChangelogStartsAfterCheckpoint {
+                checkpoint: c,
+                start,
+            });
+        }
         Some(c) => c,
         None => end,
     };
     let mut actions = Vec::new();
     if end > target {
-        actions.push(Action::TruncateChangelog { to: target, records: end - target });
+        actions.push(Action::TruncateChangelog {
+            to: target,
+            records: end - target,
+        });
     }
     let full = |mut actions: Vec<Action>, wipe: Option<String>| {
         if let Some(reason) = wipe {
             actions.push(Action::WipeLocal { reason });
         }
-        actions.push(Action::Replay { from: start, to: target });
-        RestorePlan { actions, kind: RestoreKind::Full, target }
+        actions.push(Action::Replay {
+            from: start,
+            to: target,
+        });
+        RestorePlan {
+            actions,
+            kind: RestoreKind::Full,
+            target,
+        }
     };
     Ok(match local {
         LocalStore::Missing => full(actions, None),
         LocalStore::Unusable { reason } => full(actions, Some(reason.clone())),
-        LocalStore::Present { engine_end, offset_file, empty } => match *engine_end {
+        LocalStore::Present {
+            engine_end,
+            offset_file,
+            empty,
+        } => match *engine_end {
             None if *empty => full(actions, None),
-            None => full(actions, Some("the engine holds data but no changelog offset".into())),
-            Some(e) if e > target => {
-                full(actions, Some(format!("the engine reflects the changelog up to {e}, past the checkpoint at {target}")))
-            }
+            None => full(
+                actions,
+                Some("the engine holds data but no changelog offset".into()),
+            ),
+            Some(e) if e > target => full(
+                actions,
+                Some(format!(
+                    "the engine reflects the changelog up to {e}, past the checkpoint at {target}"
+                )),
+            ),
             Some(e) if offset_file.is_some_and(|o| o > e) => full(
                 actions,
-                Some(format!("the engine reflects the changelog up to {e}, behind its OFFSET file ({})", offset_file.unwrap_or(0))),
+                Some(format!(
+                    "the engine reflects the changelog up to {e}, behind its OFFSET file ({})",
+                    offset_file.unwrap_or(0)
+                )),
             ),
-            Some(e) if e < start => {
-                full(actions, Some(format!("the engine reflects the changelog up to {e}, before its start at {start}")))
-            }
+            Some(e) if e < start => full(
+                actions,
+                Some(format!(
+                    "the engine reflects the changelog up to {e}, before its start at {start}"
+                )),
+            ),
             Some(e) => {
-                let kind = if e == target { RestoreKind::UpToDate } else { RestoreKind::Delta };
-                actions.push(Action::Replay { from: e, to: target });
-                RestorePlan { actions, kind, target }
+                let kind = if e == target {
+                    RestoreKind::UpToDate
+                } else {
+                    RestoreKind::Delta
+                };
+                actions.push(Action::Replay {
+                    from: e,
+                    to: target,
+                });
+                RestorePlan {
+                    actions,
+                    kind,
+                    target,
+                }
             }
         },
     })
@@ -194,16 +243,30 @@ mod tests {
         for start in 0..=2u64 {
             for end in start..=N {
                 for checkpoint in std::iter::once(None).chain((0..=N + 1).map(Some)) {
-                    let mut locals = vec![LocalStore::Missing, LocalStore::Unusable { reason: "corrupt".into() }];
+                    let mut locals = vec![
+                        LocalStore::Missing,
+                        LocalStore::Unusable {
+                            reason: "corrupt".into(),
+                        },
+                    ];
                     for engine_end in std::iter::once(None).chain((0..=N + 1).map(Some)) {
                         for offset_file in std::iter::once(None).chain((0..=N + 1).map(Some)) {
                             for empty in [false, true] {
-                                locals.push(LocalStore::Present { engine_end, offset_file, empty });
+                                locals.push(LocalStore::Present {
+                                    engine_end,
+                                    offset_file,
+                                    empty,
+                                });
                             }
                         }
                     }
                     for local in locals {
-                        let inputs = RestoreInputs { local: local.clone(), checkpoint, changelog_start: start, changelog_end: end };
+                        let inputs = RestoreInputs {
+                            local: local.clone(),
+                            checkpoint,
+                            changelog_start: start,
+                            changelog_end: end,
+                        };
                         let result = plan(&inputs);
                         checked += 1;
                         let c = checkpoint.unwrap_or(end);
@@ -220,9 +283,20 @@ mod tests {
                         let mut state = match &local {
                             LocalStore::Missing => [None; 3],
                             LocalStore::Unusable { .. } => garbage,
-                            LocalStore::Present { engine_end: None, empty: true, .. } => [None; 3],
-                            LocalStore::Present { engine_end: None, empty: false, .. } => garbage,
-                            LocalStore::Present { engine_end: Some(e), .. } => apply([None; 3], 0, *e),
+                            LocalStore::Present {
+                                engine_end: None,
+                                empty: true,
+                                ..
+                            } => [None; 3],
+                            LocalStore::Present {
+                                engine_end: None,
+                                empty: false,
+                                ..
+                            } => garbage,
+                            LocalStore::Present {
+                                engine_end: Some(e),
+                                ..
+                            } => apply([None; 3], 0, *e),
                         };
                         // Records before `start` were compacted away but their effect is in the
                         // full state; model that by treating [0, start) as applied by a
@@ -236,8 +310,14 @@ mod tests {
                                 }
                                 Action::WipeLocal { .. } => state = [None; 3],
                                 Action::Replay { from, to } => {
-                                    assert!(*to <= log_end, "replays past the (truncated) end: {inputs:?} {p:?}");
-                                    assert!(*from >= start, "replays before the start: {inputs:?} {p:?}");
+                                    assert!(
+                                        *to <= log_end,
+                                        "replays past the (truncated) end: {inputs:?} {p:?}"
+                                    );
+                                    assert!(
+                                        *from >= start,
+                                        "replays before the start: {inputs:?} {p:?}"
+                                    );
                                     if *from == start {
                                         state = apply(state, 0, start);
                                     }
@@ -245,10 +325,21 @@ mod tests {
                                 }
                             }
                         }
-                        assert_eq!(log_end, c, "changelog must end at the checkpoint: {inputs:?} {p:?}");
-                        assert_eq!(state, apply([None; 3], 0, c), "wrong state for {inputs:?} with {p:?}");
+                        assert_eq!(
+                            log_end, c,
+                            "changelog must end at the checkpoint: {inputs:?} {p:?}"
+                        );
+                        assert_eq!(
+                            state,
+                            apply([None; 3], 0, c),
+                            "wrong state for {inputs:?} with {p:?}"
+                        );
                         // Never wipe a store that is exactly at the checkpoint.
-                        if let LocalStore::Present { engine_end: Some(e), offset_file, .. } = &local
+                        if let LocalStore::Present {
+                            engine_end: Some(e),
+                            offset_file,
+                            ..
+                        } = &local
                             && *e == c
                             && offset_file.is_none_or(|o| o <= *e)
                             && *e >= start
@@ -265,20 +356,34 @@ mod tests {
     #[test]
     fn uncommitted_records_are_truncated_before_replay() {
         let p = plan(&RestoreInputs {
-            local: LocalStore::Present { engine_end: Some(5), offset_file: Some(5), empty: false },
+            local: LocalStore::Present {
+                engine_end: Some(5),
+                offset_file: Some(5),
+                empty: false,
+            },
             checkpoint: Some(8),
             changelog_start: 0,
             changelog_end: 12,
         })
         .unwrap();
-        assert_eq!(p.actions, vec![Action::TruncateChangelog { to: 8, records: 4 }, Action::Replay { from: 5, to: 8 }]);
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::TruncateChangelog { to: 8, records: 4 },
+                Action::Replay { from: 5, to: 8 }
+            ]
+        );
         assert_eq!(p.kind, RestoreKind::Delta);
     }
 
     #[test]
     fn engine_ahead_of_checkpoint_is_rebuilt() {
         let p = plan(&RestoreInputs {
-            local: LocalStore::Present { engine_end: Some(10), offset_file: Some(10), empty: false },
+            local: LocalStore::Present {
+                engine_end: Some(10),
+                offset_file: Some(10),
+                empty: false,
+            },
             checkpoint: Some(8),
             changelog_start: 0,
             changelog_end: 12,
@@ -291,7 +396,16 @@ mod tests {
 
     #[test]
     fn missing_committed_records_are_an_error() {
-        let e = plan(&RestoreInputs { local: LocalStore::Missing, checkpoint: Some(9), changelog_start: 0, changelog_end: 4 }).unwrap_err();
-        assert!(e.to_string().contains("offset 9") && e.to_string().contains("ends at 4"), "{e}");
+        let e = plan(&RestoreInputs {
+            local: LocalStore::Missing,
+            checkpoint: Some(9),
+            changelog_start: 0,
+            changelog_end: 4,
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("offset 9") && e.to_string().contains("ends at 4"),
+            "{e}"
+        );
     }
 }

@@ -41,7 +41,12 @@ pub struct CachedStore {
 impl CachedStore {
     /// Wraps `inner` with a cache of `cache_size` entries (must be > 0) flushing dirty
     /// entries in batches of `write_batch_size` (clamped to `1..=cache_size`).
-    pub fn new(inner: Box<dyn KeyValueStore>, limits: Limits, cache_size: NonZeroUsize, write_batch_size: usize) -> Self {
+    pub fn new(
+        inner: Box<dyn KeyValueStore>,
+        limits: Limits,
+        cache_size: NonZeroUsize,
+        write_batch_size: usize,
+    ) -> Self {
         let write_batch_size = write_batch_size.clamp(1, cache_size.get());
         CachedStore {
             inner,
@@ -97,11 +102,17 @@ impl CachedStore {
         for key in self.dirty.drain(..) {
             if let Some(e) = self.cache.peek_mut(&key) {
                 e.dirty = false;
-                batch.push(Mutation { key, value: e.value.clone() });
+                batch.push(Mutation {
+                    key,
+                    value: e.value.clone(),
+                });
             } else if let Some((ek, ev)) = &evicted
                 && *ek == key
             {
-                batch.push(Mutation { key, value: ev.clone() });
+                batch.push(Mutation {
+                    key,
+                    value: ev.clone(),
+                });
             }
         }
         self.inner.write_batch(batch)
@@ -120,8 +131,13 @@ impl KeyValueStore for CachedStore {
         }
         self.misses += 1;
         let value = self.inner.get(key)?;
-        if let Some((old_key, old)) = self.cache.push(key.to_vec(), CacheEntry { value: value.clone(), dirty: false })
-            && old.dirty
+        if let Some((old_key, old)) = self.cache.push(
+            key.to_vec(),
+            CacheEntry {
+                value: value.clone(),
+                dirty: false,
+            },
+        ) && old.dirty
         {
             self.flush_dirty(Some((old_key, old.value)))?;
         }

@@ -85,27 +85,51 @@ impl StoreConfig {
         let r = RocksOptions::default();
         let limits = Limits {
             max_key_bytes: d.limits.max_key_bytes,
-            max_value_bytes: config.take_u64(&k("max.value.bytes"))?.map_or(d.limits.max_value_bytes, |v| v as usize),
+            max_value_bytes: config
+                .take_u64(&k("max.value.bytes"))?
+                .map_or(d.limits.max_value_bytes, |v| v as usize),
         };
         let cfg = StoreConfig {
-            engine: config.take_parsed(&k("engine"), "rocksdb, memory", EngineKind::parse)?.unwrap_or_default(),
-            key_serde: config.take_parsed(&k("key.serde"), SERDES, SerdeName::parse)?.unwrap_or(d.key_serde),
-            value_serde: config.take_parsed(&k("value.serde"), SERDES, SerdeName::parse)?.unwrap_or(d.value_serde),
+            engine: config
+                .take_parsed(&k("engine"), "rocksdb, memory", EngineKind::parse)?
+                .unwrap_or_default(),
+            key_serde: config
+                .take_parsed(&k("key.serde"), SERDES, SerdeName::parse)?
+                .unwrap_or(d.key_serde),
+            value_serde: config
+                .take_parsed(&k("value.serde"), SERDES, SerdeName::parse)?
+                .unwrap_or(d.value_serde),
             changelog: config.take_str(&k("changelog"))?,
             limits,
-            object_cache_size: config.take_u64(&k("object.cache.size"))?.map_or(d.object_cache_size, |v| v as usize),
-            write_batch_size: config.take_u64(&k("write.batch.size"))?.map_or(d.write_batch_size, |v| v as usize),
+            object_cache_size: config
+                .take_u64(&k("object.cache.size"))?
+                .map_or(d.object_cache_size, |v| v as usize),
+            write_batch_size: config
+                .take_u64(&k("write.batch.size"))?
+                .map_or(d.write_batch_size, |v| v as usize),
             rocksdb: RocksOptions {
-                block_cache_size: config.take_u64(&k("rocksdb.block.cache.size"))?.map_or(r.block_cache_size, |v| v as usize),
-                write_buffer_size: config.take_u64(&k("rocksdb.write.buffer.size"))?.map_or(r.write_buffer_size, |v| v as usize),
+                block_cache_size: config
+                    .take_u64(&k("rocksdb.block.cache.size"))?
+                    .map_or(r.block_cache_size, |v| v as usize),
+                write_buffer_size: config
+                    .take_u64(&k("rocksdb.write.buffer.size"))?
+                    .map_or(r.write_buffer_size, |v| v as usize),
                 max_write_buffer_number: config
                     .take_u64(&k("rocksdb.max.write.buffer.number"))?
                     .map_or(r.max_write_buffer_number, |v| v.min(i32::MAX as u64) as i32),
                 compression: config
-                    .take_parsed(&k("rocksdb.compression"), "none, snappy, lz4, zstd", Compression::parse)?
+                    .take_parsed(
+                        &k("rocksdb.compression"),
+                        "none, snappy, lz4, zstd",
+                        Compression::parse,
+                    )?
                     .unwrap_or(r.compression),
-                bloom_filter_bits: config.take_f64(&k("rocksdb.bloom.filter.bits"))?.unwrap_or(r.bloom_filter_bits),
-                wal_enabled: config.take_bool(&k("rocksdb.wal.enabled"))?.unwrap_or(r.wal_enabled),
+                bloom_filter_bits: config
+                    .take_f64(&k("rocksdb.bloom.filter.bits"))?
+                    .unwrap_or(r.bloom_filter_bits),
+                wal_enabled: config
+                    .take_bool(&k("rocksdb.wal.enabled"))?
+                    .unwrap_or(r.wal_enabled),
                 max_open_files: config
                     .take_i64(&k("rocksdb.max.open.files"))?
                     .map_or(r.max_open_files, |v| v.clamp(-1, i32::MAX as i64) as i32),
@@ -142,7 +166,10 @@ mod tests {
         let s = StoreConfig::from_flat("counts", &mut c).unwrap();
         c.finish().unwrap();
         assert_eq!(s.engine, EngineKind::Memory);
-        assert_eq!((s.key_serde, s.value_serde), (SerdeName::String, SerdeName::U64));
+        assert_eq!(
+            (s.key_serde, s.value_serde),
+            (SerdeName::String, SerdeName::U64)
+        );
         assert_eq!(s.changelog.as_deref(), Some("counts-changelog"));
         assert_eq!(s.object_cache_size, 0);
         assert_eq!(s.rocksdb.compression, Compression::Zstd);
@@ -151,8 +178,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let mut c = FlatConfig::from_toml_str("job.toml", "[stores.s]\nkey.serde = \"yaml\"").unwrap();
+        let mut c =
+            FlatConfig::from_toml_str("job.toml", "[stores.s]\nkey.serde = \"yaml\"").unwrap();
         let e = StoreConfig::from_flat("s", &mut c).unwrap_err().to_string();
-        assert!(e.contains("stores.s.key.serde") && e.contains("yaml") && e.contains("job.toml"), "{e}");
+        assert!(
+            e.contains("stores.s.key.serde") && e.contains("yaml") && e.contains("job.toml"),
+            "{e}"
+        );
     }
 }

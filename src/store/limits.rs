@@ -18,7 +18,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: DEFAULT_MAX_KEY_BYTES, max_value_bytes: DEFAULT_MAX_VALUE_BYTES }
+        Limits {
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
     }
 }
 
@@ -26,7 +29,9 @@ impl Limits {
     /// Checks one key.
     pub fn check_key(&self, store: &str, key: &[u8]) -> Result<()> {
         if key.is_empty() {
-            return Err(StoreError::EmptyKey { store: store.to_string() });
+            return Err(StoreError::EmptyKey {
+                store: store.to_string(),
+            });
         }
         if key.len() > self.max_key_bytes {
             return Err(StoreError::KeyTooLarge {

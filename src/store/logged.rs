@@ -22,7 +22,12 @@ pub struct LoggedStore {
 impl LoggedStore {
     /// Logs writes to `changelog` and applies them to `engine`.
     pub fn new(engine: Box<dyn Engine>, changelog: SharedChangelog, limits: Limits) -> Self {
-        LoggedStore { engine, changelog, limits, poisoned: None }
+        LoggedStore {
+            engine,
+            changelog,
+            limits,
+            poisoned: None,
+        }
     }
 
     /// The changelog this layer appends to.
@@ -32,7 +37,10 @@ impl LoggedStore {
 
     fn check_poisoned(&self) -> Result<()> {
         match &self.poisoned {
-            Some(reason) => Err(StoreError::Poisoned { store: self.engine.name().to_string(), reason: reason.clone() }),
+            Some(reason) => Err(StoreError::Poisoned {
+                store: self.engine.name().to_string(),
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -46,7 +54,10 @@ impl LoggedStore {
 
     fn log_batch(&mut self, batch: &[Mutation]) -> Result<u64> {
         let name = self.engine.name().to_string();
-        let cl = |source| StoreError::Changelog { store: name.clone(), source };
+        let cl = |source| StoreError::Changelog {
+            store: name.clone(),
+            source,
+        };
         let mut log = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
         let ts = now_ms();
         for m in batch {
@@ -101,7 +112,10 @@ impl KeyValueStore for LoggedStore {
             .unwrap_or_else(|p| p.into_inner())
             .sync()
             .map(|_| ())
-            .map_err(|source| StoreError::Changelog { store: name, source });
+            .map_err(|source| StoreError::Changelog {
+                store: name,
+                source,
+            });
         self.poison(synced)?;
         let r = self.engine.flush();
         self.poison(r)

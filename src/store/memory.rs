@@ -4,7 +4,7 @@
 use imbl::OrdMap;
 use std::ops::Bound;
 
-use super::{Engine, Entry, KvIter, KvSnapshot, KeyValueStore, Limits, Mutation, Result};
+use super::{Engine, Entry, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result};
 
 type Map = OrdMap<Vec<u8>, Vec<u8>>;
 
@@ -20,7 +20,12 @@ pub struct MemoryEngine {
 impl MemoryEngine {
     /// An empty engine for store `name`.
     pub fn new(name: impl Into<String>, limits: Limits) -> Self {
-        MemoryEngine { name: name.into(), limits, map: Map::new(), changelog_end: None }
+        MemoryEngine {
+            name: name.into(),
+            limits,
+            map: Map::new(),
+            changelog_end: None,
+        }
     }
 
     fn apply(&mut self, batch: Vec<Mutation>) {

@@ -86,7 +86,9 @@ impl KeyValueStore for MeteredStore {
         self.m.gets.increment(keys.len() as u64);
         // Same rule as `get`: key bytes of every key asked plus the bytes of values found.
         let n: usize = keys.iter().map(|k| k.len()).sum::<usize>()
-            + vs.iter().map(|v| v.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+            + vs.iter()
+                .map(|v| v.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>();
         self.m.bytes_read.increment(n as u64);
         Ok(vs)
     }
@@ -121,7 +123,9 @@ impl KeyValueStore for MeteredStore {
         self.inner.put(key, value)?;
         self.m.put_ns.record(elapsed_ns(start));
         self.m.puts.increment(1);
-        self.m.bytes_written.increment((key.len() + value.len()) as u64);
+        self.m
+            .bytes_written
+            .increment((key.len() + value.len()) as u64);
         Ok(())
     }
 

@@ -48,12 +48,18 @@ pub struct Mutation {
 impl Mutation {
     /// A put of `value` under `key`.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Mutation { key: key.into(), value: Some(value.into()) }
+        Mutation {
+            key: key.into(),
+            value: Some(value.into()),
+        }
     }
 
     /// A delete of `key`.
     pub fn delete(key: impl Into<Vec<u8>>) -> Self {
-        Mutation { key: key.into(), value: None }
+        Mutation {
+            key: key.into(),
+            value: None,
+        }
     }
 }
 
@@ -96,7 +102,15 @@ pub trait KeyValueStore: Send {
 
     /// Stores every entry, in order (a later entry for the same key wins).
     fn put_all(&mut self, entries: Vec<Entry>) -> Result<()> {
-        self.write_batch(entries.into_iter().map(|(k, v)| Mutation { key: k, value: Some(v) }).collect())
+        self.write_batch(
+            entries
+                .into_iter()
+                .map(|(k, v)| Mutation {
+                    key: k,
+                    value: Some(v),
+                })
+                .collect(),
+        )
     }
 
     /// Removes `key`; deleting a missing key is not an error.
@@ -180,6 +194,13 @@ pub trait Engine: KeyValueStore {
     /// The changelog end recorded by the last [`write_logged`](Self::write_logged) that is
     /// durable in the engine, or `None` if there is none.
     fn changelog_end(&mut self) -> Result<Option<u64>>;
+
+    /// Loads `entries` — sorted by key, each key at most once — and records `changelog_end`.
+    /// Used by full restores; engines may build their files directly (RocksDB ingests a
+    /// sorted SST file). The default is [`write_logged`](Self::write_logged).
+    fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {
+        self.write_logged(entries, changelog_end)
+    }
 
     /// Removes every entry and the recorded changelog end.
     fn wipe(&mut self) -> Result<()>;

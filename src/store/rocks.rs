@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, FlushOptions,
-    IteratorMode, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
+    IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SnapshotWithThreadMode,
+    SstFileWriter, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KvIter, KvSnapshot, KeyValueStore, Limits, Mutation, Result, StoreError};
+use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
 
 const META_CF: &str = "gregor-meta";
 const OFFSET_KEY: &[u8] = b"changelog.end";
@@ -136,19 +137,29 @@ pub struct RocksEngine {
     db: Arc<DB>,
     write_opts: WriteOptions,
     wal_enabled: bool,
+    db_opts: Options,
+    ingested: u64,
 }
 
 impl RocksEngine {
     /// Opens (creating if missing) the database at `path`.
-    pub fn open(name: impl Into<String>, path: &Path, limits: Limits, opts: &RocksOptions) -> Result<Self> {
+    pub fn open(
+        name: impl Into<String>,
+        path: &Path,
+        limits: Limits,
+        opts: &RocksOptions,
+    ) -> Result<Self> {
         let name = name.into();
         let db_opts = opts.db_options();
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
-            .map_err(|source| StoreError::Rocks { store: name.clone(), source })?;
+        let db =
+            DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
+                store: name.clone(),
+                source,
+            })?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!opts.wal_enabled);
         Ok(RocksEngine {
@@ -158,6 +169,8 @@ impl RocksEngine {
             db: Arc::new(db),
             write_opts,
             wal_enabled: opts.wal_enabled,
+            db_opts,
+            ingested: 0,
         })
     }
 
@@ -167,7 +180,10 @@ impl RocksEngine {
     }
 
     fn rocks<T>(&self, r: std::result::Result<T, rocksdb::Error>) -> Result<T> {
-        r.map_err(|source| StoreError::Rocks { store: self.name.clone(), source })
+        r.map_err(|source| StoreError::Rocks {
+            store: self.name.clone(),
+            source,
+        })
     }
 
     fn batch_of(&self, batch: Vec<Mutation>) -> WriteBatch {
@@ -182,7 +198,13 @@ impl RocksEngine {
     }
 }
 
-fn scan_db<'a>(name: &str, db: &'a DB, snap: Option<&'a SnapshotWithThreadMode<'static, DB>>, from: &[u8], to: Option<&[u8]>) -> KvIter<'a> {
+fn scan_db<'a>(
+    name: &str,
+    db: &'a DB,
+    snap: Option<&'a SnapshotWithThreadMode<'static, DB>>,
+    from: &[u8],
+    to: Option<&[u8]>,
+) -> KvIter<'a> {
     if let Some(to) = to
         && from >= to
     {
@@ -200,7 +222,10 @@ fn scan_db<'a>(name: &str, db: &'a DB, snap: Option<&'a SnapshotWithThreadMode<'
     };
     Box::new(iter.map(move |r| {
         r.map(|(k, v)| (k.into_vec(), v.into_vec()))
-            .map_err(|source| StoreError::Rocks { store: store.clone(), source })
+            .map_err(|source| StoreError::Rocks {
+                store: store.clone(),
+                source,
+            })
     }))
 }
 
@@ -214,7 +239,11 @@ impl KeyValueStore for RocksEngine {
     }
 
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.db.multi_get(keys).into_iter().map(|r| self.rocks(r)).collect()
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| self.rocks(r))
+            .collect()
     }
 
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
@@ -235,14 +264,24 @@ impl KeyValueStore for RocksEngine {
         // drops `snap` before `_db`. The `'static` never escapes: iterators borrow the
         // `RocksSnapshot`.
         let snap: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snap) };
-        Ok(Box::new(RocksSnapshot { name: self.name.clone(), snap, _db: db }))
+        Ok(Box::new(RocksSnapshot {
+            name: self.name.clone(),
+            snap,
+            _db: db,
+        }))
     }
 
     fn flush(&mut self) -> Result<()> {
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
-        let default = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family is created on open");
+        let default = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .expect("default column family");
         self.rocks(self.db.flush_cfs_opt(&[default, meta], &fo))?;
         if self.wal_enabled {
             self.rocks(self.db.flush_wal(true))?;
@@ -255,13 +294,53 @@ impl Engine for RocksEngine {
     fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
         let mut wb = self.batch_of(batch);
-        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family is created on open");
         wb.put_cf(meta, OFFSET_KEY, changelog_end.to_be_bytes());
         self.rocks(self.db.write_opt(wb, &self.write_opts))
     }
 
+    fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {
+        self.limits.check_batch(&self.name, &entries)?;
+        if entries.is_empty() {
+            return self.write_logged(entries, changelog_end);
+        }
+        debug_assert!(
+            entries.windows(2).all(|w| w[0].key < w[1].key),
+            "bulk_load needs sorted unique keys"
+        );
+        self.ingested += 1;
+        let sst = self
+            .path
+            .join(format!("gregor-ingest-{}.sst", self.ingested));
+        let mut sst_opts = self.db_opts.clone();
+        sst_opts.set_compression_type(DBCompressionType::None);
+        let mut writer = SstFileWriter::create(&sst_opts);
+        self.rocks(writer.open(&sst))?;
+        for m in &entries {
+            let r = match &m.value {
+                Some(v) => writer.put(&m.key, v),
+                None => writer.delete(&m.key),
+            };
+            self.rocks(r)?;
+        }
+        self.rocks(writer.finish())?;
+        drop(writer);
+        let mut io = IngestExternalFileOptions::default();
+        io.set_move_files(true);
+        let ingested = self.db.ingest_external_file_opts(&io, vec![&sst]);
+        let _ = std::fs::remove_file(&sst);
+        self.rocks(ingested)?;
+        self.write_logged(Vec::new(), changelog_end)
+    }
+
     fn changelog_end(&mut self) -> Result<Option<u64>> {
-        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family is created on open");
         match self.rocks(self.db.get_cf(meta, OFFSET_KEY))? {
             None => Ok(None),
             Some(v) => {
@@ -276,11 +355,18 @@ impl Engine for RocksEngine {
 
     fn wipe(&mut self) -> Result<()> {
         let mut wb = WriteBatch::default();
-        let default = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family");
-        let meta = self.db.cf_handle(META_CF).expect("meta column family is created on open");
+        let default = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .expect("default column family");
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family is created on open");
         // Keys are non-empty, so [0x00, +inf) covers everything; delete_range needs an end,
         // so delete the remainder (keys starting with 0xFF..) one by one afterwards.
-        let ff_run = vec![0xFFu8; super::limits::DEFAULT_MAX_KEY_BYTES.max(self.limits.max_key_bytes) + 1];
+        let ff_run =
+            vec![0xFFu8; super::limits::DEFAULT_MAX_KEY_BYTES.max(self.limits.max_key_bytes) + 1];
         wb.delete_range_cf(default, [0u8].as_slice(), ff_run.as_slice());
         wb.delete_cf(meta, OFFSET_KEY);
         self.rocks(self.db.write_opt(wb, &self.write_opts))?;
@@ -298,7 +384,10 @@ struct RocksSnapshot {
 
 impl KvSnapshot for RocksSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.snap.get(key).map_err(|source| StoreError::Rocks { store: self.name.clone(), source })
+        self.snap.get(key).map_err(|source| StoreError::Rocks {
+            store: self.name.clone(),
+            source,
+        })
     }
 
     fn scan(&self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>> {

@@ -34,19 +34,32 @@ pub struct Manifest {
 
 fn checked(store: &str, e: CheckedFileError) -> StoreError {
     match e {
-        CheckedFileError::Io { path, source } => StoreError::Io { store: store.to_string(), context: "cannot access", path: PathBuf::from(path), source },
-        CheckedFileError::Corrupt { path, reason } => StoreError::Corrupt { store: store.to_string(), reason: format!("{path}: {reason}") },
+        CheckedFileError::Io { path, source } => StoreError::Io {
+            store: store.to_string(),
+            context: "cannot access",
+            path: PathBuf::from(path),
+            source,
+        },
+        CheckedFileError::Corrupt { path, reason } => StoreError::Corrupt {
+            store: store.to_string(),
+            reason: format!("{path}: {reason}"),
+        },
     }
 }
 
 /// Reads the manifest of the store in `dir`, if there is one.
 pub fn read_manifest(store: &str, dir: &Path) -> Result<Option<Manifest>> {
-    let Some(bytes) = checked_file::read(&dir.join(MANIFEST_FILE)).map_err(|e| checked(store, e))? else {
+    let Some(bytes) =
+        checked_file::read(&dir.join(MANIFEST_FILE)).map_err(|e| checked(store, e))?
+    else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| StoreError::Corrupt { store: store.to_string(), reason: format!("{MANIFEST_FILE}: {e}") })
+        .map_err(|e| StoreError::Corrupt {
+            store: store.to_string(),
+            reason: format!("{MANIFEST_FILE}: {e}"),
+        })
 }
 
 /// Writes the manifest of the store in `dir` (creating `dir`).
@@ -63,19 +76,24 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
 
 /// Reads the committed changelog offset (`OFFSET` file) of the store in `dir`.
 pub fn read_offset_file(store: &str, dir: &Path) -> Result<Option<u64>> {
-    let Some(bytes) = checked_file::read(&dir.join(OFFSET_FILE)).map_err(|e| checked(store, e))? else {
+    let Some(bytes) = checked_file::read(&dir.join(OFFSET_FILE)).map_err(|e| checked(store, e))?
+    else {
         return Ok(None);
     };
     std::str::from_utf8(&bytes)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .map(Some)
-        .ok_or_else(|| StoreError::Corrupt { store: store.to_string(), reason: format!("{OFFSET_FILE} does not hold a number") })
+        .ok_or_else(|| StoreError::Corrupt {
+            store: store.to_string(),
+            reason: format!("{OFFSET_FILE} does not hold a number"),
+        })
 }
 
 /// Atomically writes the committed changelog offset of the store in `dir`.
 pub fn write_offset_file(store: &str, dir: &Path, offset: u64) -> Result<()> {
-    checked_file::write(&dir.join(OFFSET_FILE), offset.to_string().as_bytes()).map_err(|e| checked(store, e))
+    checked_file::write(&dir.join(OFFSET_FILE), offset.to_string().as_bytes())
+        .map_err(|e| checked(store, e))
 }
 
 /// Checks that an existing store's manifest is compatible with the config it is opened with:
@@ -84,17 +102,27 @@ pub fn check_compatible(name: &str, on_disk: &StoreConfig, wanted: &StoreConfig)
     let mismatch = |what: &str, a: &str, b: &str| {
         Err(StoreError::Config {
             store: name.to_string(),
-            reason: format!("{what} is \"{a}\" on disk but \"{b}\" in the config; restore into a new store to change it"),
+            reason: format!(
+                "{what} is \"{a}\" on disk but \"{b}\" in the config; restore into a new store to change it"
+            ),
         })
     };
     if on_disk.engine != wanted.engine {
         return mismatch("engine", on_disk.engine.as_str(), wanted.engine.as_str());
     }
     if on_disk.key_serde != wanted.key_serde {
-        return mismatch("key.serde", on_disk.key_serde.as_str(), wanted.key_serde.as_str());
+        return mismatch(
+            "key.serde",
+            on_disk.key_serde.as_str(),
+            wanted.key_serde.as_str(),
+        );
     }
     if on_disk.value_serde != wanted.value_serde {
-        return mismatch("value.serde", on_disk.value_serde.as_str(), wanted.value_serde.as_str());
+        return mismatch(
+            "value.serde",
+            on_disk.value_serde.as_str(),
+            wanted.value_serde.as_str(),
+        );
     }
     Ok(())
 }
@@ -105,9 +133,18 @@ pub fn open_engine(name: &str, dir: &Path, config: &StoreConfig) -> Result<Box<d
         EngineKind::Memory => Box::new(MemoryEngine::new(name, config.limits)),
         EngineKind::Rocksdb => {
             let data = dir.join(DATA_DIR);
-            std::fs::create_dir_all(&data)
-                .map_err(|source| StoreError::Io { store: name.to_string(), context: "cannot create", path: data.clone(), source })?;
-            Box::new(RocksEngine::open(name, &data, config.limits, &config.rocksdb)?)
+            std::fs::create_dir_all(&data).map_err(|source| StoreError::Io {
+                store: name.to_string(),
+                context: "cannot create",
+                path: data.clone(),
+                source,
+            })?;
+            Box::new(RocksEngine::open(
+                name,
+                &data,
+                config.limits,
+                &config.rocksdb,
+            )?)
         }
     })
 }
@@ -115,7 +152,12 @@ pub fn open_engine(name: &str, dir: &Path, config: &StoreConfig) -> Result<Box<d
 /// Adds the cache (unless `object.cache.size` is 0) and the metrics layer above `inner`.
 pub fn add_layers(inner: Box<dyn KeyValueStore>, config: &StoreConfig) -> Box<dyn KeyValueStore> {
     let inner: Box<dyn KeyValueStore> = match NonZeroUsize::new(config.object_cache_size) {
-        Some(size) => Box::new(CachedStore::new(inner, config.limits, size, config.write_batch_size)),
+        Some(size) => Box::new(CachedStore::new(
+            inner,
+            config.limits,
+            size,
+            config.write_batch_size,
+        )),
         None => inner,
     };
     Box::new(MeteredStore::new(inner))

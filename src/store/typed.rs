@@ -19,7 +19,13 @@ pub struct Store<K, V, S = Box<dyn KeyValueStore>> {
 }
 
 fn serde_err(store: &str, action: &'static str, what: &'static str, e: SerdeError) -> StoreError {
-    StoreError::Serde { store: store.to_string(), action, what, serde: e.serde, message: e.message }
+    StoreError::Serde {
+        store: store.to_string(),
+        action,
+        what,
+        serde: e.serde,
+        message: e.message,
+    }
 }
 
 impl<K: Codec, V: Codec, S> Store<K, V, S>
@@ -35,9 +41,15 @@ where
             store: name.clone(),
             reason: format!("{what}.serde = \"{serde}\" cannot encode the Rust type {ty}"),
         };
-        let keys = K::serde(key_serde).ok_or_else(|| mismatch("key", key_serde, std::any::type_name::<K>()))?;
-        let values = V::serde(value_serde).ok_or_else(|| mismatch("value", value_serde, std::any::type_name::<V>()))?;
-        Ok(Store { inner, keys, values })
+        let keys = K::serde(key_serde)
+            .ok_or_else(|| mismatch("key", key_serde, std::any::type_name::<K>()))?;
+        let values = V::serde(value_serde)
+            .ok_or_else(|| mismatch("value", value_serde, std::any::type_name::<V>()))?;
+        Ok(Store {
+            inner,
+            keys,
+            values,
+        })
     }
 }
 
@@ -48,7 +60,11 @@ where
 {
     /// Wraps `inner` with explicit serdes.
     pub fn with_serdes(inner: S, keys: Box<dyn Serde<K>>, values: Box<dyn Serde<V>>) -> Self {
-        Store { inner, keys, values }
+        Store {
+            inner,
+            keys,
+            values,
+        }
     }
 
     /// The store's name.
@@ -57,17 +73,27 @@ where
     }
 
     fn ek(&self, k: &K) -> Result<Vec<u8>> {
-        self.keys.encode(k).map_err(|e| serde_err(self.inner.name(), "encode", "key", e))
+        self.keys
+            .encode(k)
+            .map_err(|e| serde_err(self.inner.name(), "encode", "key", e))
     }
 
     fn ev(&self, v: &V) -> Result<Vec<u8>> {
-        self.values.encode(v).map_err(|e| serde_err(self.inner.name(), "encode", "value", e))
+        self.values
+            .encode(v)
+            .map_err(|e| serde_err(self.inner.name(), "encode", "value", e))
     }
 
     fn decode_entry(&self, (k, v): (Vec<u8>, Vec<u8>)) -> Result<(K, V)> {
         let name = self.inner.name();
-        let k = self.keys.decode(&k).map_err(|e| serde_err(name, "decode", "key", e))?;
-        let v = self.values.decode(&v).map_err(|e| serde_err(name, "decode", "value", e))?;
+        let k = self
+            .keys
+            .decode(&k)
+            .map_err(|e| serde_err(name, "decode", "key", e))?;
+        let v = self
+            .values
+            .decode(&v)
+            .map_err(|e| serde_err(name, "decode", "value", e))?;
         Ok((k, v))
     }
 
@@ -76,19 +102,30 @@ where
         let k = self.ek(key)?;
         match self.inner.get(&k)? {
             None => Ok(None),
-            Some(v) => self.values.decode(&v).map(Some).map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
+            Some(v) => self
+                .values
+                .decode(&v)
+                .map(Some)
+                .map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
         }
     }
 
     /// The values under `keys`, in order.
     pub fn get_all(&mut self, keys: &[K]) -> Result<Vec<Option<V>>> {
-        let encoded = keys.iter().map(|k| self.ek(k)).collect::<Result<Vec<_>>>()?;
+        let encoded = keys
+            .iter()
+            .map(|k| self.ek(k))
+            .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&[u8]> = encoded.iter().map(|k| k.as_slice()).collect();
         let vs = self.inner.get_all(&refs)?;
         vs.into_iter()
             .map(|v| match v {
                 None => Ok(None),
-                Some(v) => self.values.decode(&v).map(Some).map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
+                Some(v) => self
+                    .values
+                    .decode(&v)
+                    .map(Some)
+                    .map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
             })
             .collect()
     }
@@ -103,7 +140,12 @@ where
     pub fn put_all(&mut self, entries: &[(K, V)]) -> Result<()> {
         let batch = entries
             .iter()
-            .map(|(k, v)| Ok(Mutation { key: self.ek(k)?, value: Some(self.ev(v)?) }))
+            .map(|(k, v)| {
+                Ok(Mutation {
+                    key: self.ek(k)?,
+                    value: Some(self.ev(v)?),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         self.inner.write_batch(batch)
     }
@@ -116,7 +158,15 @@ where
 
     /// Removes every key in `keys`.
     pub fn delete_all(&mut self, keys: &[K]) -> Result<()> {
-        let batch = keys.iter().map(|k| Ok(Mutation { key: self.ek(k)?, value: None })).collect::<Result<Vec<_>>>()?;
+        let batch = keys
+            .iter()
+            .map(|k| {
+                Ok(Mutation {
+                    key: self.ek(k)?,
+                    value: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.inner.write_batch(batch)
     }
 
@@ -137,15 +187,27 @@ where
         self.iter_of(prefix.to_vec(), end)
     }
 
-    fn iter_of(&mut self, from: Vec<u8>, to: Option<Vec<u8>>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
-        let Store { inner, keys, values } = self;
+    fn iter_of(
+        &mut self,
+        from: Vec<u8>,
+        to: Option<Vec<u8>>,
+    ) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        let Store {
+            inner,
+            keys,
+            values,
+        } = self;
         let name = inner.name().to_string();
         let it = inner.scan(&from, to.as_deref())?;
         let (keys, values) = (&**keys, &**values);
         Ok(it.map(move |r| {
             let (k, v) = r?;
-            let k = keys.decode(&k).map_err(|e| serde_err(&name, "decode", "key", e))?;
-            let v = values.decode(&v).map_err(|e| serde_err(&name, "decode", "value", e))?;
+            let k = keys
+                .decode(&k)
+                .map_err(|e| serde_err(&name, "decode", "key", e))?;
+            let v = values
+                .decode(&v)
+                .map_err(|e| serde_err(&name, "decode", "value", e))?;
             Ok((k, v))
         }))
     }
@@ -167,7 +229,7 @@ where
 
     /// The bytes-level stack under this facade.
     pub fn inner_mut(&mut self) -> &mut S::Target {
-        &mut *self.inner
+        &mut self.inner
     }
 
     /// Decodes one raw entry with this store's serdes.

@@ -1,0 +1,218 @@
+//! Restore and changelog-overhead benchmark (issue 3).
+//!
+//! 1. Restore of a changelog of 1M records (16 B random keys, 100 B values, ~120 MB) into an
+//!    empty RocksDB store (a full restore through `open_store`), vs reading the same segment
+//!    files raw with CRC32C checks, in the same run. The page cache is dropped before each
+//!    read when possible (root: `/proc/sys/vm/drop_caches`); the output says if it was.
+//! 2. Puts through the store stack with the changelog vs without (same engine and cache).
+//!
+//! `cargo bench --bench restore` (1M records) or `cargo bench --bench restore -- --quick`
+//! (200k records).
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use gregor::checkpoint::Checkpoint;
+use gregor::log::{LogDir, TopicConfig};
+use gregor::restore::NoProgress;
+use gregor::statedir::StateDir;
+use gregor::store::config::StoreConfig;
+use gregor::task_stores::{StoreOpenContext, open_store};
+use rand::{Rng, SeedableRng};
+
+fn drop_caches() -> bool {
+    // SAFETY-free best effort: needs root; sync first so dirty pages can be dropped.
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Reads every segment file of a partition directory and checks every frame's CRC32C:
+/// the raw ceiling restore is compared against.
+fn raw_read(dir: &Path) -> (u64, u64) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    for f in files {
+        buf.clear();
+        std::fs::File::open(&f)
+            .unwrap()
+            .read_to_end(&mut buf)
+            .unwrap();
+        bytes += buf.len() as u64;
+        let mut pos = 0;
+        while pos + 8 <= buf.len() {
+            let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().unwrap()) as usize;
+            let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().unwrap());
+            let payload = &buf[pos + 8..pos + 8 + len];
+            assert_eq!(crc32c::crc32c(payload), crc, "bad CRC in {}", f.display());
+            records += 1;
+            pos += 8 + len;
+        }
+    }
+    (records, bytes)
+}
+
+fn store_config(changelog: Option<&str>) -> StoreConfig {
+    StoreConfig {
+        changelog: changelog.map(str::to_string),
+        ..StoreConfig::default()
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: u64 = if quick { 200_000 } else { 1_000_000 };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}; mode: {}; {n} records",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if quick { "quick" } else { "full" }
+    );
+
+    let tmp =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let state = StateDir::open(tmp.path()).unwrap();
+    let logs = LogDir::open(state.root()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut key = [0u8; 16];
+    let mut value = [0u8; 100];
+
+    // Write the changelog through the stack (this is also the "with changelog" put figure).
+    let config = store_config(Some("bench-changelog"));
+    let t = Instant::now();
+    {
+        let ctx = StoreOpenContext {
+            state: &state,
+            logs: &logs,
+            task: "t",
+            changelog_partition: 0,
+            checkpoint: None,
+        };
+        let (mut store, _) = open_store(&ctx, "s", &config, &mut NoProgress).unwrap();
+        for _ in 0..n {
+            rng.fill(&mut key);
+            rng.fill(&mut value[..]);
+            store.stack().put(&key, &value).unwrap();
+        }
+        let end = store.commit().unwrap().unwrap();
+        let mut cp = Checkpoint::default();
+        cp.changelogs.insert("s".into(), end);
+        cp.write(&state.checkpoint_path("t")).unwrap();
+        store.close().unwrap();
+    }
+    let logged_put = n as f64 / t.elapsed().as_secs_f64();
+
+    // The same puts without a changelog.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let plain = store_config(None);
+    let t = Instant::now();
+    {
+        let ctx = StoreOpenContext {
+            state: &state,
+            logs: &logs,
+            task: "plain",
+            changelog_partition: 0,
+            checkpoint: None,
+        };
+        let (mut store, _) = open_store(&ctx, "s", &plain, &mut NoProgress).unwrap();
+        for _ in 0..n {
+            rng.fill(&mut key);
+            rng.fill(&mut value[..]);
+            store.stack().put(&key, &value).unwrap();
+        }
+        store.commit().unwrap();
+        store.close().unwrap();
+    }
+    let plain_put = n as f64 / t.elapsed().as_secs_f64();
+
+    // Raw read of the changelog segments with CRC checks.
+    let part_dir = logs
+        .topic("bench-changelog")
+        .unwrap()
+        .partition_dir(0)
+        .unwrap();
+    let dropped = drop_caches();
+    let t = Instant::now();
+    let (records, bytes) = raw_read(&part_dir);
+    let raw_secs = t.elapsed().as_secs_f64();
+    assert_eq!(records, n);
+
+    // The log reader alone (decode + CRC, no engine): the read half of a restore.
+    let dropped_r = drop_caches();
+    let t = Instant::now();
+    let mut reader = gregor::log::PartitionReader::open(&part_dir, 0).unwrap();
+    let mut seen = 0u64;
+    loop {
+        let b = reader.next_batch(8192).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        seen += b.len() as u64;
+    }
+    let reader_secs = t.elapsed().as_secs_f64();
+    assert_eq!(seen, n);
+
+    // Full restore: delete the local store, reopen (restores from the changelog).
+    std::fs::remove_dir_all(state.store_dir("t", "s").join("data")).unwrap();
+    let dropped2 = drop_caches();
+    let cp = Checkpoint::read(&state.checkpoint_path("t")).unwrap();
+    let t = Instant::now();
+    let ctx = StoreOpenContext {
+        state: &state,
+        logs: &logs,
+        task: "t",
+        changelog_partition: 0,
+        checkpoint: cp.as_ref(),
+    };
+    let (mut store, stats) = open_store(&ctx, "s", &config, &mut NoProgress).unwrap();
+    let restore_secs = t.elapsed().as_secs_f64();
+    let stats = stats.unwrap();
+    assert_eq!(stats.records, n);
+    let restored = store.stack().all().unwrap().count() as u64;
+    assert!(
+        restored <= n && restored > n * 99 / 100,
+        "restored {restored} of {n} keys"
+    );
+
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "page cache dropped before reads: {}",
+        dropped && dropped2 && dropped_r
+    );
+    println!("changelog: {records} records, {mb:.1} MB");
+    println!("| what | time | rate | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw segment read + CRC32C | {raw_secs:.2} s | {:.0} MB/s | 1.00 |",
+        mb / raw_secs
+    );
+    println!(
+        "| gregor log reader (decode + CRC) | {reader_secs:.2} s | {:.0} MB/s | {:.2} |",
+        mb / reader_secs,
+        raw_secs / reader_secs
+    );
+    println!(
+        "| full restore into RocksDB | {restore_secs:.2} s | {:.0} MB/s | {:.2} (target >= 0.5) |",
+        mb / restore_secs,
+        raw_secs / restore_secs
+    );
+    println!("| stack puts without changelog | | {plain_put:.0} puts/s | 1.00 |");
+    println!(
+        "| stack puts with changelog | | {logged_put:.0} puts/s | {:.2} (target >= 0.7) |",
+        logged_put / plain_put
+    );
+    let _ = TopicConfig::default();
+}
