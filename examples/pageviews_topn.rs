@@ -9,7 +9,9 @@
 use gregor::log::{LogDir, LogError, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::builtin::top_n;
-use gregor::runtime::{Envelope, JobConfig, RunOptions, StreamTask, TaskContext, TaskError, TaskFactory, run_job};
+use gregor::runtime::{
+    Envelope, JobConfig, RunOptions, StreamTask, TaskContext, TaskError, TaskFactory, run_job,
+};
 use gregor::statedir::StateDir;
 
 /// Counts views per page and emits the top `n` pages of this task every window.
@@ -60,12 +62,16 @@ const JOB: &str = r#"
 "#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "pageviews-state".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "pageviews-state".into());
     let state = StateDir::open(dir.as_ref())?;
     let logs = LogDir::open(state.root())?;
     let topic = match logs.topic("views") {
         Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => logs.create_topic("views", 1, TopicConfig::default())?,
+        Err(LogError::TopicNotFound { .. }) => {
+            logs.create_topic("views", 1, TopicConfig::default())?
+        }
         Err(e) => return Err(e.into()),
     };
     let (mut p, _) = topic.open_partition(partition_for_key(b"any", topic.partitions()))?;
@@ -78,14 +84,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let job = JobConfig::from_toml_str("<pageviews example>", JOB)?;
     let factory: TaskFactory = Box::new(|_| Box::new(TopPages { n: 3 }));
-    let stats = run_job(&state, &job, &factory, RunOptions { until_end: true, ..RunOptions::new() })?;
+    let stats = run_job(
+        &state,
+        &job,
+        &factory,
+        RunOptions {
+            until_end: true,
+            ..RunOptions::new()
+        },
+    )?;
     println!("processed {} views", stats.processed);
 
     // The last three records of the output are the final top 3.
     let (mut out, _) = logs.open_partition("top", 0)?;
     let end = out.end_offset();
     for r in out.read(end.saturating_sub(3), 3)? {
-        println!("{}", String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()));
+        println!(
+            "{}",
+            String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+        );
     }
     Ok(())
 }

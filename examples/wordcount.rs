@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 
 use gregor::log::{LogDir, LogError, TopicConfig};
 use gregor::partitioner::partition_for_key;
-use gregor::runtime::{Envelope, JobConfig, RunOptions, StreamTask, TaskContext, TaskError, TaskFactory, run_job, task_name};
+use gregor::runtime::{
+    Envelope, JobConfig, RunOptions, StreamTask, TaskContext, TaskError, TaskFactory, run_job,
+    task_name,
+};
 use gregor::statedir::StateDir;
 use gregor::store::typed::Store;
 use gregor::task_stores::{StoreOpenContext, open_store};
@@ -45,20 +48,30 @@ const JOB: &str = r#"
 "#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "wordcount-state".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "wordcount-state".into());
     let state = StateDir::open(dir.as_ref())?;
     let logs = LogDir::open(state.root())?;
 
     // Produce some lines (keyed by line number) into a 2-partition topic.
     let topic = match logs.topic("lines") {
         Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => logs.create_topic("lines", 2, TopicConfig::default())?,
+        Err(LogError::TopicNotFound { .. }) => {
+            logs.create_topic("lines", 2, TopicConfig::default())?
+        }
         Err(e) => return Err(e.into()),
     };
-    let text = ["the quick brown fox", "jumps over the lazy dog", "the dog sleeps", "a fox runs"];
+    let text = [
+        "the quick brown fox",
+        "jumps over the lazy dog",
+        "the dog sleeps",
+        "a fox runs",
+    ];
     for (i, line) in text.iter().enumerate() {
         let key = i.to_string();
-        let (mut p, _) = topic.open_partition(partition_for_key(key.as_bytes(), topic.partitions()))?;
+        let (mut p, _) =
+            topic.open_partition(partition_for_key(key.as_bytes(), topic.partitions()))?;
         p.append(0, key.as_bytes(), Some(line.as_bytes()))?;
         p.sync()?;
     }
@@ -66,17 +79,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Run the job until it has consumed everything, with our own task.
     let job = JobConfig::from_toml_str("<wordcount example>", JOB)?;
     let factory: TaskFactory = Box::new(|_task| Box::new(WordCount));
-    let stats = run_job(&state, &job, &factory, RunOptions { until_end: true, ..RunOptions::new() })?;
-    println!("processed {} lines in {} tasks", stats.processed, stats.tasks);
+    let stats = run_job(
+        &state,
+        &job,
+        &factory,
+        RunOptions {
+            until_end: true,
+            ..RunOptions::new()
+        },
+    )?;
+    println!(
+        "processed {} lines in {} tasks",
+        stats.processed, stats.tasks
+    );
 
     // Read the counts of every task back through the same store stack.
     let mut totals = BTreeMap::new();
     for p in 0..stats.tasks {
         let task = task_name(p);
         let checkpoint = gregor::checkpoint::Checkpoint::read(&state.checkpoint_path(&task))?;
-        let ctx = StoreOpenContext { state: &state, logs: &logs, task: &task, changelog_partition: p, checkpoint: checkpoint.as_ref() };
-        let (mut store, _) = open_store(&ctx, "words", &job.stores["words"], &mut gregor::restore::NoProgress)?;
-        let mut words = Store::<String, u64, _>::new(store.stack(), job.stores["words"].key_serde, job.stores["words"].value_serde)?;
+        let ctx = StoreOpenContext {
+            state: &state,
+            logs: &logs,
+            task: &task,
+            changelog_partition: p,
+            checkpoint: checkpoint.as_ref(),
+        };
+        let (mut store, _) = open_store(
+            &ctx,
+            "words",
+            &job.stores["words"],
+            &mut gregor::restore::NoProgress,
+        )?;
+        let mut words = Store::<String, u64, _>::new(
+            store.stack(),
+            job.stores["words"].key_serde,
+            job.stores["words"].value_serde,
+        )?;
         for entry in words.all()? {
             let (word, n) = entry?;
             *totals.entry(word).or_insert(0) += n;

@@ -10,7 +10,8 @@ use crate::log::LogError;
 pub trait ChangelogWriter: Send {
     /// Appends a record (`value: None` is a tombstone) and returns its offset. It may stay
     /// buffered in the process until [`flush_to_os`](Self::flush_to_os).
-    fn append(&mut self, timestamp: i64, key: &[u8], value: Option<&[u8]>) -> Result<u64, LogError>;
+    fn append(&mut self, timestamp: i64, key: &[u8], value: Option<&[u8]>)
+    -> Result<u64, LogError>;
 
     /// Hands buffered records to the OS (they survive the process being killed).
     fn flush_to_os(&mut self) -> Result<(), LogError>;
@@ -27,7 +28,12 @@ pub trait ChangelogWriter: Send {
 pub type SharedChangelog = Arc<Mutex<dyn ChangelogWriter>>;
 
 impl ChangelogWriter for crate::log::Partition {
-    fn append(&mut self, timestamp: i64, key: &[u8], value: Option<&[u8]>) -> Result<u64, LogError> {
+    fn append(
+        &mut self,
+        timestamp: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<u64, LogError> {
         crate::log::Partition::append(self, timestamp, key, value)
     }
 
@@ -46,5 +52,7 @@ impl ChangelogWriter for crate::log::Partition {
 
 /// Milliseconds since the Unix epoch, the timestamp of changelog records.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -32,9 +32,17 @@ pub enum CheckedFileError {
 
 /// Atomically writes `payload` to `path` with a checksum header.
 pub fn write(path: &Path, payload: &[u8]) -> Result<(), CheckedFileError> {
-    let mut bytes = format!("{MAGIC} {:08x} {}\n", crc32c::crc32c(payload), payload.len()).into_bytes();
+    let mut bytes = format!(
+        "{MAGIC} {:08x} {}\n",
+        crc32c::crc32c(payload),
+        payload.len()
+    )
+    .into_bytes();
     bytes.extend_from_slice(payload);
-    crate::fsutil::write_atomic(path, &bytes).map_err(|source| CheckedFileError::Io { path: path.display().to_string(), source })
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| CheckedFileError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Reads a checked file: `Ok(None)` if it does not exist, an error if it is corrupt.
@@ -42,25 +50,45 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, CheckedFileError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CheckedFileError::Io { path: path.display().to_string(), source }),
+        Err(source) => {
+            return Err(CheckedFileError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
     };
-    decode(&bytes).map(Some).map_err(|reason| CheckedFileError::Corrupt { path: path.display().to_string(), reason })
+    decode(&bytes)
+        .map(Some)
+        .map_err(|reason| CheckedFileError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        })
 }
 
 /// Checks a checked file's bytes and returns its payload.
 pub fn decode(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
     let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not UTF-8")?;
-    let rest = header.strip_prefix(MAGIC).ok_or_else(|| format!("unknown header {header:?}"))?;
+    let rest = header
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| format!("unknown header {header:?}"))?;
     let mut parts = rest.split_whitespace();
     let (Some(crc), Some(len), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!("malformed header {header:?}"));
     };
     let crc = u32::from_str_radix(crc, 16).map_err(|_| format!("bad checksum field {crc:?}"))?;
-    let len: usize = len.parse().map_err(|_| format!("bad length field {len:?}"))?;
+    let len: usize = len
+        .parse()
+        .map_err(|_| format!("bad length field {len:?}"))?;
     let payload = &bytes[nl + 1..];
     if payload.len() != len {
-        return Err(format!("payload has {} bytes, header says {len}", payload.len()));
+        return Err(format!(
+            "payload has {} bytes, header says {len}",
+            payload.len()
+        ));
     }
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".into());
@@ -86,7 +114,10 @@ mod tests {
             assert!(decode(&bad).is_err(), "flip at byte {i} went unnoticed");
         }
         for cut in 0..good.len() {
-            assert!(decode(&good[..cut]).is_err(), "truncation to {cut} bytes went unnoticed");
+            assert!(
+                decode(&good[..cut]).is_err(),
+                "truncation to {cut} bytes went unnoticed"
+            );
         }
     }
 }

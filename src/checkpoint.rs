@@ -42,17 +42,24 @@ pub enum CheckpointError {
 impl Checkpoint {
     /// Reads the checkpoint at `path`; `Ok(None)` if there is none.
     pub fn read(path: &Path) -> Result<Option<Self>, CheckpointError> {
-        let Some(bytes) = checked_file::read(path)? else { return Ok(None) };
+        let Some(bytes) = checked_file::read(path)? else {
+            return Ok(None);
+        };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| CheckpointError::Format { path: path.display().to_string(), message: e.to_string() })
+            .map_err(|e| CheckpointError::Format {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// Atomically writes the checkpoint to `path` (creating its directory).
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| CheckedFileError::Io { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| CheckedFileError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let bytes = serde_json::to_vec_pretty(self).expect("checkpoint serializes");
         checked_file::write(path, &bytes)?;
@@ -61,7 +68,10 @@ impl Checkpoint {
 
     /// The next offset to process of `topic` partition `partition`, if checkpointed.
     pub fn input(&self, topic: &str, partition: u32) -> Option<u64> {
-        self.inputs.get(topic).and_then(|p| p.get(&partition)).copied()
+        self.inputs
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied()
     }
 }
 

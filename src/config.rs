@@ -65,22 +65,35 @@ impl FlatConfig {
     /// Reads and flattens a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::from_toml_str(&file, &text)
     }
 
     /// Parses and flattens TOML text; `source` names it in errors.
     pub fn from_toml_str(source: &str, text: &str) -> Result<Self, ConfigError> {
         let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { file: source.to_string(), message: e.to_string() })?;
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: source.to_string(),
+                    message: e.to_string(),
+                })?;
         let mut entries = BTreeMap::new();
         flatten("", toml::Value::Table(table), &mut entries);
-        Ok(FlatConfig { source: source.to_string(), entries })
+        Ok(FlatConfig {
+            source: source.to_string(),
+            entries,
+        })
     }
 
     /// An empty config named `source`.
     pub fn empty(source: &str) -> Self {
-        FlatConfig { source: source.to_string(), entries: BTreeMap::new() }
+        FlatConfig {
+            source: source.to_string(),
+            entries: BTreeMap::new(),
+        }
     }
 
     /// Sets `key` (used by programs building config in code).
@@ -94,7 +107,11 @@ impl FlatConfig {
     }
 
     fn invalid(&self, key: &str, message: String) -> ConfigError {
-        ConfigError::Invalid { file: self.source.clone(), key: key.to_string(), message }
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.to_string(),
+            message,
+        }
     }
 
     /// Removes and returns a string.
@@ -108,7 +125,10 @@ impl FlatConfig {
 
     /// Removes and returns a required string.
     pub fn require_str(&mut self, key: &str) -> Result<String, ConfigError> {
-        self.take_str(key)?.ok_or_else(|| ConfigError::Missing { file: self.source.clone(), key: key.to_string() })
+        self.take_str(key)?.ok_or_else(|| ConfigError::Missing {
+            file: self.source.clone(),
+            key: key.to_string(),
+        })
     }
 
     /// Removes and returns a non-negative integer.
@@ -116,8 +136,12 @@ impl FlatConfig {
         match self.entries.remove(key) {
             None => Ok(None),
             Some(toml::Value::Integer(i)) if i >= 0 => Ok(Some(i as u64)),
-            Some(toml::Value::Integer(i)) => Err(self.invalid(key, format!("must not be negative, found {i}"))),
-            Some(v) => Err(self.invalid(key, format!("expected an integer, found {}", v.type_str()))),
+            Some(toml::Value::Integer(i)) => {
+                Err(self.invalid(key, format!("must not be negative, found {i}")))
+            }
+            Some(v) => {
+                Err(self.invalid(key, format!("expected an integer, found {}", v.type_str())))
+            }
         }
     }
 
@@ -126,7 +150,9 @@ impl FlatConfig {
         match self.entries.remove(key) {
             None => Ok(None),
             Some(toml::Value::Integer(i)) => Ok(Some(i)),
-            Some(v) => Err(self.invalid(key, format!("expected an integer, found {}", v.type_str()))),
+            Some(v) => {
+                Err(self.invalid(key, format!("expected an integer, found {}", v.type_str())))
+            }
         }
     }
 
@@ -145,7 +171,10 @@ impl FlatConfig {
         match self.entries.remove(key) {
             None => Ok(None),
             Some(toml::Value::Boolean(b)) => Ok(Some(b)),
-            Some(v) => Err(self.invalid(key, format!("expected true or false, found {}", v.type_str()))),
+            Some(v) => Err(self.invalid(
+                key,
+                format!("expected true or false, found {}", v.type_str()),
+            )),
         }
     }
 
@@ -158,19 +187,38 @@ impl FlatConfig {
                 .into_iter()
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s),
-                    v => Err(self.invalid(key, format!("expected a list of strings, found an item of type {}", v.type_str()))),
+                    v => Err(self.invalid(
+                        key,
+                        format!(
+                            "expected a list of strings, found an item of type {}",
+                            v.type_str()
+                        ),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(v) => Err(self.invalid(key, format!("expected a list of strings, found {}", v.type_str()))),
+            Some(v) => Err(self.invalid(
+                key,
+                format!("expected a list of strings, found {}", v.type_str()),
+            )),
         }
     }
 
     /// Parses `key` with `parse`, which names the accepted values on failure.
-    pub fn take_parsed<T>(&mut self, key: &str, accepted: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ConfigError> {
+    pub fn take_parsed<T>(
+        &mut self,
+        key: &str,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
         match self.take_str(key)? {
             None => Ok(None),
-            Some(s) => parse(&s).map(Some).ok_or_else(|| self.invalid(key, format!("unknown value \"{s}\", expected one of {accepted}"))),
+            Some(s) => parse(&s).map(Some).ok_or_else(|| {
+                self.invalid(
+                    key,
+                    format!("unknown value \"{s}\", expected one of {accepted}"),
+                )
+            }),
         }
     }
 
@@ -189,7 +237,11 @@ impl FlatConfig {
 
     /// Every key starting with `prefix`, sorted.
     pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.entries.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+        self.entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// Removes and returns a value as is.
@@ -201,7 +253,10 @@ impl FlatConfig {
     pub fn finish(self) -> Result<(), ConfigError> {
         match self.entries.into_keys().next() {
             None => Ok(()),
-            Some(key) => Err(ConfigError::UnknownKey { file: self.source, key }),
+            Some(key) => Err(ConfigError::UnknownKey {
+                file: self.source,
+                key,
+            }),
         }
     }
 }
@@ -210,7 +265,11 @@ fn flatten(prefix: &str, value: toml::Value, out: &mut BTreeMap<String, toml::Va
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -226,18 +285,29 @@ mod tests {
 
     #[test]
     fn tables_and_dotted_keys_flatten_alike() {
-        let mut c = FlatConfig::from_toml_str("job.toml", "[stores.counts]\nkey.serde = \"string\"\n[job]\ncommit.ms = 5").unwrap();
+        let mut c = FlatConfig::from_toml_str(
+            "job.toml",
+            "[stores.counts]\nkey.serde = \"string\"\n[job]\ncommit.ms = 5",
+        )
+        .unwrap();
         assert_eq!(c.children("stores"), vec!["counts"]);
-        assert_eq!(c.take_str("stores.counts.key.serde").unwrap().as_deref(), Some("string"));
+        assert_eq!(
+            c.take_str("stores.counts.key.serde").unwrap().as_deref(),
+            Some("string")
+        );
         assert_eq!(c.take_u64("job.commit.ms").unwrap(), Some(5));
         c.finish().unwrap();
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_key_and_file() {
-        let mut c = FlatConfig::from_toml_str("job.toml", "[job]\ncommit.ms = \"soon\"\nbogus = 1").unwrap();
+        let mut c = FlatConfig::from_toml_str("job.toml", "[job]\ncommit.ms = \"soon\"\nbogus = 1")
+            .unwrap();
         let e = c.take_u64("job.commit.ms").unwrap_err().to_string();
-        assert!(e.contains("job.toml") && e.contains("job.commit.ms") && e.contains("integer"), "{e}");
+        assert!(
+            e.contains("job.toml") && e.contains("job.commit.ms") && e.contains("integer"),
+            "{e}"
+        );
         let e = c.finish().unwrap_err().to_string();
         assert!(e.contains("job.toml") && e.contains("job.bogus"), "{e}");
     }

@@ -38,8 +38,14 @@ pub enum SerdeName {
 
 impl SerdeName {
     /// Every serde, in documentation order.
-    pub const ALL: [SerdeName; 6] =
-        [SerdeName::Bytes, SerdeName::String, SerdeName::U64, SerdeName::I64, SerdeName::Json, SerdeName::Postcard];
+    pub const ALL: [SerdeName; 6] = [
+        SerdeName::Bytes,
+        SerdeName::String,
+        SerdeName::U64,
+        SerdeName::I64,
+        SerdeName::Json,
+        SerdeName::Postcard,
+    ];
 
     /// Parses a config value.
     pub fn parse(s: &str) -> Option<Self> {
@@ -61,16 +67,28 @@ impl SerdeName {
     /// Encodes a command-line text (a number for `u64`/`i64`, JSON text for `json`) as this
     /// serde's bytes.
     pub fn encode_text(self, text: &str) -> Result<Vec<u8>, SerdeError> {
-        let bad = |m: String| SerdeError { serde: self.as_str(), message: m };
+        let bad = |m: String| SerdeError {
+            serde: self.as_str(),
+            message: m,
+        };
         match self {
             SerdeName::Bytes | SerdeName::String => Ok(text.as_bytes().to_vec()),
-            SerdeName::U64 => text.parse::<u64>().map(|n| U64Serde.encode(&n)).map_err(|e| bad(format!("{text:?}: {e}")))?,
-            SerdeName::I64 => text.parse::<i64>().map(|n| I64Serde.encode(&n)).map_err(|e| bad(format!("{text:?}: {e}")))?,
+            SerdeName::U64 => text
+                .parse::<u64>()
+                .map(|n| U64Serde.encode(&n))
+                .map_err(|e| bad(format!("{text:?}: {e}")))?,
+            SerdeName::I64 => text
+                .parse::<i64>()
+                .map(|n| I64Serde.encode(&n))
+                .map_err(|e| bad(format!("{text:?}: {e}")))?,
             SerdeName::Json => {
-                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("{text:?}: {e}")))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| bad(format!("{text:?}: {e}")))?;
                 JsonSerde::<serde_json::Value>::new().encode(&v)
             }
-            SerdeName::Postcard => Err(bad("postcard values cannot be typed on the command line".into())),
+            SerdeName::Postcard => Err(bad(
+                "postcard values cannot be typed on the command line".into()
+            )),
         }
     }
 
@@ -85,7 +103,9 @@ impl SerdeName {
             SerdeName::String => StringSerde.decode(bytes),
             SerdeName::U64 => U64Serde.decode(bytes).map(|n| n.to_string()),
             SerdeName::I64 => I64Serde.decode(bytes).map(|n| n.to_string()),
-            SerdeName::Json => JsonSerde::<serde_json::Value>::new().decode(bytes).map(|v| v.to_string()),
+            SerdeName::Json => JsonSerde::<serde_json::Value>::new()
+                .decode(bytes)
+                .map(|v| v.to_string()),
             SerdeName::Postcard => Ok(hex(bytes)),
         }
     }
@@ -181,15 +201,18 @@ impl Serde<String> for StringSerde {
         Ok(value.as_bytes().to_vec())
     }
     fn decode(&self, bytes: &[u8]) -> Result<String, SerdeError> {
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| SerdeError { serde: "string", message: format!("invalid UTF-8: {e}") })
+        String::from_utf8(bytes.to_vec()).map_err(|e| SerdeError {
+            serde: "string",
+            message: format!("invalid UTF-8: {e}"),
+        })
     }
 }
 
 fn eight(serde: &'static str, bytes: &[u8]) -> Result<[u8; 8], SerdeError> {
-    bytes
-        .try_into()
-        .map_err(|_| SerdeError { serde, message: format!("expected 8 bytes, got {}", bytes.len()) })
+    bytes.try_into().map_err(|_| SerdeError {
+        serde,
+        message: format!("expected 8 bytes, got {}", bytes.len()),
+    })
 }
 
 impl Serde<u64> for U64Serde {
@@ -221,10 +244,16 @@ impl<T: Serialize + DeserializeOwned> Serde<T> for JsonSerde<T> {
         SerdeName::Json
     }
     fn encode(&self, value: &T) -> Result<Vec<u8>, SerdeError> {
-        serde_json::to_vec(value).map_err(|e| SerdeError { serde: "json", message: e.to_string() })
+        serde_json::to_vec(value).map_err(|e| SerdeError {
+            serde: "json",
+            message: e.to_string(),
+        })
     }
     fn decode(&self, bytes: &[u8]) -> Result<T, SerdeError> {
-        serde_json::from_slice(bytes).map_err(|e| SerdeError { serde: "json", message: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| SerdeError {
+            serde: "json",
+            message: e.to_string(),
+        })
     }
 }
 
@@ -233,10 +262,16 @@ impl<T: Serialize + DeserializeOwned> Serde<T> for PostcardSerde<T> {
         SerdeName::Postcard
     }
     fn encode(&self, value: &T) -> Result<Vec<u8>, SerdeError> {
-        postcard::to_stdvec(value).map_err(|e| SerdeError { serde: "postcard", message: e.to_string() })
+        postcard::to_stdvec(value).map_err(|e| SerdeError {
+            serde: "postcard",
+            message: e.to_string(),
+        })
     }
     fn decode(&self, bytes: &[u8]) -> Result<T, SerdeError> {
-        postcard::from_bytes(bytes).map_err(|e| SerdeError { serde: "postcard", message: e.to_string() })
+        postcard::from_bytes(bytes).map_err(|e| SerdeError {
+            serde: "postcard",
+            message: e.to_string(),
+        })
     }
 }
 
@@ -353,21 +388,41 @@ mod tests {
     #[test]
     fn invalid_utf8_is_an_error_naming_the_serde() {
         let e = StringSerde.decode(&[0xff, 0xfe]).unwrap_err();
-        assert!(e.to_string().contains("string") && e.to_string().contains("UTF-8"), "{e}");
+        assert!(
+            e.to_string().contains("string") && e.to_string().contains("UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_width_numbers_are_errors() {
-        assert!(U64Serde.decode(&[1, 2, 3]).unwrap_err().to_string().contains("expected 8 bytes"));
+        assert!(
+            U64Serde
+                .decode(&[1, 2, 3])
+                .unwrap_err()
+                .to_string()
+                .contains("expected 8 bytes")
+        );
         assert!(I64Serde.decode(&[]).is_err());
     }
 
     #[test]
     fn text_round_trips_through_each_cli_serde() {
-        for (name, text) in [(SerdeName::U64, "42"), (SerdeName::I64, "-7"), (SerdeName::String, "héllo"), (SerdeName::Json, r#"{"a":1}"#)] {
+        for (name, text) in [
+            (SerdeName::U64, "42"),
+            (SerdeName::I64, "-7"),
+            (SerdeName::String, "héllo"),
+            (SerdeName::Json, r#"{"a":1}"#),
+        ] {
             let bytes = name.encode_text(text).unwrap();
             assert_eq!(name.decode_text(&bytes).unwrap(), text);
         }
-        assert!(SerdeName::U64.encode_text("x").unwrap_err().to_string().contains("u64"));
+        assert!(
+            SerdeName::U64
+                .encode_text("x")
+                .unwrap_err()
+                .to_string()
+                .contains("u64")
+        );
     }
 }

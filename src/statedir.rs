@@ -36,7 +36,9 @@ pub enum StateDirError {
         source: io::Error,
     },
     /// A task or store name that cannot be a directory name.
-    #[error("invalid {what} name {name:?}: use letters, digits, '.', '_' and '-' (not '.' or '..')")]
+    #[error(
+        "invalid {what} name {name:?}: use letters, digits, '.', '_' and '-' (not '.' or '..')"
+    )]
     InvalidName {
         /// `task` or `store`.
         what: &'static str,
@@ -59,29 +61,53 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), StateDirError
         && name != "."
         && name != ".."
         && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(()) } else { Err(StateDirError::InvalidName { what, name: name.to_string() }) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateDirError::InvalidName {
+            what,
+            name: name.to_string(),
+        })
+    }
 }
 
 impl StateDir {
     /// Opens (creating if needed) and locks the state directory at `root`.
     pub fn open(root: &Path) -> Result<Self, StateDirError> {
-        let io_err = |source| StateDirError::Io { path: root.display().to_string(), source };
+        let io_err = |source| StateDirError::Io {
+            path: root.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(root).map_err(io_err)?;
-        let mut lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(root.join("LOCK")).map_err(io_err)?;
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join("LOCK"))
+            .map_err(io_err)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut s = String::new();
                 let _ = lock.read_to_string(&mut s);
-                return Err(StateDirError::InUse { path: root.display().to_string(), holder: s.trim().parse().ok() });
+                return Err(StateDirError::InUse {
+                    path: root.display().to_string(),
+                    holder: s.trim().parse().ok(),
+                });
             }
             Err(TryLockError::Error(e)) => return Err(io_err(e)),
         }
         lock.set_len(0).map_err(io_err)?;
         lock.rewind().map_err(io_err)?;
         write!(lock, "{}", std::process::id()).map_err(io_err)?;
-        Ok(StateDir { root: root.to_path_buf(), _lock: lock })
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     /// The directory itself.
@@ -148,7 +174,10 @@ mod tests {
         let first = StateDir::open(dir.path()).unwrap();
         let e = StateDir::open(dir.path()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("in use") && msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(
+            msg.contains("in use") && msg.contains(&std::process::id().to_string()),
+            "{msg}"
+        );
         drop(first);
         StateDir::open(dir.path()).unwrap();
     }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use crate::changelog::SharedChangelog;
 use crate::checkpoint::Checkpoint;
 use crate::log::{LogDir, LogError, Partition, TopicConfig};
-use crate::restore::{self, LocalStore, RestoreError, RestoreInputs, RestoreProgress, RestoreStats};
+use crate::restore::{
+    self, LocalStore, RestoreError, RestoreInputs, RestoreProgress, RestoreStats,
+};
 use crate::statedir::{StateDir, StateDirError, validate_name};
 use crate::store::config::{EngineKind, StoreConfig};
 use crate::store::logged::LoggedStore;
@@ -88,7 +90,9 @@ impl TaskStore {
     /// changelog).
     pub fn commit(&mut self) -> Result<Option<u64>, TaskStoreError> {
         self.stack.flush()?;
-        let Some(cl) = &self.changelog else { return Ok(None) };
+        let Some(cl) = &self.changelog else {
+            return Ok(None);
+        };
         let end = cl.lock().unwrap_or_else(|p| p.into_inner()).end_offset();
         stack::write_offset_file(&self.name, &self.dir, end)?;
         Ok(Some(end))
@@ -117,15 +121,32 @@ pub fn open_store(
     }
     stack::write_manifest(
         &dir,
-        &Manifest { store: name.to_string(), config: config.clone(), changelog_partition: ctx.changelog_partition },
+        &Manifest {
+            store: name.to_string(),
+            config: config.clone(),
+            changelog_partition: ctx.changelog_partition,
+        },
     )?;
     let (mut engine, local) = open_local(name, &dir, config)?;
 
     let Some(topic) = &config.changelog else {
         let stack = stack::add_layers(engine, config);
-        return Ok((TaskStore { name: name.to_string(), config: config.clone(), dir, stack, changelog: None }, None));
+        return Ok((
+            TaskStore {
+                name: name.to_string(),
+                config: config.clone(),
+                dir,
+                stack,
+                changelog: None,
+            },
+            None,
+        ));
     };
-    let cl_err = |source| TaskStoreError::Changelog { store: name.to_string(), topic: topic.clone(), source };
+    let cl_err = |source| TaskStoreError::Changelog {
+        store: name.to_string(),
+        topic: topic.clone(),
+        source,
+    };
     let mut partition = open_changelog(ctx.logs, topic, ctx.changelog_partition).map_err(cl_err)?;
     let inputs = RestoreInputs {
         local,
@@ -133,7 +154,10 @@ pub fn open_store(
         changelog_start: partition.start_offset(),
         changelog_end: partition.end_offset(),
     };
-    let plan = restore::plan::plan(&inputs).map_err(|source| RestoreError::Plan { store: name.to_string(), source })?;
+    let plan = restore::plan::plan(&inputs).map_err(|source| RestoreError::Plan {
+        store: name.to_string(),
+        source,
+    })?;
     let stats = restore::execute(&plan, &mut *engine, &mut partition, progress)?;
     if plan.kind != restore::RestoreKind::UpToDate {
         // The engine now holds (flushed) exactly `plan.target`; an older OFFSET file ahead
@@ -145,12 +169,25 @@ pub fn open_store(
     let shared: SharedChangelog = partition.clone();
     let logged = LoggedStore::new(engine, shared, config.limits);
     let stack = stack::add_layers(Box::new(logged), config);
-    Ok((TaskStore { name: name.to_string(), config: config.clone(), dir, stack, changelog: Some(partition) }, Some(stats)))
+    Ok((
+        TaskStore {
+            name: name.to_string(),
+            config: config.clone(),
+            dir,
+            stack,
+            changelog: Some(partition),
+        },
+        Some(stats),
+    ))
 }
 
 /// Opens the engine and describes what it holds for the planner. A RocksDB store that fails
 /// to open is moved aside and recreated empty; it is reported as unusable.
-fn open_local(name: &str, dir: &std::path::Path, config: &StoreConfig) -> Result<(Box<dyn Engine>, LocalStore), TaskStoreError> {
+fn open_local(
+    name: &str,
+    dir: &std::path::Path,
+    config: &StoreConfig,
+) -> Result<(Box<dyn Engine>, LocalStore), TaskStoreError> {
     if config.engine == EngineKind::Memory {
         return Ok((stack::open_engine(name, dir, config)?, LocalStore::Missing));
     }
@@ -167,15 +204,24 @@ fn open_local(name: &str, dir: &std::path::Path, config: &StoreConfig) -> Result
                 path: data.clone(),
                 source,
             })?;
-            return Ok((stack::open_engine(name, dir, config)?, LocalStore::Unusable { reason }));
+            return Ok((
+                stack::open_engine(name, dir, config)?,
+                LocalStore::Unusable { reason },
+            ));
         }
     };
     if !existed {
         return Ok((engine, LocalStore::Missing));
     }
     let local = match (engine.changelog_end(), stack::read_offset_file(name, dir)) {
-        (Ok(engine_end), Ok(offset_file)) => LocalStore::Present { engine_end, offset_file, empty: engine.is_empty()? },
-        (Err(e), _) | (_, Err(e)) => LocalStore::Unusable { reason: e.to_string() },
+        (Ok(engine_end), Ok(offset_file)) => LocalStore::Present {
+            engine_end,
+            offset_file,
+            empty: engine.is_empty()?,
+        },
+        (Err(e), _) | (_, Err(e)) => LocalStore::Unusable {
+            reason: e.to_string(),
+        },
     };
     Ok((engine, local))
 }
@@ -185,12 +231,18 @@ fn open_local(name: &str, dir: &std::path::Path, config: &StoreConfig) -> Result
 pub fn open_changelog(logs: &LogDir, topic: &str, partition: u32) -> Result<Partition, LogError> {
     let t = match logs.topic(topic) {
         Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => logs.create_topic(topic, partition + 1, TopicConfig::compacted())?,
+        Err(LogError::TopicNotFound { .. }) => {
+            logs.create_topic(topic, partition + 1, TopicConfig::compacted())?
+        }
         Err(e) => return Err(e),
     };
     let (p, report) = t.open_partition(partition)?;
     if let Some(cut) = &report.torn_tail {
-        tracing::warn!(topic, partition, "cut a torn tail off the changelog: {cut:?}");
+        tracing::warn!(
+            topic,
+            partition,
+            "cut a torn tail off the changelog: {cut:?}"
+        );
     }
     Ok(p)
 }

@@ -67,7 +67,10 @@ fn job_config() -> Result<JobConfig> {
         [task]
         top.n = 5
     "#;
-    Ok(JobConfig::from_flat(FlatConfig::from_toml_str("<demo job>", text)?)?)
+    Ok(JobConfig::from_flat(FlatConfig::from_toml_str(
+        "<demo job>",
+        text,
+    )?)?)
 }
 
 /// Page `p` of `pages` with a Zipf-like skew: a few pages get most views.
@@ -80,15 +83,27 @@ fn generate(state: &StateDir, args: &DemoArgs) -> Result<()> {
     let logs = LogDir::open(state.root())?;
     let topic = match logs.topic(TOPIC) {
         Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => logs.create_topic(TOPIC, args.partitions, TopicConfig::default())?,
+        Err(LogError::TopicNotFound { .. }) => {
+            logs.create_topic(TOPIC, args.partitions, TopicConfig::default())?
+        }
         Err(e) => return Err(e.into()),
     };
     let n = topic.partitions();
-    let mut parts = (0..n).map(|p| topic.open_partition(p).map(|(p, _)| p)).collect::<Result<Vec<_>, _>>()?;
+    let mut parts = (0..n)
+        .map(|p| topic.open_partition(p).map(|(p, _)| p))
+        .collect::<Result<Vec<_>, _>>()?;
     let seed = parts.iter().map(|p| p.end_offset()).sum::<u64>();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(args.events) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("generating page views [{bar:30}] {pos}/{len} {per_sec}").expect("template").progress_chars("=> "));
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(args.events)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("generating page views [{bar:30}] {pos}/{len} {per_sec}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     let now = gregor::changelog::now_ms();
     for i in 0..args.events {
         let user = format!("user-{:05}", rng.gen_range(0..args.users));
@@ -104,7 +119,10 @@ fn generate(state: &StateDir, args: &DemoArgs) -> Result<()> {
         p.sync()?;
     }
     bar.finish_and_clear();
-    eprintln!("generated {} page views into topic `{TOPIC}` ({n} partitions)", args.events);
+    eprintln!(
+        "generated {} page views into topic `{TOPIC}` ({n} partitions)",
+        args.events
+    );
     Ok(())
 }
 
@@ -131,7 +149,11 @@ pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
     generate(&state, &args)?;
     let job = job_config()?;
     let factory = builtin::factory(&job.task).expect("built-in");
-    let opts = RunOptions { until_end: true, stop: run_cmd::stop_on_signal()?, progress: progress::for_stderr() };
+    let opts = RunOptions {
+        until_end: true,
+        stop: run_cmd::stop_on_signal()?,
+        progress: progress::for_stderr(),
+    };
     if resumed {
         eprintln!("resuming the page-view job from its checkpoint");
     }
@@ -140,7 +162,11 @@ pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
     let pages = totals(&state, stats.tasks, "page-views")?;
     let users = totals(&state, stats.tasks, "user-views")?;
     let total: u64 = pages.values().sum();
-    println!("\nTop pages ({total} views counted so far, {} pages, {} users):", pages.len(), users.len());
+    println!(
+        "\nTop pages ({total} views counted so far, {} pages, {} users):",
+        pages.len(),
+        users.len()
+    );
     for (rank, (page, views)) in top_n(pages, 10).into_iter().enumerate() {
         println!("{:>3}. {page:<12} {views:>9} views", rank + 1);
     }
@@ -155,6 +181,9 @@ pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
         stats.elapsed.as_secs_f64(),
         state.root().display()
     );
-    println!("run `gregor --state-dir {} demo` again to add more page views and resume from the checkpoint", state.root().display());
+    println!(
+        "run `gregor --state-dir {} demo` again to add more page views and resume from the checkpoint",
+        state.root().display()
+    );
     Ok(0)
 }

@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "gregor", version, about)]
 struct Cli {
     /// The state directory (stores, logs, checkpoints).
-    #[arg(long, global = true, env = "GREGOR_STATE_DIR", default_value = "gregor-state")]
+    #[arg(
+        long,
+        global = true,
+        env = "GREGOR_STATE_DIR",
+        default_value = "gregor-state"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -46,7 +51,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -18,9 +18,11 @@ impl RestoreProgress for BarProgress {
     fn start(&mut self, store: &str, records: u64) {
         let bar = ProgressBar::new(records);
         bar.set_style(
-            ProgressStyle::with_template("restoring {prefix} [{bar:30}] {pos}/{len} records {msg} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "restoring {prefix} [{bar:30}] {pos}/{len} records {msg} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(store.to_string());
         self.bar = Some(bar);
@@ -49,7 +51,11 @@ impl RestoreProgress for BarProgress {
             stats.records,
             stats.bytes as f64 / 1e6 / secs,
             stats.truncated,
-            stats.wiped.as_ref().map(|r| format!("; local store rebuilt: {r}")).unwrap_or_default()
+            stats
+                .wiped
+                .as_ref()
+                .map(|r| format!("; local store rebuilt: {r}"))
+                .unwrap_or_default()
         );
     }
 }
@@ -57,7 +63,11 @@ impl RestoreProgress for BarProgress {
 /// The progress display fitting stderr.
 pub fn for_stderr() -> Box<dyn RestoreProgress> {
     if std::io::stderr().is_terminal() {
-        Box::new(BarProgress { bar: None, bytes: 0, started: Instant::now() })
+        Box::new(BarProgress {
+            bar: None,
+            bytes: 0,
+            started: Instant::now(),
+        })
     } else {
         Box::new(LogProgress::default())
     }

@@ -51,7 +51,11 @@ pub fn run(state_dir: &Path, job_file: &Path, until_end: bool) -> Result<i32> {
         )
     })?;
     let state = StateDir::open(state_dir)?;
-    let opts = RunOptions { until_end, stop: stop_on_signal()?, progress: progress::for_stderr() };
+    let opts = RunOptions {
+        until_end,
+        stop: stop_on_signal()?,
+        progress: progress::for_stderr(),
+    };
     let stats = run_job(&state, &job, &factory, opts)?;
     print_stats(&stats);
     Ok(0)

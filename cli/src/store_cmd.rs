@@ -112,7 +112,9 @@ pub enum StoreCmd {
 }
 
 fn default_partition(task: &str) -> u32 {
-    task.strip_prefix("partition-").and_then(|n| n.parse().ok()).unwrap_or(0)
+    task.strip_prefix("partition-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Loads the store's config from its manifest, or builds one from the flags if `create`.
@@ -140,20 +142,36 @@ fn resolve_config(state: &StateDir, at: &StoreArgs, create: bool) -> Result<(Sto
             at.store,
             at.task,
             state.root().display(),
-            if tasks.is_empty() { "none".to_string() } else { tasks.join(", ") }
+            if tasks.is_empty() {
+                "none".to_string()
+            } else {
+                tasks.join(", ")
+            }
         );
     }
     let config = StoreConfig {
-        engine: c.engine.as_deref().map_or(EngineKind::Rocksdb, |e| EngineKind::parse(e).expect("clap checked")),
-        key_serde: c.key_serde.as_deref().map_or(SerdeName::String, |s| SerdeName::parse(s).expect("clap checked")),
-        value_serde: c.value_serde.as_deref().map_or(SerdeName::String, |s| SerdeName::parse(s).expect("clap checked")),
+        engine: c.engine.as_deref().map_or(EngineKind::Rocksdb, |e| {
+            EngineKind::parse(e).expect("clap checked")
+        }),
+        key_serde: c.key_serde.as_deref().map_or(SerdeName::String, |s| {
+            SerdeName::parse(s).expect("clap checked")
+        }),
+        value_serde: c.value_serde.as_deref().map_or(SerdeName::String, |s| {
+            SerdeName::parse(s).expect("clap checked")
+        }),
         changelog: c.changelog.clone(),
         ..StoreConfig::default()
     };
     if config.engine == EngineKind::Memory && config.changelog.is_none() {
-        bail!("a memory store keeps nothing between commands without a changelog: add --changelog TOPIC or use --engine rocksdb");
+        bail!(
+            "a memory store keeps nothing between commands without a changelog: add --changelog TOPIC or use --engine rocksdb"
+        );
     }
-    Ok((config, c.changelog_partition.unwrap_or_else(|| default_partition(&at.task))))
+    Ok((
+        config,
+        c.changelog_partition
+            .unwrap_or_else(|| default_partition(&at.task)),
+    ))
 }
 
 /// An open store plus what committing it needs.
@@ -163,13 +181,28 @@ struct Opened<'a> {
     store: TaskStore,
 }
 
-fn open<'a>(state: &'a StateDir, logs: &LogDir, at: &StoreArgs, create: bool) -> Result<Opened<'a>> {
+fn open<'a>(
+    state: &'a StateDir,
+    logs: &LogDir,
+    at: &StoreArgs,
+    create: bool,
+) -> Result<Opened<'a>> {
     let (config, partition) = resolve_config(state, at, create)?;
     let checkpoint = Checkpoint::read(&state.checkpoint_path(&at.task))?;
-    let ctx = StoreOpenContext { state, logs, task: &at.task, changelog_partition: partition, checkpoint: checkpoint.as_ref() };
+    let ctx = StoreOpenContext {
+        state,
+        logs,
+        task: &at.task,
+        changelog_partition: partition,
+        checkpoint: checkpoint.as_ref(),
+    };
     let mut progress = progress::for_stderr();
     let (store, _) = open_store(&ctx, &at.store, &config, &mut *progress)?;
-    Ok(Opened { state, task: at.task.clone(), store })
+    Ok(Opened {
+        state,
+        task: at.task.clone(),
+        store,
+    })
 }
 
 impl Opened<'_> {
@@ -189,7 +222,9 @@ impl Opened<'_> {
 }
 
 fn text(serde: SerdeName, bytes: &[u8], what: &str) -> Result<String> {
-    serde.decode_text(bytes).with_context(|| format!("cannot decode {what}"))
+    serde
+        .decode_text(bytes)
+        .with_context(|| format!("cannot decode {what}"))
 }
 
 fn json_of(serde: SerdeName, bytes: &[u8]) -> Result<serde_json::Value> {
@@ -205,7 +240,11 @@ fn print_entry(config: &StoreConfig, key: &[u8], value: &[u8], json: bool) -> Re
         let line = serde_json::json!({"key": json_of(config.key_serde, key)?, "value": json_of(config.value_serde, value)?});
         println!("{line}");
     } else {
-        println!("{}\t{}", text(config.key_serde, key, "key")?, text(config.value_serde, value, "value")?);
+        println!(
+            "{}\t{}",
+            text(config.key_serde, key, "key")?,
+            text(config.value_serde, value, "value")?
+        );
     }
     Ok(())
 }
@@ -234,7 +273,10 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
                     Ok(0)
                 }
                 None => {
-                    eprintln!("key {key:?} not found in store `{}` of task `{}`", at.store, at.task);
+                    eprintln!(
+                        "key {key:?} not found in store `{}` of task `{}`",
+                        at.store, at.task
+                    );
                     Ok(1)
                 }
             }
@@ -247,14 +289,29 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             o.commit()?;
             Ok(0)
         }
-        StoreCmd::Range { at, from, to, prefix, json } => {
+        StoreCmd::Range {
+            at,
+            from,
+            to,
+            prefix,
+            json,
+        } => {
             let mut o = open(&state, &logs, &at, false)?;
             let c = o.store.config().clone();
-            let from = from.map(|f| c.key_serde.encode_text(&f)).transpose().context("bad --from")?;
-            let to = to.map(|t| c.key_serde.encode_text(&t)).transpose().context("bad --to")?;
+            let from = from
+                .map(|f| c.key_serde.encode_text(&f))
+                .transpose()
+                .context("bad --from")?;
+            let to = to
+                .map(|t| c.key_serde.encode_text(&t))
+                .transpose()
+                .context("bad --to")?;
             let it = match &prefix {
                 Some(p) => o.store.stack().prefix(p.as_bytes())?,
-                None => o.store.stack().scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
+                None => o
+                    .store
+                    .stack()
+                    .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
             };
             for e in it {
                 let (k, v) = e?;
@@ -272,17 +329,39 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
 }
 
 /// Dumps a store of one task or, merged in key order, of every task that has it.
-fn dump(state: &StateDir, logs: &LogDir, task: Option<String>, store: &str, json: bool) -> Result<i32> {
+fn dump(
+    state: &StateDir,
+    logs: &LogDir,
+    task: Option<String>,
+    store: &str,
+    json: bool,
+) -> Result<i32> {
     let tasks = match task {
         Some(t) => vec![t],
-        None => state.tasks()?.into_iter().filter(|t| state.store_dir(t, store).join(stack::MANIFEST_FILE).exists()).collect(),
+        None => state
+            .tasks()?
+            .into_iter()
+            .filter(|t| {
+                state
+                    .store_dir(t, store)
+                    .join(stack::MANIFEST_FILE)
+                    .exists()
+            })
+            .collect(),
     };
     if tasks.is_empty() {
-        bail!("no task under {} has a store `{store}`", state.root().display());
+        bail!(
+            "no task under {} has a store `{store}`",
+            state.root().display()
+        );
     }
     let mut opened = Vec::new();
     for t in &tasks {
-        let at = StoreArgs { task: t.clone(), store: store.to_string(), create: CreateArgs::default() };
+        let at = StoreArgs {
+            task: t.clone(),
+            store: store.to_string(),
+            create: CreateArgs::default(),
+        };
         opened.push(open(state, logs, &at, false)?);
     }
     let config = opened[0].store.config().clone();

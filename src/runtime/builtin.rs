@@ -47,7 +47,15 @@ impl StreamTask for Count {
     fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
         let store = match ctx.config().task_config.get("store") {
             None => "counts".to_string(),
-            Some(v) => v.as_str().ok_or_else(|| format!("{}: task.store must be a string, not {v}", ctx.config().source))?.to_string(),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| {
+                    format!(
+                        "{}: task.store must be a string, not {v}",
+                        ctx.config().source
+                    )
+                })?
+                .to_string(),
         };
         self.store = Some(store);
         self.outputs = ctx.config().outputs.clone();
@@ -55,7 +63,11 @@ impl StreamTask for Count {
     }
 
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
-        let n = increment(ctx, self.store.as_deref().unwrap_or("counts"), &String::from_utf8_lossy(msg.key))?;
+        let n = increment(
+            ctx,
+            self.store.as_deref().unwrap_or("counts"),
+            &String::from_utf8_lossy(msg.key),
+        )?;
         if !self.outputs.is_empty() {
             let value = n.to_string();
             for out in &self.outputs {
@@ -94,7 +106,11 @@ impl StreamTask for PageViews {
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
         let value = String::from_utf8_lossy(msg.value.unwrap_or_default()).into_owned();
         let Some((user, page)) = value.split_once('\t') else {
-            return Err(format!("page view {:?} at offset {} is not `user<TAB>page`", value, msg.offset).into());
+            return Err(format!(
+                "page view {:?} at offset {} is not `user<TAB>page`",
+                value, msg.offset
+            )
+            .into());
         };
         increment(ctx, "page-views", page)?;
         increment(ctx, "user-views", user)?;

@@ -16,11 +16,17 @@ pub const COMMITTED_FILE: &str = "COMMITTED";
 
 /// The committed end recorded for the partition in `dir`, if any.
 pub fn read(dir: &Path) -> Result<Option<u64>, CheckedFileError> {
-    let Some(bytes) = checked_file::read(&dir.join(COMMITTED_FILE))? else { return Ok(None) };
-    std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse().ok()).map(Some).ok_or_else(|| CheckedFileError::Corrupt {
-        path: dir.join(COMMITTED_FILE).display().to_string(),
-        reason: "does not hold a number".into(),
-    })
+    let Some(bytes) = checked_file::read(&dir.join(COMMITTED_FILE))? else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| CheckedFileError::Corrupt {
+            path: dir.join(COMMITTED_FILE).display().to_string(),
+            reason: "does not hold a number".into(),
+        })
 }
 
 /// Records `end` as the committed end of the partition in `dir`.

@@ -70,13 +70,20 @@ impl JobConfig {
     /// Takes the job's keys from `c`; anything left over is an error.
     pub fn from_flat(mut c: FlatConfig) -> Result<Self, ConfigError> {
         let source = c.source().to_string();
-        let invalid = |key: &str, message: String| ConfigError::Invalid { file: source.clone(), key: key.to_string(), message };
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: source.clone(),
+            key: key.to_string(),
+            message,
+        };
         let name = c.require_str("job.name")?;
         validate_name("job", &name).map_err(|e| invalid("job.name", e.to_string()))?;
         let task = c.require_str("job.task")?;
         let inputs = c.take_str_list("job.inputs")?.unwrap_or_default();
         if inputs.is_empty() {
-            return Err(ConfigError::Missing { file: source.clone(), key: "job.inputs".into() });
+            return Err(ConfigError::Missing {
+                file: source.clone(),
+                key: "job.inputs".into(),
+            });
         }
         let outputs = c.take_str_list("job.outputs")?.unwrap_or_default();
         for (key, topics) in [("job.inputs", &inputs), ("job.outputs", &outputs)] {
@@ -90,11 +97,15 @@ impl JobConfig {
         }
         let window_ms = c.take_u64("job.window.ms")?;
         if window_ms == Some(0) {
-            return Err(invalid("job.window.ms", "must be at least 1 (leave it out for no window)".into()));
+            return Err(invalid(
+                "job.window.ms",
+                "must be at least 1 (leave it out for no window)".into(),
+            ));
         }
         let mut stores = BTreeMap::new();
         for store in c.children("stores") {
-            validate_name("store", &store).map_err(|e| invalid(&format!("stores.{store}"), e.to_string()))?;
+            validate_name("store", &store)
+                .map_err(|e| invalid(&format!("stores.{store}"), e.to_string()))?;
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
         let mut task_config = BTreeMap::new();
@@ -104,12 +115,25 @@ impl JobConfig {
             }
         }
         c.finish()?;
-        Ok(JobConfig { source, name, task, inputs, outputs, commit_ms, window_ms, stores, task_config })
+        Ok(JobConfig {
+            source,
+            name,
+            task,
+            inputs,
+            outputs,
+            commit_ms,
+            window_ms,
+            stores,
+            task_config,
+        })
     }
 
     /// A `task.*` integer setting.
     pub fn task_u64(&self, key: &str) -> Option<u64> {
-        self.task_config.get(key).and_then(|v| v.as_integer()).and_then(|i| u64::try_from(i).ok())
+        self.task_config
+            .get(key)
+            .and_then(|v| v.as_integer())
+            .and_then(|i| u64::try_from(i).ok())
     }
 }
 
@@ -142,19 +166,42 @@ mod tests {
         assert_eq!(j.inputs, vec!["in"]);
         assert_eq!(j.commit_ms, 1000);
         assert_eq!(j.window_ms, Some(10000));
-        assert_eq!(j.stores["counts"].changelog.as_deref(), Some("counts-changelog"));
+        assert_eq!(
+            j.stores["counts"].changelog.as_deref(),
+            Some("counts-changelog")
+        );
         assert_eq!(j.task_u64("top.n"), Some(5));
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_file() {
-        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("commit.ms = 1000", "commit.ms = \"1s\"")).unwrap_err().to_string();
-        assert!(e.contains("count.toml") && e.contains("job.commit.ms"), "{e}");
-        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("window.ms", "windw.ms")).unwrap_err().to_string();
-        assert!(e.contains("count.toml") && e.contains("job.windw.ms"), "{e}");
-        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("engine = \"rocksdb\"", "engin = \"rocksdb\"")).unwrap_err().to_string();
+        let e = JobConfig::from_toml_str(
+            "count.toml",
+            &GOOD.replace("commit.ms = 1000", "commit.ms = \"1s\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("count.toml") && e.contains("job.commit.ms"),
+            "{e}"
+        );
+        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("window.ms", "windw.ms"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("count.toml") && e.contains("job.windw.ms"),
+            "{e}"
+        );
+        let e = JobConfig::from_toml_str(
+            "count.toml",
+            &GOOD.replace("engine = \"rocksdb\"", "engin = \"rocksdb\""),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("stores.counts.engin"), "{e}");
-        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("name = \"counts\"", "")).unwrap_err().to_string();
+        let e = JobConfig::from_toml_str("count.toml", &GOOD.replace("name = \"counts\"", ""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing") && e.contains("job.name"), "{e}");
     }
 }

@@ -26,7 +26,9 @@ use crate::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_store
 
 use super::committed;
 use super::config::JobConfig;
-use super::task::{Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskError, TaskFactory};
+use super::task::{
+    Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskError, TaskFactory,
+};
 
 /// Records read from one input partition per batch.
 const FETCH_RECORDS: usize = 1024;
@@ -35,7 +37,9 @@ const FETCH_RECORDS: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// An input topic does not exist.
-    #[error("input topic `{topic}` does not exist (create it with `gregor topic create {topic} --partitions N`)")]
+    #[error(
+        "input topic `{topic}` does not exist (create it with `gregor topic create {topic} --partitions N`)"
+    )]
     NoInput {
         /// The topic.
         topic: String,
@@ -126,7 +130,11 @@ pub struct RunOptions {
 impl RunOptions {
     /// Runs until stopped, logging restore progress.
     pub fn new() -> Self {
-        RunOptions { until_end: false, stop: Arc::new(AtomicBool::new(false)), progress: Box::new(crate::restore::LogProgress::default()) }
+        RunOptions {
+            until_end: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: Box::new(crate::restore::LogProgress::default()),
+        }
     }
 }
 
@@ -186,7 +194,11 @@ struct Outputs {
 }
 
 fn task_err(task: &str, during: String) -> impl FnOnce(TaskError) -> RuntimeError + '_ {
-    move |source| RuntimeError::Task { task: task.to_string(), during, source }
+    move |source| RuntimeError::Task {
+        task: task.to_string(),
+        during,
+        source,
+    }
 }
 
 /// Task name for input partition `p`.
@@ -195,8 +207,16 @@ pub fn task_name(p: u32) -> String {
 }
 
 /// Runs `job` in this process until it is stopped (or, with `until_end`, caught up).
-pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opts: RunOptions) -> Result<RunStats, RuntimeError> {
-    let logs = LogDir::open(state.root()).map_err(|source| RuntimeError::Log { topic: "*".into(), source })?;
+pub fn run_job(
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
+    mut opts: RunOptions,
+) -> Result<RunStats, RuntimeError> {
+    let logs = LogDir::open(state.root()).map_err(|source| RuntimeError::Log {
+        topic: "*".into(),
+        source,
+    })?;
     let log_err = |topic: &str| {
         let topic = topic.to_string();
         move |source| RuntimeError::Log { topic, source }
@@ -207,7 +227,9 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
     for t in &job.inputs {
         let topic = match logs.topic(t) {
             Ok(topic) => topic,
-            Err(LogError::TopicNotFound { .. }) => return Err(RuntimeError::NoInput { topic: t.clone() }),
+            Err(LogError::TopicNotFound { .. }) => {
+                return Err(RuntimeError::NoInput { topic: t.clone() });
+            }
             Err(e) => return Err(log_err(t)(e)),
         };
         input_partitions.insert(t.clone(), topic.partitions());
@@ -219,15 +241,24 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
     for (store, cfg) in &job.stores {
         let Some(cl) = &cfg.changelog else { continue };
         if let Some(other) = seen.insert(cl, store) {
-            return Err(RuntimeError::SharedChangelog { topic: cl.clone(), a: other.to_string(), b: store.clone() });
+            return Err(RuntimeError::SharedChangelog {
+                topic: cl.clone(),
+                a: other.to_string(),
+                b: store.clone(),
+            });
         }
         match logs.topic(cl) {
             Ok(t) if t.partitions() < n_tasks => {
-                return Err(RuntimeError::ChangelogPartitions { topic: cl.clone(), has: t.partitions(), needs: n_tasks });
+                return Err(RuntimeError::ChangelogPartitions {
+                    topic: cl.clone(),
+                    has: t.partitions(),
+                    needs: n_tasks,
+                });
             }
             Ok(_) => {}
             Err(LogError::TopicNotFound { .. }) => {
-                logs.create_topic(cl, n_tasks, TopicConfig::compacted()).map_err(log_err(cl))?;
+                logs.create_topic(cl, n_tasks, TopicConfig::compacted())
+                    .map_err(log_err(cl))?;
             }
             Err(e) => return Err(log_err(cl)(e)),
         }
@@ -237,27 +268,38 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
     let mut checkpoints = Vec::new();
     for p in 0..n_tasks {
         let name = task_name(p);
-        let cp = Checkpoint::read(&state.checkpoint_path(&name))
-            .map_err(|source| RuntimeError::Checkpoint { task: name.clone(), source })?;
+        let cp = Checkpoint::read(&state.checkpoint_path(&name)).map_err(|source| {
+            RuntimeError::Checkpoint {
+                task: name.clone(),
+                source,
+            }
+        })?;
         checkpoints.push(cp);
     }
 
     // Outputs: create if missing, drop what no checkpoint covers, write the markers.
-    let mut outputs = Outputs { partitions: BTreeMap::new() };
+    let mut outputs = Outputs {
+        partitions: BTreeMap::new(),
+    };
     let mut collector_partitions = BTreeMap::new();
     for t in &job.outputs {
         let topic = match logs.topic(t) {
             Ok(topic) => topic,
             Err(LogError::TopicNotFound { .. }) => {
                 tracing::info!(topic = %t, partitions = n_tasks, "creating output topic");
-                logs.create_topic(t, n_tasks.max(1), TopicConfig::default()).map_err(log_err(t))?
+                logs.create_topic(t, n_tasks.max(1), TopicConfig::default())
+                    .map_err(log_err(t))?
             }
             Err(e) => return Err(log_err(t)(e)),
         };
         collector_partitions.insert(t.clone(), topic.partitions());
         for p in 0..topic.partitions() {
             let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
-            let committed = checkpoints.iter().flatten().filter_map(|cp| cp.outputs.get(t).and_then(|m| m.get(&p)).copied()).max();
+            let committed = checkpoints
+                .iter()
+                .flatten()
+                .filter_map(|cp| cp.outputs.get(t).and_then(|m| m.get(&p)).copied())
+                .max();
             if let Some(c) = committed
                 && part.end_offset() > c
             {
@@ -271,12 +313,21 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
 
     // Open every task: stores (restored), inputs at the checkpoint.
     let restore_started = Instant::now();
-    let mut stats = RunStats { tasks: n_tasks, ..Default::default() };
+    let mut stats = RunStats {
+        tasks: n_tasks,
+        ..Default::default()
+    };
     let mut runs = Vec::new();
     for p in 0..n_tasks {
         let name = task_name(p);
         let cp = checkpoints[p as usize].clone();
-        let ctx = StoreOpenContext { state, logs: &logs, task: &name, changelog_partition: p, checkpoint: cp.as_ref() };
+        let ctx = StoreOpenContext {
+            state,
+            logs: &logs,
+            task: &name,
+            changelog_partition: p,
+            checkpoint: cp.as_ref(),
+        };
         let (stores, restored) = open_stores(&ctx, &job.stores, &mut *opts.progress)?;
         stats.restores.extend(restored);
         let mut cursors = Vec::new();
@@ -293,7 +344,13 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             let start = part.start_offset();
             let next = match cp.as_ref().and_then(|c| c.input(t, p)) {
                 Some(o) if o > end => {
-                    return Err(RuntimeError::InputBehindCheckpoint { task: name.clone(), topic: t.clone(), partition: p, offset: o, end });
+                    return Err(RuntimeError::InputBehindCheckpoint {
+                        task: name.clone(),
+                        topic: t.clone(),
+                        partition: p,
+                        offset: o,
+                        end,
+                    });
                 }
                 Some(o) if o < start => {
                     tracing::warn!(topic = %t, partition = p, "checkpointed offset {o} was deleted by retention; resuming at {start}");
@@ -303,14 +360,28 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
                 None => start,
             };
             let reader = part.reader(next).map_err(log_err(t))?;
-            cursors.push(Cursor { topic: t.clone(), partition: p, reader, next, limit, target: limit, dir, marked: marker.is_some() });
+            cursors.push(Cursor {
+                topic: t.clone(),
+                partition: p,
+                reader,
+                next,
+                limit,
+                target: limit,
+                dir,
+                marked: marker.is_some(),
+            });
         }
         let task = factory(&name);
         // Does the checkpoint record every input and changelog of this job? It may not exist
         // yet, or belong to another job run in this state directory, or predate a store.
         let covered = cp.as_ref().is_some_and(|cp| {
-            cursors.iter().all(|c| cp.input(&c.topic, c.partition).is_some())
-                && job.stores.iter().all(|(s, cfg)| cfg.changelog.is_none() || cp.changelogs.contains_key(s))
+            cursors
+                .iter()
+                .all(|c| cp.input(&c.topic, c.partition).is_some())
+                && job
+                    .stores
+                    .iter()
+                    .all(|(s, cfg)| cfg.changelog.is_none() || cp.changelogs.contains_key(s))
         });
         let mut run = TaskRun {
             name: name.clone(),
@@ -319,7 +390,10 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             task,
             stores,
             cursors,
-            collector: Collector { partitions: collector_partitions.clone(), pending: Vec::new() },
+            collector: Collector {
+                partitions: collector_partitions.clone(),
+                pending: Vec::new(),
+            },
             coordinator: Coordinator::default(),
         };
         if !covered {
@@ -333,7 +407,8 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
     }
     stats.restore_elapsed = restore_started.elapsed();
     for run in &mut runs {
-        with_ctx(run, job, |task, ctx| task.init(ctx)).map_err(task_err(&run.name, "init".into()))?;
+        with_ctx(run, job, |task, ctx| task.init(ctx))
+            .map_err(task_err(&run.name, "init".into()))?;
     }
 
     // The loop.
@@ -358,7 +433,8 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             && last_window.elapsed() >= w
         {
             for run in &mut runs {
-                with_ctx(run, job, |task, ctx| task.window(ctx)).map_err(task_err(&run.name, "window".into()))?;
+                with_ctx(run, job, |task, ctx| task.window(ctx))
+                    .map_err(task_err(&run.name, "window".into()))?;
             }
             last_window = Instant::now();
         }
@@ -369,7 +445,9 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
             }
             last_commit = Instant::now();
         }
-        let caught_up = runs.iter().all(|r| r.cursors.iter().all(|c| c.next >= c.target));
+        let caught_up = runs
+            .iter()
+            .all(|r| r.cursors.iter().all(|c| c.next >= c.target));
         if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
             break;
         }
@@ -387,7 +465,8 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
 
     // Clean stop: close, final commit, close stores.
     for run in &mut runs {
-        with_ctx(run, job, |task, ctx| task.close(ctx)).map_err(task_err(&run.name, "close".into()))?;
+        with_ctx(run, job, |task, ctx| task.close(ctx))
+            .map_err(task_err(&run.name, "close".into()))?;
         commit_task(run, &mut outputs, state)?;
         stats.commits += 1;
     }
@@ -400,7 +479,11 @@ pub fn run_job(state: &StateDir, job: &JobConfig, factory: &TaskFactory, mut opt
     Ok(stats)
 }
 
-fn with_ctx<R>(run: &mut TaskRun, job: &JobConfig, f: impl FnOnce(&mut dyn StreamTask, &mut TaskContext<'_>) -> R) -> R {
+fn with_ctx<R>(
+    run: &mut TaskRun,
+    job: &JobConfig,
+    f: impl FnOnce(&mut dyn StreamTask, &mut TaskContext<'_>) -> R,
+) -> R {
     let mut ctx = TaskContext {
         task: &run.name,
         partition: run.partition,
@@ -415,7 +498,16 @@ fn with_ctx<R>(run: &mut TaskRun, job: &JobConfig, f: impl FnOnce(&mut dyn Strea
 
 /// Processes up to one batch from each input of `run`; returns the number of messages.
 fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError> {
-    let TaskRun { name, partition, task, stores, cursors, collector, coordinator, .. } = run;
+    let TaskRun {
+        name,
+        partition,
+        task,
+        stores,
+        cursors,
+        collector,
+        coordinator,
+        ..
+    } = run;
     let mut n = 0;
     let now = now_ms();
     for c in cursors.iter_mut() {
@@ -423,7 +515,13 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
             continue;
         }
         let topic = c.topic.clone();
-        let records = c.reader.next_batch(FETCH_RECORDS).map_err(|source| RuntimeError::Log { topic: topic.clone(), source })?;
+        let records = c
+            .reader
+            .next_batch(FETCH_RECORDS)
+            .map_err(|source| RuntimeError::Log {
+                topic: topic.clone(),
+                source,
+            })?;
         let mut past_limit = false;
         for r in records {
             if r.offset >= c.limit {
@@ -447,8 +545,10 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
                 config: job,
                 now_ms: now,
             };
-            task.process(&env, &mut ctx)
-                .map_err(task_err(name, format!("process of {}/{}@{}", c.topic, c.partition, r.offset)))?;
+            task.process(&env, &mut ctx).map_err(task_err(
+                name,
+                format!("process of {}/{}@{}", c.topic, c.partition, r.offset),
+            ))?;
             c.next = r.offset + 1;
             n += 1;
             if coordinator.commit || coordinator.shutdown {
@@ -457,7 +557,8 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
         }
         if past_limit || coordinator.commit || coordinator.shutdown {
             // The reader has read past `next`; reposition it so nothing is skipped.
-            c.reader = reopen(&c.dir, c.next).map_err(|source| RuntimeError::Log { topic, source })?;
+            c.reader =
+                reopen(&c.dir, c.next).map_err(|source| RuntimeError::Log { topic, source })?;
             if !past_limit {
                 break;
             }
@@ -471,7 +572,11 @@ fn reopen(dir: &std::path::Path, from: u64) -> Result<PartitionReader, LogError>
 }
 
 /// Commits one task: stores, then its output, then its checkpoint, then output markers.
-fn commit_task(run: &mut TaskRun, outputs: &mut Outputs, state: &StateDir) -> Result<(), RuntimeError> {
+fn commit_task(
+    run: &mut TaskRun,
+    outputs: &mut Outputs,
+    state: &StateDir,
+) -> Result<(), RuntimeError> {
     let mut cp = run.base.clone();
     for (name, store) in &mut run.stores {
         if let Some(end) = store.commit()? {
@@ -481,21 +586,44 @@ fn commit_task(run: &mut TaskRun, outputs: &mut Outputs, state: &StateDir) -> Re
     let mut touched = BTreeSet::new();
     for m in run.collector.pending.drain(..) {
         let key = (m.topic, m.partition);
-        let part = outputs.partitions.get_mut(&key).expect("collector only accepts declared outputs");
-        part.append(m.timestamp, &m.key, m.value.as_deref()).map_err(|source| RuntimeError::Log { topic: key.0.clone(), source })?;
+        let part = outputs
+            .partitions
+            .get_mut(&key)
+            .expect("collector only accepts declared outputs");
+        part.append(m.timestamp, &m.key, m.value.as_deref())
+            .map_err(|source| RuntimeError::Log {
+                topic: key.0.clone(),
+                source,
+            })?;
         touched.insert(key);
     }
     for key in &touched {
-        let part = outputs.partitions.get_mut(key).expect("touched output exists");
-        part.sync().map_err(|source| RuntimeError::Log { topic: key.0.clone(), source })?;
+        let part = outputs
+            .partitions
+            .get_mut(key)
+            .expect("touched output exists");
+        part.sync().map_err(|source| RuntimeError::Log {
+            topic: key.0.clone(),
+            source,
+        })?;
     }
     for c in &run.cursors {
-        cp.inputs.entry(c.topic.clone()).or_default().insert(c.partition, c.next);
+        cp.inputs
+            .entry(c.topic.clone())
+            .or_default()
+            .insert(c.partition, c.next);
     }
     for ((t, p), part) in &outputs.partitions {
-        cp.outputs.entry(t.clone()).or_default().insert(*p, part.end_offset());
+        cp.outputs
+            .entry(t.clone())
+            .or_default()
+            .insert(*p, part.end_offset());
     }
-    cp.write(&state.checkpoint_path(&run.name)).map_err(|source| RuntimeError::Checkpoint { task: run.name.clone(), source })?;
+    cp.write(&state.checkpoint_path(&run.name))
+        .map_err(|source| RuntimeError::Checkpoint {
+            task: run.name.clone(),
+            source,
+        })?;
     for key in &touched {
         let part = &outputs.partitions[key];
         committed::write(part.dir(), part.end_offset())?;

@@ -177,7 +177,10 @@ impl<'a> TaskContext<'a> {
     }
 
     /// Typed access to store `name`, with the serdes from its config.
-    pub fn store<K: Codec, V: Codec>(&mut self, name: &str) -> Result<Store<K, V, &mut dyn KeyValueStore>, TaskError> {
+    pub fn store<K: Codec, V: Codec>(
+        &mut self,
+        name: &str,
+    ) -> Result<Store<K, V, &mut dyn KeyValueStore>, TaskError> {
         let s = self.task_store(name)?;
         let (k, v) = (s.config().key_serde, s.config().value_serde);
         Ok(Store::new(s.stack(), k, v)?)
@@ -191,7 +194,11 @@ impl<'a> TaskContext<'a> {
     fn task_store(&mut self, name: &str) -> Result<&mut TaskStore, TaskError> {
         if !self.stores.contains_key(name) {
             let known = self.stores.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(Box::new(ContextError::NoStore { task: self.task.to_string(), store: name.to_string(), known }));
+            return Err(Box::new(ContextError::NoStore {
+                task: self.task.to_string(),
+                store: name.to_string(),
+                known,
+            }));
         }
         Ok(self.stores.get_mut(name).expect("checked above"))
     }
@@ -205,19 +212,36 @@ impl<'a> TaskContext<'a> {
     }
 
     /// Sends a message to partition `partition` of `topic`.
-    pub fn send_to(&mut self, topic: &str, partition: u32, key: &[u8], value: Option<&[u8]>) -> Result<(), TaskError> {
+    pub fn send_to(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), TaskError> {
         let partitions = self.output_partitions(topic)?;
         if partition >= partitions {
-            return Err(Box::new(ContextError::NoPartition { topic: topic.to_string(), partitions, partition }));
+            return Err(Box::new(ContextError::NoPartition {
+                topic: topic.to_string(),
+                partitions,
+                partition,
+            }));
         }
         self.push(topic, partition, key, value);
         Ok(())
     }
 
     fn output_partitions(&self, topic: &str) -> Result<u32, TaskError> {
-        self.collector.partitions.get(topic).copied().ok_or_else(|| {
-            Box::new(ContextError::NotAnOutput { topic: topic.to_string(), known: self.config.outputs.join(", ") }) as TaskError
-        })
+        self.collector
+            .partitions
+            .get(topic)
+            .copied()
+            .ok_or_else(|| {
+                Box::new(ContextError::NotAnOutput {
+                    topic: topic.to_string(),
+                    known: self.config.outputs.join(", "),
+                }) as TaskError
+            })
     }
 
     fn push(&mut self, topic: &str, partition: u32, key: &[u8], value: Option<&[u8]>) {
