@@ -6,16 +6,16 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gregor::checkpoint::Checkpoint;
 use gregor::log::{IoHooks, LogDir, TopicConfig};
 use gregor::restore::{NoProgress, RestoreKind, RestoreStats};
 use gregor::statedir::StateDir;
+use gregor::store::StoreError;
 use gregor::store::config::StoreConfig;
 use gregor::store::stack::{DATA_DIR, MANIFEST_FILE, OFFSET_FILE};
-use gregor::store::StoreError;
 use gregor::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_store};
 
 const TASK: &str = "t";
@@ -23,9 +23,17 @@ const STORE: &str = "s";
 const CHANGELOG: &str = "s-changelog";
 
 type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
+/// A named way to damage a changelog segment.
+type Damage = (String, DamageFn);
+type DamageFn = Box<dyn Fn(&Env, &Path)>;
 
 fn config(cache: usize) -> StoreConfig {
-    StoreConfig { changelog: Some(CHANGELOG.into()), object_cache_size: cache, write_batch_size: 8, ..StoreConfig::default() }
+    StoreConfig {
+        changelog: Some(CHANGELOG.into()),
+        object_cache_size: cache,
+        write_batch_size: 8,
+        ..StoreConfig::default()
+    }
 }
 
 struct Env {
@@ -39,13 +47,26 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
         let logs = LogDir::open(state.root()).unwrap();
-        Env { _dir: dir, state, logs }
+        Env {
+            _dir: dir,
+            state,
+            logs,
+        }
     }
 
     /// A fresh state directory whose changelog topic has small segments (several files).
     fn with_small_segments(segment_bytes: u64) -> Env {
         let env = Env::new();
-        env.logs.create_topic(CHANGELOG, 1, TopicConfig { segment_bytes, ..TopicConfig::compacted() }).unwrap();
+        env.logs
+            .create_topic(
+                CHANGELOG,
+                1,
+                TopicConfig {
+                    segment_bytes,
+                    ..TopicConfig::compacted()
+                },
+            )
+            .unwrap();
         env
     }
 
@@ -54,11 +75,24 @@ impl Env {
     }
 
     /// Opens the store (restoring it to the checkpoint) through `logs`.
-    fn open_with(&self, logs: &LogDir, cache: usize) -> Result<(TaskStore, RestoreStats), TaskStoreError> {
+    fn open_with(
+        &self,
+        logs: &LogDir,
+        cache: usize,
+    ) -> Result<(TaskStore, RestoreStats), TaskStoreError> {
         let cp = self.checkpoint();
-        let ctx = StoreOpenContext { state: &self.state, logs, task: TASK, changelog_partition: 0, checkpoint: cp.as_ref() };
+        let ctx = StoreOpenContext {
+            state: &self.state,
+            logs,
+            task: TASK,
+            changelog_partition: 0,
+            checkpoint: cp.as_ref(),
+        };
         let (store, stats) = open_store(&ctx, STORE, &config(cache), &mut NoProgress)?;
-        Ok((store, stats.expect("a store with a changelog reports its restore")))
+        Ok((
+            store,
+            stats.expect("a store with a changelog reports its restore"),
+        ))
     }
 
     fn open(&self) -> Result<(TaskStore, RestoreStats), TaskStoreError> {
@@ -80,19 +114,31 @@ impl Env {
 
     fn segments(&self) -> Vec<PathBuf> {
         let dir = self.logs.root().join(CHANGELOG).join("0");
-        let mut v: Vec<PathBuf> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
         v.sort();
         v
     }
 
     fn changelog_end(&self) -> u64 {
-        self.logs.open_partition(CHANGELOG, 0).unwrap().0.end_offset()
+        self.logs
+            .open_partition(CHANGELOG, 0)
+            .unwrap()
+            .0
+            .end_offset()
     }
 }
 
 fn contents(store: &mut TaskStore) -> Contents {
-    store.stack().all().unwrap().collect::<Result<_, _>>().unwrap()
+    store
+        .stack()
+        .all()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// Writes `n` entries `key-<base+i>` with values of varied sizes (some deletes).
@@ -102,7 +148,10 @@ fn write_some(store: &mut TaskStore, base: u64, n: u64) {
         if i % 7 == 3 {
             store.stack().delete(&k).unwrap();
         } else {
-            store.stack().put(&k, &vec![(i % 251) as u8; (i % 97) as usize]).unwrap();
+            store
+                .stack()
+                .put(&k, &vec![(i % 251) as u8; (i % 97) as usize])
+                .unwrap();
         }
     }
 }
@@ -119,7 +168,12 @@ fn committed_store(env: &Env, n: u64) -> Contents {
 
 fn append(path: &Path, bytes: &[u8]) {
     use std::io::Write;
-    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
 }
 
 fn len(path: &Path) -> u64 {
@@ -133,11 +187,17 @@ fn len(path: &Path) -> u64 {
 fn torn_tail_or_garbage_on_the_changelog_is_cut_and_the_store_equals_its_checkpoint() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     use rand::{Rng, SeedableRng};
-    let tails: Vec<(&str, Box<dyn Fn(&Env, &Path) -> ()>)> = vec![
+    let tails: Vec<(&str, DamageFn)> = vec![
         ("one zero byte", Box::new(|_, p| append(p, &[0]))),
         ("zeros", Box::new(|_, p| append(p, &[0; 4096]))),
-        ("a header claiming a huge record", Box::new(|_, p| append(p, &[0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3, 4]))),
-        ("the first 20 bytes of the segment again", Box::new(|_, p| append(p, &std::fs::read(p).unwrap()[..20]))),
+        (
+            "a header claiming a huge record",
+            Box::new(|_, p| append(p, &[0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3, 4])),
+        ),
+        (
+            "the first 20 bytes of the segment again",
+            Box::new(|_, p| append(p, &std::fs::read(p).unwrap()[..20])),
+        ),
         (
             "half of a real uncommitted record",
             Box::new(|env: &Env, p: &Path| {
@@ -148,14 +208,22 @@ fn torn_tail_or_garbage_on_the_changelog_is_cut_and_the_store_equals_its_checkpo
                 drop(store);
                 let after = len(p);
                 assert!(after > before + 100);
-                std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(before + (after - before) / 2).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(before + (after - before) / 2)
+                    .unwrap();
             }),
         ),
     ];
-    let mut all: Vec<(String, Box<dyn Fn(&Env, &Path)>)> = tails.into_iter().map(|(n, f)| (n.to_string(), f)).collect();
+    let mut all: Vec<Damage> = tails.into_iter().map(|(n, f)| (n.to_string(), f)).collect();
     for round in 0..5 {
         let garbage: Vec<u8> = (0..rng.gen_range(1..600)).map(|_| rng.r#gen()).collect();
-        all.push((format!("random garbage #{round} ({} bytes)", garbage.len()), Box::new(move |_, p| append(p, &garbage))));
+        all.push((
+            format!("random garbage #{round} ({} bytes)", garbage.len()),
+            Box::new(move |_, p| append(p, &garbage)),
+        ));
     }
     for (name, damage) in all {
         let env = Env::new();
@@ -164,12 +232,22 @@ fn torn_tail_or_garbage_on_the_changelog_is_cut_and_the_store_equals_its_checkpo
         let seg = env.segments().pop().unwrap();
         let committed_len = len(&seg);
         damage(&env, &seg);
-        assert_ne!(len(&seg), committed_len, "{name}: the damage changed nothing");
+        assert_ne!(
+            len(&seg),
+            committed_len,
+            "{name}: the damage changed nothing"
+        );
 
-        let (mut store, stats) = env.open().unwrap_or_else(|e| panic!("{name}: reopen failed: {e}"));
+        let (mut store, stats) = env
+            .open()
+            .unwrap_or_else(|e| panic!("{name}: reopen failed: {e}"));
         assert_eq!(contents(&mut store), expected, "{name}");
         drop(store);
-        assert_eq!(len(&seg), committed_len, "{name}: exactly the bad tail is cut ({stats:?})");
+        assert_eq!(
+            len(&seg),
+            committed_len,
+            "{name}: exactly the bad tail is cut ({stats:?})"
+        );
         assert_eq!(env.changelog_end(), cp_end, "{name}");
     }
 }
@@ -180,10 +258,16 @@ fn torn_tail_or_garbage_on_the_changelog_is_cut_and_the_store_equals_its_checkpo
 /// (found by the open-time scan) or in a closed one (found by the restore's reader).
 #[test]
 fn flipped_byte_in_committed_changelog_records_is_an_error_naming_file_and_position() {
-    for (what, env) in [("active segment", Env::new()), ("closed segment", Env::with_small_segments(4096))] {
+    for (what, env) in [
+        ("active segment", Env::new()),
+        ("closed segment", Env::with_small_segments(4096)),
+    ] {
         committed_store(&env, 400);
         let segs = env.segments();
-        assert!(what == "active segment" || segs.len() > 3, "{what}: expected several segments, got {segs:?}");
+        assert!(
+            what == "active segment" || segs.len() > 3,
+            "{what}: expected several segments, got {segs:?}"
+        );
         let seg = segs[0].clone();
         let mut bytes = std::fs::read(&seg).unwrap();
         let mid = bytes.len() / 2;
@@ -192,12 +276,21 @@ fn flipped_byte_in_committed_changelog_records_is_an_error_naming_file_and_posit
         std::fs::remove_dir_all(env.store_dir().join(DATA_DIR)).unwrap();
 
         let e = match env.open() {
-            Ok((mut s, stats)) => panic!("{what}: opened a store from a corrupt changelog: {stats:?}, {} entries", contents(&mut s).len()),
+            Ok((mut s, stats)) => panic!(
+                "{what}: opened a store from a corrupt changelog: {stats:?}, {} entries",
+                contents(&mut s).len()
+            ),
             Err(e) => e.to_string(),
         };
         let file = seg.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(e.contains(&file), "{what}: error does not name the segment {file}: {e}");
-        assert!(e.contains("byte position"), "{what}: error does not give the position: {e}");
+        assert!(
+            e.contains(&file),
+            "{what}: error does not name the segment {file}: {e}"
+        );
+        assert!(
+            e.contains("byte position"),
+            "{what}: error does not give the position: {e}"
+        );
         assert!(e.contains("corrupt"), "{what}: {e}");
         assert!(!e.contains('\n'), "one line: {e}");
     }
@@ -230,7 +323,9 @@ impl IoHooks for Faulty {
 
 fn assert_poisoned(r: Result<(), StoreError>, what: &str) {
     match r {
-        Err(StoreError::Poisoned { reason, .. }) => assert!(reason.contains("injected"), "{what}: {reason}"),
+        Err(StoreError::Poisoned { reason, .. }) => {
+            assert!(reason.contains("injected"), "{what}: {reason}")
+        }
         other => panic!("{what}: expected Poisoned, got {other:?}"),
     }
 }
@@ -255,7 +350,10 @@ fn changelog_write_or_fsync_failure_poisons_the_store_and_reopen_restores_the_la
             "write" => {
                 hooks.fail_write.store(true, Ordering::SeqCst);
                 let e = store.stack().put(b"failing", b"write").unwrap_err();
-                assert!(matches!(e, StoreError::Changelog { .. }) && e.to_string().contains("injected"), "{e}");
+                assert!(
+                    matches!(e, StoreError::Changelog { .. }) && e.to_string().contains("injected"),
+                    "{e}"
+                );
             }
             _ => {
                 hooks.fail_sync.store(true, Ordering::SeqCst);
@@ -265,8 +363,14 @@ fn changelog_write_or_fsync_failure_poisons_the_store_and_reopen_restores_the_la
         }
         assert_poisoned(store.stack().put(b"later", b"x"), fault);
         assert_poisoned(store.stack().delete(b"key-0001"), fault);
-        assert_poisoned(store.stack().put_all(vec![(b"a".to_vec(), b"b".to_vec())]), fault);
-        assert!(store.commit().is_err(), "{fault}: a poisoned store must not commit");
+        assert_poisoned(
+            store.stack().put_all(vec![(b"a".to_vec(), b"b".to_vec())]),
+            fault,
+        );
+        assert!(
+            store.commit().is_err(),
+            "{fault}: a poisoned store must not commit"
+        );
         drop(store);
 
         let (mut store, stats) = env.open().unwrap();
@@ -314,7 +418,13 @@ fn corrupt_offset_file_gives_a_full_restore_to_the_checkpoint() {
 
     let (mut store, stats) = env.open().unwrap();
     assert_eq!(stats.kind, RestoreKind::Full, "{stats:?}");
-    assert!(stats.wiped.as_deref().is_some_and(|w| w.contains(OFFSET_FILE)), "the reason names the file: {stats:?}");
+    assert!(
+        stats
+            .wiped
+            .as_deref()
+            .is_some_and(|w| w.contains(OFFSET_FILE)),
+        "the reason names the file: {stats:?}"
+    );
     assert_eq!(contents(&mut store), expected);
     drop(store);
     let (mut store, stats) = env.open().unwrap();
@@ -334,7 +444,10 @@ fn corrupt_checkpoint_is_an_error_naming_the_file() {
     bytes[mid] ^= 0x04;
     std::fs::write(&path, bytes).unwrap();
     let e = Checkpoint::read(&path).unwrap_err().to_string();
-    assert!(e.contains(&path.display().to_string()) && e.contains("corrupt"), "{e}");
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("corrupt"),
+        "{e}"
+    );
 }
 
 /// A corrupt store manifest (`store.json`): a clear error naming the file (the manifest says
@@ -348,8 +461,15 @@ fn corrupt_manifest_is_an_error_naming_the_file() {
     let last = bytes.len() - 2;
     bytes[last] ^= 0x10;
     std::fs::write(&path, bytes).unwrap();
-    let e = env.open().err().expect("opened a store with a corrupt manifest").to_string();
-    assert!(e.contains(MANIFEST_FILE) && e.contains("corrupt") && e.contains(&format!("`{STORE}`")), "{e}");
+    let e = env
+        .open()
+        .err()
+        .expect("opened a store with a corrupt manifest")
+        .to_string();
+    assert!(
+        e.contains(MANIFEST_FILE) && e.contains("corrupt") && e.contains(&format!("`{STORE}`")),
+        "{e}"
+    );
 }
 
 /// Delta restore: the engine is at its clean commit and the checkpoint is further along the
@@ -367,7 +487,8 @@ fn delta_restore_replays_only_records_after_the_engine_marker() {
             part.append(0, &k, None).unwrap();
             expected.remove(&k);
         } else {
-            part.append(0, &k, Some(format!("delta-{i}").as_bytes())).unwrap();
+            part.append(0, &k, Some(format!("delta-{i}").as_bytes()))
+                .unwrap();
             expected.insert(k, format!("delta-{i}").into_bytes());
         }
     }
@@ -381,7 +502,11 @@ fn delta_restore_replays_only_records_after_the_engine_marker() {
     let (mut store, stats) = env.open().unwrap();
     assert_eq!(stats.kind, RestoreKind::Delta, "{stats:?}");
     assert_eq!(stats.records, 37, "{stats:?}");
-    assert_eq!((stats.wiped.as_deref(), stats.truncated), (None, 0), "{stats:?}");
+    assert_eq!(
+        (stats.wiped.as_deref(), stats.truncated),
+        (None, 0),
+        "{stats:?}"
+    );
     assert_eq!(contents(&mut store), expected);
 }
 
@@ -409,6 +534,10 @@ fn engine_ahead_of_checkpoint_gives_a_full_restore_to_the_checkpoint() {
     drop(store);
     assert_eq!(env.changelog_end(), cp_end);
     let (mut store, stats) = env.open().unwrap();
-    assert_eq!(stats.kind, RestoreKind::UpToDate, "a restored store is not rebuilt again: {stats:?}");
+    assert_eq!(
+        stats.kind,
+        RestoreKind::UpToDate,
+        "a restored store is not rebuilt again: {stats:?}"
+    );
     assert_eq!(contents(&mut store), expected);
 }

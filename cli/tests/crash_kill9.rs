@@ -23,7 +23,10 @@ use gregor::store::config::EngineKind;
 use rand::{Rng, SeedableRng};
 
 fn trials() -> u64 {
-    std::env::var("GREGOR_CRASH_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+    std::env::var("GREGOR_CRASH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +68,14 @@ fn kill9_loop(engine: &str, kind: EngineKind, seed: u64, trials: u64) -> Tally {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gregor-torture"))
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["--seed", &seed.to_string(), "--engine", engine, "--ops-per-commit-max", "100"])
+            .args([
+                "--seed",
+                &seed.to_string(),
+                "--engine",
+                engine,
+                "--ops-per-commit-max",
+                "100",
+            ])
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -81,11 +91,21 @@ fn kill9_loop(engine: &str, kind: EngineKind, seed: u64, trials: u64) -> Tally {
         child.wait().unwrap();
         tally.trials += 1;
 
-        let ops = check_after_kill(&state_dir, kind, seed, &mut model, &mut model_ops, &mut tally)
-            .unwrap_or_else(|e| panic!("{engine} trial {trial} (killed after {delay} ms): {e}"));
+        let ops = check_after_kill(
+            &state_dir,
+            kind,
+            seed,
+            &mut model,
+            &mut model_ops,
+            &mut tally,
+        )
+        .unwrap_or_else(|e| panic!("{engine} trial {trial} (killed after {delay} ms): {e}"));
         tally.max_ops = tally.max_ops.max(ops);
     }
-    eprintln!("{engine}: {tally:?} in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{engine}: {tally:?} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     tally
 }
 
@@ -101,20 +121,26 @@ fn check_after_kill(
 ) -> Result<u64, String> {
     let state = StateDir::open(state_dir).map_err(|e| e.to_string())?;
     let logs = LogDir::open(state.root()).map_err(|e| e.to_string())?;
-    let mut opened = torture_ops::open(&state, &logs, kind).map_err(|e| format!("open/restore failed: {e}"))?;
+    let mut opened =
+        torture_ops::open(&state, &logs, kind).map_err(|e| format!("open/restore failed: {e}"))?;
     let Some(cp) = opened.checkpoint.clone() else {
         // Killed before its first checkpoint: nothing was processed, nothing may be stored.
         tally.before_first_checkpoint += 1;
         tally.before_first_commit += 1;
         let got = torture_ops::contents(opened.store.stack()).map_err(|e| e.to_string())?;
         if !got.is_empty() {
-            return Err(format!("no checkpoint, yet the store holds {} entries", got.len()));
+            return Err(format!(
+                "no checkpoint, yet the store holds {} entries",
+                got.len()
+            ));
         }
         return Ok(0);
     };
     let n = torture_ops::ops_of(&cp);
     if n < *model_ops {
-        return Err(format!("the checkpoint went backwards: {n} committed ops after {model_ops}"));
+        return Err(format!(
+            "the checkpoint went backwards: {n} committed ops after {model_ops}"
+        ));
     }
     tally.before_first_commit += u64::from(n == *model_ops);
     for i in *model_ops..n {
@@ -131,7 +157,10 @@ fn check_after_kill(
 
     let got = torture_ops::contents(opened.store.stack()).map_err(|e| e.to_string())?;
     if got != *model {
-        let lost = model.iter().filter(|(k, v)| got.get(*k) != Some(*v)).count();
+        let lost = model
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .count();
         let extra = got.keys().filter(|k| !model.contains_key(*k)).count();
         return Err(format!(
             "store differs from the model of {n} committed ops: {lost} keys lost or wrong, {extra} extra keys (restore: {:?})",
@@ -148,10 +177,19 @@ fn check_after_kill(
     drop(opened);
 
     // Restore dropped every changelog record written after the checkpoint.
-    let cl_end = cp.changelogs.get(torture_ops::STORE).copied().ok_or("checkpoint without changelog end")?;
-    let (part, _) = logs.open_partition(torture_ops::CHANGELOG, 0).map_err(|e| e.to_string())?;
+    let cl_end = cp
+        .changelogs
+        .get(torture_ops::STORE)
+        .copied()
+        .ok_or("checkpoint without changelog end")?;
+    let (part, _) = logs
+        .open_partition(torture_ops::CHANGELOG, 0)
+        .map_err(|e| e.to_string())?;
     if part.end_offset() != cl_end {
-        return Err(format!("changelog ends at {} after restore, checkpoint says {cl_end}", part.end_offset()));
+        return Err(format!(
+            "changelog ends at {} after restore, checkpoint says {cl_end}",
+            part.end_offset()
+        ));
     }
     Ok(n)
 }
@@ -163,11 +201,17 @@ fn kill9_rocksdb_store_equals_committed_ops() {
     let n = trials();
     let started = Instant::now();
     let t = kill9_loop("rocksdb", EngineKind::Rocksdb, 0x5EED_0001, n);
-    eprintln!("rocksdb: {n} trials took {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "rocksdb: {n} trials took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(t.trials, n);
     // The loop must have exercised something: commits happened and were checked.
     assert!(t.max_ops > 0, "no trial ever committed an operation: {t:?}");
-    assert!(t.up_to_date + t.delta + t.full + t.before_first_checkpoint == n, "{t:?}");
+    assert!(
+        t.up_to_date + t.delta + t.full + t.before_first_checkpoint == n,
+        "{t:?}"
+    );
 }
 
 /// Memory engine: every open is a full restore from the changelog.
@@ -177,5 +221,9 @@ fn kill9_memory_store_equals_committed_ops() {
     let t = kill9_loop("memory", EngineKind::Memory, 0x5EED_0002, n);
     assert_eq!(t.trials, n);
     assert!(t.max_ops > 0, "no trial ever committed an operation: {t:?}");
-    assert_eq!(t.up_to_date + t.delta, 0, "a memory store keeps nothing, so every restore is full: {t:?}");
+    assert_eq!(
+        t.up_to_date + t.delta,
+        0,
+        "a memory store keeps nothing, so every restore is full: {t:?}"
+    );
 }

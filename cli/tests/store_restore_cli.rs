@@ -7,7 +7,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn gregor(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gregor")).arg("--state-dir").arg(state).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_gregor"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -16,10 +21,23 @@ fn restore_from_a_changelog_with_a_flipped_byte_fails_naming_file_and_position()
     let d = dir.path();
     let store = ["--task", "t", "--store", "s", "--changelog", "s-cl"];
     for i in 0..8 {
-        let (k, v) = (format!("key-{i}"), format!("value number {i} with some padding"));
-        let args: Vec<&str> = ["store", "put"].iter().copied().chain(store).chain([k.as_str(), v.as_str()]).collect();
+        let (k, v) = (
+            format!("key-{i}"),
+            format!("value number {i} with some padding"),
+        );
+        let args: Vec<&str> = ["store", "put"]
+            .iter()
+            .copied()
+            .chain(store)
+            .chain([k.as_str(), v.as_str()])
+            .collect();
         let o = gregor(d, &args);
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let seg = d.join("logs/s-cl/0/00000000000000000000.log");
     let mut bytes = std::fs::read(&seg).unwrap();
@@ -35,11 +53,25 @@ fn restore_from_a_changelog_with_a_flipped_byte_fails_naming_file_and_position()
     assert!(o.stdout.is_empty());
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "exactly one error line: {err}");
-    assert_eq!(err.lines().last(), Some(errors[0]), "the error is the last line: {err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(errors[0]),
+        "the error is the last line: {err}"
+    );
     let e = errors[0];
-    assert!(e.contains("00000000000000000000.log") && e.contains("byte position") && e.contains("corrupt"), "{e}");
+    assert!(
+        e.contains("00000000000000000000.log")
+            && e.contains("byte position")
+            && e.contains("corrupt"),
+        "{e}"
+    );
     // The store was not rebuilt from the records before the damage: a later read fails the
     // same way instead of answering from a partial store.
     let o = gregor(d, &["store", "get", "--task", "t", "--store", "s", "key-0"]);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

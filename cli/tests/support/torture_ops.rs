@@ -91,14 +91,15 @@ fn random_key(r: &mut Rng) -> Vec<u8> {
 }
 
 fn random_value(r: &mut Rng, i: u64) -> Vec<u8> {
-    let len = if r.below(50) == 0 { 1000 + r.below(4000) } else { r.below(300) } as usize;
-    let mut v = Vec::with_capacity(len);
-    let tag = i.to_le_bytes();
+    let len = if r.below(50) == 0 {
+        1000 + r.below(4000)
+    } else {
+        r.below(300)
+    } as usize;
     let fill = r.next_u64();
-    for n in 0..len {
-        // Starts with the op number (when long enough), then pseudo-random bytes.
-        v.push(if n < 8 { tag[n] } else { (fill.rotate_left(n as u32 % 64) as u8) ^ n as u8 });
-    }
+    // Starts with the op number (when long enough), then pseudo-random bytes.
+    let mut v: Vec<u8> = i.to_le_bytes().into_iter().take(len).collect();
+    v.extend((v.len()..len).map(|n| (fill.rotate_left(n as u32 % 64) as u8) ^ n as u8));
     v
 }
 
@@ -113,7 +114,11 @@ pub fn op(seed: u64, i: u64) -> Op {
         75..=89 => Op::Delete(random_key(&mut r)),
         90..=96 => {
             let n = 1 + r.below(40);
-            Op::PutAll((0..n).map(|_| (random_key(&mut r), random_value(&mut r, i))).collect())
+            Op::PutAll(
+                (0..n)
+                    .map(|_| (random_key(&mut r), random_value(&mut r, i)))
+                    .collect(),
+            )
         }
         _ => {
             let n = 1 + r.below(20);
@@ -187,7 +192,11 @@ pub fn ensure_changelog(logs: &LogDir) -> Result<(), LogError> {
     match logs.topic(CHANGELOG) {
         Ok(_) => Ok(()),
         Err(LogError::TopicNotFound(_)) => {
-            let config = TopicConfig { segment_bytes: SEGMENT_BYTES, fsync: true, ..TopicConfig::compacted() };
+            let config = TopicConfig {
+                segment_bytes: SEGMENT_BYTES,
+                fsync: true,
+                ..TopicConfig::compacted()
+            };
             logs.create_topic(CHANGELOG, 1, config).map(|_| ())
         }
         Err(e) => Err(e),
@@ -210,27 +219,50 @@ pub struct Opened {
 }
 
 /// Opens the store as the workload does: changelog topic, checkpoint, `open_store`.
-pub fn open(state: &StateDir, logs: &LogDir, engine: EngineKind) -> Result<Opened, Box<dyn std::error::Error>> {
+pub fn open(
+    state: &StateDir,
+    logs: &LogDir,
+    engine: EngineKind,
+) -> Result<Opened, Box<dyn std::error::Error>> {
     ensure_changelog(logs)?;
     let checkpoint = Checkpoint::read(&state.checkpoint_path(TASK))?;
-    let ctx = StoreOpenContext { state, logs, task: TASK, changelog_partition: 0, checkpoint: checkpoint.as_ref() };
+    let ctx = StoreOpenContext {
+        state,
+        logs,
+        task: TASK,
+        changelog_partition: 0,
+        checkpoint: checkpoint.as_ref(),
+    };
     let (store, stats) = open_store(&ctx, STORE, &store_config(engine), &mut NoProgress)?;
-    Ok(Opened { store, stats: stats.ok_or("a store with a changelog returns restore stats")?, checkpoint })
+    Ok(Opened {
+        store,
+        stats: stats.ok_or("a store with a changelog returns restore stats")?,
+        checkpoint,
+    })
 }
 
 /// Commits like the container: the store first (changelog synced, engine flushed, `OFFSET`),
 /// then the checkpoint recording `ops` processed operations and the changelog end.
-pub fn commit(state: &StateDir, store: &mut TaskStore, ops: u64) -> Result<u64, Box<dyn std::error::Error>> {
+pub fn commit(
+    state: &StateDir,
+    store: &mut TaskStore,
+    ops: u64,
+) -> Result<u64, Box<dyn std::error::Error>> {
     let end = store.commit()?.ok_or("the store has a changelog")?;
     let mut cp = Checkpoint::default();
-    cp.inputs.entry(INPUT.to_string()).or_default().insert(0, ops);
+    cp.inputs
+        .entry(INPUT.to_string())
+        .or_default()
+        .insert(0, ops);
     cp.changelogs.insert(STORE.to_string(), end);
     cp.write(&state.checkpoint_path(TASK))?;
     Ok(end)
 }
 
 /// Every entry of a store, in key order.
-pub fn contents(store: &mut dyn KeyValueStore) -> gregor::store::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+pub fn contents(
+    store: &mut dyn KeyValueStore,
+) -> gregor::store::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     store.all()?.collect()
 }
 
@@ -241,8 +273,13 @@ mod tests {
     #[test]
     fn ops_are_deterministic_and_varied() {
         assert_eq!(op(7, 123), op(7, 123));
-        assert_ne!((0..20).map(|i| op(7, i)).collect::<Vec<_>>(), (0..20).map(|i| op(8, i)).collect::<Vec<_>>());
-        let kinds = (0..2000).map(|i| std::mem::discriminant(&op(1, i))).collect::<std::collections::HashSet<_>>();
+        assert_ne!(
+            (0..20).map(|i| op(7, i)).collect::<Vec<_>>(),
+            (0..20).map(|i| op(8, i)).collect::<Vec<_>>()
+        );
+        let kinds = (0..2000)
+            .map(|i| std::mem::discriminant(&op(1, i)))
+            .collect::<std::collections::HashSet<_>>();
         assert_eq!(kinds.len(), 4);
         assert!((0..KEY_SPACE).all(|j| !key(j).is_empty()));
     }
