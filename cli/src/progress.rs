@@ -43,6 +43,9 @@ impl RestoreProgress for BarProgress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        if stats.records == 0 && stats.truncated == 0 && stats.wiped.is_none() {
+            return;
+        }
         let secs = stats.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
             "restored store `{}` ({:?}): {} records, {:.1} MB/s, {} uncommitted records dropped{}",

@@ -82,6 +82,10 @@ pub struct LogProgress {
 
 impl RestoreProgress for LogProgress {
     fn start(&mut self, store: &str, records: u64) {
+        if records == 0 {
+            *self = LogProgress { store: store.to_string(), ..Default::default() };
+            return;
+        }
         *self = LogProgress {
             store: store.to_string(),
             total: records,
@@ -113,6 +117,9 @@ impl RestoreProgress for LogProgress {
     }
 
     fn finish(&mut self, stats: &RestoreStats) {
+        if stats.records == 0 && stats.truncated == 0 && stats.wiped.is_none() {
+            return;
+        }
         let secs = stats.elapsed.as_secs_f64().max(1e-9);
         tracing::info!(
             store = %stats.store,

@@ -117,6 +117,11 @@ impl StreamTask for PageViews {
         Ok(())
     }
 
+    /// A last top-N at a clean stop, so the output reflects every view processed.
+    fn close(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        self.window(ctx)
+    }
+
     fn window(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
         if !ctx.config().outputs.iter().any(|o| o == "top-pages") {
             return Ok(());
