@@ -545,10 +545,13 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
                 config: job,
                 now_ms: now,
             };
-            task.process(&env, &mut ctx).map_err(task_err(
-                name,
-                format!("process of {}/{}@{}", c.topic, c.partition, r.offset),
-            ))?;
+            // Format `during` only on error: this is the per-message hot path.
+            task.process(&env, &mut ctx)
+                .map_err(|source| RuntimeError::Task {
+                    task: name.clone(),
+                    during: format!("process of {}/{}@{}", c.topic, c.partition, r.offset),
+                    source,
+                })?;
             c.next = r.offset + 1;
             n += 1;
             if coordinator.commit || coordinator.shutdown {
