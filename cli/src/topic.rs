@@ -149,6 +149,11 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             }
             for part in open.iter_mut().flatten() {
                 part.sync()?;
+                // A topic a job writes carries a read-committed marker; what the CLI
+                // produced is committed, so move the marker along.
+                if gregor::runtime::committed::read(part.dir())?.is_some() {
+                    gregor::runtime::committed::write(part.dir(), part.end_offset())?;
+                }
             }
             writeln!(out, "wrote {} records to {}", records.len(), topic.name())?;
             0
@@ -171,13 +176,18 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
                 }
                 let (mut part, _) = topic.open_partition(p)?;
                 let start = from.unwrap_or(0).max(part.start_offset());
+                // Read committed: output of a job is readable only up to its last commit.
+                let limit = gregor::runtime::committed::read(part.dir())?.unwrap_or(u64::MAX);
                 let mut reader = part.reader(start)?;
-                while left > 0 {
+                'read: while left > 0 {
                     let batch = reader.next_batch(left.min(1024))?;
                     if batch.is_empty() {
                         break;
                     }
                     for r in batch {
+                        if r.offset >= limit {
+                            break 'read;
+                        }
                         let value = match &r.value {
                             Some(v) => escape(v),
                             None => "\\N".to_string(),
