@@ -13,12 +13,15 @@
 //!
 //! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gregor::serde::SerdeName;
-use gregor::store::cached::DEFAULT_OBJECT_CACHE_SIZE;
+use gregor::store::KeyValueStore;
+use gregor::store::cached::{CachedStore, DEFAULT_OBJECT_CACHE_SIZE};
 use gregor::store::config::StoreConfig;
+use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{Compression, RocksEngine, RocksOptions};
 use gregor::store::stack::add_layers;
 use gregor::store::typed::Store;
@@ -235,25 +238,24 @@ fn main() {
         stack_flush.as_secs_f64() * 1e3
     );
 
-    // (c) random gets on keys not recently touched: every key at most once, none of the last
-    // 2 cache-fulls written, so each stack get misses the cache. Each round reads a disjoint
-    // key set (the same one on both sides).
+    // (c) random gets on keys not recently touched: a random permutation of every key but the
+    // last 2 cache-fulls written, so each stack get misses the cache (a key read in one round
+    // was evicted by the thousands read after it before the next round reads it again).
     let mut cold: Vec<usize> = (0..n - 2 * DEFAULT_OBJECT_CACHE_SIZE).collect();
     cold.shuffle(&mut rng);
-    let cold_rounds: Vec<&[usize]> = cold.chunks(cold.len() / ROUNDS).take(ROUNDS).collect();
-    let per_round = cold_rounds[0].len();
+    let per_round = cold.len();
     let (raw_miss, stack_miss) = paired(
-        |r| {
+        |_| {
             let t = Instant::now();
-            for &i in cold_rounds[r] {
+            for &i in &cold {
                 let v = raw.get(&keys[i]).expect("raw get");
                 assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
             }
             t.elapsed()
         },
-        |r| {
+        |_| {
             let t = Instant::now();
-            for &i in cold_rounds[r] {
+            for &i in &cold {
                 let v = stack.get(&keys[i]).expect("stack get");
                 assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
             }
@@ -394,5 +396,75 @@ fn main() {
         "metrics: no recorder installed (the metered layer's counters and histograms are no-ops)"
     );
     drop(stack);
+
+    // Where a cache-miss get spends its time: reopen the stack's database and add one layer
+    // at a time, each measured right after a raw round on the same keys.
+    let sample = &cold[..cold.len().min(200_000)];
+    let raw_round = || {
+        let t = Instant::now();
+        for &i in sample {
+            raw.get(&keys[i]).expect("raw get");
+        }
+        t.elapsed()
+    };
+    let ns = |d: Duration| d.as_nanos() as f64 / sample.len() as f64;
+    let config = StoreConfig::default();
+    let path = dir.path().join("stack");
+    let mut layers: Box<dyn KeyValueStore> = Box::new(
+        RocksEngine::open("bench", &path, config.limits, &config.rocksdb).expect("reopen"),
+    );
+    println!();
+    println!(
+        "cache-miss get cost by layer ({} gets, best of {ROUNDS}; raw measured alongside):",
+        sample.len()
+    );
+    println!("| layers | ns/get | raw ns/get |");
+    println!("|---|---:|---:|");
+    for step in 0..4 {
+        match step {
+            0 => {}
+            1 => {
+                let size = NonZeroUsize::new(config.object_cache_size).expect("default cache");
+                layers = Box::new(CachedStore::new(
+                    layers,
+                    config.limits,
+                    size,
+                    config.write_batch_size,
+                ));
+            }
+            2 => layers = Box::new(MeteredStore::new(layers)),
+            _ => {}
+        }
+        let (mut best, mut best_raw) = (Duration::MAX, Duration::MAX);
+        if step < 3 {
+            for _ in 0..ROUNDS {
+                best_raw = best_raw.min(raw_round());
+                let t = Instant::now();
+                for &i in sample {
+                    layers.get(&keys[i]).expect("get");
+                }
+                best = best.min(t.elapsed());
+            }
+        } else {
+            let mut typed: Stack =
+                Store::new(layers, SerdeName::Bytes, SerdeName::Bytes).expect("typed");
+            for _ in 0..ROUNDS {
+                best_raw = best_raw.min(raw_round());
+                let t = Instant::now();
+                for &i in sample {
+                    typed.get(&keys[i]).expect("get");
+                }
+                best = best.min(t.elapsed());
+            }
+            println!(
+                "| engine + cache + metered + typed (the stack) | {:.0} | {:.0} |",
+                ns(best),
+                ns(best_raw)
+            );
+            break;
+        }
+        let name = ["RocksEngine", "engine + cache", "engine + cache + metered"][step];
+        println!("| {name} | {:.0} | {:.0} |", ns(best), ns(best_raw));
+    }
     drop(raw);
 }
