@@ -98,6 +98,26 @@ impl TaskStore {
         Ok(Some(end))
     }
 
+    /// Runs the changelog's cleanup policy (compaction for changelogs) over its closed
+    /// segments. Call it only right after [`commit`](Self::commit): compaction keeps the
+    /// newest record per key over the whole log, so an uncommitted record could otherwise
+    /// shadow a committed one that a crash would then need.
+    pub fn clean_changelog(&mut self, now_ms: i64) -> Result<(), TaskStoreError> {
+        let Some(cl) = &self.changelog else {
+            return Ok(());
+        };
+        let topic = self.config.changelog.clone().unwrap_or_default();
+        cl.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clean(now_ms)
+            .map(|report| tracing::debug!(store = %self.name, "changelog cleanup: {report:?}"))
+            .map_err(|source| TaskStoreError::Changelog {
+                store: self.name.clone(),
+                topic,
+                source,
+            })
+    }
+
     /// Flushes and closes the store.
     pub fn close(mut self) -> Result<(), TaskStoreError> {
         self.stack.close()?;

@@ -8,6 +8,7 @@
 //! outputs = []                # topics the task may send to
 //! commit.ms = 1000
 //! window.ms = 10000           # optional
+//! changelog.cleanup.ms = 300000  # compact changelogs this often (after a commit)
 //!
 //! [stores.counts]
 //! engine = "rocksdb"
@@ -30,6 +31,9 @@ use crate::log::validate_topic_name;
 use crate::statedir::validate_name;
 use crate::store::config::StoreConfig;
 
+/// Default `job.changelog.cleanup.ms`: five minutes.
+pub const DEFAULT_CHANGELOG_CLEANUP_MS: u64 = 5 * 60 * 1000;
+
 /// Default `job.commit.ms`.
 pub const DEFAULT_COMMIT_MS: u64 = 1000;
 
@@ -50,6 +54,8 @@ pub struct JobConfig {
     pub commit_ms: u64,
     /// `job.window.ms`: window interval, if the task has a window.
     pub window_ms: Option<u64>,
+    /// `job.changelog.cleanup.ms`: how often changelogs are compacted (right after a commit).
+    pub changelog_cleanup_ms: u64,
     /// `stores.<name>.*`.
     pub stores: BTreeMap<String, StoreConfig>,
     /// `task.*`, keys without the `task.` prefix.
@@ -96,6 +102,9 @@ impl JobConfig {
             return Err(invalid("job.commit.ms", "must be at least 1".into()));
         }
         let window_ms = c.take_u64("job.window.ms")?;
+        let changelog_cleanup_ms = c
+            .take_u64("job.changelog.cleanup.ms")?
+            .unwrap_or(DEFAULT_CHANGELOG_CLEANUP_MS);
         if window_ms == Some(0) {
             return Err(invalid(
                 "job.window.ms",
@@ -123,6 +132,7 @@ impl JobConfig {
             outputs,
             commit_ms,
             window_ms,
+            changelog_cleanup_ms,
             stores,
             task_config,
         })

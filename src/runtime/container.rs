@@ -415,7 +415,9 @@ pub fn run_job(
     let started = Instant::now();
     let commit_every = Duration::from_millis(job.commit_ms);
     let window_every = job.window_ms.map(Duration::from_millis);
-    let (mut last_commit, mut last_window) = (Instant::now(), Instant::now());
+    let cleanup_every = Duration::from_millis(job.changelog_cleanup_ms);
+    let (mut last_commit, mut last_window, mut last_cleanup) =
+        (Instant::now(), Instant::now(), Instant::now());
     let mut stop_requested = false;
     loop {
         let mut progressed = 0u64;
@@ -435,13 +437,25 @@ pub fn run_job(
             for run in &mut runs {
                 with_ctx(run, job, |task, ctx| task.window(ctx))
                     .map_err(task_err(&run.name, "window".into()))?;
+                // A shutdown asked for in `window` stops the loop below, before more input.
+                stop_requested |= run.coordinator.shutdown;
             }
             last_window = Instant::now();
         }
         if last_commit.elapsed() >= commit_every {
+            let clean = last_cleanup.elapsed() >= cleanup_every;
             for run in &mut runs {
                 commit_task(run, &mut outputs, state)?;
                 stats.commits += 1;
+                if clean {
+                    // Right after the commit everything in the changelogs is committed.
+                    for store in run.stores.values_mut() {
+                        store.clean_changelog(now_ms())?;
+                    }
+                }
+            }
+            if clean {
+                last_cleanup = Instant::now();
             }
             last_commit = Instant::now();
         }
