@@ -14,10 +14,17 @@
 //!   and layers (typed, metered, cached, logged).
 //! - [`serde`]: key and value serdes named in config.
 //! - [`log`]: the embedded partitioned log (segment files with CRC32C-framed records).
+//! - [`changelog`]: the seam between stores and their changelog backend.
+//! - [`restore`]: the pure restore planner and its executor.
+//! - [`task_stores`]: opening a task's stores (with restore) and committing them.
+//! - [`checkpoint`]: what a task had processed and stored at its last commit.
+//! - [`runtime`]: job config, the task API, the container, built-in tasks.
 //! - [`partitioner`]: Kafka's murmur2 partitioner.
 //! - [`statedir`]: the state directory layout and its lock.
 //! - [`config`]: flat Samza-style config read from TOML.
 //! - [`checked_file`], [`fsutil`]: atomic, checksummed small files.
+
+#![warn(missing_docs)]
 
 pub mod changelog;
 pub mod checked_file;
