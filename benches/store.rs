@@ -390,7 +390,7 @@ fn main() {
         gregor::store::cached::DEFAULT_WRITE_BATCH_SIZE
     );
     println!(
-        "reads: best of {ROUNDS} interleaved rounds; miss rounds use disjoint key sets so every stack get misses the cache"
+        "reads: best of {ROUNDS} interleaved rounds; a miss round reads every cold key once, in random order, so every stack get misses the cache"
     );
     println!(
         "metrics: no recorder installed (the metered layer's counters and histograms are no-ops)"
