@@ -22,6 +22,12 @@ use gregor::statedir::StateDir;
 use gregor::store::config::EngineKind;
 use rand::{Rng, SeedableRng};
 
+/// The two tests run one after the other: a child forked by one test's thread inherits (until
+/// its exec) the other thread's open `LOCK` file, and an flock lives as long as any copy of
+/// its descriptor, so a parallel test could make a trial's child see its own state directory
+/// "in use" by the test process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn trials() -> u64 {
     std::env::var("GREGOR_CRASH_TRIALS")
         .ok()
@@ -47,6 +53,7 @@ struct Tally {
 /// Runs `trials` kill -9 trials of the workload with `seed` on `engine` in a fresh state
 /// directory, checking the restored store after each one.
 fn kill9_loop(engine: &str, kind: EngineKind, seed: u64, trials: u64) -> Tally {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     let stderr_path = dir.path().join("torture.stderr");
