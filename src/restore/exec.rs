@@ -12,7 +12,7 @@ use crate::store::{Engine, Mutation, StoreError};
 /// Records per engine write batch during a delta replay.
 const BATCH_RECORDS: usize = 8192;
 /// Key and value bytes gathered, sorted and bulk-loaded at once during a full restore.
-const BULK_CHUNK_BYTES: u64 = 32 << 20;
+const BULK_CHUNK_BYTES: usize = 32 << 20;
 
 /// A restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,10 @@ pub struct LogProgress {
 impl RestoreProgress for LogProgress {
     fn start(&mut self, store: &str, records: u64) {
         if records == 0 {
-            *self = LogProgress { store: store.to_string(), ..Default::default() };
+            *self = LogProgress {
+                store: store.to_string(),
+                ..Default::default()
+            };
             return;
         }
         *self = LogProgress {
@@ -232,6 +235,58 @@ fn newest_per_key(chunk: Vec<Mutation>, drop_tombstones: bool) -> Vec<Mutation> 
     out
 }
 
+/// Reads the changelog records in `[from, to)` in batches and hands each batch to `apply` as
+/// mutations with the changelog end it brings the engine to, counting them in `stats` and
+/// `progress`. `apply` is told when a batch is the last one.
+fn read_batches(
+    changelog: &mut Partition,
+    from: u64,
+    to: u64,
+    stats: &mut RestoreStats,
+    progress: &mut dyn RestoreProgress,
+    mut apply: impl FnMut(Vec<Mutation>, u64, bool) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let store = stats.store.clone();
+    let log_err = |source| RestoreError::Log {
+        store: store.clone(),
+        source,
+    };
+    if from >= to {
+        return Ok(());
+    }
+    let mut reader = changelog.reader(from).map_err(log_err)?;
+    loop {
+        let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
+        let mut last = records.is_empty();
+        let mut batch = Vec::with_capacity(records.len());
+        let mut bytes = 0u64;
+        for r in records {
+            if r.offset >= to {
+                last = true;
+                break;
+            }
+            bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
+            batch.push(Mutation {
+                key: r.key.clone(),
+                value: r.value.clone(),
+            });
+        }
+        let end = if last {
+            to
+        } else {
+            reader.next_offset().min(to)
+        };
+        let n = batch.len() as u64;
+        stats.records += n;
+        stats.bytes += bytes;
+        progress.advance(n, bytes);
+        apply(batch, end, last || end >= to)?;
+        if last || end >= to {
+            return Ok(());
+        }
+    }
+}
+
 /// A full restore into an empty engine: gather large chunks of the changelog, keep the
 /// newest record per key, and bulk-load each chunk (sorted SST ingestion on RocksDB). Loading
 /// chunk k runs on a second thread while this one reads and sorts chunk k+1.
@@ -243,71 +298,38 @@ fn bulk_replay(
     stats: &mut RestoreStats,
     progress: &mut dyn RestoreProgress,
 ) -> Result<(), RestoreError> {
-    let store = engine.name().to_string();
-    let log_err = |source| RestoreError::Log {
-        store: store.clone(),
-        source,
-    };
-    let store_err = RestoreError::Store;
-    if from >= to {
-        engine.write_logged(Vec::new(), to).map_err(store_err)?;
-        return engine.flush().map_err(store_err);
-    }
-    let mut reader = changelog.reader(from).map_err(log_err)?;
-    std::thread::scope(|scope| {
+    let engine = std::thread::scope(|scope| {
         // The engine is either here (`idle`) or lent to the loading thread.
         let mut idle: Option<&mut dyn Engine> = Some(engine);
         let mut loading: Option<std::thread::ScopedJoinHandle<'_, Loaded<'_>>> = None;
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0u64;
-        let mut first = true;
-        let mut done = false;
-        while !done {
-            let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
-            done = records.is_empty();
-            let (mut n, mut bytes) = (0u64, 0u64);
-            for r in records {
-                if r.offset >= to {
-                    done = true;
-                    break;
-                }
-                bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
-                n += 1;
-                chunk.push(Mutation {
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                });
+        let (mut chunk, mut chunk_bytes, mut first) = (Vec::new(), 0usize, true);
+        read_batches(changelog, from, to, stats, progress, |batch, end, last| {
+            chunk_bytes += batch
+                .iter()
+                .map(|m| m.key.len() + m.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>();
+            chunk.extend(batch);
+            if chunk_bytes < BULK_CHUNK_BYTES && !last {
+                return Ok(());
             }
-            chunk_bytes += bytes;
-            stats.records += n;
-            stats.bytes += bytes;
-            progress.advance(n, bytes);
-            if chunk_bytes >= BULK_CHUNK_BYTES || (done && !chunk.is_empty()) {
-                let end = if done {
-                    to
-                } else {
-                    reader.next_offset().min(to)
-                };
-                let sorted = newest_per_key(std::mem::take(&mut chunk), first);
-                first = false;
-                chunk_bytes = 0;
-                if let Some(h) = loading.take() {
-                    idle = Some(joined(h.join())?);
-                }
-                let e = idle.take().expect("the engine is idle between loads");
-                loading = Some(scope.spawn(move || {
-                    let r = e.bulk_load(sorted, end);
-                    (e, r)
-                }));
+            let sorted = newest_per_key(std::mem::take(&mut chunk), first);
+            (first, chunk_bytes) = (false, 0);
+            if let Some(h) = loading.take() {
+                idle = Some(joined(h.join())?);
             }
+            let e = idle.take().expect("the engine is idle between loads");
+            loading = Some(scope.spawn(move || {
+                let r = e.bulk_load(sorted, end);
+                (e, r)
+            }));
+            Ok(())
+        })?;
+        match loading.take() {
+            Some(h) => joined(h.join()),
+            None => Ok(idle.take().expect("the engine is idle")),
         }
-        if let Some(h) = loading.take() {
-            idle = Some(joined(h.join())?);
-        }
-        let e = idle.take().expect("the engine is idle after the last load");
-        e.write_logged(Vec::new(), to).map_err(store_err)?;
-        e.flush().map_err(store_err)
-    })
+    })?;
+    finish_replay(engine, to)
 }
 
 /// What the loading thread hands back: the engine and the load's result.
@@ -319,6 +341,7 @@ fn joined<'e>(r: std::thread::Result<Loaded<'e>>) -> Result<&'e mut dyn Engine, 
     Ok(e)
 }
 
+/// A delta restore: apply the records in `[from, to)` on top of the engine in write batches.
 fn replay(
     engine: &mut dyn Engine,
     changelog: &mut Partition,
@@ -327,50 +350,16 @@ fn replay(
     stats: &mut RestoreStats,
     progress: &mut dyn RestoreProgress,
 ) -> Result<(), RestoreError> {
-    let store = engine.name().to_string();
-    let log_err = |source| RestoreError::Log {
-        store: store.clone(),
-        source,
-    };
-    let store_err = RestoreError::Store;
-    if from < to {
-        let mut reader = changelog.reader(from).map_err(log_err)?;
-        'read: loop {
-            let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
-            if records.is_empty() {
-                break;
-            }
-            let mut batch = Vec::with_capacity(records.len());
-            let mut bytes = 0u64;
-            let mut done = false;
-            for r in records {
-                if r.offset >= to {
-                    done = true;
-                    break;
-                }
-                bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
-                batch.push(Mutation {
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                });
-            }
-            let n = batch.len() as u64;
-            let end = if done {
-                to
-            } else {
-                records.last().map_or(to, |r| r.offset + 1).min(to)
-            };
-            engine.write_logged(batch, end).map_err(store_err)?;
-            stats.records += n;
-            stats.bytes += bytes;
-            progress.advance(n, bytes);
-            if done || end >= to {
-                break 'read;
-            }
-        }
-    }
-    // Record the target even if the last records before it were compacted away.
-    engine.write_logged(Vec::new(), to).map_err(store_err)?;
-    engine.flush().map_err(store_err)?;
-    Ok(())
+    read_batches(changelog, from, to, stats, progress, |batch, end, _| {
+        engine.write_logged(batch, end).map_err(RestoreError::Store)
+    })?;
+    finish_replay(engine, to)
+}
+
+/// Records the target even if the last records before it were compacted away, and flushes.
+fn finish_replay(engine: &mut dyn Engine, to: u64) -> Result<(), RestoreError> {
+    engine
+        .write_logged(Vec::new(), to)
+        .map_err(RestoreError::Store)?;
+    engine.flush().map_err(RestoreError::Store)
 }

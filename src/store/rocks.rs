@@ -333,7 +333,10 @@ impl Engine for RocksEngine {
         let ingested = self.db.ingest_external_file_opts(&io, vec![&sst]);
         let _ = std::fs::remove_file(&sst);
         self.rocks(ingested)?;
-        self.write_logged(Vec::new(), changelog_end)
+        // The ingested file is durable at once; flush the marker too so a crash now does not
+        // leave data without its changelog end (which would force a full restore).
+        self.write_logged(Vec::new(), changelog_end)?;
+        self.flush()
     }
 
     fn changelog_end(&mut self) -> Result<Option<u64>> {
