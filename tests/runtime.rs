@@ -436,10 +436,13 @@ fn sending_to_a_topic_not_in_outputs_is_an_error() {
 
 // ---------------------------------------------------------------------------------------
 
+/// (task, topic, partition, key) of a processed message.
+type Seen = Arc<Mutex<Vec<(String, String, u32, String)>>>;
+
 /// Records which task saw which input; stops the job once `stop_after` messages were seen
 /// in total.
 struct CoPartitioned {
-    seen: Arc<Mutex<Vec<(String, String, u32, String)>>>,
+    seen: Seen,
     stop_after: usize,
 }
 
