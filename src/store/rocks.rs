@@ -366,8 +366,9 @@ impl Engine for RocksEngine {
             .db
             .cf_handle(META_CF)
             .expect("meta column family is created on open");
-        // Keys are non-empty, so [0x00, +inf) covers everything; delete_range needs an end,
-        // so delete the remainder (keys starting with 0xFF..) one by one afterwards.
+        // Keys are non-empty, so [0x00, +inf) covers everything; delete_range needs an end:
+        // a run of 0xFF one byte longer than the longest allowed key sorts after every key
+        // (tests/store_conformance.rs wipes a 64 KiB key of 0xFF bytes).
         let ff_run =
             vec![0xFFu8; super::limits::DEFAULT_MAX_KEY_BYTES.max(self.limits.max_key_bytes) + 1];
         wb.delete_range_cf(default, [0u8].as_slice(), ff_run.as_slice());
