@@ -1010,6 +1010,50 @@ fn engine_wipe_removes_everything(spec: Spec) {
     assert_eq!(all_of(&mut *e), vec![(vec![0xFF], v("after"))]);
 }
 
+/// `bulk_load` (full restore) of sorted unique keys, a tombstone among them, lands over
+/// existing data and records the changelog end; RocksDB keeps both across reopen. A batch
+/// breaking a limit loads nothing and leaves the marker alone.
+fn engine_bulk_load_records_changelog_end(spec: Spec) {
+    let h = Harness::with_limits(spec, small_limits());
+    let expected = vec![
+        (vec![0x00], v("a")),
+        (v("old"), v("1")),
+        (vec![0x80], v("new80")),
+        (vec![0xFF, 0xFF], v("ff")),
+    ];
+    {
+        let mut e = h.engine();
+        e.put(b"old", b"1").unwrap();
+        e.put(&[0x80], b"old80").unwrap();
+        e.put(b"gone", b"x").unwrap();
+        let mut entries = vec![
+            Mutation::put(vec![0xFF, 0xFF], "ff"),
+            Mutation::put(vec![0x80], "new80"),
+            Mutation::delete("gone"),
+            Mutation::put(vec![0x00], "a"),
+        ];
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        e.bulk_load(entries, 77).unwrap();
+        assert_eq!(e.changelog_end().unwrap(), Some(77));
+        assert_eq!(all_of(&mut *e), expected);
+        let err = e
+            .bulk_load(
+                vec![Mutation::put("p", "1"), Mutation::put("q", vec![0; 101])],
+                99,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err:?}");
+        assert_eq!(e.changelog_end().unwrap(), Some(77));
+        assert_eq!(e.get(b"p").unwrap(), None);
+        e.flush().unwrap();
+    }
+    if matches!(spec.engine, EngineKind::Rocks) {
+        let mut e = h.engine();
+        assert_eq!(e.changelog_end().unwrap(), Some(77));
+        assert_eq!(all_of(&mut *e), expected);
+    }
+}
+
 /// RocksDB: the changelog end marker and its batch survive flush + reopen.
 fn engine_changelog_end_survives_reopen(spec: Spec) {
     let h = Harness::new(spec);
@@ -1120,7 +1164,10 @@ const DEFAULT_CACHE: Option<(usize, usize)> = Some((
 /// A cache so small that dirty entries are evicted and batches flushed all the time.
 const TINY_CACHE: Option<(usize, usize)> = Some((3, 2));
 
-combination!(memory memory, None, false; engine_write_logged_records_changelog_end, engine_wipe_removes_everything);
+combination!(memory memory, None, false;
+    engine_write_logged_records_changelog_end,
+    engine_wipe_removes_everything,
+    engine_bulk_load_records_changelog_end);
 combination!(memory memory_metered, None, true);
 combination!(memory memory_cached, crate::DEFAULT_CACHE, false);
 combination!(memory memory_cached_metered, crate::DEFAULT_CACHE, true);
@@ -1130,7 +1177,8 @@ combination!(rocks rocks, None, false;
     engine_write_logged_records_changelog_end,
     engine_wipe_removes_everything,
     engine_changelog_end_survives_reopen,
-    engine_wipe_survives_reopen);
+    engine_wipe_survives_reopen,
+    engine_bulk_load_records_changelog_end);
 combination!(rocks rocks_metered, None, true);
 combination!(rocks rocks_cached, crate::DEFAULT_CACHE, false);
 combination!(rocks rocks_cached_metered, crate::DEFAULT_CACHE, true);
