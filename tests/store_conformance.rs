@@ -19,7 +19,9 @@ use gregor::store::memory::MemoryEngine;
 use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{RocksEngine, RocksOptions};
 use gregor::store::typed::Store;
-use gregor::store::{Engine, Entry, KeyValueStore, KvIter, Limits, Mutation, StoreError};
+use gregor::store::{
+    Engine, Entry, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
@@ -43,6 +45,9 @@ struct Spec {
     /// `(object cache entries, write batch size)`, or no cache.
     cache: Option<(usize, usize)>,
     metered: bool,
+    /// A deliberately broken layer on top, to check that the suite catches it (see the
+    /// `suite_catches` module at the end); `None` everywhere else.
+    bug: Option<Bug>,
 }
 
 /// Owns the data directory of one test so the stack can be dropped and reopened.
@@ -86,6 +91,13 @@ impl Harness {
         }
         if self.spec.metered {
             s = Box::new(MeteredStore::new(s));
+        }
+        if let Some(bug) = self.spec.bug {
+            s = Box::new(Buggy {
+                inner: s,
+                bug,
+                pending_deletes: Vec::new(),
+            });
         }
         s
     }
@@ -1141,14 +1153,14 @@ macro_rules! common_tests {
 macro_rules! combination {
     (memory $name:ident, $cache:expr, $metered:expr $(; $($extra:ident),+)?) => {
         mod $name {
-            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Memory, cache: $cache, metered: $metered };
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Memory, cache: $cache, metered: $metered, bug: None };
             common_tests!(SPEC);
             $(tests!(SPEC; $($extra),+);)?
         }
     };
     (rocks $name:ident, $cache:expr, $metered:expr $(; $($extra:ident),+)?) => {
         mod $name {
-            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Rocks, cache: $cache, metered: $metered };
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Rocks, cache: $cache, metered: $metered, bug: None };
             common_tests!(SPEC);
             tests!(SPEC; reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything, typed_reopen_after_flush);
             $(tests!(SPEC; $($extra),+);)?
@@ -1184,3 +1196,137 @@ combination!(rocks rocks_cached, crate::DEFAULT_CACHE, false);
 combination!(rocks rocks_cached_metered, crate::DEFAULT_CACHE, true);
 combination!(rocks rocks_tiny_cache, crate::TINY_CACHE, false);
 combination!(rocks rocks_tiny_cache_metered, crate::TINY_CACHE, true);
+
+// ---------------------------------------------------------------------------------------
+// The suite bites: each deliberately broken layer must make the matching test fail.
+// ---------------------------------------------------------------------------------------
+
+/// Ways the `Buggy` layer breaks the contract.
+#[derive(Clone, Copy, Debug)]
+enum Bug {
+    /// Deletes are remembered and hidden from `get`, but ranges, `all` and snapshots still
+    /// show the key until `flush` (a write-back cache that forgets its dirty deletes on scan).
+    ScansMissPendingDeletes,
+    /// Batches are applied entry by entry, so a bad entry leaves the ones before it written.
+    NonAtomicBatches,
+    /// Snapshots read the live store instead of a frozen view.
+    LiveSnapshots,
+}
+
+struct Buggy {
+    inner: Box<dyn KeyValueStore>,
+    bug: Bug,
+    pending_deletes: Vec<Vec<u8>>,
+}
+
+impl Buggy {
+    fn apply_pending(&mut self) -> gregor::store::Result<()> {
+        let keys = std::mem::take(&mut self.pending_deletes);
+        if keys.is_empty() {
+            Ok(())
+        } else {
+            self.inner.delete_all(keys)
+        }
+    }
+}
+
+impl KeyValueStore for Buggy {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn get(&mut self, key: &[u8]) -> gregor::store::Result<Option<Vec<u8>>> {
+        if self.pending_deletes.iter().any(|k| k == key) {
+            return Ok(None);
+        }
+        self.inner.get(key)
+    }
+
+    fn write_batch(&mut self, batch: Vec<Mutation>) -> gregor::store::Result<()> {
+        match self.bug {
+            Bug::ScansMissPendingDeletes => {
+                for m in batch {
+                    match m.value {
+                        Some(v) => {
+                            self.pending_deletes.retain(|k| *k != m.key);
+                            self.inner.put(&m.key, &v)?;
+                        }
+                        None => {
+                            Limits::default().check_key(self.inner.name(), &m.key)?;
+                            self.pending_deletes.push(m.key);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Bug::NonAtomicBatches => batch
+                .into_iter()
+                .try_for_each(|m| self.inner.write_batch(vec![m])),
+            Bug::LiveSnapshots => self.inner.write_batch(batch),
+        }
+    }
+
+    fn scan(&mut self, from: &[u8], to: Option<&[u8]>) -> gregor::store::Result<KvIter<'_>> {
+        self.inner.scan(from, to)
+    }
+
+    fn snapshot(&mut self) -> gregor::store::Result<Box<dyn KvSnapshot>> {
+        match self.bug {
+            Bug::LiveSnapshots => Ok(Box::new(LiveView)),
+            _ => self.inner.snapshot(),
+        }
+    }
+
+    fn flush(&mut self) -> gregor::store::Result<()> {
+        self.apply_pending()?;
+        self.inner.flush()
+    }
+}
+
+/// A "snapshot" that does not keep the old view: it sees nothing at all, standing in for
+/// one that sees later writes.
+struct LiveView;
+
+impl KvSnapshot for LiveView {
+    fn get(&self, _key: &[u8]) -> gregor::store::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    fn scan(&self, _from: &[u8], _to: Option<&[u8]>) -> gregor::store::Result<KvIter<'_>> {
+        Ok(Box::new(std::iter::empty()))
+    }
+}
+
+mod suite_catches {
+    use crate::{Bug, EngineKind, Spec};
+
+    const fn buggy(bug: Bug) -> Spec {
+        Spec {
+            engine: EngineKind::Memory,
+            cache: None,
+            metered: false,
+            bug: Some(bug),
+        }
+    }
+
+    /// Ranges and `all` that still show a deleted key fail the delete-then-range test.
+    #[test]
+    #[should_panic(expected = "assertion")]
+    fn scans_that_miss_pending_deletes() {
+        crate::delete_then_range_and_all_hide_key(buggy(Bug::ScansMissPendingDeletes));
+    }
+
+    /// A batch half-written before its bad entry fails the refused-batch test.
+    #[test]
+    #[should_panic(expected = "assertion")]
+    fn non_atomic_batches() {
+        crate::limits_refused_batch_writes_nothing(buggy(Bug::NonAtomicBatches));
+    }
+
+    /// A snapshot that does not keep its view fails the isolation test.
+    #[test]
+    #[should_panic(expected = "assertion")]
+    fn snapshots_without_isolation() {
+        crate::snapshot_isolation(buggy(Bug::LiveSnapshots));
+    }
+}
