@@ -3,11 +3,13 @@
 //! default-sized cache and under a tiny cache (3 entries, write batch 2, so dirty entries are
 //! evicted and batches flushed all the time), each with and without the metered layer. The
 //! typed facade is exercised on top of every combination. Engine-only points
-//! (`write_logged`, `changelog_end`, `wipe`) run on the bare engines, and persistence across
-//! reopen runs on every RocksDB combination.
+//! (`write_logged`, `changelog_end`, `bulk_load`, `wipe`) run on the bare engines, and
+//! persistence across reopen runs on every RocksDB combination.
 //!
 //! Each contract point is its own test per combination, e.g.
 //! `rocks_tiny_cache_metered::range_with_00_and_ff_keys`.
+//!
+//! `suite_catches::*` checks the suite itself: deliberately broken layers must fail it.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
