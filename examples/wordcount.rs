@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read the counts of every task back through the same store stack.
     let mut totals = BTreeMap::new();
     for p in 0..stats.tasks {
-        let task = task_name(p);
+        let task = task_name(&job.name, p);
         let checkpoint = gregor::checkpoint::Checkpoint::read(&state.checkpoint_path(&task))?;
         let ctx = StoreOpenContext {
             state: &state,

@@ -103,7 +103,7 @@ fn counts(state: &StateDir, job: &JobConfig, store: &str, tasks: u32) -> BTreeMa
     let config = &job.stores[store];
     let mut out = BTreeMap::new();
     for p in 0..tasks {
-        let task = task_name(p);
+        let task = task_name(&job.name, p);
         let cp = Checkpoint::read(&state.checkpoint_path(&task)).unwrap();
         let ctx = StoreOpenContext {
             state,
@@ -230,7 +230,8 @@ fn init_process_window_close_are_called_and_window_runs_every_window_ms() {
     assert_eq!(stats.tasks, 2);
     assert_eq!(stats.processed, 200);
     let calls = calls.lock().unwrap().clone();
-    for t in ["partition-0", "partition-1"] {
+    for t in &[task_name(&j.name, 0), task_name(&j.name, 1)] {
+        let t = t.as_str();
         let mine: Vec<&Call> = calls
             .iter()
             .filter(|c| match c {
@@ -296,7 +297,7 @@ fn init_process_window_close_are_called_and_window_runs_every_window_ms() {
     // shutdown() committed on the way out: everything processed is in the checkpoints.
     let done: u64 = (0..2)
         .map(|p| {
-            Checkpoint::read(&state.checkpoint_path(&task_name(p)))
+            Checkpoint::read(&state.checkpoint_path(&task_name(&j.name, p)))
                 .unwrap()
                 .unwrap()
                 .input("in", p)
@@ -490,7 +491,7 @@ fn co_partitioned_inputs_share_task_n() {
     for (task, topic, partition, key) in seen.iter() {
         assert_eq!(
             *task,
-            task_name(*partition),
+            task_name(&j.name, *partition),
             "{topic}/{partition} went to {task}"
         );
         assert_eq!(partition_for_key(key.as_bytes(), 3), *partition);
@@ -532,7 +533,7 @@ fn shutdown_commits_what_was_processed_and_a_restart_resumes_there() {
         stats.processed, 20,
         "stopped right after the message that asked"
     );
-    let cp = Checkpoint::read(&state.checkpoint_path("partition-0"))
+    let cp = Checkpoint::read(&state.checkpoint_path(&task_name(&j.name, 0)))
         .unwrap()
         .unwrap();
     assert_eq!(cp.input("in", 0), Some(20));
@@ -621,7 +622,7 @@ fn a_task_error_stops_the_run_without_committing_and_a_restart_reprocesses() {
     // Nothing of that run was committed: both checkpoints are the ones written before any
     // processing.
     for p in 0..2 {
-        let cp = Checkpoint::read(&state.checkpoint_path(&task_name(p)))
+        let cp = Checkpoint::read(&state.checkpoint_path(&task_name(&j.name, p)))
             .unwrap()
             .unwrap();
         assert_eq!(

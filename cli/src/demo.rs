@@ -132,7 +132,7 @@ fn totals(state: &StateDir, tasks: u32, store: &str) -> Result<BTreeMap<String, 
     let config = &job.stores[store];
     let mut sums = BTreeMap::new();
     for p in 0..tasks {
-        let dir = state.store_dir(&task_name(p), store);
+        let dir = state.store_dir(&task_name(&job.name, p), store);
         let mut engine = stack::open_engine(store, &dir, config)?;
         for e in engine.all()? {
             let (k, v) = e?;
@@ -145,7 +145,7 @@ fn totals(state: &StateDir, tasks: u32, store: &str) -> Result<BTreeMap<String, 
 /// Runs the demo.
 pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
     let state = StateDir::open(state_dir)?;
-    let resumed = Checkpoint::read(&state.checkpoint_path(&task_name(0)))?.is_some();
+    let resumed = Checkpoint::read(&state.checkpoint_path(&task_name("pageviews", 0)))?.is_some();
     generate(&state, &args)?;
     let job = job_config()?;
     let factory = builtin::factory(&job.task).expect("built-in");

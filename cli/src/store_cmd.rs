@@ -44,7 +44,7 @@ pub struct CreateArgs {
     /// Changelog topic of a new store.
     #[arg(long)]
     changelog: Option<String>,
-    /// Changelog partition of a new store (default: N for a task named partition-N, else 0).
+    /// Changelog partition of a new store (default: N for a task named <job>.partition-N, else 0).
     #[arg(long)]
     changelog_partition: Option<u32>,
 }
@@ -112,8 +112,8 @@ pub enum StoreCmd {
 }
 
 fn default_partition(task: &str) -> u32 {
-    task.strip_prefix("partition-")
-        .and_then(|n| n.parse().ok())
+    task.rsplit_once("partition-")
+        .and_then(|(_, n)| n.parse().ok())
         .unwrap_or(0)
 }
 

@@ -201,7 +201,7 @@ fn sigterm_commits_and_exits_0_and_a_restart_finishes_exactly() {
     // The first checkpoint is written after the signal handler is installed and before
     // processing starts; then let it process for a while.
     let started = Instant::now();
-    while !state.join("tasks/partition-3/checkpoint").exists() {
+    while !state.join("tasks/counts.partition-3/checkpoint").exists() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the job never started"

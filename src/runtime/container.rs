@@ -201,9 +201,10 @@ fn task_err(task: &str, during: String) -> impl FnOnce(TaskError) -> RuntimeErro
     }
 }
 
-/// Task name for input partition `p`.
-pub fn task_name(p: u32) -> String {
-    format!("partition-{p}")
+/// The name of job `job`'s task for input partition `p`: `<job>.partition-<p>`. Naming
+/// tasks by job keeps the checkpoints and stores of several jobs in one state directory apart.
+pub fn task_name(job: &str, p: u32) -> String {
+    format!("{job}.partition-{p}")
 }
 
 /// Runs `job` in this process until it is stopped (or, with `until_end`, caught up).
@@ -267,7 +268,7 @@ pub fn run_job(
     // Checkpoints of every task.
     let mut checkpoints = Vec::new();
     for p in 0..n_tasks {
-        let name = task_name(p);
+        let name = task_name(&job.name, p);
         let cp = Checkpoint::read(&state.checkpoint_path(&name)).map_err(|source| {
             RuntimeError::Checkpoint {
                 task: name.clone(),
@@ -319,7 +320,7 @@ pub fn run_job(
     };
     let mut runs = Vec::new();
     for p in 0..n_tasks {
-        let name = task_name(p);
+        let name = task_name(&job.name, p);
         let cp = checkpoints[p as usize].clone();
         let ctx = StoreOpenContext {
             state,

@@ -156,7 +156,7 @@ pub enum ContextError {
 }
 
 impl<'a> TaskContext<'a> {
-    /// The task's name (`partition-N`).
+    /// The task's name (`<job>.partition-<N>`).
     pub fn task_name(&self) -> &str {
         self.task
     }
