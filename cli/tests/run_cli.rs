@@ -101,7 +101,7 @@ fn dump(state: &Path, store: &str) -> BTreeMap<String, u64> {
 fn checkpointed(state: &Path, topic: &str) -> u64 {
     (0..4)
         .filter_map(|p| {
-            Checkpoint::read(&state.join(format!("tasks/partition-{p}/checkpoint"))).unwrap()
+            Checkpoint::read(&state.join(format!("tasks/counts.partition-{p}/checkpoint"))).unwrap()
         })
         .map(|cp| cp.inputs.get(topic).map_or(0, |m| m.values().sum::<u64>()))
         .sum()
