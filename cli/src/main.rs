@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 
 /// Samza-style state stores and stream processing.
 #[derive(Parser, Debug)]
-#[command(name = "gregor", version, about)]
+#[command(
+    name = "gregor",
+    version,
+    about = "Samza-style key-value state stores and stateful stream processing, embedded"
+)]
 struct Cli {
     /// The state directory (stores, logs, checkpoints).
     #[arg(
