@@ -65,6 +65,34 @@ fn store_config(changelog: Option<&str>) -> StoreConfig {
     }
 }
 
+/// Puts `n` random 16-byte keys with 100-byte values (seeded, so every call writes the same
+/// entries) into store `s` of `task`, commits it and records the checkpoint; returns puts/s.
+fn fill(state: &StateDir, logs: &LogDir, task: &str, config: &StoreConfig, n: u64) -> f64 {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let (mut key, mut value) = ([0u8; 16], [0u8; 100]);
+    let t = Instant::now();
+    let ctx = StoreOpenContext {
+        state,
+        logs,
+        task,
+        changelog_partition: 0,
+        checkpoint: None,
+    };
+    let (mut store, _) = open_store(&ctx, "s", config, &mut NoProgress).unwrap();
+    for _ in 0..n {
+        rng.fill(&mut key);
+        rng.fill(&mut value[..]);
+        store.stack().put(&key, &value).unwrap();
+    }
+    if let Some(end) = store.commit().unwrap() {
+        let mut cp = Checkpoint::default();
+        cp.changelogs.insert("s".into(), end);
+        cp.write(&state.checkpoint_path(task)).unwrap();
+    }
+    store.close().unwrap();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
@@ -86,57 +114,11 @@ fn main() {
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let state = StateDir::open(tmp.path()).unwrap();
     let logs = LogDir::open(state.root()).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut key = [0u8; 16];
-    let mut value = [0u8; 100];
-
-    // Write the changelog through the stack (this is also the "with changelog" put figure).
+    // Write the changelog through the stack (this is also the "with changelog" put figure),
+    // then the same puts into a store without a changelog.
     let config = store_config(Some("bench-changelog"));
-    let t = Instant::now();
-    {
-        let ctx = StoreOpenContext {
-            state: &state,
-            logs: &logs,
-            task: "t",
-            changelog_partition: 0,
-            checkpoint: None,
-        };
-        let (mut store, _) = open_store(&ctx, "s", &config, &mut NoProgress).unwrap();
-        for _ in 0..n {
-            rng.fill(&mut key);
-            rng.fill(&mut value[..]);
-            store.stack().put(&key, &value).unwrap();
-        }
-        let end = store.commit().unwrap().unwrap();
-        let mut cp = Checkpoint::default();
-        cp.changelogs.insert("s".into(), end);
-        cp.write(&state.checkpoint_path("t")).unwrap();
-        store.close().unwrap();
-    }
-    let logged_put = n as f64 / t.elapsed().as_secs_f64();
-
-    // The same puts without a changelog.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let plain = store_config(None);
-    let t = Instant::now();
-    {
-        let ctx = StoreOpenContext {
-            state: &state,
-            logs: &logs,
-            task: "plain",
-            changelog_partition: 0,
-            checkpoint: None,
-        };
-        let (mut store, _) = open_store(&ctx, "s", &plain, &mut NoProgress).unwrap();
-        for _ in 0..n {
-            rng.fill(&mut key);
-            rng.fill(&mut value[..]);
-            store.stack().put(&key, &value).unwrap();
-        }
-        store.commit().unwrap();
-        store.close().unwrap();
-    }
-    let plain_put = n as f64 / t.elapsed().as_secs_f64();
+    let logged_put = fill(&state, &logs, "t", &config, n);
+    let plain_put = fill(&state, &logs, "plain", &store_config(None), n);
 
     // Raw read of the changelog segments with CRC checks.
     let part_dir = logs

@@ -6,7 +6,7 @@
 //! cargo run --release --example pageviews_topn -- /tmp/pageviews-state
 //! ```
 
-use gregor::log::{LogDir, LogError, TopicConfig};
+use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::builtin::top_n;
 use gregor::runtime::{
@@ -67,13 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "pageviews-state".into());
     let state = StateDir::open(dir.as_ref())?;
     let logs = LogDir::open(state.root())?;
-    let topic = match logs.topic("views") {
-        Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => {
-            logs.create_topic("views", 1, TopicConfig::default())?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let topic = logs.topic_or_create("views", 1, TopicConfig::default())?;
     let (mut p, _) = topic.open_partition(partition_for_key(b"any", topic.partitions()))?;
     for i in 0..10_000u64 {
         let page = format!("/page/{}", (i * i) % 37 % 11);

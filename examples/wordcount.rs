@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use gregor::log::{LogDir, LogError, TopicConfig};
+use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::{
     Envelope, JobConfig, RunOptions, StreamTask, TaskContext, TaskError, TaskFactory, run_job,
@@ -55,13 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let logs = LogDir::open(state.root())?;
 
     // Produce some lines (keyed by line number) into a 2-partition topic.
-    let topic = match logs.topic("lines") {
-        Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => {
-            logs.create_topic("lines", 2, TopicConfig::default())?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let topic = logs.topic_or_create("lines", 2, TopicConfig::default())?;
     let text = [
         "the quick brown fox",
         "jumps over the lazy dog",

@@ -249,13 +249,7 @@ fn open_local(
 /// Opens partition `partition` of changelog `topic`, creating the topic (compacted) if it
 /// does not exist.
 pub fn open_changelog(logs: &LogDir, topic: &str, partition: u32) -> Result<Partition, LogError> {
-    let t = match logs.topic(topic) {
-        Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => {
-            logs.create_topic(topic, partition + 1, TopicConfig::compacted())?
-        }
-        Err(e) => return Err(e),
-    };
+    let t = logs.topic_or_create(topic, partition + 1, TopicConfig::compacted())?;
     let (p, report) = t.open_partition(partition)?;
     if let Some(cut) = &report.torn_tail {
         tracing::warn!(

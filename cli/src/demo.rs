@@ -11,7 +11,7 @@ use anyhow::Result;
 use clap::Args;
 use gregor::checkpoint::Checkpoint;
 use gregor::config::FlatConfig;
-use gregor::log::{LogDir, LogError, TopicConfig};
+use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::builtin::{self, top_n};
 use gregor::runtime::{JobConfig, RunOptions, run_job, task_name};
@@ -81,13 +81,7 @@ fn pick_page(rng: &mut impl Rng, pages: u64) -> u64 {
 
 fn generate(state: &StateDir, args: &DemoArgs) -> Result<()> {
     let logs = LogDir::open(state.root())?;
-    let topic = match logs.topic(TOPIC) {
-        Ok(t) => t,
-        Err(LogError::TopicNotFound { .. }) => {
-            logs.create_topic(TOPIC, args.partitions, TopicConfig::default())?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let topic = logs.topic_or_create(TOPIC, args.partitions, TopicConfig::default())?;
     let n = topic.partitions();
     let mut parts = (0..n)
         .map(|p| topic.open_partition(p).map(|(p, _)| p))

@@ -250,6 +250,20 @@ impl LogDir {
         })
     }
 
+    /// The topic `name`, created with `partitions` partitions and `config` if it does not
+    /// exist yet (an existing topic keeps its own partitions and config).
+    pub fn topic_or_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<Topic> {
+        match self.topic(name) {
+            Err(LogError::TopicNotFound(_)) => self.create_topic(name, partitions, config),
+            other => other,
+        }
+    }
+
     /// Opens one partition of a topic for appends.
     pub fn open_partition(
         &self,

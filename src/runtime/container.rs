@@ -248,20 +248,15 @@ pub fn run_job(
                 b: store.clone(),
             });
         }
-        match logs.topic(cl) {
-            Ok(t) if t.partitions() < n_tasks => {
-                return Err(RuntimeError::ChangelogPartitions {
-                    topic: cl.clone(),
-                    has: t.partitions(),
-                    needs: n_tasks,
-                });
-            }
-            Ok(_) => {}
-            Err(LogError::TopicNotFound { .. }) => {
-                logs.create_topic(cl, n_tasks, TopicConfig::compacted())
-                    .map_err(log_err(cl))?;
-            }
-            Err(e) => return Err(log_err(cl)(e)),
+        let t = logs
+            .topic_or_create(cl, n_tasks, TopicConfig::compacted())
+            .map_err(log_err(cl))?;
+        if t.partitions() < n_tasks {
+            return Err(RuntimeError::ChangelogPartitions {
+                topic: cl.clone(),
+                has: t.partitions(),
+                needs: n_tasks,
+            });
         }
     }
 
@@ -284,15 +279,9 @@ pub fn run_job(
     };
     let mut collector_partitions = BTreeMap::new();
     for t in &job.outputs {
-        let topic = match logs.topic(t) {
-            Ok(topic) => topic,
-            Err(LogError::TopicNotFound { .. }) => {
-                tracing::info!(topic = %t, partitions = n_tasks, "creating output topic");
-                logs.create_topic(t, n_tasks.max(1), TopicConfig::default())
-                    .map_err(log_err(t))?
-            }
-            Err(e) => return Err(log_err(t)(e)),
-        };
+        let topic = logs
+            .topic_or_create(t, n_tasks.max(1), TopicConfig::default())
+            .map_err(log_err(t))?;
         collector_partitions.insert(t.clone(), topic.partitions());
         for p in 0..topic.partitions() {
             let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
