@@ -39,6 +39,9 @@ pub enum TopicCmd {
         /// Delete policy: delete segments whose newest record is older than this (ms).
         #[arg(long)]
         retention_ms: Option<i64>,
+        /// Do not fsync on commit (faster; a machine crash may lose recent records).
+        #[arg(long)]
+        no_fsync: bool,
     },
     /// One line per partition: topic, partition, start offset, end offset, bytes (tab-separated).
     List,
@@ -92,6 +95,7 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             segment_bytes,
             retention_bytes,
             retention_ms,
+            no_fsync,
         } => {
             let mut config = if compact {
                 TopicConfig::compacted()
@@ -107,6 +111,7 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             if retention_ms.is_some() {
                 config.retention_ms = retention_ms;
             }
+            config.fsync = !no_fsync;
             let topic = logs.create_topic(&name, partitions, config)?;
             writeln!(
                 out,

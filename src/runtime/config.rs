@@ -9,6 +9,8 @@
 //! commit.ms = 1000
 //! window.ms = 10000           # optional
 //! changelog.cleanup.ms = 300000  # compact changelogs this often (after a commit)
+//! changelog.segment.bytes = 134217728  # segment size of changelogs the job creates
+//! log.fsync = true            # fsync changelogs and outputs the job creates on commit
 //!
 //! [stores.counts]
 //! engine = "rocksdb"
@@ -56,6 +58,11 @@ pub struct JobConfig {
     pub window_ms: Option<u64>,
     /// `job.changelog.cleanup.ms`: how often changelogs are compacted (right after a commit).
     pub changelog_cleanup_ms: u64,
+    /// `job.changelog.segment.bytes`: segment size of the changelog topics the job creates.
+    pub changelog_segment_bytes: Option<u64>,
+    /// `job.log.fsync`: fsync changelog and output topics the job creates on every commit
+    /// (default true; false trades durability against a machine crash for speed).
+    pub log_fsync: bool,
     /// `stores.<name>.*`.
     pub stores: BTreeMap<String, StoreConfig>,
     /// `task.*`, keys without the `task.` prefix.
@@ -63,6 +70,24 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
+    /// The config of a changelog topic this job creates.
+    pub fn changelog_topic_config(&self) -> crate::log::TopicConfig {
+        let mut c = crate::log::TopicConfig::compacted();
+        if let Some(b) = self.changelog_segment_bytes {
+            c.segment_bytes = b;
+        }
+        c.fsync = self.log_fsync;
+        c
+    }
+
+    /// The config of an output topic this job creates.
+    pub fn output_topic_config(&self) -> crate::log::TopicConfig {
+        crate::log::TopicConfig {
+            fsync: self.log_fsync,
+            ..Default::default()
+        }
+    }
+
     /// Reads a job file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         Self::from_flat(FlatConfig::from_file(path)?)
@@ -102,6 +127,8 @@ impl JobConfig {
             return Err(invalid("job.commit.ms", "must be at least 1".into()));
         }
         let window_ms = c.take_u64("job.window.ms")?;
+        let changelog_segment_bytes = c.take_u64("job.changelog.segment.bytes")?;
+        let log_fsync = c.take_bool("job.log.fsync")?.unwrap_or(true);
         let changelog_cleanup_ms = c
             .take_u64("job.changelog.cleanup.ms")?
             .unwrap_or(DEFAULT_CHANGELOG_CLEANUP_MS);
@@ -133,6 +160,8 @@ impl JobConfig {
             commit_ms,
             window_ms,
             changelog_cleanup_ms,
+            changelog_segment_bytes,
+            log_fsync,
             stores,
             task_config,
         })
@@ -181,6 +210,21 @@ mod tests {
             Some("counts-changelog")
         );
         assert_eq!(j.task_u64("top.n"), Some(5));
+    }
+
+    #[test]
+    fn topic_settings_reach_the_topics_the_job_creates() {
+        let j = JobConfig::from_toml_str("count.toml", GOOD).unwrap();
+        assert!(j.changelog_topic_config().fsync && j.output_topic_config().fsync);
+        let text = GOOD.replace(
+            "window.ms = 10000",
+            "window.ms = 10000\nlog.fsync = false\nchangelog.segment.bytes = 4096",
+        );
+        let j = JobConfig::from_toml_str("count.toml", &text).unwrap();
+        let c = j.changelog_topic_config();
+        assert_eq!((c.fsync, c.segment_bytes), (false, 4096));
+        assert_eq!(c.cleanup_policy, crate::log::CleanupPolicy::Compact);
+        assert!(!j.output_topic_config().fsync);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::changelog::now_ms;
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::log::{LogDir, LogError, Partition, PartitionReader, TopicConfig};
+use crate::log::{LogDir, LogError, Partition, PartitionReader};
 use crate::restore::{RestoreProgress, RestoreStats};
 use crate::statedir::StateDir;
 use crate::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_stores};
@@ -249,7 +249,7 @@ pub fn run_job(
             });
         }
         let t = logs
-            .topic_or_create(cl, n_tasks, TopicConfig::compacted())
+            .topic_or_create(cl, n_tasks, job.changelog_topic_config())
             .map_err(log_err(cl))?;
         if t.partitions() < n_tasks {
             return Err(RuntimeError::ChangelogPartitions {
@@ -280,7 +280,7 @@ pub fn run_job(
     let mut collector_partitions = BTreeMap::new();
     for t in &job.outputs {
         let topic = logs
-            .topic_or_create(t, n_tasks.max(1), TopicConfig::default())
+            .topic_or_create(t, n_tasks.max(1), job.output_topic_config())
             .map_err(log_err(t))?;
         collector_partitions.insert(t.clone(), topic.partitions());
         for p in 0..topic.partitions() {
