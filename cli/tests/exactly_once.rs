@@ -69,6 +69,10 @@ task = "count"
 inputs = ["{input}"]
 outputs = [{outputs}]
 commit.ms = 50
+# Small changelog segments compacted often, so kills also land around segment rolls and
+# compactions (which run right after commits).
+changelog.segment.bytes = 65536
+changelog.cleanup.ms = 200
 
 [stores.{store}]
 engine = "rocksdb"
