@@ -1,9 +1,11 @@
 //! The stores of one task: opening each one (manifest check, engine, restore from its
 //! changelog, layers) and the store half of a commit.
 //!
-//! Commit order for a store (see DESIGN.md): flush the cache (dirty batch → changelog
-//! append → engine batch), sync the changelog and take its end, flush the engine, then write
-//! the store's `OFFSET` file. The task writes its checkpoint after every store has done so.
+//! Commit order for a store: flush the cache (dirty batch → changelog append → engine
+//! batch), sync the changelog and take its end ([`TaskStore::prepare_commit`]); the task writes
+//! its checkpoint; then flush the engine and write the store's `OFFSET` file
+//! ([`TaskStore::finish_commit`]). DESIGN.md flushes the engine before the checkpoint; see
+//! `finish_commit` for why gregor does it after.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ pub struct TaskStore {
     dir: PathBuf,
     stack: Box<dyn KeyValueStore>,
     changelog: Option<Arc<Mutex<Partition>>>,
+    /// The changelog end of a prepared, not yet finished commit.
+    prepared: Option<u64>,
 }
 
 impl TaskStore {
@@ -85,17 +89,43 @@ impl TaskStore {
         &mut *self.stack
     }
 
-    /// Flushes every layer (which syncs the changelog before flushing the engine), writes the
-    /// store's `OFFSET` file and returns the changelog end to checkpoint (`None` without a
-    /// changelog).
+    /// The store half of a commit, in one step: [`prepare_commit`](Self::prepare_commit) then
+    /// [`finish_commit`](Self::finish_commit). Returns the changelog end to checkpoint (`None`
+    /// without a changelog). Use it when nothing is checkpointed in between (tools, tests).
     pub fn commit(&mut self) -> Result<Option<u64>, TaskStoreError> {
+        let end = self.prepare_commit()?;
+        self.finish_commit()?;
+        Ok(end)
+    }
+
+    /// Commit, first half (before the checkpoint is written): flushes the cache into the
+    /// changelog and the engine's memtable, fsyncs the changelog, and returns its end — the
+    /// changelog end to checkpoint (`None` without a changelog).
+    pub fn prepare_commit(&mut self) -> Result<Option<u64>, TaskStoreError> {
+        self.stack.flush_to_changelog()?;
+        let end = self
+            .changelog
+            .as_ref()
+            .map(|cl| cl.lock().unwrap_or_else(|p| p.into_inner()).end_offset());
+        self.prepared = end;
+        Ok(end)
+    }
+
+    /// Commit, second half (after the checkpoint is written): flushes the engine and records
+    /// the prepared changelog end in the `OFFSET` file.
+    ///
+    /// Flushing the engine after the checkpoint rather than before it keeps every crash
+    /// window cheap: a crash before the checkpoint leaves the engine at (or, if RocksDB flushed
+    /// a memtable on its own, past) the previous checkpoint, a crash after it leaves the engine
+    /// behind the new one, which a delta restore from the durable changelog closes. Flushing
+    /// first would leave the engine *ahead* of the checkpoint after a crash in between, and an
+    /// engine ahead of its checkpoint can only be rebuilt from scratch.
+    pub fn finish_commit(&mut self) -> Result<(), TaskStoreError> {
         self.stack.flush()?;
-        let Some(cl) = &self.changelog else {
-            return Ok(None);
-        };
-        let end = cl.lock().unwrap_or_else(|p| p.into_inner()).end_offset();
-        stack::write_offset_file(&self.name, &self.dir, end)?;
-        Ok(Some(end))
+        if let Some(end) = self.prepared.take() {
+            stack::write_offset_file(&self.name, &self.dir, end)?;
+        }
+        Ok(())
     }
 
     /// Runs the changelog's cleanup policy (compaction for changelogs) over its closed
@@ -158,6 +188,7 @@ pub fn open_store(
                 dir,
                 stack,
                 changelog: None,
+                prepared: None,
             },
             None,
         ));
@@ -196,6 +227,7 @@ pub fn open_store(
             dir,
             stack,
             changelog: Some(partition),
+            prepared: None,
         },
         Some(stats),
     ))

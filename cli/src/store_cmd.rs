@@ -209,13 +209,14 @@ impl Opened<'_> {
     /// Commits the store and records its changelog end in the task's checkpoint, so the
     /// write is not dropped as uncommitted when the job restarts.
     fn commit(mut self) -> Result<()> {
-        let end = self.store.commit()?;
+        let end = self.store.prepare_commit()?;
         if let Some(end) = end {
             let path = self.state.checkpoint_path(&self.task);
             let mut cp = Checkpoint::read(&path)?.unwrap_or_default();
             cp.changelogs.insert(self.store.name().to_string(), end);
             cp.write(&path)?;
         }
+        self.store.finish_commit()?;
         self.store.close()?;
         Ok(())
     }

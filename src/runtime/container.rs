@@ -8,9 +8,10 @@
 //! input had at start, ends the loop with a final commit.
 //!
 //! Commit, one task at a time (so the tail of an output partition only ever belongs to the
-//! task committing): flush and sync the stores (see [`crate::task_stores`]); append the
-//! task's buffered output and fsync it; write the checkpoint (input offsets, changelog ends,
-//! output ends); update the output partitions' read-committed markers.
+//! task committing): flush the stores' caches into their changelogs and fsync those (see
+//! [`crate::task_stores`]); append the task's buffered output and fsync it; write the
+//! checkpoint (input offsets, changelog ends, output ends); update the output partitions'
+//! read-committed markers; flush the stores' engines and write their `OFFSET` files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -578,7 +579,8 @@ fn reopen(dir: &std::path::Path, from: u64) -> Result<PartitionReader, LogError>
     PartitionReader::open(dir, from)
 }
 
-/// Commits one task: stores, then its output, then its checkpoint, then output markers.
+/// Commits one task: stores into their changelogs, then its output, then its checkpoint,
+/// then output markers, then the stores' engines (see `TaskStore::finish_commit`).
 fn commit_task(
     run: &mut TaskRun,
     outputs: &mut Outputs,
@@ -586,7 +588,7 @@ fn commit_task(
 ) -> Result<(), RuntimeError> {
     let mut cp = run.base.clone();
     for (name, store) in &mut run.stores {
-        if let Some(end) = store.commit()? {
+        if let Some(end) = store.prepare_commit()? {
             cp.changelogs.insert(name.clone(), end);
         }
     }
@@ -634,6 +636,9 @@ fn commit_task(
     for key in &touched {
         let part = &outputs.partitions[key];
         committed::write(part.dir(), part.end_offset())?;
+    }
+    for store in run.stores.values_mut() {
+        store.finish_commit()?;
     }
     metrics::counter!("job.commits").increment(1);
     Ok(())

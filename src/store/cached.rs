@@ -177,4 +177,9 @@ impl KeyValueStore for CachedStore {
         self.flush_dirty(None)?;
         self.inner.flush()
     }
+
+    fn flush_to_changelog(&mut self) -> Result<()> {
+        self.flush_dirty(None)?;
+        self.inner.flush_to_changelog()
+    }
 }

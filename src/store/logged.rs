@@ -104,6 +104,14 @@ impl KeyValueStore for LoggedStore {
     /// Syncs the changelog first, then flushes the engine: the engine never holds flushed
     /// data whose changelog records are not durable.
     fn flush(&mut self) -> Result<()> {
+        self.flush_to_changelog()?;
+        let r = self.engine.flush();
+        self.poison(r)
+    }
+
+    /// Makes every record appended so far durable in the changelog (fsync); the engine's
+    /// data stays in its memtable until the next [`flush`](KeyValueStore::flush).
+    fn flush_to_changelog(&mut self) -> Result<()> {
         self.check_poisoned()?;
         let name = self.engine.name().to_string();
         let synced = self
@@ -116,8 +124,6 @@ impl KeyValueStore for LoggedStore {
                 store: name,
                 source,
             });
-        self.poison(synced)?;
-        let r = self.engine.flush();
-        self.poison(r)
+        self.poison(synced)
     }
 }

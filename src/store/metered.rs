@@ -164,4 +164,8 @@ impl KeyValueStore for MeteredStore {
         self.m.flushes.increment(1);
         Ok(())
     }
+
+    fn flush_to_changelog(&mut self) -> Result<()> {
+        self.inner.flush_to_changelog()
+    }
 }

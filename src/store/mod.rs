@@ -148,6 +148,13 @@ pub trait KeyValueStore: Send {
     /// Writes everything buffered in this layer below it and flushes the layers below.
     fn flush(&mut self) -> Result<()>;
 
+    /// The first half of a commit: writes everything buffered in this layer and the layers
+    /// below into the store's changelog and makes the changelog durable, leaving the
+    /// engine's own flush for later. A stack without a changelog simply [`flush`](Self::flush)es.
+    fn flush_to_changelog(&mut self) -> Result<()> {
+        self.flush()
+    }
+
     /// Flushes and releases the store. Dropping a store without closing it loses only what
     /// was buffered and never flushed (the changelog makes that recoverable up to the last
     /// commit).

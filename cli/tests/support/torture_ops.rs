@@ -241,14 +241,15 @@ pub fn open(
     })
 }
 
-/// Commits like the container: the store first (changelog synced, engine flushed, `OFFSET`),
-/// then the checkpoint recording `ops` processed operations and the changelog end.
+/// Commits like the container: the store's changelog first (cache flushed, changelog
+/// synced), then the checkpoint recording `ops` processed operations and the changelog end,
+/// then the store's engine (flushed, `OFFSET`).
 pub fn commit(
     state: &StateDir,
     store: &mut TaskStore,
     ops: u64,
 ) -> Result<u64, Box<dyn std::error::Error>> {
-    let end = store.commit()?.ok_or("the store has a changelog")?;
+    let end = store.prepare_commit()?.ok_or("the store has a changelog")?;
     let mut cp = Checkpoint::default();
     cp.inputs
         .entry(INPUT.to_string())
@@ -256,6 +257,7 @@ pub fn commit(
         .insert(0, ops);
     cp.changelogs.insert(STORE.to_string(), end);
     cp.write(&state.checkpoint_path(TASK))?;
+    store.finish_commit()?;
     Ok(end)
 }
 
