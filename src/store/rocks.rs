@@ -311,27 +311,34 @@ impl Engine for RocksEngine {
             entries.windows(2).all(|w| w[0].key < w[1].key),
             "bulk_load needs sorted unique keys"
         );
-        self.ingested += 1;
-        let sst = self
-            .path
-            .join(format!("gregor-ingest-{}.sst", self.ingested));
+        // Build the chunk as two non-overlapping SST files on two threads (the SST writer is
+        // the slow part of a full restore), then ingest both at once.
         let mut sst_opts = self.db_opts.clone();
         sst_opts.set_compression_type(DBCompressionType::None);
-        let mut writer = SstFileWriter::create(&sst_opts);
-        self.rocks(writer.open(&sst))?;
-        for m in &entries {
-            let r = match &m.value {
-                Some(v) => writer.put(&m.key, v),
-                None => writer.delete(&m.key),
-            };
-            self.rocks(r)?;
+        let (low, high) = entries.split_at(entries.len() / 2);
+        let paths: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                self.path
+                    .join(format!("gregor-ingest-{}-{i}.sst", self.ingested))
+            })
+            .collect();
+        self.ingested += 1;
+        let (a, b) = std::thread::scope(|s| {
+            let b = s.spawn(|| write_sst(&sst_opts, &paths[1], high));
+            (
+                write_sst(&sst_opts, &paths[0], low),
+                b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        });
+        if let Err(e) = a.and(b) {
+            paths.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            return self.rocks(Err(e));
         }
-        self.rocks(writer.finish())?;
-        drop(writer);
+        let sst: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
         let mut io = IngestExternalFileOptions::default();
         io.set_move_files(true);
-        let ingested = self.db.ingest_external_file_opts(&io, vec![&sst]);
-        let _ = std::fs::remove_file(&sst);
+        let ingested = self.db.ingest_external_file_opts(&io, sst.clone());
+        sst.iter().for_each(|p| drop(std::fs::remove_file(p)));
         self.rocks(ingested)?;
         // The ingested file is durable at once; flush the marker too so a crash now does not
         // leave data without its changelog end (which would force a full restore).
@@ -376,6 +383,27 @@ impl Engine for RocksEngine {
         self.rocks(self.db.write_opt(wb, &self.write_opts))?;
         self.flush()
     }
+}
+
+/// Writes `entries` (sorted, unique keys) as an SST file at `path`; nothing is written for
+/// an empty slice.
+fn write_sst(
+    opts: &Options,
+    path: &Path,
+    entries: &[Mutation],
+) -> std::result::Result<(), rocksdb::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut writer = SstFileWriter::create(opts);
+    writer.open(path)?;
+    for m in entries {
+        match &m.value {
+            Some(v) => writer.put(&m.key, v)?,
+            None => writer.delete(&m.key)?,
+        }
+    }
+    writer.finish()
 }
 
 /// A RocksDB snapshot that owns a handle on its database.
