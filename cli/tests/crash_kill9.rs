@@ -234,3 +234,47 @@ fn kill9_memory_store_equals_committed_ops() {
         "a memory store keeps nothing, so every restore is full: {t:?}"
     );
 }
+
+/// A crash inside the commit window — checkpoint written, engine not yet flushed — costs a
+/// delta restore of the records since the last engine flush, never a rebuild from scratch,
+/// and the store equals the checkpoint (the reason commit flushes engines after the
+/// checkpoint; see `TaskStore::finish_commit`).
+#[test]
+fn crash_between_checkpoint_and_engine_flush_needs_only_a_delta_restore() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let seed = 77;
+    let status = Command::new(env!("CARGO_BIN_EXE_gregor-torture"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args([
+            "--seed",
+            "77",
+            "--max-ops",
+            "3000",
+            "--crash-before-engine-flush",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the worker should have aborted inside the commit"
+    );
+    let state = StateDir::open(dir.path()).unwrap();
+    let logs = LogDir::open(state.root()).unwrap();
+    let mut opened = torture_ops::open(&state, &logs, EngineKind::Rocksdb).unwrap();
+    let ops = torture_ops::ops_of(opened.checkpoint.as_ref().unwrap());
+    assert_eq!(
+        ops, 3000,
+        "the checkpoint of the crashed commit was written"
+    );
+    assert_eq!(opened.stats.kind, RestoreKind::Delta, "{:?}", opened.stats);
+    assert!(opened.stats.wiped.is_none(), "{:?}", opened.stats);
+    assert!(opened.stats.records > 0, "{:?}", opened.stats);
+    let contents = torture_ops::contents(opened.store.stack()).unwrap();
+    assert!(
+        contents == torture_ops::model(seed, ops),
+        "store differs from the checkpoint"
+    );
+}

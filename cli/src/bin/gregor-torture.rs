@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! gregor-torture --state-dir DIR --seed S [--ops-per-commit-max N] [--engine rocksdb|memory]
+//!                [--max-ops N [--crash-before-engine-flush]]
 //! ```
 
 #[path = "../../tests/support/torture_ops.rs"]
@@ -39,6 +40,10 @@ struct Args {
     /// Stop after this many operations in total (default: run until killed).
     #[arg(long)]
     max_ops: Option<u64>,
+    /// With --max-ops: end with a crash (abort) inside the last commit, after the checkpoint
+    /// is written and before the engine is flushed.
+    #[arg(long, requires = "max_ops")]
+    crash_before_engine_flush: bool,
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -55,6 +60,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let store = &mut opened.store;
     loop {
         if args.max_ops.is_some_and(|m| i >= m) {
+            if args.crash_before_engine_flush {
+                let end = store.prepare_commit()?.ok_or("the store has a changelog")?;
+                torture_ops::write_checkpoint(&state, i, end)?;
+                std::process::abort();
+            }
             torture_ops::commit(&state, store, i)?;
             store.stack().flush()?;
             return Ok(());

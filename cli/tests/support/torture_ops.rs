@@ -250,6 +250,17 @@ pub fn commit(
     ops: u64,
 ) -> Result<u64, Box<dyn std::error::Error>> {
     let end = store.prepare_commit()?.ok_or("the store has a changelog")?;
+    write_checkpoint(state, ops, end)?;
+    store.finish_commit()?;
+    Ok(end)
+}
+
+/// Writes the task checkpoint: `ops` operations processed, the store's changelog at `end`.
+pub fn write_checkpoint(
+    state: &StateDir,
+    ops: u64,
+    end: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut cp = Checkpoint::default();
     cp.inputs
         .entry(INPUT.to_string())
@@ -257,8 +268,7 @@ pub fn commit(
         .insert(0, ops);
     cp.changelogs.insert(STORE.to_string(), end);
     cp.write(&state.checkpoint_path(TASK))?;
-    store.finish_commit()?;
-    Ok(end)
+    Ok(())
 }
 
 /// Every entry of a store, in key order.
