@@ -233,8 +233,10 @@ pub fn open_store(
     ))
 }
 
-/// Opens the engine and describes what it holds for the planner. A RocksDB store that fails
-/// to open is moved aside and recreated empty; it is reported as unusable.
+/// Opens the engine and describes what it holds for the planner. A RocksDB store with a
+/// changelog that fails to open is moved aside (to `data.broken`, replacing an older one) and
+/// recreated empty, reported as unusable so it is rebuilt from the changelog. Without a
+/// changelog the engine holds the only copy of the data, so the failure is returned instead.
 fn open_local(
     name: &str,
     dir: &std::path::Path,
@@ -246,16 +248,30 @@ fn open_local(
     let existed = dir.join(stack::DATA_DIR).exists();
     let mut engine = match stack::open_engine(name, dir, config) {
         Ok(e) => e,
+        Err(e) if config.changelog.is_none() => return Err(e.into()),
         Err(e) => {
             let reason = format!("the engine failed to open: {e}");
-            tracing::warn!(store = name, "{reason}; rebuilding it from the changelog");
             let data = dir.join(stack::DATA_DIR);
-            std::fs::remove_dir_all(&data).map_err(|source| StoreError::Io {
-                store: name.to_string(),
-                context: "cannot remove",
-                path: data.clone(),
-                source,
-            })?;
+            let aside = dir.join("data.broken");
+            tracing::warn!(
+                store = name,
+                "{reason}; moving it to {} and rebuilding it from the changelog",
+                aside.display()
+            );
+            let io_err = |context, path: &std::path::Path| {
+                let path = path.to_path_buf();
+                move |source| StoreError::Io {
+                    store: name.to_string(),
+                    context,
+                    path,
+                    source,
+                }
+            };
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside).map_err(io_err("cannot remove", &aside))?;
+            }
+            std::fs::rename(&data, &aside).map_err(io_err("cannot move aside", &data))?;
+            crate::fsutil::fsync_dir(dir).map_err(io_err("cannot sync", dir))?;
             return Ok((
                 stack::open_engine(name, dir, config)?,
                 LocalStore::Unusable { reason },

@@ -541,3 +541,64 @@ fn engine_ahead_of_checkpoint_gives_a_full_restore_to_the_checkpoint() {
     );
     assert_eq!(contents(&mut store), expected);
 }
+
+/// A RocksDB directory that no longer opens (here: a garbage `CURRENT` file) is moved aside
+/// to `data.broken` and rebuilt from the changelog when the store has one; without a
+/// changelog it holds the only copy of the data, so opening fails and nothing is removed.
+#[test]
+fn unopenable_engine_is_moved_aside_and_rebuilt_only_when_a_changelog_exists() {
+    let env = Env::new();
+    let (mut store, _) = env.open().unwrap();
+    write_some(&mut store, 0, 500);
+    env.commit(&mut store);
+    let expected = contents(&mut store);
+    store.close().unwrap();
+    let store_dir = env.state.store_dir(TASK, STORE);
+    std::fs::write(store_dir.join(DATA_DIR).join("CURRENT"), b"garbage\n").unwrap();
+
+    let (mut store, stats) = env.open().unwrap();
+    assert_eq!(stats.kind, RestoreKind::Full, "{stats:?}");
+    assert!(
+        stats
+            .wiped
+            .as_deref()
+            .is_some_and(|r| r.contains("failed to open")),
+        "{stats:?}"
+    );
+    assert_eq!(contents(&mut store), expected);
+    assert!(
+        store_dir.join("data.broken").join("CURRENT").exists(),
+        "the broken engine is kept aside"
+    );
+    store.close().unwrap();
+
+    // The same damage on a store without a changelog is an error, and the files stay.
+    let plain = StoreConfig {
+        changelog: None,
+        ..config(16)
+    };
+    let ctx = StoreOpenContext {
+        state: &env.state,
+        logs: &env.logs,
+        task: "plain",
+        changelog_partition: 0,
+        checkpoint: None,
+    };
+    let (mut store, _) = open_store(&ctx, STORE, &plain, &mut NoProgress).unwrap();
+    store.stack().put(b"only-copy", b"v").unwrap();
+    store.close().unwrap();
+    let plain_data = env.state.store_dir("plain", STORE).join(DATA_DIR);
+    std::fs::write(plain_data.join("CURRENT"), b"garbage\n").unwrap();
+    let err = open_store(&ctx, STORE, &plain, &mut NoProgress)
+        .err()
+        .expect("opening must fail");
+    assert!(err.to_string().contains(STORE), "{err}");
+    assert!(
+        plain_data.join("CURRENT").exists()
+            && !env
+                .state
+                .store_dir("plain", STORE)
+                .join("data.broken")
+                .exists()
+    );
+}
