@@ -13,110 +13,26 @@
 //! checkpoint (input offsets, changelog ends, output ends); update the output partitions'
 //! read-committed markers; flush the stores' engines and write their `OFFSET` files.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::changelog::now_ms;
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::log::{LogDir, LogError, Partition, PartitionReader};
+use crate::checkpoint::Checkpoint;
+use crate::log::{LogDir, LogError};
 use crate::restore::{RestoreProgress, RestoreStats};
 use crate::statedir::StateDir;
-use crate::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_stores};
+use crate::task_stores::{StoreOpenContext, TaskStore, open_stores};
 
-use super::committed;
 use super::config::JobConfig;
-use super::task::{
-    Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskError, TaskFactory,
-};
+use super::error::{RuntimeError, log_err, task_err};
+use super::input::Cursor;
+use super::outputs::Outputs;
+use super::task::{Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskFactory};
 
 /// Records read from one input partition per batch.
 const FETCH_RECORDS: usize = 1024;
-
-/// A job could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// An input topic does not exist.
-    #[error(
-        "input topic `{topic}` does not exist (create it with `gregor topic create {topic} --partitions N`)"
-    )]
-    NoInput {
-        /// The topic.
-        topic: String,
-    },
-    /// A changelog topic has fewer partitions than the job has tasks.
-    #[error("changelog topic `{topic}` has {has} partitions but the job has {needs} tasks")]
-    ChangelogPartitions {
-        /// The topic.
-        topic: String,
-        /// Partitions it has.
-        has: u32,
-        /// Tasks of the job.
-        needs: u32,
-    },
-    /// Two stores share a changelog topic.
-    #[error("stores `{a}` and `{b}` both use changelog topic `{topic}`; each store needs its own")]
-    SharedChangelog {
-        /// The topic.
-        topic: String,
-        /// One store.
-        a: String,
-        /// The other.
-        b: String,
-    },
-    /// A checkpointed input offset lies past the end of the input.
-    #[error(
-        "task `{task}`: checkpoint says input {topic}/{partition} was read up to {offset}, but it ends at {end}: the input lost data"
-    )]
-    InputBehindCheckpoint {
-        /// Task.
-        task: String,
-        /// Topic.
-        topic: String,
-        /// Partition.
-        partition: u32,
-        /// Checkpointed offset.
-        offset: u64,
-        /// Actual end.
-        end: u64,
-    },
-    /// A log operation failed.
-    #[error("topic `{topic}`: {source}")]
-    Log {
-        /// Topic.
-        topic: String,
-        /// The log error.
-        #[source]
-        source: LogError,
-    },
-    /// A store failed to open, restore or commit.
-    #[error(transparent)]
-    Store(#[from] TaskStoreError),
-    /// A checkpoint could not be read or written.
-    #[error("task `{task}`: {source}")]
-    Checkpoint {
-        /// Task.
-        task: String,
-        /// The error.
-        #[source]
-        source: CheckpointError,
-    },
-    /// A read-committed marker could not be read or written.
-    #[error("{0}")]
-    Marker(#[from] crate::checked_file::CheckedFileError),
-    /// The task returned an error.
-    #[error("task `{task}` failed in {during}: {source}")]
-    Task {
-        /// Task.
-        task: String,
-        /// Where (`process of in/0@42`, `window`, …).
-        during: String,
-        /// The task's error.
-        #[source]
-        source: TaskError,
-    },
-}
 
 /// How to run a job.
 pub struct RunOptions {
@@ -162,21 +78,6 @@ pub struct RunStats {
     pub restores: Vec<RestoreStats>,
 }
 
-struct Cursor {
-    topic: String,
-    partition: u32,
-    reader: PartitionReader,
-    /// Next offset to process.
-    next: u64,
-    /// Read below this (the committed end for job outputs, else the end).
-    limit: u64,
-    /// `until_end` target: the limit at start.
-    target: u64,
-    /// Partition directory (to refresh the committed marker).
-    dir: std::path::PathBuf,
-    marked: bool,
-}
-
 struct TaskRun {
     name: String,
     /// The checkpoint read at start: its entries for other jobs' inputs, stores and outputs
@@ -188,18 +89,6 @@ struct TaskRun {
     cursors: Vec<Cursor>,
     collector: Collector,
     coordinator: Coordinator,
-}
-
-struct Outputs {
-    partitions: BTreeMap<(String, u32), Partition>,
-}
-
-fn task_err(task: &str, during: String) -> impl FnOnce(TaskError) -> RuntimeError + '_ {
-    move |source| RuntimeError::Task {
-        task: task.to_string(),
-        during,
-        source,
-    }
 }
 
 /// The name of job `job`'s task for input partition `p`: `<job>.partition-<p>`. Naming
@@ -219,10 +108,6 @@ pub fn run_job(
         topic: "*".into(),
         source,
     })?;
-    let log_err = |topic: &str| {
-        let topic = topic.to_string();
-        move |source| RuntimeError::Log { topic, source }
-    };
 
     // Inputs decide the number of tasks.
     let mut input_partitions = BTreeMap::new();
@@ -275,32 +160,8 @@ pub fn run_job(
     }
 
     // Outputs: create if missing, drop what no checkpoint covers, write the markers.
-    let mut outputs = Outputs {
-        partitions: BTreeMap::new(),
-    };
-    let mut collector_partitions = BTreeMap::new();
-    for t in &job.outputs {
-        let topic = logs
-            .topic_or_create(t, n_tasks.max(1), job.output_topic_config())
-            .map_err(log_err(t))?;
-        collector_partitions.insert(t.clone(), topic.partitions());
-        for p in 0..topic.partitions() {
-            let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
-            let committed = checkpoints
-                .iter()
-                .flatten()
-                .filter_map(|cp| cp.outputs.get(t).and_then(|m| m.get(&p)).copied())
-                .max();
-            if let Some(c) = committed
-                && part.end_offset() > c
-            {
-                tracing::warn!(topic = %t, partition = p, "dropping {} uncommitted output records", part.end_offset() - c);
-                part.truncate(c).map_err(log_err(t))?;
-            }
-            committed::write(part.dir(), part.end_offset())?;
-            outputs.partitions.insert((t.clone(), p), part);
-        }
-    }
+    let mut outputs = Outputs::recover(&logs, job, n_tasks, &checkpoints)?;
+    let collector_partitions = outputs.partition_counts();
 
     // Open every task: stores (restored), inputs at the checkpoint.
     let restore_started = Instant::now();
@@ -326,41 +187,7 @@ pub fn run_job(
             if p >= np {
                 continue;
             }
-            let topic = logs.topic(t).map_err(log_err(t))?;
-            let (mut part, _) = topic.open_partition(p).map_err(log_err(t))?;
-            let dir = part.dir().to_path_buf();
-            let marker = committed::read(&dir)?;
-            let end = part.end_offset();
-            let limit = marker.map_or(end, |m| m.min(end));
-            let start = part.start_offset();
-            let next = match cp.as_ref().and_then(|c| c.input(t, p)) {
-                Some(o) if o > end => {
-                    return Err(RuntimeError::InputBehindCheckpoint {
-                        task: name.clone(),
-                        topic: t.clone(),
-                        partition: p,
-                        offset: o,
-                        end,
-                    });
-                }
-                Some(o) if o < start => {
-                    tracing::warn!(topic = %t, partition = p, "checkpointed offset {o} was deleted by retention; resuming at {start}");
-                    start
-                }
-                Some(o) => o,
-                None => start,
-            };
-            let reader = part.reader(next).map_err(log_err(t))?;
-            cursors.push(Cursor {
-                topic: t.clone(),
-                partition: p,
-                reader,
-                next,
-                limit,
-                target: limit,
-                dir,
-                marked: marker.is_some(),
-            });
+            cursors.push(Cursor::open(&logs, &name, t, p, cp.as_ref())?);
         }
         let task = factory(&name);
         // Does the checkpoint record every input and changelog of this job? It may not exist
@@ -460,9 +287,7 @@ pub fn run_job(
             std::thread::sleep(Duration::from_millis(20));
             for run in &mut runs {
                 for c in &mut run.cursors {
-                    if c.marked {
-                        c.limit = committed::read(&c.dir)?.unwrap_or(c.limit).max(c.limit);
-                    }
+                    c.refresh_limit()?;
                 }
             }
         }
@@ -565,18 +390,14 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
         }
         if past_limit || coordinator.commit || coordinator.shutdown {
             // The reader has read past `next`; reposition it so nothing is skipped.
-            c.reader =
-                reopen(&c.dir, c.next).map_err(|source| RuntimeError::Log { topic, source })?;
+            c.reposition()
+                .map_err(|source| RuntimeError::Log { topic, source })?;
             if !past_limit {
                 break;
             }
         }
     }
     Ok(n)
-}
-
-fn reopen(dir: &std::path::Path, from: u64) -> Result<PartitionReader, LogError> {
-    PartitionReader::open(dir, from)
 }
 
 /// Commits one task: stores into their changelogs, then its output, then its checkpoint,
@@ -592,51 +413,20 @@ fn commit_task(
             cp.changelogs.insert(name.clone(), end);
         }
     }
-    let mut touched = BTreeSet::new();
-    for m in run.collector.pending.drain(..) {
-        let key = (m.topic, m.partition);
-        let part = outputs
-            .partitions
-            .get_mut(&key)
-            .expect("collector only accepts declared outputs");
-        part.append(m.timestamp, &m.key, m.value.as_deref())
-            .map_err(|source| RuntimeError::Log {
-                topic: key.0.clone(),
-                source,
-            })?;
-        touched.insert(key);
-    }
-    for key in &touched {
-        let part = outputs
-            .partitions
-            .get_mut(key)
-            .expect("touched output exists");
-        part.sync().map_err(|source| RuntimeError::Log {
-            topic: key.0.clone(),
-            source,
-        })?;
-    }
+    let touched = outputs.append(std::mem::take(&mut run.collector.pending))?;
     for c in &run.cursors {
         cp.inputs
             .entry(c.topic.clone())
             .or_default()
             .insert(c.partition, c.next);
     }
-    for ((t, p), part) in &outputs.partitions {
-        cp.outputs
-            .entry(t.clone())
-            .or_default()
-            .insert(*p, part.end_offset());
-    }
+    cp.outputs = outputs.ends();
     cp.write(&state.checkpoint_path(&run.name))
         .map_err(|source| RuntimeError::Checkpoint {
             task: run.name.clone(),
             source,
         })?;
-    for key in &touched {
-        let part = &outputs.partitions[key];
-        committed::write(part.dir(), part.end_offset())?;
-    }
+    outputs.mark_committed(&touched)?;
     for store in run.stores.values_mut() {
         store.finish_commit()?;
     }
