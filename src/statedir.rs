@@ -15,6 +15,9 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+/// Extra attempts (20 ms apart) to take a lock that is held.
+const LOCK_RETRIES: u32 = 5;
+
 /// Errors opening a state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {
@@ -89,17 +92,27 @@ impl StateDir {
             .truncate(false)
             .open(root.join("LOCK"))
             .map_err(io_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut s = String::new();
-                let _ = lock.read_to_string(&mut s);
-                return Err(StateDirError::InUse {
-                    path: root.display().to_string(),
-                    holder: s.trim().parse().ok(),
-                });
+        // A few short retries: a lock released a moment ago can still be held, for the
+        // instant between fork and exec, by a child process some other thread is starting
+        // (it inherits the descriptor). A real second owner still gets the error.
+        let mut attempt = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if attempt < LOCK_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let mut s = String::new();
+                    let _ = lock.read_to_string(&mut s);
+                    return Err(StateDirError::InUse {
+                        path: root.display().to_string(),
+                        holder: s.trim().parse().ok(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err(e)),
         }
         lock.set_len(0).map_err(io_err)?;
         lock.rewind().map_err(io_err)?;
