@@ -1,7 +1,7 @@
 //! Restore and changelog-overhead benchmark (issue 3).
 //!
 //! 1. Restore of a changelog of 1M records (16 B random keys, 100 B values, ~120 MB) into an
-//!    empty RocksDB store (a full restore through `open_store`), vs reading the same segment
+//!    empty RocksDB store (a full restore through `TaskStorage::open`), vs reading the same segment
 //!    files raw with CRC32C checks, in the same run. The page cache is dropped before each
 //!    read when possible (root: `/proc/sys/vm/drop_caches`); the output says if it was.
 //! 2. Puts through the store stack with the changelog vs without (same engine and cache).
@@ -9,16 +9,18 @@
 //! `cargo bench --bench restore` (1M records) or `cargo bench --bench restore -- --quick`
 //! (200k records).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use gregor::checkpoint::Checkpoint;
+use gregor::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
 use gregor::log::{LogDir, TopicConfig};
 use gregor::restore::NoProgress;
 use gregor::statedir::StateDir;
 use gregor::store::config::StoreConfig;
-use gregor::task_stores::{StoreOpenContext, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext};
 use rand::{Rng, SeedableRng};
 
 fn drop_caches() -> bool {
@@ -58,6 +60,26 @@ fn raw_read(dir: &Path) -> (u64, u64) {
     (records, bytes)
 }
 
+/// Opens store `s` of `task` through the production open (restoring it).
+fn open(
+    state: &StateDir,
+    logs: &LogDir,
+    task: &str,
+    config: &StoreConfig,
+) -> (TaskStorage, Option<gregor::restore::RestoreStats>) {
+    let backend =
+        EmbeddedBackend::with_log_dir(state.root(), logs.clone(), EmbeddedSettings::default());
+    let ctx = TaskStorageContext {
+        backend: Arc::new(backend),
+        state,
+        task,
+        changelog_partition: 0,
+    };
+    let configs = BTreeMap::from([("s".to_string(), config.clone())]);
+    let (storage, stats) = TaskStorage::open(&ctx, &configs, &mut NoProgress).unwrap();
+    (storage, stats.into_iter().next())
+}
+
 fn store_config(changelog: Option<&str>) -> StoreConfig {
     StoreConfig {
         changelog: changelog.map(str::to_string),
@@ -71,25 +93,15 @@ fn fill(state: &StateDir, logs: &LogDir, task: &str, config: &StoreConfig, n: u6
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let (mut key, mut value) = ([0u8; 16], [0u8; 100]);
     let t = Instant::now();
-    let ctx = StoreOpenContext {
-        state,
-        logs,
-        task,
-        changelog_partition: 0,
-        checkpoint: None,
-    };
-    let (mut store, _) = open_store(&ctx, "s", config, &mut NoProgress).unwrap();
+    let (mut storage, _) = open(state, logs, task, config);
+    let store = storage.store("s").unwrap();
     for _ in 0..n {
         rng.fill(&mut key);
         rng.fill(&mut value[..]);
         store.stack().put(&key, &value).unwrap();
     }
-    if let Some(end) = store.commit().unwrap() {
-        let mut cp = Checkpoint::default();
-        cp.changelogs.insert("s".into(), end);
-        cp.write(&state.checkpoint_path(task)).unwrap();
-    }
-    store.close().unwrap();
+    storage.commit(&BTreeMap::new(), Vec::new()).unwrap();
+    storage.close().unwrap();
     n as f64 / t.elapsed().as_secs_f64()
 }
 
@@ -150,18 +162,11 @@ fn main() {
     // Full restore: delete the local store, reopen (restores from the changelog).
     std::fs::remove_dir_all(state.store_dir("t", "s").join("data")).unwrap();
     let dropped2 = drop_caches();
-    let cp = Checkpoint::read(&state.checkpoint_path("t")).unwrap();
     let t = Instant::now();
-    let ctx = StoreOpenContext {
-        state: &state,
-        logs: &logs,
-        task: "t",
-        changelog_partition: 0,
-        checkpoint: cp.as_ref(),
-    };
-    let (mut store, stats) = open_store(&ctx, "s", &config, &mut NoProgress).unwrap();
+    let (mut storage, stats) = open(&state, &logs, "t", &config);
     let restore_secs = t.elapsed().as_secs_f64();
     let stats = stats.unwrap();
+    let store = storage.store("s").unwrap();
     assert_eq!(stats.records, n);
     let restored = store.stack().all().unwrap().count() as u64;
     assert!(

@@ -16,7 +16,7 @@ use gregor::runtime::{
 };
 use gregor::statedir::StateDir;
 use gregor::store::typed::Store;
-use gregor::task_stores::{StoreOpenContext, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext};
 
 /// Splits each line into words and counts them in store `words`.
 struct WordCount;
@@ -88,23 +88,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Read the counts of every task back through the same store stack.
+    let backend: std::sync::Arc<dyn gregor::backend::Backend> =
+        std::sync::Arc::new(gregor::runtime::embedded_backend(&state, &job)?);
     let mut totals = BTreeMap::new();
     for p in 0..stats.tasks {
         let task = task_name(&job.name, p);
-        let checkpoint = gregor::checkpoint::Checkpoint::read(&state.checkpoint_path(&task))?;
-        let ctx = StoreOpenContext {
+        let ctx = TaskStorageContext {
+            backend: backend.clone(),
             state: &state,
-            logs: &logs,
             task: &task,
             changelog_partition: p,
-            checkpoint: checkpoint.as_ref(),
         };
-        let (mut store, _) = open_store(
-            &ctx,
-            "words",
-            &job.stores["words"],
-            &mut gregor::restore::NoProgress,
-        )?;
+        let (mut storage, _) =
+            TaskStorage::open(&ctx, &job.stores, &mut gregor::restore::NoProgress)?;
+        let store = storage.store("words").expect("the job has a words store");
         let mut words = Store::<String, u64, _>::new(
             store.stack(),
             job.stores["words"].key_serde,

@@ -1,52 +1,91 @@
-//! The changelog seam: what the logged layer and commit need from a changelog partition.
-//! The embedded log's [`Partition`](crate::log::Partition) implements it; a Kafka producer
-//! will implement it later, so nothing above this trait knows which backend is in use.
+//! A store's changelog as its logged layer and its task's commit see it: a partition written
+//! through the task's [`crate::backend::RecordSink`], and the offset the next
+//! record is expected to get.
+//!
+//! Nothing here learns an offset from a send: the expected end is the end acknowledged at the
+//! last commit (or restore) plus the records sent since, and each commit replaces it with the
+//! acknowledged end ([`Changelog::acknowledged`]). With one writer per partition it is exact
+//! on the embedded log; on Kafka a producer retry can duplicate a record, which only makes
+//! the expectation run behind the truth until the next commit. The engine records this
+//! expected end with every batch, so a crash can leave an engine marker that is *low*, never
+//! high: restore then replays a few records twice (harmless, they are applied in order) or,
+//! if the engine holds writes past the checkpoint, rebuilds it.
 
 use std::sync::{Arc, Mutex};
 
-use crate::log::LogError;
+use crate::backend::{BackendError, RecordSink, TopicPartition};
+use crate::store::Mutation;
 
-/// One changelog partition, written by one task.
-pub trait ChangelogWriter: Send {
-    /// Appends a record (`value: None` is a tombstone) and returns its offset. It may stay
-    /// buffered in the process until [`flush_to_os`](Self::flush_to_os).
-    fn append(&mut self, timestamp: i64, key: &[u8], value: Option<&[u8]>)
-    -> Result<u64, LogError>;
+/// A task's record sink, shared by its stores' logged layers and its commit.
+pub type SharedSink = Arc<Mutex<Box<dyn RecordSink>>>;
 
-    /// Hands buffered records to the OS (they survive the process being killed).
-    fn flush_to_os(&mut self) -> Result<(), LogError>;
-
-    /// Makes every appended record durable (fsync) and returns the end offset.
-    fn sync(&mut self) -> Result<u64, LogError>;
-
-    /// The offset the next append will get.
-    fn end_offset(&self) -> u64;
+/// One store's changelog partition.
+pub struct Changelog {
+    sink: SharedSink,
+    tp: TopicPartition,
+    next: u64,
+    poisoned: Option<String>,
 }
 
-/// A changelog partition shared by a store's logged layer (which appends) and its task's
-/// commit (which syncs and reads the end offset).
-pub type SharedChangelog = Arc<Mutex<dyn ChangelogWriter>>;
+/// A changelog shared by a store's logged layer (which appends) and its task's commit (which
+/// learns the acknowledged end).
+pub type SharedChangelog = Arc<Mutex<Changelog>>;
 
-impl ChangelogWriter for crate::log::Partition {
-    fn append(
+impl Changelog {
+    /// The changelog `tp`, written through `sink`, whose records end at `end` now.
+    pub fn new(sink: SharedSink, tp: TopicPartition, end: u64) -> Self {
+        Changelog {
+            sink,
+            tp,
+            next: end,
+            poisoned: None,
+        }
+    }
+
+    /// Marks the changelog unusable: a flush of the task's sink failed, so which of its
+    /// records are durable is unknown until the task is restored. The store's logged layer
+    /// refuses every later write.
+    pub fn poison(&mut self, reason: String) {
+        self.poisoned.get_or_insert(reason);
+    }
+
+    /// Why the changelog is unusable, if it is.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// The changelog partition.
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    /// Sends one record per mutation and hands them to the OS where the backend can; returns
+    /// the expected end after them.
+    pub fn append_batch(
         &mut self,
         timestamp: i64,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<u64, LogError> {
-        crate::log::Partition::append(self, timestamp, key, value)
+        batch: &[Mutation],
+    ) -> Result<u64, BackendError> {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        for m in batch {
+            sink.send(&self.tp, timestamp, &m.key, m.value.as_deref())?;
+            self.next += 1;
+        }
+        sink.flush_to_os()?;
+        Ok(self.next)
     }
 
-    fn flush_to_os(&mut self) -> Result<(), LogError> {
-        crate::log::Partition::flush_to_os(self)
+    /// The expected end: the offset after the last record sent.
+    pub fn end(&self) -> u64 {
+        self.next
     }
 
-    fn sync(&mut self) -> Result<u64, LogError> {
-        crate::log::Partition::sync(self)
-    }
-
-    fn end_offset(&self) -> u64 {
-        crate::log::Partition::end_offset(self)
+    /// The backend acknowledged every record sent so far, ending at `end`.
+    pub fn acknowledged(&mut self, end: u64) {
+        if end != self.next {
+            tracing::debug!(changelog = %self.tp, expected = self.next, end, "changelog end differs from the expected one (producer retries)");
+        }
+        self.next = end;
     }
 }
 

@@ -16,7 +16,10 @@
 //! - [`log`]: the embedded partitioned log (segment files with CRC32C-framed records).
 //! - [`changelog`]: the seam between stores and their changelog backend.
 //! - [`restore`]: the pure restore planner and its executor.
-//! - [`task_stores`]: opening a task's stores (with restore) and committing them.
+//! - [`backend`]: the seam below the runtime: topics, readers, record sinks, checkpoints
+//!   ([`backend::embedded`], [`backend::memory`]).
+//! - [`task_storage`]: a task's stores, sink and checkpoint; the one owner of restore and
+//!   commit.
 //! - [`checkpoint`]: what a task had processed and stored at its last commit.
 //! - [`runtime`]: job config, the task API, the container, built-in tasks.
 //! - [`partitioner`]: Kafka's murmur2 partitioner.
@@ -26,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod changelog;
 pub mod checked_file;
 pub mod checkpoint;
@@ -38,4 +42,4 @@ pub mod runtime;
 pub mod serde;
 pub mod statedir;
 pub mod store;
-pub mod task_stores;
+pub mod task_storage;

@@ -77,6 +77,11 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), StateDirError
     }
 }
 
+/// The checkpoint file of `task` in the state directory at `root`.
+pub fn checkpoint_file(root: &Path, task: &str) -> PathBuf {
+    root.join("tasks").join(task).join("checkpoint")
+}
+
 impl StateDir {
     /// Opens (creating if needed) and locks the state directory at `root`.
     pub fn open(root: &Path) -> Result<Self, StateDirError> {
@@ -145,7 +150,7 @@ impl StateDir {
 
     /// The checkpoint file of `task`.
     pub fn checkpoint_path(&self, task: &str) -> PathBuf {
-        self.task_dir(task).join("checkpoint")
+        checkpoint_file(&self.root, task)
     }
 
     /// Names of the tasks that have a directory, sorted.

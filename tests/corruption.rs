@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use gregor::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
 use gregor::checkpoint::Checkpoint;
 use gregor::log::{IoHooks, LogDir, TopicConfig};
 use gregor::restore::{NoProgress, RestoreKind, RestoreStats};
 use gregor::statedir::StateDir;
+use gregor::store::KeyValueStore;
 use gregor::store::StoreError;
 use gregor::store::config::StoreConfig;
 use gregor::store::stack::{DATA_DIR, MANIFEST_FILE, OFFSET_FILE};
-use gregor::task_stores::{StoreOpenContext, TaskStore, TaskStoreError, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext, TaskStoreError};
 
 const TASK: &str = "t";
 const STORE: &str = "s";
@@ -74,38 +76,57 @@ impl Env {
         Checkpoint::read(&self.state.checkpoint_path(TASK)).unwrap()
     }
 
+    /// Opens task `task` with `configs` (restoring its stores) through `logs`.
+    fn open_task(
+        &self,
+        logs: &LogDir,
+        task: &str,
+        configs: BTreeMap<String, StoreConfig>,
+    ) -> Result<(Opened, Vec<RestoreStats>), TaskStoreError> {
+        let backend = EmbeddedBackend::with_log_dir(
+            self.state.root(),
+            logs.clone(),
+            EmbeddedSettings::default(),
+        );
+        let ctx = TaskStorageContext {
+            backend: Arc::new(backend),
+            state: &self.state,
+            task,
+            changelog_partition: 0,
+        };
+        let (storage, stats) = TaskStorage::open(&ctx, &configs, &mut NoProgress)?;
+        let store = configs.keys().next().expect("one store").clone();
+        Ok((Opened { storage, store }, stats))
+    }
+
     /// Opens the store (restoring it to the checkpoint) through `logs`.
     fn open_with(
         &self,
         logs: &LogDir,
         cache: usize,
-    ) -> Result<(TaskStore, RestoreStats), TaskStoreError> {
-        let cp = self.checkpoint();
-        let ctx = StoreOpenContext {
-            state: &self.state,
+    ) -> Result<(Opened, RestoreStats), TaskStoreError> {
+        let (opened, stats) = self.open_task(
             logs,
-            task: TASK,
-            changelog_partition: 0,
-            checkpoint: cp.as_ref(),
-        };
-        let (store, stats) = open_store(&ctx, STORE, &config(cache), &mut NoProgress)?;
+            TASK,
+            BTreeMap::from([(STORE.to_string(), config(cache))]),
+        )?;
         Ok((
-            store,
-            stats.expect("a store with a changelog reports its restore"),
+            opened,
+            stats
+                .into_iter()
+                .next()
+                .expect("a store with a changelog reports its restore"),
         ))
     }
 
-    fn open(&self) -> Result<(TaskStore, RestoreStats), TaskStoreError> {
+    fn open(&self) -> Result<(Opened, RestoreStats), TaskStoreError> {
         self.open_with(&self.logs, 16)
     }
 
-    /// Commits like the container: store, then the checkpoint. Returns the changelog end.
-    fn commit(&self, store: &mut TaskStore) -> u64 {
-        let end = store.commit().unwrap().unwrap();
-        let mut cp = Checkpoint::default();
-        cp.changelogs.insert(STORE.into(), end);
-        cp.write(&self.state.checkpoint_path(TASK)).unwrap();
-        end
+    /// Commits through the task's storage (store, then checkpoint, then engine). Returns the
+    /// changelog end.
+    fn commit(&self, store: &mut Opened) -> u64 {
+        store.commit().unwrap()
     }
 
     fn store_dir(&self) -> PathBuf {
@@ -132,7 +153,40 @@ impl Env {
     }
 }
 
-fn contents(store: &mut TaskStore) -> Contents {
+/// An open task storage holding one store.
+struct Opened {
+    storage: TaskStorage,
+    store: String,
+}
+
+impl Opened {
+    fn stack(&mut self) -> &mut dyn KeyValueStore {
+        self.storage.store(&self.store).expect("opened").stack()
+    }
+
+    /// The production commit; returns the store's changelog end.
+    fn commit(&mut self) -> Result<u64, TaskStoreError> {
+        let cp = self.storage.commit(&BTreeMap::new(), Vec::new())?;
+        Ok(cp.changelogs.get(&self.store).copied().unwrap_or(0))
+    }
+
+    /// Flushes the store's engine past the checkpoint (what RocksDB may do on its own) and
+    /// returns the changelog end the engine now reflects; no checkpoint is written.
+    fn flush_without_checkpoint(&mut self) -> u64 {
+        self.stack().flush().unwrap();
+        self.storage
+            .store(&self.store)
+            .unwrap()
+            .changelog_end()
+            .unwrap()
+    }
+
+    fn close(self) -> Result<(), TaskStoreError> {
+        self.storage.close()
+    }
+}
+
+fn contents(store: &mut Opened) -> Contents {
     store
         .stack()
         .all()
@@ -142,7 +196,7 @@ fn contents(store: &mut TaskStore) -> Contents {
 }
 
 /// Writes `n` entries `key-<base+i>` with values of varied sizes (some deletes).
-fn write_some(store: &mut TaskStore, base: u64, n: u64) {
+fn write_some(store: &mut Opened, base: u64, n: u64) {
     for i in base..base + n {
         let k = format!("key-{:04}", i % 300).into_bytes();
         if i % 7 == 3 {
@@ -521,8 +575,8 @@ fn engine_ahead_of_checkpoint_gives_a_full_restore_to_the_checkpoint() {
     let cp_end = env.checkpoint().unwrap().changelogs[STORE];
     let (mut store, _) = env.open().unwrap();
     write_some(&mut store, 500, 60);
-    // Flushes the engine and writes OFFSET past the checkpoint; no checkpoint follows.
-    let ahead = store.commit().unwrap().unwrap();
+    // Flushes the engine past the checkpoint; no checkpoint follows.
+    let ahead = store.flush_without_checkpoint();
     assert!(ahead > cp_end);
     drop(store);
 
@@ -577,19 +631,14 @@ fn unopenable_engine_is_moved_aside_and_rebuilt_only_when_a_changelog_exists() {
         changelog: None,
         ..config(16)
     };
-    let ctx = StoreOpenContext {
-        state: &env.state,
-        logs: &env.logs,
-        task: "plain",
-        changelog_partition: 0,
-        checkpoint: None,
-    };
-    let (mut store, _) = open_store(&ctx, STORE, &plain, &mut NoProgress).unwrap();
+    let plain_configs = || BTreeMap::from([(STORE.to_string(), plain.clone())]);
+    let (mut store, _) = env.open_task(&env.logs, "plain", plain_configs()).unwrap();
     store.stack().put(b"only-copy", b"v").unwrap();
     store.close().unwrap();
     let plain_data = env.state.store_dir("plain", STORE).join(DATA_DIR);
     std::fs::write(plain_data.join("CURRENT"), b"garbage\n").unwrap();
-    let err = open_store(&ctx, STORE, &plain, &mut NoProgress)
+    let err = env
+        .open_task(&env.logs, "plain", plain_configs())
         .err()
         .expect("opening must fail");
     assert!(err.to_string().contains(STORE), "{err}");

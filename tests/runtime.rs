@@ -7,17 +7,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gregor::backend::Backend;
 use gregor::checkpoint::Checkpoint;
 use gregor::log::{LogDir, PartitionReader, Record, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::restore::NoProgress;
 use gregor::runtime::{
     Envelope, JobConfig, RunOptions, RunStats, RuntimeError, StreamTask, TaskContext, TaskError,
-    TaskFactory, committed, run_job, task_name,
+    TaskFactory, committed, embedded_backend, run_job, task_name,
 };
 use gregor::statedir::StateDir;
 use gregor::store::typed::Store;
-use gregor::task_stores::{StoreOpenContext, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext};
 
 fn create_topic(root: &Path, topic: &str, partitions: u32) {
     LogDir::open(root)
@@ -96,23 +97,23 @@ fn run(
     run_job(state, job, &factory, opts(until_end))
 }
 
-/// Merged string -> u64 store `store` over `tasks` tasks, read through `open_store` at each
-/// task's checkpoint.
+/// Merged string -> u64 store `store` over `tasks` tasks, read through `TaskStorage::open` at
+/// each task's checkpoint.
 fn counts(state: &StateDir, job: &JobConfig, store: &str, tasks: u32) -> BTreeMap<String, u64> {
-    let logs = LogDir::open(state.root()).unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(embedded_backend(state, job).unwrap());
     let config = &job.stores[store];
     let mut out = BTreeMap::new();
     for p in 0..tasks {
         let task = task_name(&job.name, p);
-        let cp = Checkpoint::read(&state.checkpoint_path(&task)).unwrap();
-        let ctx = StoreOpenContext {
+        let ctx = TaskStorageContext {
+            backend: Arc::clone(&backend),
             state,
-            logs: &logs,
             task: &task,
             changelog_partition: p,
-            checkpoint: cp.as_ref(),
         };
-        let (mut s, _) = open_store(&ctx, store, config, &mut NoProgress).unwrap();
+        let configs = BTreeMap::from([(store.to_string(), config.clone())]);
+        let (mut storage, _) = TaskStorage::open(&ctx, &configs, &mut NoProgress).unwrap();
+        let s = storage.store(store).unwrap();
         let mut typed =
             Store::<String, u64, _>::new(s.stack(), config.key_serde, config.value_serde).unwrap();
         for e in typed.all().unwrap() {

@@ -147,6 +147,7 @@ pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
         until_end: true,
         stop: run_cmd::stop_on_signal()?,
         progress: progress::for_stderr(),
+        assignment: None,
     };
     if resumed {
         eprintln!("resuming the page-view job from its checkpoint");

@@ -55,6 +55,7 @@ pub fn run(state_dir: &Path, job_file: &Path, until_end: bool) -> Result<i32> {
         until_end,
         stop: stop_on_signal()?,
         progress: progress::for_stderr(),
+        assignment: None,
     };
     let stats = run_job(&state, &job, &factory, opts)?;
     print_stats(&stats);

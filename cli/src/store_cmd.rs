@@ -6,13 +6,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use gregor::checkpoint::Checkpoint;
-use gregor::log::LogDir;
+use std::sync::Arc;
+
+use gregor::backend::Backend;
+use gregor::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
 use gregor::serde::SerdeName;
 use gregor::statedir::StateDir;
 use gregor::store::config::{EngineKind, StoreConfig};
 use gregor::store::stack;
-use gregor::task_stores::{StoreOpenContext, TaskStore, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext, TaskStore};
 
 use crate::progress;
 
@@ -174,50 +176,47 @@ fn resolve_config(state: &StateDir, at: &StoreArgs, create: bool) -> Result<(Sto
     ))
 }
 
-/// An open store plus what committing it needs.
-struct Opened<'a> {
-    state: &'a StateDir,
-    task: String,
-    store: TaskStore,
+/// An open store: the storage of its task holding just this store.
+struct Opened {
+    storage: TaskStorage,
+    store: String,
 }
 
-fn open<'a>(
-    state: &'a StateDir,
-    logs: &LogDir,
+fn open(
+    state: &StateDir,
+    backend: &Arc<dyn Backend>,
     at: &StoreArgs,
     create: bool,
-) -> Result<Opened<'a>> {
+) -> Result<Opened> {
     let (config, partition) = resolve_config(state, at, create)?;
-    let checkpoint = Checkpoint::read(&state.checkpoint_path(&at.task))?;
-    let ctx = StoreOpenContext {
+    let ctx = TaskStorageContext {
+        backend: Arc::clone(backend),
         state,
-        logs,
         task: &at.task,
         changelog_partition: partition,
-        checkpoint: checkpoint.as_ref(),
     };
     let mut progress = progress::for_stderr();
-    let (store, _) = open_store(&ctx, &at.store, &config, &mut *progress)?;
+    let configs = BTreeMap::from([(at.store.clone(), config)]);
+    let (storage, _) = TaskStorage::open(&ctx, &configs, &mut *progress)?;
     Ok(Opened {
-        state,
-        task: at.task.clone(),
-        store,
+        storage,
+        store: at.store.clone(),
     })
 }
 
-impl Opened<'_> {
-    /// Commits the store and records its changelog end in the task's checkpoint, so the
-    /// write is not dropped as uncommitted when the job restarts.
+impl Opened {
+    fn store(&mut self) -> &mut TaskStore {
+        self.storage
+            .store(&self.store)
+            .expect("opened with this store")
+    }
+
+    /// Commits the store and records its changelog end in the task's checkpoint (keeping the
+    /// checkpoint's other entries), so the write is not dropped as uncommitted when the job
+    /// restarts.
     fn commit(mut self) -> Result<()> {
-        let end = self.store.prepare_commit()?;
-        if let Some(end) = end {
-            let path = self.state.checkpoint_path(&self.task);
-            let mut cp = Checkpoint::read(&path)?.unwrap_or_default();
-            cp.changelogs.insert(self.store.name().to_string(), end);
-            cp.write(&path)?;
-        }
-        self.store.finish_commit()?;
-        self.store.close()?;
+        self.storage.commit(&BTreeMap::new(), Vec::new())?;
+        self.storage.close()?;
         Ok(())
     }
 }
@@ -253,22 +252,25 @@ fn print_entry(config: &StoreConfig, key: &[u8], value: &[u8], json: bool) -> Re
 /// Runs a `store` verb; returns the exit status.
 pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
     let state = StateDir::open(state_dir)?;
-    let logs = LogDir::open(state.root())?;
+    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(
+        state.root(),
+        EmbeddedSettings::default(),
+    )?);
     match cmd {
         StoreCmd::Put { at, key, value } => {
-            let mut o = open(&state, &logs, &at, true)?;
-            let c = o.store.config().clone();
+            let mut o = open(&state, &backend, &at, true)?;
+            let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
             let v = c.value_serde.encode_text(&value).context("bad value")?;
-            o.store.stack().put(&k, &v)?;
+            o.store().stack().put(&k, &v)?;
             o.commit()?;
             Ok(0)
         }
         StoreCmd::Get { at, key } => {
-            let mut o = open(&state, &logs, &at, false)?;
-            let c = o.store.config().clone();
+            let mut o = open(&state, &backend, &at, false)?;
+            let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
-            match o.store.stack().get(&k)? {
+            match o.store().stack().get(&k)? {
                 Some(v) => {
                     println!("{}", text(c.value_serde, &v, "value")?);
                     Ok(0)
@@ -283,10 +285,10 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             }
         }
         StoreCmd::Delete { at, key } => {
-            let mut o = open(&state, &logs, &at, false)?;
-            let c = o.store.config().clone();
+            let mut o = open(&state, &backend, &at, false)?;
+            let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
-            o.store.stack().delete(&k)?;
+            o.store().stack().delete(&k)?;
             o.commit()?;
             Ok(0)
         }
@@ -297,8 +299,8 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             prefix,
             json,
         } => {
-            let mut o = open(&state, &logs, &at, false)?;
-            let c = o.store.config().clone();
+            let mut o = open(&state, &backend, &at, false)?;
+            let c = o.store().config().clone();
             let from = from
                 .map(|f| c.key_serde.encode_text(&f))
                 .transpose()
@@ -308,9 +310,9 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
                 .transpose()
                 .context("bad --to")?;
             let it = match &prefix {
-                Some(p) => o.store.stack().prefix(p.as_bytes())?,
+                Some(p) => o.store().stack().prefix(p.as_bytes())?,
                 None => o
-                    .store
+                    .store()
                     .stack()
                     .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
             };
@@ -320,9 +322,9 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        StoreCmd::Dump { task, store, json } => dump(&state, &logs, task, &store, json),
+        StoreCmd::Dump { task, store, json } => dump(&state, &backend, task, &store, json),
         StoreCmd::Restore { at } => {
-            let o = open(&state, &logs, &at, false)?;
+            let o = open(&state, &backend, &at, false)?;
             o.commit()?;
             Ok(0)
         }
@@ -332,7 +334,7 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
 /// Dumps a store of one task or, merged in key order, of every task that has it.
 fn dump(
     state: &StateDir,
-    logs: &LogDir,
+    backend: &Arc<dyn Backend>,
     task: Option<String>,
     store: &str,
     json: bool,
@@ -363,13 +365,13 @@ fn dump(
             store: store.to_string(),
             create: CreateArgs::default(),
         };
-        opened.push(open(state, logs, &at, false)?);
+        opened.push(open(state, backend, &at, false)?);
     }
-    let config = opened[0].store.config().clone();
+    let config = opened[0].store().config().clone();
     // k-way merge of the tasks' ordered iterators.
     let mut iters = Vec::new();
     for o in &mut opened {
-        iters.push(o.store.stack().all()?.peekable());
+        iters.push(o.store().stack().all()?.peekable());
     }
     let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
     for (i, it) in iters.iter_mut().enumerate() {

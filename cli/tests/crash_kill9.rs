@@ -134,7 +134,7 @@ fn check_after_kill(
         // Killed before its first checkpoint: nothing was processed, nothing may be stored.
         tally.before_first_checkpoint += 1;
         tally.before_first_commit += 1;
-        let got = torture_ops::contents(opened.store.stack()).map_err(|e| e.to_string())?;
+        let got = torture_ops::contents(opened.store().stack()).map_err(|e| e.to_string())?;
         if !got.is_empty() {
             return Err(format!(
                 "no checkpoint, yet the store holds {} entries",
@@ -162,7 +162,7 @@ fn check_after_kill(
     tally.wiped += u64::from(opened.stats.wiped.is_some());
     tally.truncated_records += opened.stats.truncated;
 
-    let got = torture_ops::contents(opened.store.stack()).map_err(|e| e.to_string())?;
+    let got = torture_ops::contents(opened.store().stack()).map_err(|e| e.to_string())?;
     if got != *model {
         let lost = model
             .iter()
@@ -176,7 +176,7 @@ fn check_after_kill(
     }
     // Spot-check point reads through the whole stack too (cache + engine).
     for (k, v) in model.iter().take(50) {
-        let got = opened.store.stack().get(k).map_err(|e| e.to_string())?;
+        let got = opened.store().stack().get(k).map_err(|e| e.to_string())?;
         if got.as_ref() != Some(v) {
             return Err(format!("get({k:?}) disagrees with all()"));
         }
@@ -238,7 +238,7 @@ fn kill9_memory_store_equals_committed_ops() {
 /// A crash inside the commit window — checkpoint written, engine not yet flushed — costs a
 /// delta restore of the records since the last engine flush, never a rebuild from scratch,
 /// and the store equals the checkpoint (the reason commit flushes engines after the
-/// checkpoint; see `TaskStore::finish_commit`).
+/// checkpoint; see `TaskStorage::commit`).
 #[test]
 fn crash_between_checkpoint_and_engine_flush_needs_only_a_delta_restore() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -272,7 +272,7 @@ fn crash_between_checkpoint_and_engine_flush_needs_only_a_delta_restore() {
     assert_eq!(opened.stats.kind, RestoreKind::Delta, "{:?}", opened.stats);
     assert!(opened.stats.wiped.is_none(), "{:?}", opened.stats);
     assert!(opened.stats.records > 0, "{:?}", opened.stats);
-    let contents = torture_ops::contents(opened.store.stack()).unwrap();
+    let contents = torture_ops::contents(opened.store().stack()).unwrap();
     assert!(
         contents == torture_ops::model(seed, ops),
         "store differs from the checkpoint"

@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use super::plan::{Action, PlanError, RestoreKind, RestorePlan};
-use crate::log::{LogError, Partition};
+use crate::backend::{Backend, BackendError};
+use crate::changelog::{Changelog, now_ms};
 use crate::store::{Engine, Mutation, StoreError};
 
 /// Records per engine write batch during a delta replay.
@@ -16,6 +19,7 @@ const BULK_CHUNK_BYTES: usize = 32 << 20;
 
 /// A restore failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RestoreError {
     /// The inputs cannot be reconciled.
     #[error("restore of store `{store}`: {source}")]
@@ -26,14 +30,14 @@ pub enum RestoreError {
         #[source]
         source: PlanError,
     },
-    /// Reading or truncating the changelog failed.
+    /// Reading, truncating or trimming the changelog failed.
     #[error("restore of store `{store}`: changelog: {source}")]
-    Log {
+    Changelog {
         /// Store name.
         store: String,
-        /// The log error.
+        /// The backend's error.
         #[source]
-        source: LogError,
+        source: BackendError,
     },
     /// Writing the engine failed (the error names the store).
     #[error("restore: {0}")]
@@ -51,8 +55,10 @@ pub struct RestoreStats {
     pub records: u64,
     /// Key and value bytes replayed.
     pub bytes: u64,
-    /// Uncommitted changelog records dropped.
+    /// Uncommitted changelog records dropped (truncated, or overwritten by a trim).
     pub truncated: u64,
+    /// Records appended by a trim (restored values of keys that uncommitted records touched).
+    pub trimmed: u64,
     /// Whether the local engine was wiped, and why.
     pub wiped: Option<String>,
     /// Wall time.
@@ -147,16 +153,26 @@ impl RestoreProgress for NoProgress {
     fn finish(&mut self, _: &RestoreStats) {}
 }
 
-/// Runs `plan` for `engine` against its changelog partition.
+/// Where a restore reads and writes the changelog: the backend holding it and the store's
+/// [`Changelog`] (its partition, and the task's sink for trim records).
+pub struct ChangelogAccess<'a> {
+    /// The backend.
+    pub backend: &'a dyn Backend,
+    /// The store's changelog.
+    pub changelog: &'a mut Changelog,
+}
+
+/// Runs `plan` for `engine` against its changelog.
 pub fn execute(
     plan: &RestorePlan,
     engine: &mut dyn Engine,
-    changelog: &mut Partition,
+    changelog: ChangelogAccess<'_>,
     progress: &mut dyn RestoreProgress,
 ) -> Result<RestoreStats, RestoreError> {
+    let ChangelogAccess { backend, changelog } = changelog;
     let store = engine.name().to_string();
     let started = Instant::now();
-    let log_err = |source| RestoreError::Log {
+    let log_err = |source| RestoreError::Changelog {
         store: store.clone(),
         source,
     };
@@ -167,13 +183,17 @@ pub fn execute(
         records: 0,
         bytes: 0,
         truncated: 0,
+        trimmed: 0,
         wiped: None,
         elapsed: Duration::ZERO,
     };
     for action in &plan.actions {
         match action {
             Action::TruncateChangelog { to, records } => {
-                changelog.truncate(*to).map_err(log_err)?;
+                backend
+                    .truncate(changelog.topic_partition(), *to)
+                    .map_err(log_err)?;
+                changelog.acknowledged(*to);
                 stats.truncated = *records;
                 tracing::warn!(store = %store, "dropped {records} uncommitted changelog records from offset {to}");
             }
@@ -184,11 +204,21 @@ pub fn execute(
             }
             Action::Replay { from, to } => {
                 progress.start(&store, to - from);
+                let source = Source {
+                    backend,
+                    changelog: &*changelog,
+                };
                 if plan.kind == RestoreKind::Full {
-                    bulk_replay(engine, changelog, *from, *to, &mut stats, progress)?;
+                    bulk_replay(engine, &source, *from, *to, &mut stats, progress)?;
                 } else {
-                    replay(engine, changelog, *from, *to, &mut stats, progress)?;
+                    replay(engine, &source, *from, *to, &mut stats, progress)?;
                 }
+            }
+            Action::Trim { from, to } => {
+                let n = trim(engine, backend, changelog, *from, *to, &store)?;
+                stats.truncated = to - from;
+                stats.trimmed = n;
+                tracing::warn!(store = %store, "overwrote {} uncommitted changelog records from offset {from} with the restored values of the {n} keys they touched", to - from);
             }
         }
     }
@@ -235,11 +265,64 @@ fn newest_per_key(chunk: Vec<Mutation>, drop_tombstones: bool) -> Vec<Mutation> 
     out
 }
 
+/// Where replays read.
+struct Source<'a> {
+    backend: &'a dyn Backend,
+    changelog: &'a Changelog,
+}
+
+/// Records in `[from, to)` are uncommitted and cannot be dropped: appends the engine's value
+/// (or a tombstone) of every key they touched, through the task's sink. Returns how many.
+fn trim(
+    engine: &mut dyn Engine,
+    backend: &dyn Backend,
+    changelog: &mut Changelog,
+    from: u64,
+    to: u64,
+    store: &str,
+) -> Result<u64, RestoreError> {
+    let log_err = |source| RestoreError::Changelog {
+        store: store.to_string(),
+        source,
+    };
+    let mut keys = BTreeSet::new();
+    let mut reader = backend
+        .open_reader(changelog.topic_partition(), from)
+        .map_err(log_err)?;
+    'read: loop {
+        let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
+        if records.is_empty() {
+            break;
+        }
+        for r in records {
+            if r.offset >= to {
+                break 'read;
+            }
+            if r.offset >= from {
+                keys.insert(r.key);
+            }
+        }
+    }
+    let n = keys.len() as u64;
+    let mut batch = Vec::with_capacity(BATCH_RECORDS.min(keys.len()));
+    for key in keys {
+        let value = engine.get(&key).map_err(RestoreError::Store)?;
+        batch.push(Mutation { key, value });
+        if batch.len() == BATCH_RECORDS {
+            changelog
+                .append_batch(now_ms(), &std::mem::take(&mut batch))
+                .map_err(log_err)?;
+        }
+    }
+    changelog.append_batch(now_ms(), &batch).map_err(log_err)?;
+    Ok(n)
+}
+
 /// Reads the changelog records in `[from, to)` in batches and hands each batch to `apply` as
 /// mutations with the changelog end it brings the engine to, counting them in `stats` and
 /// `progress`. `apply` is told when a batch is the last one.
 fn read_batches(
-    changelog: &mut Partition,
+    source: &Source<'_>,
     from: u64,
     to: u64,
     stats: &mut RestoreStats,
@@ -247,14 +330,17 @@ fn read_batches(
     mut apply: impl FnMut(Vec<Mutation>, u64, bool) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
     let store = stats.store.clone();
-    let log_err = |source| RestoreError::Log {
+    let log_err = |source| RestoreError::Changelog {
         store: store.clone(),
         source,
     };
     if from >= to {
         return Ok(());
     }
-    let mut reader = changelog.reader(from).map_err(log_err)?;
+    let mut reader = source
+        .backend
+        .open_reader(source.changelog.topic_partition(), from)
+        .map_err(log_err)?;
     loop {
         let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
         let mut last = records.is_empty();
@@ -265,17 +351,18 @@ fn read_batches(
                 last = true;
                 break;
             }
+            if r.offset < from {
+                // A backend may hand back records before the position asked for (Kafka
+                // returns whole compressed batches); they are already applied.
+                continue;
+            }
             bytes += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
             batch.push(Mutation {
-                key: r.key.clone(),
-                value: r.value.clone(),
+                key: r.key,
+                value: r.value,
             });
         }
-        let end = if last {
-            to
-        } else {
-            reader.next_offset().min(to)
-        };
+        let end = if last { to } else { reader.position().min(to) };
         let n = batch.len() as u64;
         stats.records += n;
         stats.bytes += bytes;
@@ -292,7 +379,7 @@ fn read_batches(
 /// chunk k runs on a second thread while this one reads and sorts chunk k+1.
 fn bulk_replay(
     engine: &mut dyn Engine,
-    changelog: &mut Partition,
+    source: &Source<'_>,
     from: u64,
     to: u64,
     stats: &mut RestoreStats,
@@ -303,7 +390,7 @@ fn bulk_replay(
         let mut idle: Option<&mut dyn Engine> = Some(engine);
         let mut loading: Option<std::thread::ScopedJoinHandle<'_, Loaded<'_>>> = None;
         let (mut chunk, mut chunk_bytes, mut first) = (Vec::new(), 0usize, true);
-        read_batches(changelog, from, to, stats, progress, |batch, end, last| {
+        read_batches(source, from, to, stats, progress, |batch, end, last| {
             chunk_bytes += batch
                 .iter()
                 .map(|m| m.key.len() + m.value.as_ref().map_or(0, |v| v.len()))
@@ -344,13 +431,13 @@ fn joined<'e>(r: std::thread::Result<Loaded<'e>>) -> Result<&'e mut dyn Engine, 
 /// A delta restore: apply the records in `[from, to)` on top of the engine in write batches.
 fn replay(
     engine: &mut dyn Engine,
-    changelog: &mut Partition,
+    source: &Source<'_>,
     from: u64,
     to: u64,
     stats: &mut RestoreStats,
     progress: &mut dyn RestoreProgress,
 ) -> Result<(), RestoreError> {
-    read_batches(changelog, from, to, stats, progress, |batch, end, _| {
+    read_batches(source, from, to, stats, progress, |batch, end, _| {
         engine.write_logged(batch, end).map_err(RestoreError::Store)
     })?;
     finish_replay(engine, to)

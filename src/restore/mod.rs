@@ -4,5 +4,7 @@
 pub mod exec;
 pub mod plan;
 
-pub use exec::{LogProgress, NoProgress, RestoreError, RestoreProgress, RestoreStats, execute};
+pub use exec::{
+    ChangelogAccess, LogProgress, NoProgress, RestoreError, RestoreProgress, RestoreStats, execute,
+};
 pub use plan::{Action, LocalStore, PlanError, RestoreInputs, RestoreKind, RestorePlan};

@@ -50,6 +50,10 @@ pub struct RestoreInputs {
     pub changelog_start: u64,
     /// The changelog's end offset (next offset to be written).
     pub changelog_end: u64,
+    /// Whether the backend can drop changelog records (the embedded log can, Kafka cannot).
+    /// Records past the checkpoint are truncated where it can, and overwritten by
+    /// [`Action::Trim`] where it cannot.
+    pub truncatable: bool,
 }
 
 /// One step of a restore, run in the order given.
@@ -73,6 +77,16 @@ pub enum Action {
         /// First offset replayed.
         from: u64,
         /// End (exclusive).
+        to: u64,
+    },
+    /// Samza's TRIM, for changelogs that cannot be truncated: after the replay, append the
+    /// restored value (or a tombstone) of every key that the uncommitted records in
+    /// `[from, to)` touched, so that replaying the whole changelog later gives the
+    /// checkpointed state again. The next commit seals them; a crash before it trims again.
+    Trim {
+        /// First uncommitted offset (the checkpoint).
+        from: u64,
+        /// The changelog's end.
         to: u64,
     },
 }
@@ -131,6 +145,7 @@ pub fn plan(inputs: &RestoreInputs) -> Result<RestorePlan, PlanError> {
         checkpoint,
         changelog_start: start,
         changelog_end: end,
+        truncatable,
     } = inputs;
     let (start, end) = (*start, *end);
     let target = match *checkpoint {
@@ -147,11 +162,19 @@ pub fn plan(inputs: &RestoreInputs) -> Result<RestorePlan, PlanError> {
         None => end,
     };
     let mut actions = Vec::new();
+    let mut trim = None;
     if end > target {
-        actions.push(Action::TruncateChangelog {
-            to: target,
-            records: end - target,
-        });
+        if *truncatable {
+            actions.push(Action::TruncateChangelog {
+                to: target,
+                records: end - target,
+            });
+        } else {
+            trim = Some(Action::Trim {
+                from: target,
+                to: end,
+            });
+        }
     }
     let full = |mut actions: Vec<Action>, wipe: Option<String>| {
         if let Some(reason) = wipe {
@@ -167,7 +190,7 @@ pub fn plan(inputs: &RestoreInputs) -> Result<RestorePlan, PlanError> {
             target,
         }
     };
-    Ok(match local {
+    let mut plan = match local {
         LocalStore::Missing => full(actions, None),
         LocalStore::Unusable { reason } => full(actions, Some(reason.clone())),
         LocalStore::Present {
@@ -216,7 +239,9 @@ pub fn plan(inputs: &RestoreInputs) -> Result<RestorePlan, PlanError> {
                 }
             }
         },
-    })
+    };
+    plan.actions.extend(trim);
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -240,7 +265,7 @@ mod tests {
     fn every_combination_restores_exactly_the_checkpoint() {
         const N: u64 = 7;
         let mut checked = 0;
-        for start in 0..=2u64 {
+        for (start, truncatable) in (0..=2u64).flat_map(|s| [(s, true), (s, false)]) {
             for end in start..=N {
                 for checkpoint in std::iter::once(None).chain((0..=N + 1).map(Some)) {
                     let mut locals = vec![
@@ -266,6 +291,7 @@ mod tests {
                             checkpoint,
                             changelog_start: start,
                             changelog_end: end,
+                            truncatable,
                         };
                         let result = plan(&inputs);
                         checked += 1;
@@ -302,6 +328,7 @@ mod tests {
                         // full state; model that by treating [0, start) as applied by a
                         // full restore too (compaction keeps the newest value per key).
                         let mut log_end = end;
+                        let mut trimmed: Vec<(usize, Option<u64>)> = Vec::new();
                         for a in &p.actions {
                             match a {
                                 Action::TruncateChangelog { to, records } => {
@@ -323,12 +350,33 @@ mod tests {
                                     }
                                     state = apply(state, *from, *to);
                                 }
+                                Action::Trim { from, to } => {
+                                    assert!(!truncatable, "{inputs:?} {p:?}");
+                                    assert_eq!((*from, *to), (c, log_end), "{inputs:?}");
+                                    for k in (*from..*to).map(|i| (i % 3) as usize) {
+                                        trimmed.push((k, state[k]));
+                                    }
+                                }
                             }
                         }
-                        assert_eq!(
-                            log_end, c,
-                            "changelog must end at the checkpoint: {inputs:?} {p:?}"
-                        );
+                        if truncatable {
+                            assert_eq!(
+                                log_end, c,
+                                "changelog must end at the checkpoint: {inputs:?} {p:?}"
+                            );
+                        } else {
+                            // Sealed: replaying the whole changelog, trim records included,
+                            // gives the checkpointed state too.
+                            let mut replayed = apply([None; 3], 0, log_end);
+                            for (k, v) in &trimmed {
+                                replayed[*k] = *v;
+                            }
+                            assert_eq!(
+                                replayed,
+                                apply([None; 3], 0, c),
+                                "trim does not seal {inputs:?} with {p:?}"
+                            );
+                        }
                         assert_eq!(
                             state,
                             apply([None; 3], 0, c),
@@ -364,6 +412,7 @@ mod tests {
             checkpoint: Some(8),
             changelog_start: 0,
             changelog_end: 12,
+            truncatable: true,
         })
         .unwrap();
         assert_eq!(
@@ -371,6 +420,30 @@ mod tests {
             vec![
                 Action::TruncateChangelog { to: 8, records: 4 },
                 Action::Replay { from: 5, to: 8 }
+            ]
+        );
+        assert_eq!(p.kind, RestoreKind::Delta);
+    }
+
+    #[test]
+    fn uncommitted_records_are_trimmed_after_replay_without_truncation() {
+        let p = plan(&RestoreInputs {
+            local: LocalStore::Present {
+                engine_end: Some(5),
+                offset_file: Some(5),
+                empty: false,
+            },
+            checkpoint: Some(8),
+            changelog_start: 0,
+            changelog_end: 12,
+            truncatable: false,
+        })
+        .unwrap();
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Replay { from: 5, to: 8 },
+                Action::Trim { from: 8, to: 12 }
             ]
         );
         assert_eq!(p.kind, RestoreKind::Delta);
@@ -387,6 +460,7 @@ mod tests {
             checkpoint: Some(8),
             changelog_start: 0,
             changelog_end: 12,
+            truncatable: true,
         })
         .unwrap();
         assert_eq!(p.kind, RestoreKind::Full);
@@ -401,6 +475,7 @@ mod tests {
             checkpoint: Some(9),
             changelog_start: 0,
             changelog_end: 4,
+            truncatable: true,
         })
         .unwrap_err();
         assert!(

@@ -1,34 +1,35 @@
-//! The container: runs every task of a job in one thread, one task per input partition.
+//! The container: runs the tasks of a job it is given, in one thread, one task per input
+//! partition, over a [`Backend`].
 //!
-//! Start-up: check inputs, create changelog and output topics, drop output that no
-//! checkpoint covers, open each task's stores (restoring them to the task's checkpoint) and
-//! position its inputs at the checkpointed offsets. Then loop: read input in batches, call
-//! `process`, call `window` every `job.window.ms`, commit every `job.commit.ms`. A stop
-//! request (Ctrl-C, SIGTERM, a task's `shutdown`) or, with `until_end`, reaching the end every
-//! input had at start, ends the loop with a final commit.
+//! Start-up: check inputs, make sure changelog and output topics exist, recover the outputs
+//! (the backend drops output no checkpoint covers, where it can), then open each assigned
+//! task ([`Container::open_task`]: its [`TaskStorage`] restores the stores to the task's
+//! checkpoint, its inputs are positioned at the checkpointed offsets). Then loop: read input
+//! in batches, call `process`, call `window` every `job.window.ms`, commit every
+//! `job.commit.ms`. A stop request (Ctrl-C, SIGTERM, a task's `shutdown`) or, with
+//! `until_end`, reaching the end every input had at start, ends the loop; each task is then
+//! closed ([`Container::close_task`]: `close`, a final commit, stores closed). Tasks can be
+//! opened and closed at any time, so a coordinator can move them.
 //!
-//! Commit, one task at a time (so the tail of an output partition only ever belongs to the
-//! task committing): flush the stores' caches into their changelogs and fsync those (see
-//! [`crate::task_stores`]); append the task's buffered output and fsync it; write the
-//! checkpoint (input offsets, changelog ends, output ends); update the output partitions'
-//! read-committed markers; flush the stores' engines and write their `OFFSET` files.
+//! The commit protocol itself is [`TaskStorage::commit`]'s; tasks commit one at a time (so on
+//! the embedded log the tail of an output partition only ever belongs to the task
+//! committing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
+use crate::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use crate::changelog::now_ms;
-use crate::checkpoint::Checkpoint;
-use crate::log::{LogDir, LogError};
 use crate::restore::{RestoreProgress, RestoreStats};
 use crate::statedir::StateDir;
-use crate::task_stores::{StoreOpenContext, TaskStore, open_stores};
+use crate::task_storage::{OutputRecord, TaskStorage, TaskStorageContext};
 
 use super::config::JobConfig;
-use super::error::{RuntimeError, log_err, task_err};
+use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
-use super::outputs::Outputs;
 use super::task::{Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskFactory};
 
 /// Records read from one input partition per batch.
@@ -42,15 +43,18 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Restore progress display.
     pub progress: Box<dyn RestoreProgress>,
+    /// The partitions (tasks) this process runs; `None`: all of them.
+    pub assignment: Option<BTreeSet<u32>>,
 }
 
 impl RunOptions {
-    /// Runs until stopped, logging restore progress.
+    /// Runs every task until stopped, logging restore progress.
     pub fn new() -> Self {
         RunOptions {
             until_end: false,
             stop: Arc::new(AtomicBool::new(false)),
             progress: Box::new(crate::restore::LogProgress::default()),
+            assignment: None,
         }
     }
 }
@@ -80,12 +84,9 @@ pub struct RunStats {
 
 struct TaskRun {
     name: String,
-    /// The checkpoint read at start: its entries for other jobs' inputs, stores and outputs
-    /// (jobs sharing a state directory share `tasks/<task>/checkpoint`) are kept on commit.
-    base: Checkpoint,
     partition: u32,
     task: Box<dyn StreamTask>,
-    stores: BTreeMap<String, TaskStore>,
+    storage: TaskStorage,
     cursors: Vec<Cursor>,
     collector: Collector,
     coordinator: Coordinator,
@@ -97,119 +98,220 @@ pub fn task_name(job: &str, p: u32) -> String {
     format!("{job}.partition-{p}")
 }
 
-/// Runs `job` in this process until it is stopped (or, with `until_end`, caught up).
+/// The embedded backend of `state` with `job`'s topic settings.
+pub fn embedded_backend(
+    state: &StateDir,
+    job: &JobConfig,
+) -> Result<EmbeddedBackend, RuntimeError> {
+    EmbeddedBackend::open(
+        state.root(),
+        EmbeddedSettings {
+            changelog: job.changelog_topic_config(),
+            output: job.output_topic_config(),
+        },
+    )
+    .map_err(topic_err("*"))
+}
+
+/// Runs `job` in this process on the embedded log of `state` until it is stopped (or, with
+/// `until_end`, caught up).
 pub fn run_job(
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
+    opts: RunOptions,
+) -> Result<RunStats, RuntimeError> {
+    let backend = embedded_backend(state, job)?;
+    run_job_on(Arc::new(backend), state, job, factory, opts)
+}
+
+/// Runs `job` over `backend`, with local stores under `state`.
+pub fn run_job_on(
+    backend: Arc<dyn Backend>,
     state: &StateDir,
     job: &JobConfig,
     factory: &TaskFactory,
     mut opts: RunOptions,
 ) -> Result<RunStats, RuntimeError> {
-    let logs = LogDir::open(state.root()).map_err(|source| RuntimeError::Log {
-        topic: "*".into(),
-        source,
-    })?;
-
-    // Inputs decide the number of tasks.
-    let mut input_partitions = BTreeMap::new();
-    for t in &job.inputs {
-        let topic = match logs.topic(t) {
-            Ok(topic) => topic,
-            Err(LogError::TopicNotFound { .. }) => {
-                return Err(RuntimeError::NoInput { topic: t.clone() });
-            }
-            Err(e) => return Err(log_err(t)(e)),
-        };
-        input_partitions.insert(t.clone(), topic.partitions());
-    }
-    let n_tasks = input_partitions.values().copied().max().unwrap_or(0);
-
-    // Changelogs: one partition per task, compacted; one topic per store.
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (store, cfg) in &job.stores {
-        let Some(cl) = &cfg.changelog else { continue };
-        if let Some(other) = seen.insert(cl, store) {
-            return Err(RuntimeError::SharedChangelog {
-                topic: cl.clone(),
-                a: other.to_string(),
-                b: store.clone(),
-            });
-        }
-        let t = logs
-            .topic_or_create(cl, n_tasks, job.changelog_topic_config())
-            .map_err(log_err(cl))?;
-        if t.partitions() < n_tasks {
-            return Err(RuntimeError::ChangelogPartitions {
-                topic: cl.clone(),
-                has: t.partitions(),
-                needs: n_tasks,
-            });
-        }
-    }
-
-    // Checkpoints of every task.
-    let mut checkpoints = Vec::new();
-    for p in 0..n_tasks {
-        let name = task_name(&job.name, p);
-        let cp = Checkpoint::read(&state.checkpoint_path(&name)).map_err(|source| {
-            RuntimeError::Checkpoint {
-                task: name.clone(),
-                source,
-            }
-        })?;
-        checkpoints.push(cp);
-    }
-
-    // Outputs: create if missing, drop what no checkpoint covers, write the markers.
-    let mut outputs = Outputs::recover(&logs, job, n_tasks, &checkpoints)?;
-    let collector_partitions = outputs.partition_counts();
-
-    // Open every task: stores (restored), inputs at the checkpoint.
+    let mut c = Container::start(backend, state, job, factory)?;
     let restore_started = Instant::now();
-    let mut stats = RunStats {
-        tasks: n_tasks,
-        ..Default::default()
-    };
-    let mut runs = Vec::new();
-    for p in 0..n_tasks {
-        let name = task_name(&job.name, p);
-        let cp = checkpoints[p as usize].clone();
-        let ctx = StoreOpenContext {
+    let mut stats = RunStats::default();
+    let assigned: Vec<u32> = (0..c.n_tasks)
+        .filter(|p| opts.assignment.as_ref().is_none_or(|a| a.contains(p)))
+        .collect();
+    for &p in &assigned {
+        stats.restores.extend(c.open_task(p, &mut *opts.progress)?);
+    }
+    stats.tasks = assigned.len() as u32;
+    stats.restore_elapsed = restore_started.elapsed();
+    let started = Instant::now();
+    c.run_loop(&opts, &mut stats)?;
+    for p in assigned {
+        c.close_task(p)?;
+        stats.commits += 1;
+    }
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+/// The tasks of one job in this process.
+pub struct Container<'a> {
+    backend: Arc<dyn Backend>,
+    state: &'a StateDir,
+    job: &'a JobConfig,
+    factory: &'a TaskFactory,
+    n_tasks: u32,
+    input_partitions: BTreeMap<String, u32>,
+    output_partitions: BTreeMap<String, u32>,
+    tasks: BTreeMap<u32, TaskRun>,
+}
+
+impl<'a> Container<'a> {
+    /// Checks `job`'s inputs, makes sure its changelogs and outputs exist and recovers the
+    /// outputs. Opens no task yet.
+    pub fn start(
+        backend: Arc<dyn Backend>,
+        state: &'a StateDir,
+        job: &'a JobConfig,
+        factory: &'a TaskFactory,
+    ) -> Result<Self, RuntimeError> {
+        // Inputs decide the number of tasks.
+        let mut input_partitions = BTreeMap::new();
+        for t in &job.inputs {
+            match backend.partitions(t).map_err(topic_err(t))? {
+                Some(n) => input_partitions.insert(t.clone(), n),
+                None => return Err(RuntimeError::NoInput { topic: t.clone() }),
+            };
+        }
+        let n_tasks = input_partitions.values().copied().max().unwrap_or(0);
+
+        // Changelogs: one partition per task, compacted; one topic per store.
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (store, cfg) in &job.stores {
+            let Some(cl) = &cfg.changelog else { continue };
+            if let Some(other) = seen.insert(cl, store) {
+                return Err(RuntimeError::SharedChangelog {
+                    topic: cl.clone(),
+                    a: other.to_string(),
+                    b: store.clone(),
+                });
+            }
+            backend
+                .ensure_topic(&TopicSpec {
+                    name: cl.clone(),
+                    partitions: n_tasks,
+                    role: TopicRole::Changelog,
+                })
+                .map_err(topic_err(cl))?;
+        }
+
+        // Outputs: create if missing, then recover what the checkpoints committed.
+        let mut output_partitions = BTreeMap::new();
+        for t in &job.outputs {
+            let n = backend
+                .ensure_topic(&TopicSpec {
+                    name: t.clone(),
+                    partitions: n_tasks.max(1),
+                    role: TopicRole::Output,
+                })
+                .map_err(topic_err(t))?;
+            output_partitions.insert(t.clone(), n);
+        }
+        if !job.outputs.is_empty() {
+            // Tasks commit one at a time, so the newest end any checkpoint records is where
+            // committed output ends; anything after it was never committed.
+            let mut committed: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+            for p in 0..n_tasks {
+                let name = task_name(&job.name, p);
+                let cp =
+                    backend
+                        .read_checkpoint(&name)
+                        .map_err(|source| RuntimeError::Backend {
+                            task: name.clone(),
+                            source,
+                        })?;
+                for (t, parts) in cp.iter().flat_map(|cp| &cp.outputs) {
+                    if !output_partitions.contains_key(t) {
+                        continue;
+                    }
+                    for (&part, &end) in parts {
+                        let e = committed
+                            .entry(TopicPartition::new(t.clone(), part))
+                            .or_default();
+                        *e = (*e).max(end);
+                    }
+                }
+            }
+            for (t, &n) in &output_partitions {
+                for part in 0..n {
+                    let tp = TopicPartition::new(t.clone(), part);
+                    if let std::collections::btree_map::Entry::Vacant(e) = committed.entry(tp) {
+                        // No checkpoint records it: nothing of it was committed by this job
+                        // yet, but what is there may be another writer's; keep it.
+                        let end = backend.offsets(e.key()).map_err(topic_err(t))?.end;
+                        e.insert(end);
+                    }
+                }
+            }
+            backend
+                .recover_outputs(&committed)
+                .map_err(topic_err(&job.outputs.join(",")))?;
+        }
+        Ok(Container {
+            backend,
             state,
-            logs: &logs,
+            job,
+            factory,
+            n_tasks,
+            input_partitions,
+            output_partitions,
+            tasks: BTreeMap::new(),
+        })
+    }
+
+    /// The number of tasks of the job (the most partitions of any input).
+    pub fn task_count(&self) -> u32 {
+        self.n_tasks
+    }
+
+    /// Opens the task of partition `p`: restores its stores, positions its inputs, commits a
+    /// first checkpoint if it has none covering them, calls `init`.
+    pub fn open_task(
+        &mut self,
+        p: u32,
+        progress: &mut dyn RestoreProgress,
+    ) -> Result<Vec<RestoreStats>, RuntimeError> {
+        let name = task_name(&self.job.name, p);
+        let ctx = TaskStorageContext {
+            backend: Arc::clone(&self.backend),
+            state: self.state,
             task: &name,
             changelog_partition: p,
-            checkpoint: cp.as_ref(),
         };
-        let (stores, restored) = open_stores(&ctx, &job.stores, &mut *opts.progress)?;
-        stats.restores.extend(restored);
+        let (storage, restored) = TaskStorage::open(&ctx, &self.job.stores, progress)?;
         let mut cursors = Vec::new();
-        for (t, &np) in &input_partitions {
+        for (t, &np) in &self.input_partitions {
             if p >= np {
                 continue;
             }
-            cursors.push(Cursor::open(&logs, &name, t, p, cp.as_ref())?);
+            let tp = TopicPartition::new(t.clone(), p);
+            cursors.push(Cursor::open(
+                &*self.backend,
+                &name,
+                tp,
+                storage.checkpoint(),
+            )?);
         }
-        let task = factory(&name);
-        // Does the checkpoint record every input and changelog of this job? It may not exist
-        // yet, or belong to another job run in this state directory, or predate a store.
-        let covered = cp.as_ref().is_some_and(|cp| {
-            cursors
-                .iter()
-                .all(|c| cp.input(&c.topic, c.partition).is_some())
-                && job
-                    .stores
-                    .iter()
-                    .all(|(s, cfg)| cfg.changelog.is_none() || cp.changelogs.contains_key(s))
-        });
+        let inputs: Vec<TopicPartition> = cursors.iter().map(|c| c.tp.clone()).collect();
+        let covered = storage.checkpoint_covers(&inputs);
         let mut run = TaskRun {
             name: name.clone(),
-            base: cp.clone().unwrap_or_default(),
             partition: p,
-            task,
-            stores,
+            task: (self.factory)(&name),
+            storage,
             cursors,
             collector: Collector {
-                partitions: collector_partitions.clone(),
+                partitions: self.output_partitions.clone(),
                 pending: Vec::new(),
             },
             coordinator: Coordinator::default(),
@@ -218,95 +320,92 @@ pub fn run_job(
             // A first checkpoint before any processing: from now on the checkpoint is the
             // single truth about what this task has committed (without it, a crash before
             // the first commit would make the next restore trust uncommitted changelog
-            // records).
-            commit_task(&mut run, &mut outputs, state)?;
+            // records). It also seals what restore trimmed.
+            commit_task(&mut run)?;
         }
-        runs.push(run);
-    }
-    stats.restore_elapsed = restore_started.elapsed();
-    for run in &mut runs {
-        with_ctx(run, job, |task, ctx| task.init(ctx))
-            .map_err(task_err(&run.name, "init".into()))?;
+        with_ctx(&mut run, self.job, |task, ctx| task.init(ctx))
+            .map_err(task_err(&name, "init".into()))?;
+        self.tasks.insert(p, run);
+        Ok(restored)
     }
 
-    // The loop.
-    let started = Instant::now();
-    let commit_every = Duration::from_millis(job.commit_ms);
-    let window_every = job.window_ms.map(Duration::from_millis);
-    let cleanup_every = Duration::from_millis(job.changelog_cleanup_ms);
-    let (mut last_commit, mut last_window, mut last_cleanup) =
-        (Instant::now(), Instant::now(), Instant::now());
-    let mut stop_requested = false;
-    loop {
-        let mut progressed = 0u64;
-        for run in &mut runs {
-            progressed += process_batch(run, job)?;
-            if run.coordinator.commit {
-                run.coordinator.commit = false;
-                commit_task(run, &mut outputs, state)?;
-                stats.commits += 1;
-            }
-            stop_requested |= run.coordinator.shutdown;
-        }
-        stats.processed += progressed;
-        if let Some(w) = window_every
-            && last_window.elapsed() >= w
-        {
-            for run in &mut runs {
-                with_ctx(run, job, |task, ctx| task.window(ctx))
-                    .map_err(task_err(&run.name, "window".into()))?;
-                // A shutdown asked for in `window` stops the loop below, before more input.
+    /// Closes the task of partition `p`: `close`, a final commit, its stores closed.
+    pub fn close_task(&mut self, p: u32) -> Result<(), RuntimeError> {
+        let Some(mut run) = self.tasks.remove(&p) else {
+            return Ok(());
+        };
+        with_ctx(&mut run, self.job, |task, ctx| task.close(ctx))
+            .map_err(task_err(&run.name, "close".into()))?;
+        commit_task(&mut run)?;
+        run.storage.close()?;
+        Ok(())
+    }
+
+    /// Processes, windows and commits the open tasks until a stop is asked for (or, with
+    /// `until_end`, every input is caught up).
+    fn run_loop(&mut self, opts: &RunOptions, stats: &mut RunStats) -> Result<(), RuntimeError> {
+        let job = self.job;
+        let commit_every = Duration::from_millis(job.commit_ms);
+        let window_every = job.window_ms.map(Duration::from_millis);
+        let cleanup_every = Duration::from_millis(job.changelog_cleanup_ms);
+        let (mut last_commit, mut last_window, mut last_cleanup) =
+            (Instant::now(), Instant::now(), Instant::now());
+        let mut stop_requested = false;
+        loop {
+            let mut progressed = 0u64;
+            for run in self.tasks.values_mut() {
+                progressed += process_batch(run, job)?;
+                if run.coordinator.commit {
+                    run.coordinator.commit = false;
+                    commit_task(run)?;
+                    stats.commits += 1;
+                }
                 stop_requested |= run.coordinator.shutdown;
             }
-            last_window = Instant::now();
-        }
-        if last_commit.elapsed() >= commit_every {
-            let clean = last_cleanup.elapsed() >= cleanup_every;
-            for run in &mut runs {
-                commit_task(run, &mut outputs, state)?;
-                stats.commits += 1;
+            stats.processed += progressed;
+            if let Some(w) = window_every
+                && last_window.elapsed() >= w
+            {
+                for run in self.tasks.values_mut() {
+                    with_ctx(run, job, |task, ctx| task.window(ctx))
+                        .map_err(task_err(&run.name, "window".into()))?;
+                    // A shutdown asked for in `window` stops the loop below, before more input.
+                    stop_requested |= run.coordinator.shutdown;
+                }
+                last_window = Instant::now();
+            }
+            if last_commit.elapsed() >= commit_every {
+                let clean = last_cleanup.elapsed() >= cleanup_every;
+                for run in self.tasks.values_mut() {
+                    commit_task(run)?;
+                    stats.commits += 1;
+                    if clean {
+                        // Right after the commit everything in the changelogs is committed.
+                        run.storage.clean_changelogs(now_ms())?;
+                    }
+                }
                 if clean {
-                    // Right after the commit everything in the changelogs is committed.
-                    for store in run.stores.values_mut() {
-                        store.clean_changelog(now_ms())?;
+                    last_cleanup = Instant::now();
+                }
+                last_commit = Instant::now();
+            }
+            let caught_up = self
+                .tasks
+                .values()
+                .all(|r| r.cursors.iter().all(|c| c.next >= c.target));
+            if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
+                return Ok(());
+            }
+            if progressed == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+                for run in self.tasks.values_mut() {
+                    for c in &mut run.cursors {
+                        c.refresh_limit(&*self.backend)?;
                     }
                 }
             }
-            if clean {
-                last_cleanup = Instant::now();
-            }
-            last_commit = Instant::now();
-        }
-        let caught_up = runs
-            .iter()
-            .all(|r| r.cursors.iter().all(|c| c.next >= c.target));
-        if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
-            break;
-        }
-        if progressed == 0 {
-            std::thread::sleep(Duration::from_millis(20));
-            for run in &mut runs {
-                for c in &mut run.cursors {
-                    c.refresh_limit()?;
-                }
-            }
         }
     }
-
-    // Clean stop: close, final commit, close stores.
-    for run in &mut runs {
-        with_ctx(run, job, |task, ctx| task.close(ctx))
-            .map_err(task_err(&run.name, "close".into()))?;
-        commit_task(run, &mut outputs, state)?;
-        stats.commits += 1;
-    }
-    for run in runs {
-        for (_, s) in run.stores {
-            s.close()?;
-        }
-    }
-    stats.elapsed = started.elapsed();
-    Ok(stats)
 }
 
 fn with_ctx<R>(
@@ -317,7 +416,7 @@ fn with_ctx<R>(
     let mut ctx = TaskContext {
         task: &run.name,
         partition: run.partition,
-        stores: &mut run.stores,
+        stores: run.storage.stores(),
         collector: &mut run.collector,
         coordinator: &mut run.coordinator,
         config: job,
@@ -332,35 +431,35 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
         name,
         partition,
         task,
-        stores,
+        storage,
         cursors,
         collector,
         coordinator,
-        ..
     } = run;
+    let stores = storage.stores();
     let mut n = 0;
     let now = now_ms();
     for c in cursors.iter_mut() {
         if c.next >= c.limit {
             continue;
         }
-        let topic = c.topic.clone();
         let records = c
             .reader
             .next_batch(FETCH_RECORDS)
-            .map_err(|source| RuntimeError::Log {
-                topic: topic.clone(),
-                source,
-            })?;
+            .map_err(topic_err(&c.tp.topic))?;
         let mut past_limit = false;
         for r in records {
+            if r.offset < c.next {
+                // A backend may return records before the position asked for.
+                continue;
+            }
             if r.offset >= c.limit {
                 past_limit = true;
                 break;
             }
             let env = Envelope {
-                topic: &c.topic,
-                partition: c.partition,
+                topic: &c.tp.topic,
+                partition: c.tp.partition,
                 offset: r.offset,
                 timestamp: r.timestamp,
                 key: &r.key,
@@ -379,7 +478,7 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
             task.process(&env, &mut ctx)
                 .map_err(|source| RuntimeError::Task {
                     task: name.clone(),
-                    during: format!("process of {}/{}@{}", c.topic, c.partition, r.offset),
+                    during: format!("process of {}@{}", c.tp, r.offset),
                     source,
                 })?;
             c.next = r.offset + 1;
@@ -390,8 +489,7 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
         }
         if past_limit || coordinator.commit || coordinator.shutdown {
             // The reader has read past `next`; reposition it so nothing is skipped.
-            c.reposition()
-                .map_err(|source| RuntimeError::Log { topic, source })?;
+            c.reposition()?;
             if !past_limit {
                 break;
             }
@@ -400,36 +498,19 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
     Ok(n)
 }
 
-/// Commits one task: stores into their changelogs, then its output, then its checkpoint,
-/// then output markers, then the stores' engines (see `TaskStore::finish_commit`).
-fn commit_task(
-    run: &mut TaskRun,
-    outputs: &mut Outputs,
-    state: &StateDir,
-) -> Result<(), RuntimeError> {
-    let mut cp = run.base.clone();
-    for (name, store) in &mut run.stores {
-        if let Some(end) = store.prepare_commit()? {
-            cp.changelogs.insert(name.clone(), end);
-        }
-    }
-    let touched = outputs.append(std::mem::take(&mut run.collector.pending))?;
-    for c in &run.cursors {
-        cp.inputs
-            .entry(c.topic.clone())
-            .or_default()
-            .insert(c.partition, c.next);
-    }
-    cp.outputs = outputs.ends();
-    cp.write(&state.checkpoint_path(&run.name))
-        .map_err(|source| RuntimeError::Checkpoint {
-            task: run.name.clone(),
-            source,
-        })?;
-    outputs.mark_committed(&touched)?;
-    for store in run.stores.values_mut() {
-        store.finish_commit()?;
-    }
-    metrics::counter!("job.commits").increment(1);
+/// Commits one task through its storage: its input positions and buffered output.
+fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
+    let inputs: BTreeMap<TopicPartition, u64> =
+        run.cursors.iter().map(|c| (c.tp.clone(), c.next)).collect();
+    let outputs = std::mem::take(&mut run.collector.pending)
+        .into_iter()
+        .map(|m| OutputRecord {
+            tp: TopicPartition::new(m.topic, m.partition),
+            timestamp: m.timestamp,
+            key: m.key,
+            value: m.value,
+        })
+        .collect();
+    run.storage.commit(&inputs, outputs)?;
     Ok(())
 }

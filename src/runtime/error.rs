@@ -1,13 +1,13 @@
 //! Why a job could not start or stopped: [`RuntimeError`].
 
-use crate::checkpoint::CheckpointError;
-use crate::log::LogError;
-use crate::task_stores::TaskStoreError;
+use crate::backend::BackendError;
+use crate::task_storage::TaskStoreError;
 
 use super::task::TaskError;
 
 /// A job could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// An input topic does not exist.
     #[error(
@@ -16,16 +16,6 @@ pub enum RuntimeError {
     NoInput {
         /// The topic.
         topic: String,
-    },
-    /// A changelog topic has fewer partitions than the job has tasks.
-    #[error("changelog topic `{topic}` has {has} partitions but the job has {needs} tasks")]
-    ChangelogPartitions {
-        /// The topic.
-        topic: String,
-        /// Partitions it has.
-        has: u32,
-        /// Tasks of the job.
-        needs: u32,
     },
     /// Two stores share a changelog topic.
     #[error("stores `{a}` and `{b}` both use changelog topic `{topic}`; each store needs its own")]
@@ -53,30 +43,27 @@ pub enum RuntimeError {
         /// Actual end.
         end: u64,
     },
-    /// A log operation failed.
+    /// A backend operation on a topic failed.
     #[error("topic `{topic}`: {source}")]
-    Log {
+    Topic {
         /// Topic.
         topic: String,
-        /// The log error.
+        /// The backend's error.
         #[source]
-        source: LogError,
+        source: BackendError,
+    },
+    /// The backend failed for a task (its checkpoint, its sink).
+    #[error("task `{task}`: {source}")]
+    Backend {
+        /// Task.
+        task: String,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
     },
     /// A store failed to open, restore or commit.
     #[error(transparent)]
     Store(#[from] TaskStoreError),
-    /// A checkpoint could not be read or written.
-    #[error("task `{task}`: {source}")]
-    Checkpoint {
-        /// Task.
-        task: String,
-        /// The error.
-        #[source]
-        source: CheckpointError,
-    },
-    /// A read-committed marker could not be read or written.
-    #[error("{0}")]
-    Marker(#[from] crate::checked_file::CheckedFileError),
     /// The task returned an error.
     #[error("task `{task}` failed in {during}: {source}")]
     Task {
@@ -90,10 +77,10 @@ pub enum RuntimeError {
     },
 }
 
-/// Wraps a log error with the topic it concerns.
-pub(crate) fn log_err(topic: &str) -> impl FnOnce(LogError) -> RuntimeError + use<> {
+/// Wraps a backend error with the topic it concerns.
+pub(crate) fn topic_err(topic: &str) -> impl FnOnce(BackendError) -> RuntimeError + use<> {
     let topic = topic.to_string();
-    move |source| RuntimeError::Log { topic, source }
+    move |source| RuntimeError::Topic { topic, source }
 }
 
 /// Wraps a task's error with the task and what it was doing.

@@ -1,59 +1,50 @@
 //! A task's position in one input partition: a reader, the next offset to process, and how
-//! far it may read (the committed end of another job's output, else the end at start).
+//! far it may read (the backend's readable end: for another job's output on the embedded
+//! log, what that job committed).
 
+use crate::backend::{Backend, LogReader, TopicPartition};
 use crate::checkpoint::Checkpoint;
-use crate::log::{LogDir, LogError, PartitionReader};
 
-use super::committed;
-use super::error::{RuntimeError, log_err};
+use super::error::{RuntimeError, topic_err};
 
 /// Where a task stands in one input partition.
 pub(crate) struct Cursor {
-    pub(crate) topic: String,
-    pub(crate) partition: u32,
-    pub(crate) reader: PartitionReader,
+    pub(crate) tp: TopicPartition,
+    pub(crate) reader: Box<dyn LogReader>,
     /// Next offset to process.
     pub(crate) next: u64,
-    /// Read below this (the committed end for job outputs, else the end).
+    /// Read below this.
     pub(crate) limit: u64,
     /// `until_end` target: the limit at start.
     pub(crate) target: u64,
-    /// Partition directory (to refresh the committed marker).
-    dir: std::path::PathBuf,
-    marked: bool,
 }
 
 impl Cursor {
-    /// Positions task `task` in partition `p` of input `topic` at its checkpointed offset
-    /// (or the start of the partition without one).
+    /// Positions task `task` in input partition `tp` at its checkpointed offset (or the
+    /// start of the partition without one).
     pub(crate) fn open(
-        logs: &LogDir,
+        backend: &dyn Backend,
         task: &str,
-        topic: &str,
-        p: u32,
+        tp: TopicPartition,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Cursor, RuntimeError> {
-        let t = logs.topic(topic).map_err(log_err(topic))?;
-        let (mut part, _) = t.open_partition(p).map_err(log_err(topic))?;
-        let dir = part.dir().to_path_buf();
-        let marker = committed::read(&dir)?;
-        let end = part.end_offset();
-        let limit = marker.map_or(end, |m| m.min(end));
-        let start = part.start_offset();
-        let next = match checkpoint.and_then(|c| c.input(topic, p)) {
+        let offsets = backend.offsets(&tp).map_err(topic_err(&tp.topic))?;
+        let limit = backend.readable_end(&tp).map_err(topic_err(&tp.topic))?;
+        let (start, end) = (offsets.start, offsets.end);
+        let next = match checkpoint.and_then(|c| c.input(&tp.topic, tp.partition)) {
             Some(o) if o > end => {
                 return Err(RuntimeError::InputBehindCheckpoint {
                     task: task.to_string(),
-                    topic: topic.to_string(),
-                    partition: p,
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
                     offset: o,
                     end,
                 });
             }
             Some(o) if o < start => {
                 tracing::warn!(
-                    topic,
-                    partition = p,
+                    topic = %tp.topic,
+                    partition = tp.partition,
                     "checkpointed offset {o} was deleted by retention; resuming at {start}"
                 );
                 start
@@ -61,32 +52,31 @@ impl Cursor {
             Some(o) => o,
             None => start,
         };
-        let reader = part.reader(next).map_err(log_err(topic))?;
+        let reader = backend
+            .open_reader(&tp, next)
+            .map_err(topic_err(&tp.topic))?;
         Ok(Cursor {
-            topic: topic.to_string(),
-            partition: p,
+            tp,
             reader,
             next,
             limit,
             target: limit,
-            dir,
-            marked: marker.is_some(),
         })
     }
 
-    /// Reopens the reader at `next` (it read past records that were not processed).
-    pub(crate) fn reposition(&mut self) -> Result<(), LogError> {
-        self.reader = PartitionReader::open(&self.dir, self.next)?;
-        Ok(())
+    /// Moves the reader back to `next` (it read past records that were not processed).
+    pub(crate) fn reposition(&mut self) -> Result<(), RuntimeError> {
+        self.reader
+            .seek(self.next)
+            .map_err(topic_err(&self.tp.topic))
     }
 
-    /// For another job's output: moves the limit up to its committed marker.
-    pub(crate) fn refresh_limit(&mut self) -> Result<(), RuntimeError> {
-        if self.marked {
-            self.limit = committed::read(&self.dir)?
-                .unwrap_or(self.limit)
-                .max(self.limit);
-        }
+    /// Moves the limit up to what the backend now lets readers read.
+    pub(crate) fn refresh_limit(&mut self, backend: &dyn Backend) -> Result<(), RuntimeError> {
+        let end = backend
+            .readable_end(&self.tp)
+            .map_err(topic_err(&self.tp.topic))?;
+        self.limit = self.limit.max(end);
         Ok(())
     }
 }

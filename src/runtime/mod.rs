@@ -2,9 +2,9 @@
 //!
 //! - [`config`]: the job file; [`task`]: what a task implements and sees;
 //!   [`builtin`]: tasks runnable by name.
-//! - [`container`]: start-up, the run loop and commits; `input` (a task's position in an
-//!   input partition) and `outputs` (output partitions: recovery, appends at commit) are its
-//!   private helpers; [`committed`]: read-committed markers; [`error`]: [`RuntimeError`].
+//! - [`container`]: start-up, opening and closing tasks, the run loop; `input` (a task's
+//!   position in an input partition) is its private helper; [`committed`]: the embedded
+//!   log's read-committed markers; [`error`]: [`RuntimeError`].
 
 pub mod builtin;
 pub mod committed;
@@ -12,10 +12,11 @@ pub mod config;
 pub mod container;
 pub mod error;
 mod input;
-mod outputs;
 pub mod task;
 
 pub use config::JobConfig;
-pub use container::{RunOptions, RunStats, run_job, task_name};
+pub use container::{
+    Container, RunOptions, RunStats, embedded_backend, run_job, run_job_on, task_name,
+};
 pub use error::RuntimeError;
 pub use task::{Envelope, StreamTask, TaskContext, TaskError, TaskFactory};

@@ -24,7 +24,7 @@ use crate::partitioner::partition_for_key;
 use crate::serde::Codec;
 use crate::store::KeyValueStore;
 use crate::store::typed::Store;
-use crate::task_stores::TaskStore;
+use crate::task_storage::TaskStore;
 
 use super::config::JobConfig;
 

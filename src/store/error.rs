@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Errors from key-value stores and their layers.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// An empty key was given; Samza's stores refuse them too.
     #[error("store `{store}`: empty keys are not allowed")]
@@ -75,9 +76,9 @@ pub enum StoreError {
     Changelog {
         /// Store name.
         store: String,
-        /// The log error.
+        /// The backend's error.
         #[source]
-        source: crate::log::LogError,
+        source: crate::backend::BackendError,
     },
     /// A write failed earlier in a way that may have left the store ahead of its changelog;
     /// the store refuses every later write until it is reopened and restored.

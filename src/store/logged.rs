@@ -1,10 +1,12 @@
 //! The logged layer: every put and delete becomes a changelog record before it reaches the
 //! engine, and each engine batch carries the changelog end it brings the engine to.
 //!
-//! Order inside one batch: append every record, hand them to the OS, then write the engine
-//! batch (with its changelog marker). So whatever the engine holds after a process crash is
-//! in the changelog file too. Any failure poisons the layer: later writes are refused,
-//! because the engine and changelog may now disagree until the store is restored.
+//! Order inside one batch: send every record to the task's sink, hand them to the OS where
+//! the backend can, then write the engine batch with the changelog end the records are
+//! expected to reach (see [`crate::changelog`]). Durability comes from the task's commit,
+//! which flushes the sink for every store and output at once. Any failure poisons the layer:
+//! later writes are refused, because the engine and changelog may now disagree until the
+//! store is restored.
 
 use std::sync::Arc;
 
@@ -36,10 +38,19 @@ impl LoggedStore {
     }
 
     fn check_poisoned(&self) -> Result<()> {
-        match &self.poisoned {
+        let reason = match &self.poisoned {
+            Some(reason) => Some(reason.clone()),
+            None => self
+                .changelog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .poisoned()
+                .map(str::to_string),
+        };
+        match reason {
             Some(reason) => Err(StoreError::Poisoned {
                 store: self.engine.name().to_string(),
-                reason: reason.clone(),
+                reason,
             }),
             None => Ok(()),
         }
@@ -53,18 +64,12 @@ impl LoggedStore {
     }
 
     fn log_batch(&mut self, batch: &[Mutation]) -> Result<u64> {
-        let name = self.engine.name().to_string();
-        let cl = |source| StoreError::Changelog {
-            store: name.clone(),
-            source,
-        };
         let mut log = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
-        let ts = now_ms();
-        for m in batch {
-            log.append(ts, &m.key, m.value.as_deref()).map_err(cl)?;
-        }
-        log.flush_to_os().map_err(cl)?;
-        Ok(log.end_offset())
+        log.append_batch(now_ms(), batch)
+            .map_err(|source| StoreError::Changelog {
+                store: self.engine.name().to_string(),
+                source,
+            })
     }
 }
 
@@ -101,29 +106,25 @@ impl KeyValueStore for LoggedStore {
         self.engine.snapshot()
     }
 
-    /// Syncs the changelog first, then flushes the engine: the engine never holds flushed
-    /// data whose changelog records are not durable.
+    /// Records the changelog end reached so far in the engine and flushes it. Call it (through
+    /// the task's commit) only once the changelog records are durable and checkpointed: a
+    /// flushed engine ahead of the checkpoint must be rebuilt after a crash.
     fn flush(&mut self) -> Result<()> {
-        self.flush_to_changelog()?;
+        self.check_poisoned()?;
+        let end = self
+            .changelog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end();
+        let r = self.engine.write_logged(Vec::new(), end);
+        self.poison(r)?;
         let r = self.engine.flush();
         self.poison(r)
     }
 
-    /// Makes every record appended so far durable in the changelog (fsync); the engine's
-    /// data stays in its memtable until the next [`flush`](KeyValueStore::flush).
+    /// Every write has already been sent to the changelog; the task's commit makes the
+    /// sink durable. Refuses if an earlier failure poisoned the layer.
     fn flush_to_changelog(&mut self) -> Result<()> {
-        self.check_poisoned()?;
-        let name = self.engine.name().to_string();
-        let synced = self
-            .changelog
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sync()
-            .map(|_| ())
-            .map_err(|source| StoreError::Changelog {
-                store: name,
-                source,
-            });
-        self.poison(synced)
+        self.check_poisoned()
     }
 }

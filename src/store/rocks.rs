@@ -138,6 +138,8 @@ pub struct RocksEngine {
     write_opts: WriteOptions,
     wal_enabled: bool,
     db_opts: Options,
+    /// What `db_opts` was derived from; kept alive with the database (block cache).
+    _base_opts: Options,
     ingested: u64,
 }
 
@@ -150,7 +152,17 @@ impl RocksEngine {
         opts: &RocksOptions,
     ) -> Result<Self> {
         let name = name.into();
-        let db_opts = opts.db_options();
+        // With the WAL off, RocksDB would flush the memtables when the database is closed,
+        // making writes that were never committed durable (the engine ahead of its checkpoint:
+        // a full restore). Only an explicit flush — the commit's, after the checkpoint —
+        // persists the memtables; a drop without one behaves like a crash.
+        let mut base_opts = opts.db_options();
+        let db_opts = base_opts
+            .get_options_from_string("avoid_flush_during_shutdown=true")
+            .map_err(|source| StoreError::Rocks {
+                store: name.clone(),
+                source,
+            })?;
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
@@ -170,6 +182,7 @@ impl RocksEngine {
             write_opts,
             wal_enabled: opts.wal_enabled,
             db_opts,
+            _base_opts: base_opts,
             ingested: 0,
         })
     }

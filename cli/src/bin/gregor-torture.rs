@@ -20,6 +20,7 @@ use clap::Parser;
 use gregor::log::LogDir;
 use gregor::statedir::StateDir;
 use gregor::store::config::EngineKind;
+use gregor::task_storage::CommitStep;
 
 /// Applies a deterministic workload to a store until killed.
 #[derive(Parser, Debug)]
@@ -55,23 +56,27 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if opened.checkpoint.is_none() {
         // Like the container: a first checkpoint before any processing, so from now on the
         // checkpoint is the single truth about what was committed.
-        torture_ops::commit(&state, &mut opened.store, 0)?;
+        torture_ops::commit(&mut opened.storage, 0)?;
     }
-    let store = &mut opened.store;
+    let storage = &mut opened.storage;
     loop {
         if args.max_ops.is_some_and(|m| i >= m) {
             if args.crash_before_engine_flush {
-                let end = store.prepare_commit()?.ok_or("the store has a changelog")?;
-                torture_ops::write_checkpoint(&state, i, end)?;
-                std::process::abort();
+                // A failpoint inside the production commit: abort right after the
+                // checkpoint is written, before the engine is flushed.
+                storage.set_failpoint(Box::new(|step| {
+                    if step == CommitStep::CheckpointWritten {
+                        std::process::abort()
+                    }
+                }));
             }
-            torture_ops::commit(&state, store, i)?;
-            store.stack().flush()?;
+            torture_ops::commit(storage, i)?;
             return Ok(());
         }
+        let store = storage.store(torture_ops::STORE).ok_or("no store")?;
         torture_ops::apply_to_store(store.stack(), torture_ops::op(args.seed, i))?;
         if torture_ops::commit_after(args.seed, i, args.ops_per_commit_max) {
-            torture_ops::commit(&state, store, i + 1)?;
+            torture_ops::commit(storage, i + 1)?;
         }
         i += 1;
         if i.is_multiple_of(10_000) {

@@ -8,14 +8,17 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use gregor::backend::TopicPartition;
+use gregor::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
 use gregor::checkpoint::Checkpoint;
 use gregor::log::{LogDir, LogError, TopicConfig};
 use gregor::restore::{NoProgress, RestoreStats};
 use gregor::statedir::StateDir;
 use gregor::store::config::{EngineKind, StoreConfig};
 use gregor::store::{KeyValueStore, Mutation};
-use gregor::task_stores::{StoreOpenContext, TaskStore, open_store};
+use gregor::task_storage::{TaskStorage, TaskStorageContext, TaskStore};
 
 /// The task owning the store.
 pub const TASK: &str = "t";
@@ -210,65 +213,55 @@ pub fn ops_of(cp: &Checkpoint) -> u64 {
 
 /// Store `s` of task `t`, restored to the task's checkpoint.
 pub struct Opened {
-    /// The store.
-    pub store: TaskStore,
+    /// The task's storage (holding the one store).
+    pub storage: TaskStorage,
     /// What the restore did.
     pub stats: RestoreStats,
     /// The checkpoint it was restored to (`None`: the task never committed).
     pub checkpoint: Option<Checkpoint>,
 }
 
-/// Opens the store as the workload does: changelog topic, checkpoint, `open_store`.
+impl Opened {
+    /// The store.
+    pub fn store(&mut self) -> &mut TaskStore {
+        self.storage.store(STORE).expect("opened with the store")
+    }
+}
+
+/// Opens the store as the workload does: changelog topic, then [`TaskStorage::open`].
 pub fn open(
     state: &StateDir,
     logs: &LogDir,
     engine: EngineKind,
 ) -> Result<Opened, Box<dyn std::error::Error>> {
     ensure_changelog(logs)?;
-    let checkpoint = Checkpoint::read(&state.checkpoint_path(TASK))?;
-    let ctx = StoreOpenContext {
+    let backend =
+        EmbeddedBackend::with_log_dir(state.root(), logs.clone(), EmbeddedSettings::default());
+    let ctx = TaskStorageContext {
+        backend: Arc::new(backend),
         state,
-        logs,
         task: TASK,
         changelog_partition: 0,
-        checkpoint: checkpoint.as_ref(),
     };
-    let (store, stats) = open_store(&ctx, STORE, &store_config(engine), &mut NoProgress)?;
+    let configs = BTreeMap::from([(STORE.to_string(), store_config(engine))]);
+    let (storage, stats) = TaskStorage::open(&ctx, &configs, &mut NoProgress)?;
+    let checkpoint = storage.checkpoint().cloned();
     Ok(Opened {
-        store,
-        stats: stats.ok_or("a store with a changelog returns restore stats")?,
+        storage,
+        stats: stats
+            .into_iter()
+            .next()
+            .ok_or("a store with a changelog returns restore stats")?,
         checkpoint,
     })
 }
 
-/// Commits like the container: the store's changelog first (cache flushed, changelog
-/// synced), then the checkpoint recording `ops` processed operations and the changelog end,
-/// then the store's engine (flushed, `OFFSET`).
-pub fn commit(
-    state: &StateDir,
-    store: &mut TaskStore,
-    ops: u64,
-) -> Result<u64, Box<dyn std::error::Error>> {
-    let end = store.prepare_commit()?.ok_or("the store has a changelog")?;
-    write_checkpoint(state, ops, end)?;
-    store.finish_commit()?;
-    Ok(end)
-}
-
-/// Writes the task checkpoint: `ops` operations processed, the store's changelog at `end`.
-pub fn write_checkpoint(
-    state: &StateDir,
-    ops: u64,
-    end: u64,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut cp = Checkpoint::default();
-    cp.inputs
-        .entry(INPUT.to_string())
-        .or_default()
-        .insert(0, ops);
-    cp.changelogs.insert(STORE.to_string(), end);
-    cp.write(&state.checkpoint_path(TASK))?;
-    Ok(())
+/// Commits through [`TaskStorage::commit`], recording `ops` processed operations. Returns
+/// the store's changelog end.
+pub fn commit(storage: &mut TaskStorage, ops: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let inputs = BTreeMap::from([(TopicPartition::new(INPUT, 0), ops)]);
+    let cp = storage.commit(&inputs, Vec::new())?;
+    Ok(cp.changelogs[STORE])
 }
 
 /// Every entry of a store, in key order.

@@ -1,0 +1,337 @@
+//! The embedded backend: topics are segment files under `<state-dir>/logs/` (the
+//! [`crate::log`] module), checkpoints are files under `<state-dir>/tasks/<task>/`.
+//!
+//! Its own details, invisible above the seam:
+//! - **Truncation.** Uncommitted changelog records are cut off at restore, uncommitted output
+//!   at start-up ([`Backend::recover_outputs`]).
+//! - **Read-committed markers.** An output partition's `COMMITTED` file (see
+//!   [`crate::runtime::committed`]) tells readers that do not know the job where committed
+//!   output ends; it moves only after the checkpoint that commits the output is written.
+//! - **Topic settings** ([`EmbeddedSettings`]): segment size and fsync of the changelog and
+//!   output topics it creates.
+//!
+//! One process owns a state directory, so every writable partition is opened once per
+//! backend and shared ([`Arc<Mutex<Partition>>`]) by the tasks' sinks, restore and readers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{
+    Backend, BackendError, LogReader, Offsets, Record, RecordSink, Result, TopicPartition,
+    TopicRole, TopicSpec,
+};
+use crate::checkpoint::Checkpoint;
+use crate::log::{CleanupPolicy, LogDir, LogError, Partition, PartitionReader, TopicConfig};
+use crate::runtime::committed;
+
+/// Settings of the topics the embedded backend creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedSettings {
+    /// Changelog topics (compacted).
+    pub changelog: TopicConfig,
+    /// Output topics.
+    pub output: TopicConfig,
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        EmbeddedSettings {
+            changelog: TopicConfig::compacted(),
+            output: TopicConfig::default(),
+        }
+    }
+}
+
+/// The embedded backend of one state directory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct EmbeddedBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state_root: PathBuf,
+    logs: LogDir,
+    settings: EmbeddedSettings,
+    partitions: Mutex<BTreeMap<TopicPartition, SharedPartition>>,
+}
+
+type SharedPartition = Arc<Mutex<Partition>>;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a partition leaves it as it was after its last complete call;
+    // the partition poisons itself on any failed write, so its state stays truthful.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn log_err(tp: &TopicPartition) -> impl FnOnce(LogError) -> BackendError + use<> {
+    let context = format!("topic {tp}");
+    move |e| match e {
+        LogError::TopicNotFound(topic) => BackendError::TopicNotFound { topic },
+        e => BackendError::fatal(context, e),
+    }
+}
+
+fn topic_err(topic: &str) -> impl FnOnce(LogError) -> BackendError + use<> {
+    let context = format!("topic `{topic}`");
+    move |e| match e {
+        LogError::TopicNotFound(topic) => BackendError::TopicNotFound { topic },
+        e => BackendError::fatal(context, e),
+    }
+}
+
+impl EmbeddedBackend {
+    /// The embedded backend of the state directory at `state_root` (opening `logs/`).
+    pub fn open(state_root: &Path, settings: EmbeddedSettings) -> Result<Self> {
+        let logs = LogDir::open(state_root).map_err(topic_err("*"))?;
+        Ok(Self::with_log_dir(state_root, logs, settings))
+    }
+
+    /// Like [`open`](Self::open) over an already open [`LogDir`] (e.g. one with I/O hooks).
+    pub fn with_log_dir(state_root: &Path, logs: LogDir, settings: EmbeddedSettings) -> Self {
+        EmbeddedBackend {
+            inner: Arc::new(Inner {
+                state_root: state_root.to_path_buf(),
+                logs,
+                settings,
+                partitions: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The log directory.
+    pub fn logs(&self) -> &LogDir {
+        &self.inner.logs
+    }
+
+    /// The open, writable partition `tp` (opened on first use, reopened if an earlier
+    /// failure poisoned it, which re-reads what actually reached the disk).
+    fn partition(&self, tp: &TopicPartition) -> Result<SharedPartition> {
+        let mut parts = lock(&self.inner.partitions);
+        if let Some(p) = parts.get(tp)
+            && lock(p).poisoned().is_none()
+        {
+            return Ok(Arc::clone(p));
+        }
+        let (p, report) = self
+            .inner
+            .logs
+            .open_partition(&tp.topic, tp.partition)
+            .map_err(log_err(tp))?;
+        if let Some(cut) = &report.torn_tail {
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, "cut a torn tail: {cut:?}");
+        }
+        let p = Arc::new(Mutex::new(p));
+        parts.insert(tp.clone(), Arc::clone(&p));
+        Ok(p)
+    }
+
+    fn checkpoint_path(&self, task: &str) -> PathBuf {
+        crate::statedir::checkpoint_file(&self.inner.state_root, task)
+    }
+}
+
+impl Backend for EmbeddedBackend {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn partitions(&self, topic: &str) -> Result<Option<u32>> {
+        match self.inner.logs.topic(topic) {
+            Ok(t) => Ok(Some(t.partitions())),
+            Err(LogError::TopicNotFound(_)) => Ok(None),
+            Err(e) => Err(topic_err(topic)(e)),
+        }
+    }
+
+    fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32> {
+        let config = match spec.role {
+            TopicRole::Changelog => self.inner.settings.changelog.clone(),
+            TopicRole::Output => self.inner.settings.output.clone(),
+        };
+        let t = self
+            .inner
+            .logs
+            .topic_or_create(&spec.name, spec.partitions.max(1), config)
+            .map_err(topic_err(&spec.name))?;
+        if t.partitions() < spec.partitions {
+            return Err(BackendError::TopicMismatch {
+                topic: spec.name.clone(),
+                reason: format!(
+                    "it has {} partitions but {} are needed (one per task)",
+                    t.partitions(),
+                    spec.partitions
+                ),
+            });
+        }
+        if spec.role == TopicRole::Changelog && t.config().cleanup_policy != CleanupPolicy::Compact
+        {
+            return Err(BackendError::TopicMismatch {
+                topic: spec.name.clone(),
+                reason: "it is not compacted (cleanup.policy=delete), so retention would delete committed store state; a changelog needs a compacted topic (`gregor topic create NAME --partitions N --compact`)".into(),
+            });
+        }
+        Ok(t.partitions())
+    }
+
+    fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {
+        let p = self.partition(tp)?;
+        let p = lock(&p);
+        Ok(Offsets {
+            start: p.start_offset(),
+            end: p.end_offset(),
+        })
+    }
+
+    fn readable_end(&self, tp: &TopicPartition) -> Result<u64> {
+        let p = self.partition(tp)?;
+        let p = lock(&p);
+        let marker =
+            committed::read(p.dir()).map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+        Ok(marker.map_or(p.end_offset(), |m| m.min(p.end_offset())))
+    }
+
+    fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
+        let p = self.partition(tp)?;
+        let mut p = lock(&p);
+        let reader = p.reader(from).map_err(log_err(tp))?;
+        Ok(Box::new(EmbeddedReader {
+            tp: tp.clone(),
+            dir: p.dir().to_path_buf(),
+            reader,
+        }))
+    }
+
+    fn open_sink(&self, _task: &str) -> Result<Box<dyn RecordSink>> {
+        Ok(Box::new(EmbeddedSink {
+            backend: self.clone(),
+            open: BTreeMap::new(),
+            touched: BTreeSet::new(),
+        }))
+    }
+
+    fn read_checkpoint(&self, task: &str) -> Result<Option<Checkpoint>> {
+        Checkpoint::read(&self.checkpoint_path(task))
+            .map_err(|e| BackendError::fatal(format!("task `{task}`"), e))
+    }
+
+    fn write_checkpoint(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
+        checkpoint
+            .write(&self.checkpoint_path(task))
+            .map_err(|e| BackendError::fatal(format!("task `{task}`"), e))
+    }
+
+    fn can_truncate(&self) -> bool {
+        true
+    }
+
+    fn truncate(&self, tp: &TopicPartition, to: u64) -> Result<()> {
+        let p = self.partition(tp)?;
+        lock(&p).truncate(to).map_err(log_err(tp))
+    }
+
+    fn recover_outputs(&self, committed_ends: &BTreeMap<TopicPartition, u64>) -> Result<()> {
+        for (tp, &c) in committed_ends {
+            let p = self.partition(tp)?;
+            let mut p = lock(&p);
+            if p.end_offset() > c {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, "dropping {} uncommitted output records", p.end_offset() - c);
+                p.truncate(c).map_err(log_err(tp))?;
+            }
+            committed::write(p.dir(), p.end_offset())
+                .map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+        }
+        Ok(())
+    }
+
+    fn outputs_committed(&self, ends: &BTreeMap<TopicPartition, u64>) -> Result<()> {
+        for (tp, &end) in ends {
+            let p = self.partition(tp)?;
+            let p = lock(&p);
+            committed::write(p.dir(), end)
+                .map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+        }
+        Ok(())
+    }
+
+    fn clean(&self, tp: &TopicPartition, now_ms: i64) -> Result<()> {
+        let p = self.partition(tp)?;
+        let report = lock(&p).clean(now_ms).map_err(log_err(tp))?;
+        tracing::debug!(topic = %tp.topic, partition = tp.partition, "cleanup: {report:?}");
+        Ok(())
+    }
+}
+
+/// A reader of one embedded partition.
+struct EmbeddedReader {
+    tp: TopicPartition,
+    dir: PathBuf,
+    reader: PartitionReader,
+}
+
+impl LogReader for EmbeddedReader {
+    fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
+        self.reader.read(max).map_err(log_err(&self.tp))
+    }
+
+    fn position(&self) -> u64 {
+        self.reader.next_offset()
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        self.reader = PartitionReader::open(&self.dir, offset).map_err(log_err(&self.tp))?;
+        Ok(())
+    }
+}
+
+/// A task's sink: appends to the shared partitions, fsyncs the ones it wrote on flush.
+struct EmbeddedSink {
+    backend: EmbeddedBackend,
+    open: BTreeMap<TopicPartition, SharedPartition>,
+    touched: BTreeSet<TopicPartition>,
+}
+
+impl EmbeddedSink {
+    fn part(&mut self, tp: &TopicPartition) -> Result<&SharedPartition> {
+        if !self.open.contains_key(tp) {
+            let p = self.backend.partition(tp)?;
+            self.open.insert(tp.clone(), p);
+        }
+        Ok(&self.open[tp])
+    }
+}
+
+impl RecordSink for EmbeddedSink {
+    fn send(
+        &mut self,
+        tp: &TopicPartition,
+        timestamp: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        if !self.touched.contains(tp) {
+            self.touched.insert(tp.clone());
+        }
+        let p = self.part(tp)?;
+        lock(p)
+            .append(timestamp, key, value)
+            .map(|_| ())
+            .map_err(log_err(tp))
+    }
+
+    fn flush_to_os(&mut self) -> Result<()> {
+        for tp in &self.touched {
+            lock(&self.open[tp]).flush_to_os().map_err(log_err(tp))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<BTreeMap<TopicPartition, u64>> {
+        let mut ends = BTreeMap::new();
+        for tp in std::mem::take(&mut self.touched) {
+            let end = lock(&self.open[&tp]).sync().map_err(log_err(&tp))?;
+            ends.insert(tp, end);
+        }
+        Ok(ends)
+    }
+}
