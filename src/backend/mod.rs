@@ -18,8 +18,8 @@
 //!   ([`Backend::can_truncate`], the embedded log) truncates; one that cannot (Kafka) gets
 //!   them overwritten by restore (see `docs/design.md`, "TRIM").
 //!
-//! Implementations: [`embedded`] (segment files under the state directory, the default) and
-//! [`memory`] (in-process, for tests). Errors are [`BackendError`], classified retriable /
+//! Implementations: [`embedded`] (segment files under the state directory, the default),
+//! [`kafka`] (librdkafka) and [`memory`] (in-process, for tests). Errors are [`BackendError`], classified retriable /
 //! fenced / fatal.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,7 @@ use std::fmt;
 
 pub mod embedded;
 mod error;
+pub mod kafka;
 pub mod memory;
 
 pub use error::{BackendError, BoxError, ErrorClass};

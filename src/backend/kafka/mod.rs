@@ -1,0 +1,364 @@
+//! The Kafka backend, on librdkafka (the `rdkafka` crate, bundled build): inputs, outputs,
+//! changelogs and checkpoints live in Kafka topics.
+//!
+//! - **Admin**: partition counts from cluster metadata (asking for *all* topics, so a broker
+//!   with `auto.create.topics.enable` never creates one by accident), offsets from the
+//!   watermarks, topics created with the admin API where the broker has one. Kafka before
+//!   0.10.1 has none (and librdkafka is told so by `api.version.request=false`): a missing
+//!   topic is then an error that prints the exact `kafka-topics.sh --create` command, and a
+//!   changelog's cleanup policy cannot be checked (said once).
+//! - **Readers** ([`reader`]): a consumer per partition with manual assignment; an empty
+//!   batch means the end of the partition was reached.
+//! - **Sinks** ([`sink`]): one producer per task; `flush` waits for every acknowledgement and
+//!   returns the acknowledged ends. Idempotent where the broker supports it, otherwise one
+//!   request in flight with retries, so records of a partition keep their order.
+//! - **Checkpoints** ([`checkpoints`]): a compacted topic with one partition; key = task
+//!   name, value = the checkpoint as JSON.
+//! - **No truncation**: restore TRIMs uncommitted changelog records (see `docs/design.md`);
+//!   output is at-least-once.
+
+mod checkpoints;
+mod reader;
+mod sink;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::{
+    Backend, BackendError, ErrorClass, LogReader, Offsets, RecordSink, Result, TopicPartition,
+    TopicRole, TopicSpec,
+};
+use crate::checkpoint::Checkpoint;
+
+/// How a job reaches Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// librdkafka properties, handed over as they are (`bootstrap.servers`,
+    /// `security.protocol`, `api.version.request`, ...).
+    pub client: BTreeMap<String, String>,
+    /// The topic holding the job's checkpoints (compacted, one partition).
+    pub checkpoint_topic: String,
+    /// The consumer group input offsets are committed to (for lag tools).
+    pub group: String,
+    /// Replication factor of the topics gregor creates.
+    pub replication_factor: i32,
+    /// How long a metadata or offset request may take before it fails as retriable.
+    pub request_timeout: Duration,
+}
+
+impl KafkaSettings {
+    /// Settings for job `job` on the brokers at `bootstrap`.
+    pub fn new(job: &str, bootstrap: &str) -> Self {
+        KafkaSettings {
+            client: BTreeMap::from([("bootstrap.servers".to_string(), bootstrap.to_string())]),
+            checkpoint_topic: format!("__gregor-checkpoints-{job}"),
+            group: format!("gregor-{job}"),
+            replication_factor: 1,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Whether the brokers predate the admin API and idempotence (Kafka 0.9 / 0.10.0): the
+    /// user told librdkafka not to ask for API versions.
+    pub fn legacy(&self) -> bool {
+        self.client
+            .get("api.version.request")
+            .is_some_and(|v| v == "false")
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn bootstrap(&self) -> &str {
+        self.client
+            .get("bootstrap.servers")
+            .map_or("<bootstrap.servers>", String::as_str)
+    }
+}
+
+/// A Kafka cluster as a backend. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: KafkaSettings,
+    meta: BaseConsumer,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    checkpoints: checkpoints::CheckpointTopic,
+    policy_warned: AtomicBool,
+}
+
+/// Classifies a librdkafka error.
+pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> BackendError {
+    let class = match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::InvalidProducerEpoch,
+        ) => ErrorClass::Fenced,
+        Some(
+            RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::MessageTimedOut,
+        ) => ErrorClass::Retriable,
+        _ => ErrorClass::Fatal,
+    };
+    BackendError::Failed {
+        class,
+        context: context.into(),
+        source: Box::new(e),
+    }
+}
+
+impl KafkaBackend {
+    /// Connects to the cluster in `settings` and makes sure the checkpoint topic exists.
+    /// Fails with a clear error if no broker answers within the request timeout.
+    pub fn connect(settings: KafkaSettings) -> Result<Self> {
+        let mut cc = settings.client_config();
+        cc.set("enable.auto.commit", "false");
+        cc.set("group.id", &settings.group);
+        let meta: BaseConsumer = cc
+            .create()
+            .map_err(|e| kafka_err("creating a Kafka client", e))?;
+        let admin = if settings.legacy() {
+            None
+        } else {
+            Some(
+                settings
+                    .client_config()
+                    .create()
+                    .map_err(|e| kafka_err("creating a Kafka admin client", e))?,
+            )
+        };
+        // Fail early, with the address, if no broker answers.
+        meta.fetch_metadata(None, settings.request_timeout)
+            .map_err(|e| {
+                kafka_err(
+                    format!(
+                        "no Kafka broker answered at {} within {:?} (is it running? for Kafka 0.9 set api.version.request=false and broker.version.fallback=0.9.0.1)",
+                        settings.bootstrap(),
+                        settings.request_timeout
+                    ),
+                    e,
+                )
+            })?;
+        let checkpoints = checkpoints::CheckpointTopic::new(&settings)?;
+        let backend = KafkaBackend {
+            inner: Arc::new(Inner {
+                settings,
+                meta,
+                admin,
+                checkpoints,
+                policy_warned: AtomicBool::new(false),
+            }),
+        };
+        let topic = backend.inner.settings.checkpoint_topic.clone();
+        backend.ensure_topic_inner(&topic, 1, true)?;
+        Ok(backend)
+    }
+
+    /// The settings this backend was made with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.inner.settings
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.settings.request_timeout
+    }
+
+    /// Every topic of the cluster with its partition count.
+    pub fn topics(&self) -> Result<BTreeMap<String, u32>> {
+        let md = self
+            .inner
+            .meta
+            .fetch_metadata(None, self.timeout())
+            .map_err(|e| kafka_err("fetching cluster metadata", e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as u32))
+            .collect())
+    }
+
+    fn ensure_topic_inner(&self, name: &str, partitions: u32, compacted: bool) -> Result<u32> {
+        let have = self.topics()?.get(name).copied();
+        let n = match have {
+            Some(n) => n,
+            None => {
+                self.create_topic(name, partitions.max(1), compacted)?;
+                partitions.max(1)
+            }
+        };
+        if n < partitions {
+            return Err(BackendError::TopicMismatch {
+                topic: name.to_string(),
+                reason: format!(
+                    "it has {n} partitions but {partitions} are needed (one per task); \
+                     a changelog's partition count cannot change without moving state"
+                ),
+            });
+        }
+        if compacted && have.is_some() {
+            self.check_compacted(name)?;
+        }
+        Ok(n)
+    }
+
+    /// Creates `name` with the admin API; on brokers without one, an error with the command.
+    fn create_topic(&self, name: &str, partitions: u32, compacted: bool) -> Result<()> {
+        let policy = if compacted { "compact" } else { "delete" };
+        let Some(admin) = &self.inner.admin else {
+            return Err(BackendError::TopicMismatch {
+                topic: name.to_string(),
+                reason: format!(
+                    "it does not exist, and this broker has no admin API to create it (api.version.request=false); create it with:\n  \
+                     kafka-topics.sh --zookeeper <zookeeper> --create --topic {name} --partitions {partitions} --replication-factor {} --config cleanup.policy={policy}",
+                    self.inner.settings.replication_factor
+                ),
+            });
+        };
+        let parts = i32::try_from(partitions).unwrap_or(i32::MAX);
+        let topic = NewTopic::new(
+            name,
+            parts,
+            TopicReplication::Fixed(self.inner.settings.replication_factor),
+        )
+        .set("cleanup.policy", policy);
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout()));
+        let results = futures_executor::block_on(admin.create_topics([&topic], &opts))
+            .map_err(|e| kafka_err(format!("creating topic `{name}`"), e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(kafka_err(
+                        format!("creating topic `{t}`"),
+                        KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+        tracing::info!(topic = name, partitions, policy, "created Kafka topic");
+        Ok(())
+    }
+
+    fn check_compacted(&self, name: &str) -> Result<()> {
+        let Some(admin) = &self.inner.admin else {
+            if !self.inner.policy_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "this broker cannot describe topic configs (api.version.request=false): the cleanup policy of changelog and checkpoint topics was not checked; they must be compacted"
+                );
+            }
+            return Ok(());
+        };
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout()));
+        let spec = ResourceSpecifier::Topic(name);
+        let described = futures_executor::block_on(admin.describe_configs([&spec], &opts));
+        let policy = match described {
+            Ok(mut rs) => match rs.pop() {
+                Some(Ok(res)) => res
+                    .get("cleanup.policy")
+                    .and_then(|e| e.value.clone()),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match policy {
+            Some(p) if p.split(',').any(|x| x.trim() == "compact") => Ok(()),
+            Some(p) => Err(BackendError::TopicMismatch {
+                topic: name.to_string(),
+                reason: format!(
+                    "it has cleanup.policy={p}; a changelog or checkpoint topic must be compacted, or retention deletes committed state (kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config cleanup.policy=compact)"
+                ),
+            }),
+            None => {
+                if !self.inner.policy_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        topic = name,
+                        "could not read the topic's cleanup policy; it must be compacted"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Backend for KafkaBackend {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn partitions(&self, topic: &str) -> Result<Option<u32>> {
+        Ok(self.topics()?.get(topic).copied())
+    }
+
+    fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32> {
+        let compacted = spec.role == TopicRole::Changelog;
+        self.ensure_topic_inner(&spec.name, spec.partitions, compacted)
+    }
+
+    fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {
+        let (low, high) = self
+            .inner
+            .meta
+            .fetch_watermarks(&tp.topic, tp.partition as i32, self.timeout())
+            .map_err(|e| kafka_err(format!("offsets of {tp}"), e))?;
+        Ok(Offsets {
+            start: low.max(0) as u64,
+            end: high.max(0) as u64,
+        })
+    }
+
+    fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
+        Ok(Box::new(reader::KafkaReader::open(
+            &self.inner.settings,
+            tp,
+            from,
+        )?))
+    }
+
+    fn open_sink(&self, task: &str) -> Result<Box<dyn RecordSink>> {
+        Ok(Box::new(sink::KafkaSink::open(&self.inner.settings, task)?))
+    }
+
+    fn read_checkpoint(&self, task: &str) -> Result<Option<Checkpoint>> {
+        self.inner.checkpoints.read(task)
+    }
+
+    fn write_checkpoint(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
+        self.inner.checkpoints.write(task, checkpoint)
+    }
+
+    fn can_truncate(&self) -> bool {
+        false
+    }
+
+    fn truncate(&self, tp: &TopicPartition, _to: u64) -> Result<()> {
+        Err(BackendError::Unsupported {
+            backend: "kafka",
+            what: format!("truncating {tp}"),
+        })
+    }
+}

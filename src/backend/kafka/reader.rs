@@ -1,0 +1,128 @@
+//! Reading one partition with a consumer assigned to it (no group rebalancing).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+
+use super::{KafkaSettings, kafka_err};
+use crate::backend::{LogReader, Record, Result, TopicPartition};
+
+/// How long one poll waits.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A reader of one Kafka partition.
+pub(super) struct KafkaReader {
+    tp: TopicPartition,
+    consumer: BaseConsumer,
+    position: u64,
+    at_end: bool,
+}
+
+impl KafkaReader {
+    pub(super) fn open(settings: &KafkaSettings, tp: &TopicPartition, from: u64) -> Result<Self> {
+        let mut cc = settings.client_config();
+        cc.set("group.id", &settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error");
+        let consumer: BaseConsumer = cc
+            .create()
+            .map_err(|e| kafka_err(format!("creating a consumer of {tp}"), e))?;
+        let mut r = KafkaReader {
+            tp: tp.clone(),
+            consumer,
+            position: from,
+            at_end: false,
+        };
+        r.assign(from)?;
+        Ok(r)
+    }
+
+    fn assign(&mut self, from: u64) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.tp.topic,
+            self.tp.partition as i32,
+            Offset::Offset(from as i64),
+        )
+        .map_err(|e| kafka_err(format!("reading {}", self.tp), e))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err(format!("reading {}", self.tp), e))?;
+        self.position = from;
+        self.at_end = false;
+        Ok(())
+    }
+}
+
+impl LogReader for KafkaReader {
+    fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        let mut warned = started;
+        while batch.len() < max {
+            // Once something was read, or the end was reached, only take what is there.
+            let timeout = if batch.is_empty() && !self.at_end {
+                POLL
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(m)) => {
+                    let offset = m.offset().max(0) as u64;
+                    self.at_end = false;
+                    if offset < self.position {
+                        // Kafka may hand back a whole compressed batch before the position.
+                        continue;
+                    }
+                    self.position = offset + 1;
+                    batch.push(Record {
+                        offset,
+                        timestamp: m.timestamp().to_millis().unwrap_or(0),
+                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.at_end = true;
+                    // The end of the partition: nothing lies before it that was not read.
+                    if let Ok((_, high)) = self.consumer.fetch_watermarks(
+                        &self.tp.topic,
+                        self.tp.partition as i32,
+                        Duration::from_secs(5),
+                    ) {
+                        self.position = self.position.max(high.max(0) as u64);
+                    }
+                    break;
+                }
+                Some(Err(e)) => {
+                    return Err(kafka_err(format!("reading {}", self.tp), e));
+                }
+                None if !batch.is_empty() || self.at_end => break,
+                None => {
+                    if warned.elapsed() >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "waiting for records of {} at offset {} from Kafka",
+                            self.tp,
+                            self.position
+                        );
+                        warned = Instant::now();
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        self.assign(offset)
+    }
+}

@@ -1,0 +1,196 @@
+//! A task's producer: changelog and output records of one task, in order per partition;
+//! `flush` waits for every acknowledgement and returns the acknowledged ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
+use super::{KafkaSettings, kafka_err};
+use crate::backend::{BackendError, RecordSink, Result, TopicPartition};
+
+/// What the delivery callbacks learned since the last flush.
+#[derive(Default)]
+struct Deliveries {
+    ends: BTreeMap<(String, i32), u64>,
+    error: Option<KafkaError>,
+}
+
+/// The producer's context: collects acknowledgements and failures.
+#[derive(Default)]
+struct SinkContext {
+    deliveries: Mutex<Deliveries>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut d = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(m) => {
+                let end = m.offset().max(0) as u64 + 1;
+                let e = d
+                    .ends
+                    .entry((m.topic().to_string(), m.partition()))
+                    .or_default();
+                *e = (*e).max(end);
+            }
+            Err((e, _)) => {
+                d.error.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+}
+
+/// The record sink of one task.
+pub(super) struct KafkaSink {
+    task: String,
+    producer: BaseProducer<SinkContext>,
+    touched: BTreeSet<TopicPartition>,
+    /// `message.timeout.ms`: how long a flush waits for a broker before it fails.
+    give_up_after: Duration,
+}
+
+impl KafkaSink {
+    pub(super) fn open(settings: &KafkaSettings, task: &str) -> Result<Self> {
+        let mut cc = settings.client_config();
+        cc.set("acks", "all");
+        if settings.legacy() {
+            // No idempotence before Kafka 0.11: one request in flight keeps a partition's
+            // records in order across retries (a retry may still duplicate a record, which
+            // only delays the expected changelog end; see crate::changelog).
+            cc.set("max.in.flight.requests.per.connection", "1");
+        } else {
+            cc.set("enable.idempotence", "true");
+        }
+        if !settings.client.contains_key("linger.ms") {
+            cc.set("linger.ms", "5");
+        }
+        let give_up_after = Duration::from_millis(
+            settings
+                .client
+                .get("message.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300_000),
+        );
+        let producer = cc
+            .create_with_context(SinkContext::default())
+            .map_err(|e| kafka_err(format!("task `{task}`: creating its producer"), e))?;
+        Ok(KafkaSink {
+            task: task.to_string(),
+            producer,
+            touched: BTreeSet::new(),
+            give_up_after,
+        })
+    }
+
+    fn take_error(&self) -> Option<KafkaError> {
+        self.producer
+            .context()
+            .deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .take()
+    }
+}
+
+impl RecordSink for KafkaSink {
+    fn send(
+        &mut self,
+        tp: &TopicPartition,
+        timestamp: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        if !self.touched.contains(tp) {
+            self.touched.insert(tp.clone());
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(&tp.topic)
+            .partition(tp.partition as i32)
+            .key(key)
+            .timestamp(timestamp);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let started = Instant::now();
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // The local queue is full: serve delivery reports, then try again.
+                    record = r;
+                    self.producer.poll(Duration::from_millis(100));
+                    if started.elapsed() > self.give_up_after {
+                        return Err(kafka_err(
+                            format!("task `{}`: sending to {tp} (queue full)", self.task),
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        ));
+                    }
+                }
+                Err((e, _)) => {
+                    return Err(kafka_err(
+                        format!("task `{}`: sending to {tp}", self.task),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<BTreeMap<TopicPartition, u64>> {
+        let started = Instant::now();
+        let mut warned = Instant::now();
+        loop {
+            match self.producer.flush(Duration::from_secs(5)) {
+                Ok(()) => break,
+                Err(e) if started.elapsed() < self.give_up_after => {
+                    if warned.elapsed() >= Duration::from_secs(10) || warned == started {
+                        tracing::warn!(
+                            task = %self.task,
+                            "waiting for Kafka to acknowledge {} records ({e}); retrying",
+                            self.producer.in_flight_count()
+                        );
+                        warned = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    return Err(kafka_err(
+                        format!("task `{}`: flushing its producer", self.task),
+                        e,
+                    ));
+                }
+            }
+        }
+        if let Some(e) = self.take_error() {
+            return Err(kafka_err(
+                format!("task `{}`: a record was not delivered", self.task),
+                e,
+            ));
+        }
+        let d = self
+            .producer
+            .context()
+            .deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut ends = BTreeMap::new();
+        for tp in std::mem::take(&mut self.touched) {
+            let Some(&end) = d.ends.get(&(tp.topic.clone(), tp.partition as i32)) else {
+                return Err(BackendError::fatal(
+                    format!("task `{}`: flushing its producer", self.task),
+                    format!("no acknowledgement arrived for the records sent to {tp}"),
+                ));
+            };
+            ends.insert(tp, end);
+        }
+        Ok(ends)
+    }
+}
