@@ -98,3 +98,48 @@ fn a_broker_that_does_not_come_up_panics_with_its_log() {
     assert!(msg.contains("--- last lines of"), "{msg}");
     assert!(msg.contains("Address already in use"), "{msg}");
 }
+
+/// A consumer group on 0.9 (the old group protocol, librdkafka's default settings): subscribe,
+/// read everything, commit, and a new consumer of the group sees the committed offsets.
+#[test]
+fn consumer_group_subscribe_and_commit() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut kafka = Kafka09::start();
+    kafka.create_topic("grouped", 2, false);
+    let cfg = config(&kafka.bootstrap(), &Kafka09::client_config());
+    produce(&cfg, &[], "grouped", 2, "", 20);
+
+    let mut ccfg = cfg.clone();
+    ccfg.set("group.id", "gregor-testkit-group")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    let t = Instant::now();
+    let consumer: BaseConsumer = ccfg.create().unwrap();
+    consumer.subscribe(&["grouped"]).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen < 20 {
+        assert!(Instant::now() < deadline, "group read {seen} of 20 in 90 s");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            m.expect("group consume");
+            seen += 1;
+        }
+    }
+    timing("Kafka 0.9 group join + read 20", t.elapsed());
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    drop(consumer);
+
+    let consumer: BaseConsumer = ccfg.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("grouped", 0);
+    tpl.add_partition("grouped", 1);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .unwrap();
+    for p in 0..2 {
+        let e = committed.find_partition("grouped", p).unwrap();
+        assert_eq!(e.offset(), Offset::Offset(10), "partition {p}");
+    }
+}
