@@ -60,7 +60,10 @@ impl CheckpointTopic {
                     Some(v) => {
                         let cp: Checkpoint = serde_json::from_slice(&v).map_err(|e| {
                             BackendError::fatal(
-                                format!("checkpoint of task `{task}` in {tp} at offset {}", r.offset),
+                                format!(
+                                    "checkpoint of task `{task}` in {tp} at offset {}",
+                                    r.offset
+                                ),
                                 format!("not a valid checkpoint: {e}"),
                             )
                         })?;

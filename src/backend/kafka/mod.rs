@@ -22,8 +22,8 @@ mod reader;
 mod sink;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -101,6 +101,8 @@ struct Inner {
     admin: Option<AdminClient<DefaultClientContext>>,
     checkpoints: checkpoints::CheckpointTopic,
     policy_warned: AtomicBool,
+    /// Per partition: the high watermark last seen and the end verified for it.
+    verified_ends: Mutex<BTreeMap<TopicPartition, (u64, u64)>>,
 }
 
 /// Classifies a librdkafka error.
@@ -170,6 +172,7 @@ impl KafkaBackend {
                 admin,
                 checkpoints,
                 policy_warned: AtomicBool::new(false),
+                verified_ends: Mutex::new(BTreeMap::new()),
             }),
         };
         let topic = backend.inner.settings.checkpoint_topic.clone();
@@ -263,6 +266,38 @@ impl KafkaBackend {
         Ok(())
     }
 
+    /// The end of `tp` given its watermarks: the high watermark, unless records lie at or
+    /// past it. That happens on tansu 0.6, whose ListOffsets(latest) answers too low while
+    /// the last batch holds more than one record; reading from just below the watermark to
+    /// the end of the partition finds the true end. Cached per watermark, so a partition that
+    /// does not change costs one watermark request.
+    fn verified_end(&self, tp: &TopicPartition, low: u64, high: u64) -> Result<u64> {
+        let mut cache = self
+            .inner
+            .verified_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(&(h, end)) = cache.get(tp)
+            && h == high
+        {
+            return Ok(end);
+        }
+        let mut end = high;
+        if high > low {
+            let mut r = reader::KafkaReader::open(&self.inner.settings, tp, high - 1)?;
+            loop {
+                let batch = r.next_batch(1024)?;
+                let Some(last) = batch.last() else { break };
+                end = end.max(last.offset + 1);
+            }
+            if end != high {
+                tracing::debug!(%tp, high, end, "records past the high watermark (tansu's ListOffsets)");
+            }
+        }
+        cache.insert(tp.clone(), (high, end));
+        Ok(end)
+    }
+
     fn check_compacted(&self, name: &str) -> Result<()> {
         let Some(admin) = &self.inner.admin else {
             if !self.inner.policy_warned.swap(true, Ordering::Relaxed) {
@@ -277,9 +312,7 @@ impl KafkaBackend {
         let described = futures_executor::block_on(admin.describe_configs([&spec], &opts));
         let policy = match described {
             Ok(mut rs) => match rs.pop() {
-                Some(Ok(res)) => res
-                    .get("cleanup.policy")
-                    .and_then(|e| e.value.clone()),
+                Some(Ok(res)) => res.get("cleanup.policy").and_then(|e| e.value.clone()),
                 _ => None,
             },
             Err(_) => None,
@@ -325,9 +358,10 @@ impl Backend for KafkaBackend {
             .meta
             .fetch_watermarks(&tp.topic, tp.partition as i32, self.timeout())
             .map_err(|e| kafka_err(format!("offsets of {tp}"), e))?;
+        let (start, high) = (low.max(0) as u64, high.max(0) as u64);
         Ok(Offsets {
-            start: low.max(0) as u64,
-            end: high.max(0) as u64,
+            start,
+            end: self.verified_end(tp, start, high)?,
         })
     }
 
