@@ -101,6 +101,7 @@ struct Inner {
     admin: Option<AdminClient<DefaultClientContext>>,
     checkpoints: checkpoints::CheckpointTopic,
     policy_warned: AtomicBool,
+    group_warned: AtomicBool,
     /// Per partition: the high watermark last seen and the end verified for it.
     verified_ends: Mutex<BTreeMap<TopicPartition, (u64, u64)>>,
 }
@@ -172,6 +173,7 @@ impl KafkaBackend {
                 admin,
                 checkpoints,
                 policy_warned: AtomicBool::new(false),
+                group_warned: AtomicBool::new(false),
                 verified_ends: Mutex::new(BTreeMap::new()),
             }),
         };
@@ -264,6 +266,37 @@ impl KafkaBackend {
         }
         tracing::info!(topic = name, partitions, policy, "created Kafka topic");
         Ok(())
+    }
+
+    /// Also commits the checkpointed input offsets to the job's consumer group, so standard
+    /// lag tools (`kafka-consumer-groups.sh`) see them. The checkpoint topic stays the truth;
+    /// a failure here is only logged (once).
+    fn commit_group_offsets(&self, task: &str, checkpoint: &Checkpoint) {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (topic, parts) in &checkpoint.inputs {
+            for (&p, &next) in parts {
+                let _ = tpl.add_partition_offset(
+                    topic,
+                    p as i32,
+                    rdkafka::Offset::Offset(next as i64),
+                );
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .inner
+            .meta
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            && !self.inner.group_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                task,
+                group = %self.inner.settings.group,
+                "could not commit input offsets to the consumer group (lag tools will not see them; the checkpoint topic is unaffected): {e}"
+            );
+        }
     }
 
     /// The end of `tp` given its watermarks: the high watermark, unless records lie at or
@@ -382,7 +415,9 @@ impl Backend for KafkaBackend {
     }
 
     fn write_checkpoint(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
-        self.inner.checkpoints.write(task, checkpoint)
+        self.inner.checkpoints.write(task, checkpoint)?;
+        self.commit_group_offsets(task, checkpoint);
+        Ok(())
     }
 
     fn can_truncate(&self) -> bool {
