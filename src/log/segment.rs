@@ -522,13 +522,18 @@ pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
         return Ok(None);
     }
     let max_offset = min_offset.saturating_add((len - from) / MIN_FRAME_LEN as u64 + 1);
-    let mut chunk = vec![0u8; (READ_CHUNK + PROBE).min((len - from) as usize)];
+    // Chunks start small and grow: a resynchronisation usually finds a frame within a few
+    // hundred bytes, and `scan_after` may resynchronise many times.
+    let mut cap = 4096usize;
+    let mut chunk = Vec::new();
     let mut frame = Vec::new();
     let mut slot = Record::default();
     let mut base = from;
     while base + MIN_FRAME_LEN as u64 <= len {
-        let n = chunk.len().min((len - base) as usize);
+        let n = (cap + PROBE).min((len - base) as usize);
+        chunk.resize(n, 0);
         src.read_exact_at(base, &mut chunk[..n])?;
+        cap = (cap * 2).min(READ_CHUNK);
         // Positions whose probe lies fully inside this chunk.
         let positions = n + 1 - PROBE.min(n);
         for i in 0..positions {
@@ -678,7 +683,52 @@ impl IndexCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::record::encode_into;
+    use crate::log::record::{encode_into, encode_sync_marker};
+
+    /// A segment like `sync` writes it: records, and a sync marker after every third.
+    fn synced_segment(n: u64, base: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            encode_into(
+                &mut buf,
+                base + i,
+                i as i64,
+                format!("k{i}").as_bytes(),
+                Some(b"v"),
+            );
+            if i % 3 == 2 {
+                let synced_len = buf.len() as u64;
+                encode_sync_marker(
+                    &mut buf,
+                    SyncMarker {
+                        end_offset: base + i + 1,
+                        synced_len,
+                    },
+                );
+            }
+        }
+        buf
+    }
+
+    #[test]
+    fn damage_before_a_sync_marker_is_corrupt_after_it_torn() {
+        let bytes = synced_segment(9, 0);
+        let s = scan_bytes(&bytes).unwrap();
+        assert_eq!(s.records, 9);
+        assert_eq!(s.marker_end, Some(9));
+        assert_eq!(s.synced_len, bytes.len() as u64 - 32);
+        // Zero 40 bytes in the middle: proven by the markers after it.
+        let mut b = bytes.clone();
+        b[100..140].fill(0);
+        assert!(matches!(scan_bytes(&b), Err(LogError::Corrupt { .. })));
+        // Damage in the final marker only: a torn tail (its proof is the damaged marker).
+        let mut b = bytes.clone();
+        let at = b.len() - 10;
+        b[at] ^= 1;
+        let s = scan_bytes(&b).unwrap();
+        assert_eq!(s.torn.unwrap().position, bytes.len() as u64 - 32);
+        assert_eq!(s.records, 9);
+    }
 
     fn segment(n: u64, base: u64) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -750,7 +800,7 @@ mod tests {
             cut in proptest::prelude::any::<proptest::sample::Index>(),
             noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
-            let mut bytes = segment(n, 0);
+            let mut bytes = if n % 2 == 0 { segment(n, 0) } else { synced_segment(n, 0) };
             if !bytes.is_empty() {
                 for (i, b) in &edits {
                     let i = i.index(bytes.len());
