@@ -847,11 +847,19 @@ impl Partition {
             return Ok(());
         }
         let path = self.active_path();
-        if let Err(e) = self
-            .hooks
-            .before_write(&path)
-            .and_then(|_| self.active.write_all_at(&self.buf, self.active_len))
-        {
+        let written = self.hooks.before_write(&path).and_then(|_| {
+            match self.hooks.write_limit(&path, self.buf.len()) {
+                Some(n) if n < self.buf.len() => {
+                    self.active.write_all_at(&self.buf[..n], self.active_len)?;
+                    Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!("no space left after {n} of {} bytes", self.buf.len()),
+                    ))
+                }
+                _ => self.active.write_all_at(&self.buf, self.active_len),
+            }
+        });
+        if let Err(e) = written {
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
@@ -1009,7 +1017,11 @@ impl Partition {
         // 1. Everything the truncation keeps must be durable before the intent: the segment
         //    to cut (closed segments are not fsynced at roll when fsync is off) and the
         //    directory (segments created without a directory fsync).
-        for path in [kpath.clone(), self.active_path()] {
+        let mut to_sync = vec![self.active_path()];
+        if kpath != to_sync[0] {
+            to_sync.push(kpath.clone());
+        }
+        for path in to_sync {
             let synced = if path == self.active_path() {
                 self.hooks
                     .before_sync(&path)
