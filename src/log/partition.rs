@@ -993,7 +993,8 @@ impl Partition {
 
     /// Removes every record with offset `>= to_offset`, durably. Afterwards
     /// `end_offset() == to_offset`, also after a crash at any point inside (the next open
-    /// finishes the truncation).
+    /// finishes the truncation). With `to_offset == end_offset()` it does nothing (and
+    /// fsyncs nothing: use `sync` for that).
     ///
     /// Crash safety: first everything below `to_offset` is made durable (fsync of the
     /// segment to cut and the directory), then an intent file naming `to_offset` is written
