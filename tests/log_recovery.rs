@@ -61,16 +61,27 @@ fn read_all(p: &mut Partition) -> Vec<Record> {
     p.read(start, usize::MAX).unwrap()
 }
 
-/// Frame start positions in a segment file (via the public scanner).
-fn frame_starts(bytes: &[u8]) -> Vec<usize> {
+/// Frames of a segment file (via the public decoder): `(start, end, is_record)`; the
+/// others are sync markers.
+fn frames(bytes: &[u8]) -> Vec<(usize, usize, bool)> {
     let mut pos = 0;
     let mut out = Vec::new();
+    let mut slot = Record::default();
     while pos < bytes.len() {
-        out.push(pos);
-        let (_, n) = gregor::log::record::decode(&bytes[pos..]).unwrap();
+        let (kind, n) = gregor::log::record::decode_frame(&bytes[pos..], &mut slot).unwrap();
+        out.push((pos, pos + n, kind == gregor::log::record::FrameKind::Record));
         pos += n;
     }
     out
+}
+
+/// Start positions of the record frames of a segment file.
+fn frame_starts(bytes: &[u8]) -> Vec<usize> {
+    frames(bytes)
+        .into_iter()
+        .filter(|f| f.2)
+        .map(|f| f.0)
+        .collect()
 }
 
 fn check_torn_tails(segment_bytes: u64, n: u64) {
@@ -80,12 +91,19 @@ fn check_torn_tails(segment_bytes: u64, n: u64) {
     let last = files.last().unwrap().clone();
     let last_name = last.file_name().unwrap().to_owned();
     let original = fs::read(&last).unwrap();
+    let all_frames = frames(&original);
     let starts = frame_starts(&original);
     assert!(starts.len() >= 2, "need two records in the last segment");
+    assert!(
+        !all_frames.last().unwrap().2,
+        "the final sync left a sync marker at the end"
+    );
     let in_last = starts.len() as u64;
     let first_in_last = n - in_last;
     let mut rng = StdRng::seed_from_u64(segment_bytes);
-    // Every cut position inside the last two records, with and without garbage after it.
+    // Every cut position inside the last two records and the sync marker after them, with
+    // and without garbage after it. (The cut removes the marker, the only proof that those
+    // records were fsynced, so damage there is a torn tail.)
     let from = starts[starts.len() - 2];
     for cut in from..=original.len() {
         for garbage_len in [0usize, 1, 7, 50] {
@@ -100,15 +118,14 @@ fn check_torn_tails(segment_bytes: u64, n: u64) {
             bytes.extend((0..garbage_len).map(|_| rng.r#gen::<u8>()));
             fs::write(work.path().join(&last_name), &bytes).unwrap();
 
-            // Records complete in the prefix, and where the first incomplete one starts.
-            let ends: Vec<usize> = starts
+            // Records complete in the prefix, and where the first incomplete frame starts.
+            let complete = all_frames.iter().filter(|f| f.2 && f.1 <= cut).count();
+            let boundary = all_frames
                 .iter()
-                .skip(1)
-                .copied()
-                .chain([original.len()])
-                .collect();
-            let complete = ends.iter().filter(|&&e| e <= cut).count();
-            let boundary = if complete == 0 { 0 } else { ends[complete - 1] };
+                .map(|f| f.1)
+                .filter(|&e| e <= cut)
+                .max()
+                .unwrap_or(0);
             let expect_end = first_in_last + complete as u64;
 
             let (mut p, report) = open(work.path(), segment_bytes)

@@ -5,6 +5,11 @@
 //! one closed segment: survivors are written to `<segment>.compacting`, fsynced, renamed over
 //! the segment, and the directory is fsynced. A crash leaves either the old or the new
 //! segment (plus maybe a temp file, deleted on the next open).
+//!
+//! The temp file is fsynced before the rename and the directory after it even when the
+//! topic has fsync disabled: without that order a power loss could leave the segment's name
+//! pointing at a file whose data never reached the disk, losing old records that were
+//! durable — far worse than the recent-writes loss `fsync = false` accepts.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -76,7 +81,6 @@ pub(crate) fn rewrite_segment(
     keep: &mut dyn FnMut(&Record) -> bool,
     hooks: &dyn IoHooks,
     index: &SharedIndex,
-    fsync: bool,
 ) -> Result<Option<Rewritten>, RewriteError> {
     let read_err = |e: io::Error| RewriteError::Read(LogError::io("read", path, e));
     let file = File::open(path).map_err(read_err)?;
@@ -168,10 +172,9 @@ pub(crate) fn rewrite_segment(
         if !buf.is_empty() {
             flush(&mut buf, &mut out)?;
         }
-        if fsync {
-            hooks.before_sync(&tmp).map_err(w("fsync", &tmp))?;
-            out.sync_all().map_err(w("fsync", &tmp))?;
-        }
+        // Always (see the module doc): the data must be durable before the rename.
+        hooks.before_sync(&tmp).map_err(w("fsync", &tmp))?;
+        out.sync_all().map_err(w("fsync", &tmp))?;
         {
             // Rename and forget the old index under the index lock (see PartitionReader).
             let mut cache = index.lock().expect("index lock");
@@ -179,11 +182,9 @@ pub(crate) fn rewrite_segment(
             fs::rename(&tmp, path).map_err(w("rename over", path))?;
             cache.invalidate(base);
         }
-        if fsync {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            hooks.before_sync(dir).map_err(w("fsync directory", dir))?;
-            crate::fsutil::fsync_dir(dir).map_err(w("fsync directory", dir))?;
-        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        hooks.before_sync(dir).map_err(w("fsync directory", dir))?;
+        crate::fsutil::fsync_dir(dir).map_err(w("fsync directory", dir))?;
         Ok(Rewritten {
             removed,
             old_len: len,

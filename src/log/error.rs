@@ -102,6 +102,12 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// A write to a partition or log directory opened read-only.
+    #[error("log partition {partition} is open read-only")]
+    ReadOnly {
+        /// `<topic>/<partition>` (or the directory).
+        partition: String,
+    },
     /// An argument was invalid (e.g. zero partitions).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

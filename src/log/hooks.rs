@@ -12,6 +12,13 @@ pub trait IoHooks: Send + Sync {
         let _ = path;
         Ok(())
     }
+    /// Before appending `len` bytes to segment `path` (after `before_write` allowed it):
+    /// `Some(n)` with `n < len` makes only the first `n` bytes reach the file and the write
+    /// then fail with `StorageFull`, as a disk that fills up part-way through does.
+    fn write_limit(&self, path: &Path, len: usize) -> Option<usize> {
+        let _ = (path, len);
+        None
+    }
     /// Before fsyncing `path` (a file or a directory).
     fn before_sync(&self, path: &Path) -> io::Result<()> {
         let _ = path;

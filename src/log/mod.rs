@@ -7,6 +7,7 @@
 //! logs/<topic>/topic.meta                      partitions + TopicConfig (JSON, CRC32C header)
 //! logs/<topic>/<partition>/<base:020>.log      segments, named by the offset of their first record
 //! logs/<topic>/<partition>/<base:020>.log.compacting   compaction temp file (deleted on open)
+//! logs/<topic>/<partition>/truncate.intent     a truncation in progress (finished on open)
 //! ```
 //!
 //! # Record format
@@ -15,7 +16,8 @@
 //! key_len u32 LE | key | value_len i32 LE (-1 = tombstone) | value]`. The payload length
 //! must match the key and value lengths exactly and be at most [`record::MAX_PAYLOAD_LEN`]
 //! (64 MiB); readers check a length against that and against the bytes left in the file
-//! before allocating or reading anything.
+//! before allocating or reading anything. A frame with `value_len == -2` is a sync marker
+//! (below), not a record.
 //!
 //! # Durability
 //! `append` buffers in user space; `flush_to_os` writes the buffer (write(2)); `sync`
@@ -23,15 +25,73 @@
 //! created, so only the last segment can have a torn tail. Any failed write or fsync
 //! poisons the partition ([`LogError::Poisoned`]): fsync is never retried, the partition
 //! must be reopened (which re-reads what actually reached the disk). All writes and fsyncs
-//! go through [`IoHooks`] so tests can inject failures.
+//! go through [`IoHooks`] so tests can inject failures. Every file or directory the log
+//! creates, renames or removes is followed by an fsync of its parent directory where
+//! durability depends on it (new partition and topic directories, new segments, truncation,
+//! compaction's rename — the latter also with fsync disabled, see [`compaction`]).
+//!
+//! # Sync markers: what a power loss can leave
+//! After a power loss only what an fsync covered is certain. Bytes written after the last
+//! completed fsync may be missing, zeroed, stale or torn in any pattern of pages: a zeroed
+//! page followed by intact pages is normal there, and is *not* corruption. Damage to bytes a
+//! completed fsync covered is corruption (or a disk that lies) and must be an error.
+//!
+//! To tell the two apart, `sync` writes a *sync marker* ([`record::SyncMarker`], a 32-byte
+//! control frame that readers skip) right after each fsync that covered new records: "the
+//! first `synced_len` bytes of this segment were fsynced; the next record's offset is at least
+//! `end_offset`". The marker is written to the OS (one small write(2)) but not fsynced itself:
+//! a second fsync per sync would double the commit cost. That is enough, because the marker
+//! is only ever *evidence*: it was written after the fsync returned, so if a marker is found
+//! intact (its CRC holds) the fsync it describes completed, and every byte below its
+//! `synced_len` is durable. If the marker itself was lost, recovery falls back to an earlier
+//! marker: the proven synced position can only be underestimated, never overestimated.
+//!
+//! Recovery of the last segment: let `P` be the largest `synced_len` of any intact marker,
+//! whether it lies before the first bad frame or anywhere after it (found by resynchronising
+//! on valid frames past the damage). A bad frame at a position `>= P` is a torn tail: it and
+//! everything after it — including valid-looking records — is cut (and reported). A bad frame
+//! below `P` is [`LogError::Corrupt`] naming the file, the byte position and why it is not a
+//! torn tail. Closed segments were fsynced in full before the next segment was created, so a
+//! bad frame there is always corruption. What is lost to a power loss is therefore exactly
+//! what was never fsynced; a checkpoint only ever names offsets a `sync` returned.
+//!
+//! The window where synced data has no proof is the time between an fsync and the write(2)
+//! of its marker (microseconds; a process crash does not lose a marker already written to
+//! the OS). Damage there after a power loss is judged a torn tail; for a changelog, restore
+//! then finds the log ending below its checkpoint and fails loudly rather than silently.
+//! Segments written before sync markers existed have none: damage in their last segment is
+//! a torn tail.
+//!
+//! **Topics with `fsync = false`** ([`TopicConfig::fsync`]) never fsync data on `sync` and
+//! write no markers, so nothing in them is proven durable: after a power loss, damage
+//! anywhere in the last segment is cut as a torn tail (records after it are lost), and
+//! damage in a closed segment (not fsynced at the roll either) is reported as corruption
+//! when read. What holds for them is only process-crash safety. Their truncations and
+//! compactions still fsync (these are rare and would otherwise lose older, durable data).
 //!
 //! # Recovery
-//! `Partition::open` scans only the last segment. A bad frame there (partial, CRC
-//! mismatch, bad lengths, offset not increasing) is a torn tail — cut off with ftruncate +
-//! fsync and reported in [`RecoveryReport`] — only if no valid frame with a plausible
-//! offset starts at any later byte position. Otherwise, and for any bad frame in a closed
-//! segment (found when it is read), the result is [`LogError::Corrupt`] naming the file,
-//! byte position and last good offset. Nothing is skipped silently.
+//! `Partition::open` scans only the last segment and cuts a torn tail (above) with
+//! ftruncate + fsync. The last segment must also belong to the log: if it is not the only
+//! one, its first frame must carry an offset `>=` the base in its file name, or — if it is
+//! empty or starts with a bad frame — its base must be exactly where the previous segment
+//! ends (a roll interrupted before its first record reached the disk). An empty or garbage
+//! file named like a newer segment, or a copy of an older one, is [`LogError::Corrupt`]
+//! naming it, never cut (which would make the offsets jump to its name). A frame carrying
+//! offset `u64::MAX` is invalid for every reader (it leaves no room for a next offset).
+//! Nothing is skipped silently.
+//!
+//! `Partition::open_read_only` (and [`LogDir::open_read_only`]) computes the same view and
+//! modifies nothing: a torn tail is reported and left in place; readers stop at the valid
+//! end. [`partition_info`] and [`verify_partition`] judge exactly as the opens do.
+//!
+//! # Truncation
+//! [`Partition::truncate`] is crash-safe: it makes everything below the target durable,
+//! writes an intent file (`truncate.intent`, atomically), then cuts the segment holding the
+//! target, deletes later segments, and removes the intent. An open that finds the intent
+//! finishes the truncation (each step is idempotent), so a crash at any point leaves the
+//! log ending at the old end or exactly at the target, never below it. Where compaction
+//! left a gap below the target, a sync marker naming the target as end offset is written
+//! after the kept records.
 //!
 //! # Finding an offset
 //! Segment file names give the segment of an offset (binary search, no I/O). Inside a
@@ -64,10 +124,10 @@ pub use compaction::CompactionReport;
 pub use error::LogError;
 pub use hooks::{IoHooks, NoHooks};
 pub use partition::{
-    CleanupReport, Partition, PartitionInfo, RecoveryReport, TornTailCut, VerifyReport,
-    partition_info, verify_partition,
+    CleanupReport, Partition, PartitionInfo, RecoveryReport, TRUNCATE_INTENT_FILE, TornTailCut,
+    VerifyReport, partition_info, verify_partition,
 };
 pub use reader::PartitionReader;
-pub use record::Record;
+pub use record::{Record, SyncMarker};
 pub use retention::RetentionReport;
 pub use topic::{CleanupPolicy, LogDir, Topic, TopicConfig, TopicInfo, validate_topic_name};

@@ -8,19 +8,27 @@ use std::sync::{Arc, Mutex};
 
 use super::compaction::{self, CompactionReport, RewriteError};
 use super::error::{LogError, Result};
-use super::hooks::IoHooks;
+use super::hooks::{IoHooks, NoHooks};
 use super::reader::PartitionReader;
-use super::record::{FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, Record, encode_into, payload_len};
+use super::record::{
+    FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, Record, SYNC_MARKER_FRAME_LEN, SyncMarker, check_header,
+    decode_frame_payload, encode_into, encode_sync_marker, payload_len,
+};
 use super::retention::{self, RetentionReport, SegmentStat};
 use super::segment::{
-    COMPACTING_SUFFIX, FrameReader, INDEX_INTERVAL, IndexCache, Next, SharedIndex, list_segments,
-    scan_segment, segment_path,
+    COMPACTING_SUFFIX, FrameReader, INDEX_INTERVAL, IndexCache, NextFrame, SegmentScan,
+    SharedIndex, list_segments, scan_segment, segment_path,
 };
 use super::topic::{CleanupPolicy, TopicConfig};
 
 /// Appends are buffered in user space and written to the OS once this many bytes pile up
 /// (or on `flush_to_os` / `sync` / a segment roll).
 pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Name of the truncation intent file in a partition directory: present while a
+/// [`Partition::truncate`] is under way; an open finishes the truncation it names.
+pub const TRUNCATE_INTENT_FILE: &str = "truncate.intent";
+const TRUNCATE_INTENT_MAGIC: &str = "gregor-truncate v1";
 
 /// What `Partition::open` found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,10 +39,14 @@ pub struct RecoveryReport {
     pub start_offset: u64,
     /// `end_offset()` after recovery.
     pub end_offset: u64,
-    /// Torn tail cut off the last segment, if any.
+    /// Torn tail cut off the last segment, if any. (A read-only open reports the torn tail
+    /// it found and ignores, without cutting it.)
     pub torn_tail: Option<TornTailCut>,
     /// Leftover compaction temp files that were deleted.
     pub removed_temp_files: Vec<PathBuf>,
+    /// A truncation interrupted by a crash, to this offset, that the open completed (or, for
+    /// a read-only open, applied to its view only).
+    pub completed_truncation: Option<u64>,
 }
 
 /// A torn tail that was cut off (ftruncate + fsync).
@@ -69,8 +81,9 @@ struct SegmentMeta {
     max_timestamp: Option<Option<i64>>,
 }
 
-/// One partition of a topic, open for appends. Not shareable between threads for writing;
-/// readers ([`PartitionReader`]) may run concurrently in other threads.
+/// One partition of a topic, open for appends (or, from [`Partition::open_read_only`], for
+/// reading only). Not shareable between threads for writing; readers
+/// ([`PartitionReader`]) may run concurrently in other threads.
 pub struct Partition {
     dir: PathBuf,
     name: String,
@@ -89,6 +102,13 @@ pub struct Partition {
     index: SharedIndex,
     /// A segment was created or deleted without fsyncing the directory (fsync disabled).
     dir_dirty: bool,
+    /// The end offset named by the newest sync marker of the active segment (or its base):
+    /// records from here on are not proven fsynced yet.
+    marked_end: u64,
+    /// Opened with `open_read_only`: every write is refused.
+    read_only: bool,
+    /// Read-only: readers stop at `(segment base, byte length)`, the valid end at open.
+    read_bound: Option<(u64, u64)>,
 }
 
 /// `<topic>/<partition>` from a partition directory, for messages.
@@ -104,22 +124,367 @@ fn display_name(dir: &Path) -> String {
     }
 }
 
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn fsync_dir_hooked(dir: &Path, hooks: &dyn IoHooks) -> Result<()> {
+    hooks
+        .before_sync(dir)
+        .and_then(|_| crate::fsutil::fsync_dir(dir))
+        .map_err(|e| LogError::io("fsync directory", dir, e))
+}
+
+/// Creates `dir` and any missing ancestors, fsyncing the parent of every directory it
+/// creates, so the new entries survive a power loss.
+pub(crate) fn create_dir_durable(dir: &Path, hooks: &dyn IoHooks) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => d = p,
+            _ => break,
+        }
+    }
+    for m in missing.into_iter().rev() {
+        match hooks.before_write(m).and_then(|_| fs::create_dir(m)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(LogError::io("create directory", m, e)),
+        }
+        fsync_dir_hooked(parent_of(m), hooks)?;
+    }
+    Ok(())
+}
+
+/// The last segment as found on disk (nothing modified).
+struct LastSegment {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    scan: SegmentScan,
+}
+
+/// Opens and scans the last segment `bases.last()` of `dir` and checks it belongs to the
+/// log (see [`check_last_segment_identity`]). Reads only.
+fn analyze_last(dir: &Path, bases: &[u64], writable: bool) -> Result<LastSegment> {
+    let base = *bases.last().expect("one segment");
+    let path = segment_path(dir, base);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(&path)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| LogError::io("stat", &path, e))?
+        .len();
+    let scan = scan_segment(&file, len, &path, base, true)?;
+    check_last_segment_identity(dir, bases, &path, &file, len, &scan)?;
+    Ok(LastSegment {
+        base,
+        path,
+        file,
+        scan,
+    })
+}
+
+/// A last segment that is not the only one must be one this log created: either its first
+/// frame is valid (a record or sync marker whose offset is at least the base in its name),
+/// or it is empty / starts with a torn frame and its base is exactly where the previous
+/// segment ends (a roll interrupted before its first record reached the disk). Anything
+/// else — an empty or garbage file named like a newer segment, a copy of an older segment —
+/// is `LogError::Corrupt` naming the file, never cut and never a jump in the offsets.
+fn check_last_segment_identity(
+    dir: &Path,
+    bases: &[u64],
+    path: &Path,
+    file: &File,
+    len: u64,
+    scan: &SegmentScan,
+) -> Result<()> {
+    let [.., prev, base] = *bases else {
+        return Ok(());
+    };
+    if scan.head_offset.is_some() {
+        return Ok(());
+    }
+    let corrupt = |last_good_offset, reason| LogError::Corrupt {
+        file: path.to_path_buf(),
+        position: 0,
+        last_good_offset,
+        reason,
+    };
+    if let Some(offset) =
+        valid_frame_at_start(file, len).map_err(|e| LogError::io("read", path, e))?
+    {
+        return Err(corrupt(
+            None,
+            format!(
+                "the first frame carries offset {offset} but the file name says the segment \
+                 starts at offset {base}: not a segment of this partition (a stray or \
+                 misnamed file?)"
+            ),
+        ));
+    }
+    let prev_path = segment_path(dir, prev);
+    let prev_file = File::open(&prev_path).map_err(|e| LogError::io("open", &prev_path, e))?;
+    let prev_len = prev_file
+        .metadata()
+        .map_err(|e| LogError::io("stat", &prev_path, e))?
+        .len();
+    let prev_scan = scan_segment(&prev_file, prev_len, &prev_path, prev, false)?;
+    if prev_scan.records == 0 && prev_scan.marker_end.is_none() {
+        // An emptied (compacted) previous segment: where it ended is unknown.
+        return Ok(());
+    }
+    let prev_end = prev_scan.end_offset(prev);
+    if prev_end != base {
+        let what = if len == 0 {
+            "is empty"
+        } else {
+            "starts with an invalid frame"
+        };
+        return Err(corrupt(
+            prev_scan.last_offset,
+            format!(
+                "the segment {what} and its name says the log continues at offset {base}, but \
+                 the previous segment {} ends at offset {prev_end}: a file this log did not \
+                 create (a stray file?); remove it if it does not belong here",
+                prev_path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The offset carried by a complete, CRC-valid frame at byte 0, if there is one.
+fn valid_frame_at_start(file: &File, len: u64) -> io::Result<Option<u64>> {
+    if len < FRAME_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    file.read_exact_at(&mut header, 0)?;
+    let Ok(plen) = check_header(&header, len) else {
+        return Ok(None);
+    };
+    let mut payload = vec![0u8; plen];
+    file.read_exact_at(&mut payload, FRAME_HEADER_LEN as u64)?;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let mut slot = Record::default();
+    Ok(match decode_frame_payload(crc, &payload, &mut slot) {
+        Ok(super::record::FrameKind::Record) => Some(slot.offset),
+        Ok(super::record::FrameKind::SyncMarker(m)) => Some(m.end_offset),
+        Err(_) => None,
+    })
+}
+
+fn intent_bytes(to: u64) -> Vec<u8> {
+    let line = format!("{TRUNCATE_INTENT_MAGIC} {to}");
+    format!("{line} crc32c={:08x}\n", crc32c::crc32c(line.as_bytes())).into_bytes()
+}
+
+/// Reads the truncation intent of `dir`, if any.
+fn read_intent(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(TRUNCATE_INTENT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::io("read", &path, e)),
+    };
+    let bad = |reason: &str| LogError::BadMetadata {
+        path: path.clone(),
+        reason: reason.to_string(),
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8"))?;
+    let (line, crc) = text
+        .trim_end()
+        .rsplit_once(" crc32c=")
+        .ok_or_else(|| bad("no checksum"))?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| bad("bad checksum field"))?;
+    if crc32c::crc32c(line.as_bytes()) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    let to = line
+        .strip_prefix(TRUNCATE_INTENT_MAGIC)
+        .and_then(|r| r.trim().parse::<u64>().ok())
+        .ok_or_else(|| bad("unknown format"))?;
+    Ok(Some(to))
+}
+
+/// Where a truncation to `to` cuts segment `base` (the last one with a base below `to`):
+/// the position of the first record with offset `>= to` (or of a sync marker naming an end
+/// `>= to`, which a completed truncation leaves), and the last offset kept. `start` is a
+/// frame boundary at or before the cut (from the sparse index). With `after_crash`, a bad
+/// frame within the last [`SYNC_MARKER_FRAME_LEN`] bytes of the file is the cut too (a
+/// marker whose write an earlier attempt did not finish); any other bad frame is corruption.
+fn plan_cut(path: &Path, start: u64, to: u64, after_crash: bool) -> Result<(u64, Option<u64>)> {
+    let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| LogError::io("stat", path, e))?
+        .len();
+    let mut reader = FrameReader::new(&file, start.min(len), len);
+    let mut slot = Record::default();
+    let mut last_kept = None;
+    loop {
+        let pos = reader.position();
+        match reader
+            .next_frame(&mut slot)
+            .map_err(|e| LogError::io("read", path, e))?
+        {
+            NextFrame::End => return Ok((len, last_kept)),
+            NextFrame::Record if slot.offset >= to => return Ok((pos, last_kept)),
+            NextFrame::Record => last_kept = Some(slot.offset),
+            NextFrame::SyncMarker(m) if m.end_offset >= to => return Ok((pos, last_kept)),
+            NextFrame::SyncMarker(_) => {}
+            NextFrame::Bad { position, .. }
+                if after_crash && len - position <= SYNC_MARKER_FRAME_LEN as u64 =>
+            {
+                return Ok((position, last_kept));
+            }
+            NextFrame::Bad {
+                position, reason, ..
+            } => {
+                return Err(LogError::Corrupt {
+                    file: path.to_path_buf(),
+                    position,
+                    last_good_offset: last_kept,
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// Carries out (or finishes) a truncation of `dir` to `to`, given that every record below
+/// `to` was durable before the intent file was written. Idempotent: every step can be
+/// repeated after a crash at any point. Steps: cut the segment holding `to` (and, if its
+/// kept records end below `to` because compaction left a gap, write a sync marker naming
+/// end `to` after them), fsync it; delete every later segment; fsync the directory; remove
+/// the intent; fsync the directory.
+fn apply_truncation(
+    dir: &Path,
+    to: u64,
+    hooks: &dyn IoHooks,
+    index: &SharedIndex,
+    start_hint: Option<u64>,
+    after_crash: bool,
+) -> Result<()> {
+    let bases = list_segments(dir)?;
+    if !bases.is_empty() {
+        // Segment K keeps the records below `to`: the last with a base below `to`, or the
+        // first (whose base is then `to`: everything goes).
+        let k = bases.partition_point(|&b| b < to);
+        let keep = k.saturating_sub(1);
+        let kbase = bases[keep];
+        let kpath = segment_path(dir, kbase);
+        let (cut, last_kept) = if k == 0 {
+            (0, None)
+        } else {
+            plan_cut(&kpath, start_hint.unwrap_or(0), to, after_crash)?
+        };
+        // A decoded offset is below u64::MAX.
+        let kept_end = last_kept.map_or(kbase, |o| o + 1);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&kpath)
+            .map_err(|e| LogError::io("open", &kpath, e))?;
+        hooks
+            .before_write(&kpath)
+            .and_then(|_| file.set_len(cut))
+            .map_err(|e| LogError::io("truncate", &kpath, e))?;
+        if kept_end != to && k > 0 {
+            // The records kept end below `to`: say where the log ends. The bytes before
+            // `cut` were fsynced before the intent was written, so the marker may claim them.
+            let mut buf = Vec::with_capacity(SYNC_MARKER_FRAME_LEN);
+            encode_sync_marker(
+                &mut buf,
+                SyncMarker {
+                    end_offset: to,
+                    synced_len: cut,
+                },
+            );
+            hooks
+                .before_write(&kpath)
+                .and_then(|_| file.write_all_at(&buf, cut))
+                .map_err(|e| LogError::io("write", &kpath, e))?;
+        }
+        hooks
+            .before_sync(&kpath)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| LogError::io("fsync", &kpath, e))?;
+        let mut cache = index.lock().expect("index lock");
+        cache.invalidate(kbase);
+        for &base in bases[keep + 1..].iter().rev() {
+            let path = segment_path(dir, base);
+            match hooks
+                .before_write(&path)
+                .and_then(|_| fs::remove_file(&path))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("delete", &path, e)),
+            }
+            cache.invalidate(base);
+        }
+        drop(cache);
+        fsync_dir_hooked(dir, hooks)?;
+    }
+    let intent = dir.join(TRUNCATE_INTENT_FILE);
+    hooks
+        .before_write(&intent)
+        .and_then(|_| fs::remove_file(&intent))
+        .map_err(|e| LogError::io("remove", &intent, e))?;
+    fsync_dir_hooked(dir, hooks)
+}
+
 impl Partition {
     /// Opens (creating if needed) the partition in `dir`: deletes compaction temp files,
-    /// scans only the last segment, and cuts a torn tail off it (ftruncate + fsync).
-    /// Corruption anywhere else is an error, never skipped.
+    /// finishes a truncation a crash interrupted, scans only the last segment, and cuts a
+    /// torn tail off it (ftruncate + fsync). Corruption anywhere else is an error, never
+    /// skipped.
     pub fn open(
         dir: &Path,
         config: TopicConfig,
         hooks: Arc<dyn IoHooks>,
     ) -> Result<(Partition, RecoveryReport)> {
-        if !dir.exists() {
-            hooks
-                .before_write(dir)
-                .and_then(|_| fs::create_dir_all(dir))
-                .map_err(|e| LogError::io("create directory", dir, e))?;
+        create_dir_durable(dir, hooks.as_ref())?;
+        let mut p = Partition::empty(dir, config, hooks, false)?;
+        let report = p.load(true)?;
+        Ok((p, report))
+    }
+
+    /// Opens the partition in `dir` for reading only: nothing is created, cut, deleted or
+    /// written, ever. A torn tail is reported in the [`RecoveryReport`] and left in place;
+    /// readers of this partition stop at the valid end found now (they do not follow later
+    /// appends). An interrupted truncation is applied to this view only. Every write method
+    /// returns [`LogError::ReadOnly`]. Corruption is the same error as for [`Partition::open`].
+    pub fn open_read_only(dir: &Path, config: TopicConfig) -> Result<(Partition, RecoveryReport)> {
+        if !dir.is_dir() {
+            return Err(LogError::io(
+                "open",
+                dir,
+                io::Error::new(io::ErrorKind::NotFound, "no such partition directory"),
+            ));
         }
-        let mut p = Partition {
+        let mut p = Partition::empty(dir, config, Arc::new(NoHooks), true)?;
+        let report = p.load_read_only()?;
+        Ok((p, report))
+    }
+
+    fn empty(
+        dir: &Path,
+        config: TopicConfig,
+        hooks: Arc<dyn IoHooks>,
+        read_only: bool,
+    ) -> Result<Partition> {
+        Ok(Partition {
             dir: dir.to_path_buf(),
             name: display_name(dir),
             config,
@@ -133,9 +498,15 @@ impl Partition {
             poisoned: None,
             index: Arc::new(Mutex::new(IndexCache::default())),
             dir_dirty: false,
-        };
-        let report = p.load(true)?;
-        Ok((p, report))
+            marked_end: 0,
+            read_only,
+            read_bound: None,
+        })
+    }
+
+    /// True if opened with [`Partition::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// (Re)loads the segment list and the active segment from disk.
@@ -144,13 +515,11 @@ impl Partition {
         let mut report = RecoveryReport::default();
         if recover {
             let rd = fs::read_dir(&dir).map_err(|e| LogError::io("list", &dir, e))?;
+            let tmp_intent = format!("{TRUNCATE_INTENT_FILE}.tmp");
             for entry in rd {
                 let entry = entry.map_err(|e| LogError::io("list", &dir, e))?;
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(COMPACTING_SUFFIX)
-                {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(COMPACTING_SUFFIX) || name == tmp_intent {
                     let path = entry.path();
                     self.hooks
                         .before_write(&path)
@@ -158,6 +527,11 @@ impl Partition {
                         .map_err(|e| LogError::io("remove", &path, e))?;
                     report.removed_temp_files.push(path);
                 }
+            }
+            if let Some(to) = read_intent(&dir)? {
+                tracing::warn!(partition = %self.name, to, "finishing an interrupted truncation");
+                apply_truncation(&dir, to, self.hooks.as_ref(), &self.index, None, true)?;
+                report.completed_truncation = Some(to);
             }
         }
         let mut bases = list_segments(&dir)?;
@@ -172,30 +546,14 @@ impl Partition {
         } else if !report.removed_temp_files.is_empty() {
             self.sync_dir_now()?;
         }
-        let mut segments = Vec::with_capacity(bases.len());
-        for &base in &bases[..bases.len() - 1] {
-            let path = segment_path(&dir, base);
-            let bytes = fs::metadata(&path)
-                .map_err(|e| LogError::io("stat", &path, e))?
-                .len();
-            segments.push(SegmentMeta {
-                base,
-                bytes,
-                max_timestamp: None,
-            });
-        }
-        let base = *bases.last().expect("one segment");
-        let path = segment_path(&dir, base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| LogError::io("open", &path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| LogError::io("stat", &path, e))?
-            .len();
-        let scan = scan_segment(&file, len, &path, base, true)?;
+        let mut segments = self.closed_metas(&bases)?;
+        let last = analyze_last(&dir, &bases, true)?;
+        let LastSegment {
+            base,
+            path,
+            file,
+            scan,
+        } = last;
         if let Some(torn) = &scan.torn {
             if !recover {
                 return Err(LogError::Corrupt {
@@ -228,8 +586,7 @@ impl Partition {
                 reason: torn.reason.clone(),
             });
         }
-        // If the last segment is empty, the previous one must end below its base.
-        let end_offset = scan.last_offset.map_or(base, |o| o + 1);
+        let end_offset = scan.end_offset(base);
         segments.push(SegmentMeta {
             base,
             bytes: scan.valid_len,
@@ -241,7 +598,90 @@ impl Partition {
         self.active = file;
         self.active_len = scan.valid_len;
         self.end_offset = end_offset;
+        self.marked_end = scan.marker_end.unwrap_or(base).max(base);
         self.buf.clear();
+        report.segments = self.segments.len();
+        report.start_offset = self.start_offset();
+        report.end_offset = end_offset;
+        Ok(report)
+    }
+
+    /// Metadata of the closed segments `bases[..len - 1]` (sizes from the file system).
+    fn closed_metas(&self, bases: &[u64]) -> Result<Vec<SegmentMeta>> {
+        let mut segments = Vec::with_capacity(bases.len());
+        for &base in &bases[..bases.len().saturating_sub(1)] {
+            let path = segment_path(&self.dir, base);
+            let bytes = fs::metadata(&path)
+                .map_err(|e| LogError::io("stat", &path, e))?
+                .len();
+            segments.push(SegmentMeta {
+                base,
+                bytes,
+                max_timestamp: None,
+            });
+        }
+        Ok(segments)
+    }
+
+    /// The read-only counterpart of `load`: computes the same view, modifies nothing.
+    fn load_read_only(&mut self) -> Result<RecoveryReport> {
+        let dir = self.dir.clone();
+        let mut report = RecoveryReport::default();
+        let mut bases = list_segments(&dir)?;
+        if bases.is_empty() {
+            // Nothing written yet (a writer creates segment 0 on its first open).
+            self.segments = vec![SegmentMeta {
+                base: 0,
+                bytes: 0,
+                max_timestamp: Some(None),
+            }];
+            self.read_bound = Some((0, 0));
+            return Ok(report);
+        }
+        let pending = read_intent(&dir)?;
+        let (base, file, valid_len, end_offset, scan) = if let Some(to) = pending {
+            // The view a completed truncation will leave: segments up to K, K up to the cut.
+            report.completed_truncation = Some(to);
+            let k = bases.partition_point(|&b| b < to);
+            bases.truncate(k.max(1));
+            let base = *bases.last().expect("one segment");
+            let path = segment_path(&dir, base);
+            let (cut, last_kept) = if k == 0 {
+                (0, None)
+            } else {
+                plan_cut(&path, 0, to, true)?
+            };
+            let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
+            let scan = scan_segment(&file, cut, &path, base, false)?;
+            debug_assert_eq!(scan.last_offset, last_kept);
+            (base, file, cut, to, scan)
+        } else {
+            let last = analyze_last(&dir, &bases, false)?;
+            if let Some(torn) = &last.scan.torn {
+                report.torn_tail = Some(TornTailCut {
+                    file: last.path.clone(),
+                    position: torn.position,
+                    bytes_cut: torn.bytes,
+                    last_good_offset: last.scan.last_offset,
+                    reason: torn.reason.clone(),
+                });
+            }
+            let end = last.scan.end_offset(last.base);
+            (last.base, last.file, last.scan.valid_len, end, last.scan)
+        };
+        let mut segments = self.closed_metas(&bases)?;
+        segments.push(SegmentMeta {
+            base,
+            bytes: valid_len,
+            max_timestamp: Some(scan.max_timestamp),
+        });
+        self.index.lock().expect("index lock").set(base, scan.index);
+        self.segments = segments;
+        self.active = file;
+        self.active_len = valid_len;
+        self.end_offset = end_offset;
+        self.marked_end = end_offset;
+        self.read_bound = Some((base, valid_len));
         report.segments = self.segments.len();
         report.start_offset = self.start_offset();
         report.end_offset = end_offset;
@@ -295,6 +735,11 @@ impl Partition {
     }
 
     fn check_poisoned(&self) -> Result<()> {
+        if self.read_only {
+            return Err(LogError::ReadOnly {
+                partition: self.name.clone(),
+            });
+        }
         match &self.poisoned {
             Some(cause) => Err(LogError::Poisoned {
                 partition: self.name.clone(),
@@ -353,6 +798,13 @@ impl Partition {
                 max: MAX_PAYLOAD_LEN,
             });
         }
+        if self.end_offset == u64::MAX {
+            return Err(LogError::InvalidArgument(format!(
+                "partition {}: the offset space is exhausted (end offset {})",
+                self.name,
+                u64::MAX
+            )));
+        }
         let frame = (FRAME_HEADER_LEN + plen) as u64;
         let size = self.active_len + self.buf.len() as u64;
         if size > 0 && size + frame > self.config.segment_bytes {
@@ -379,6 +831,7 @@ impl Partition {
                 .flatten()
                 .map_or(timestamp, |t| t.max(timestamp)),
         ));
+        // Checked above: end_offset < u64::MAX.
         self.end_offset += 1;
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.flush_to_os()?;
@@ -394,11 +847,19 @@ impl Partition {
             return Ok(());
         }
         let path = self.active_path();
-        if let Err(e) = self
-            .hooks
-            .before_write(&path)
-            .and_then(|_| self.active.write_all_at(&self.buf, self.active_len))
-        {
+        let written = self.hooks.before_write(&path).and_then(|_| {
+            match self.hooks.write_limit(&path, self.buf.len()) {
+                Some(n) if n < self.buf.len() => {
+                    self.active.write_all_at(&self.buf[..n], self.active_len)?;
+                    Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!("no space left after {n} of {} bytes", self.buf.len()),
+                    ))
+                }
+                _ => self.active.write_all_at(&self.buf, self.active_len),
+            }
+        });
+        if let Err(e) = written {
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
@@ -413,6 +874,13 @@ impl Partition {
     /// `flush_to_os`, then fsync the active segment (and the directory if segments were
     /// created or deleted) when `config.fsync`. Returns the end offset, all of which is
     /// durable. A failed fsync poisons the partition: it is never retried.
+    /// `flush_to_os`, then fsync the active segment (and the directory if segments were
+    /// created or deleted) when `config.fsync`. Returns the end offset, all of which is
+    /// durable. A failed fsync poisons the partition: it is never retried.
+    ///
+    /// After a successful fsync that covered new records, a sync marker recording it is
+    /// written to the OS (one small write(2), no second fsync): it is what lets recovery
+    /// tell a torn never-synced tail from corruption of synced data (see [`crate::log`]).
     pub fn sync(&mut self) -> Result<u64> {
         self.flush_to_os()?;
         if self.config.fsync {
@@ -427,8 +895,27 @@ impl Partition {
             if self.dir_dirty {
                 self.sync_dir()?;
             }
+            self.write_sync_marker()?;
         }
         Ok(self.end_offset)
+    }
+
+    /// Right after an fsync of the whole active segment: records it in a sync marker.
+    fn write_sync_marker(&mut self) -> Result<()> {
+        if self.end_offset <= self.marked_end {
+            return Ok(());
+        }
+        debug_assert!(self.buf.is_empty());
+        encode_sync_marker(
+            &mut self.buf,
+            SyncMarker {
+                end_offset: self.end_offset,
+                synced_len: self.active_len,
+            },
+        );
+        self.flush_to_os()?;
+        self.marked_end = self.end_offset;
+        Ok(())
     }
 
     /// Closes the active segment (fsynced first when fsync is on, so a closed segment is
@@ -465,6 +952,7 @@ impl Partition {
         self.active = file;
         self.active_len = 0;
         self.active_indexed = None;
+        self.marked_end = base;
         self.sync_dir()
     }
 
@@ -482,13 +970,19 @@ impl Partition {
     }
 
     /// A sequential reader from `from_offset` (flushes buffered appends to the OS first so
-    /// it sees them). `from_offset` must be within `[start_offset, end_offset]`.
+    /// it sees them). `from_offset` must be within `[start_offset, end_offset]`. The reader of
+    /// a read-only partition stops at the end found when it was opened.
     pub fn reader(&mut self, from_offset: u64) -> Result<PartitionReader> {
         self.check_offset(from_offset)?;
-        if self.poisoned.is_none() {
+        if self.poisoned.is_none() && !self.read_only {
             self.flush_to_os()?;
         }
-        PartitionReader::with_index(&self.dir, from_offset, self.index.clone())
+        PartitionReader::with_index_bounded(
+            &self.dir,
+            from_offset,
+            self.index.clone(),
+            self.read_bound,
+        )
     }
 
     /// Up to `max_records` records from `from_offset`, in offset order (after compaction,
@@ -497,8 +991,19 @@ impl Partition {
         self.reader(from_offset)?.read(max_records)
     }
 
-    /// Removes every record with offset `>= to_offset`, durably (ftruncate + fsync, later
-    /// segments deleted + directory fsync). Afterwards `end_offset() == to_offset`.
+    /// Removes every record with offset `>= to_offset`, durably. Afterwards
+    /// `end_offset() == to_offset`, also after a crash at any point inside (the next open
+    /// finishes the truncation). With `to_offset == end_offset()` it does nothing (and
+    /// fsyncs nothing: use `sync` for that).
+    ///
+    /// Crash safety: first everything below `to_offset` is made durable (fsync of the
+    /// segment to cut and the directory), then an intent file naming `to_offset` is written
+    /// atomically (temp file, fsync, rename, directory fsync). Only then is anything removed
+    /// (see `apply_truncation`); the intent is deleted last. An open that finds the intent
+    /// repeats the removal, which is idempotent, so no crash point can leave the log ending
+    /// below `to_offset` or above it. Where compaction left a gap below `to_offset`, a sync
+    /// marker naming end offset `to_offset` is written after the kept records, so the end
+    /// survives a reopen without an extra empty segment.
     pub fn truncate(&mut self, to_offset: u64) -> Result<()> {
         self.check_poisoned()?;
         self.check_offset(to_offset)?;
@@ -506,69 +1011,68 @@ impl Partition {
         if to_offset == self.end_offset {
             return Ok(());
         }
-        // segments[..k] have base < to_offset.
         let k = self.segments.partition_point(|s| s.base < to_offset);
-        let first_deleted = k.max(1);
-        for i in (first_deleted..self.segments.len()).rev() {
-            let base = self.segments[i].base;
-            let path = segment_path(&self.dir, base);
-            if let Err(e) = self
-                .hooks
-                .before_write(&path)
-                .and_then(|_| fs::remove_file(&path))
-            {
-                return Err(self.poison("delete", &path, e));
-            }
-            self.index.lock().expect("index lock").invalidate(base);
+        let keep = k.saturating_sub(1);
+        let kbase = self.segments[keep].base;
+        let kpath = segment_path(&self.dir, kbase);
+        // 1. Everything the truncation keeps must be durable before the intent: the segment
+        //    to cut (closed segments are not fsynced at roll when fsync is off) and the
+        //    directory (segments created without a directory fsync).
+        let mut to_sync = vec![self.active_path()];
+        if kpath != to_sync[0] {
+            to_sync.push(kpath.clone());
         }
-        let cut_seg = first_deleted - 1;
-        let base = self.segments[cut_seg].base;
-        let path = segment_path(&self.dir, base);
-        let (cut, last_kept) = if k == 0 {
-            (0, None)
-        } else {
-            self.find_cut(base, &path, to_offset)?
-        };
-        let file = match OpenOptions::new().write(true).open(&path) {
-            Ok(f) => f,
-            Err(e) => return Err(self.poison("open", &path, e)),
-        };
-        if let Err(e) = self
-            .hooks
-            .before_write(&path)
-            .and_then(|_| file.set_len(cut))
-        {
-            return Err(self.poison("truncate", &path, e));
-        }
-        if let Err(e) = self.hooks.before_sync(&path).and_then(|_| file.sync_all()) {
-            return Err(self.poison("fsync", &path, e));
-        }
-        self.index.lock().expect("index lock").invalidate(base);
-        // Keep `end_offset == to_offset` across reopen: if the kept prefix ends below it
-        // (a gap left by compaction), start an empty segment at `to_offset`.
-        if last_kept.map_or(base, |o| o + 1) != to_offset {
-            let new_path = segment_path(&self.dir, to_offset);
-            if let Err(e) = self.hooks.before_write(&new_path).and_then(|_| {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&new_path)
-                    .map(drop)
-            }) {
-                return Err(self.poison("create", &new_path, e));
+        for path in to_sync {
+            let synced = if path == self.active_path() {
+                self.hooks
+                    .before_sync(&path)
+                    .and_then(|_| self.active.sync_all())
+            } else {
+                self.hooks
+                    .before_sync(&path)
+                    .and_then(|_| File::open(&path).and_then(|f| f.sync_all()))
+            };
+            if let Err(e) = synced {
+                return Err(self.poison("fsync", &path, e));
             }
         }
-        self.dir_dirty = true;
+        let dir = self.dir.clone();
         if let Err(e) = self
             .hooks
-            .before_sync(&self.dir)
-            .and_then(|_| crate::fsutil::fsync_dir(&self.dir))
+            .before_sync(&dir)
+            .and_then(|_| crate::fsutil::fsync_dir(&dir))
         {
-            let dir = self.dir.clone();
             return Err(self.poison("fsync directory", &dir, e));
         }
         self.dir_dirty = false;
-        let closed: Vec<SegmentMeta> = self.segments[..cut_seg].to_vec();
+        // 2. The intent.
+        if let Err(e) = self.write_intent(to_offset) {
+            return Err(self.poison_with(e));
+        }
+        // 3. The removal.
+        let start_hint = if k == 0 {
+            None
+        } else {
+            Some(
+                self.index
+                    .lock()
+                    .expect("index lock")
+                    .get(kbase)
+                    .floor(to_offset.saturating_sub(1))
+                    .1,
+            )
+        };
+        if let Err(e) = apply_truncation(
+            &self.dir,
+            to_offset,
+            self.hooks.as_ref(),
+            &self.index,
+            start_hint,
+            false,
+        ) {
+            return Err(self.poison_with(e));
+        }
+        let closed: Vec<SegmentMeta> = self.segments[..keep].to_vec();
         self.load(false)?;
         // Keep what we knew about the untouched closed segments.
         for (meta, old) in self.segments.iter_mut().zip(closed) {
@@ -576,12 +1080,11 @@ impl Partition {
                 meta.max_timestamp = old.max_timestamp;
             }
         }
-        debug_assert_eq!(self.end_offset, to_offset);
         if self.end_offset != to_offset {
             return Err(LogError::Corrupt {
-                file: path,
-                position: cut,
-                last_good_offset: last_kept,
+                file: kpath,
+                position: 0,
+                last_good_offset: None,
                 reason: format!(
                     "after truncation to {to_offset} the log ends at {}",
                     self.end_offset
@@ -591,43 +1094,41 @@ impl Partition {
         Ok(())
     }
 
-    /// Position of the first record `>= to` in segment `base`, and the last offset before it.
-    fn find_cut(&self, base: u64, path: &Path, to: u64) -> Result<(u64, Option<u64>)> {
-        let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| LogError::io("stat", path, e))?
-            .len();
-        let (_, start) = self
-            .index
-            .lock()
-            .expect("index lock")
-            .get(base)
-            .floor(to.saturating_sub(1));
-        let mut reader = FrameReader::new(&file, start.min(len), len);
-        let mut slot = Record::default();
-        let mut last_kept = None;
-        loop {
-            let pos = reader.position();
-            match reader
-                .next(&mut slot)
-                .map_err(|e| LogError::io("read", path, e))?
-            {
-                Next::End => return Ok((len, last_kept)),
-                Next::Record if slot.offset >= to => return Ok((pos, last_kept)),
-                Next::Record => last_kept = Some(slot.offset),
-                Next::Bad {
-                    position, reason, ..
-                } => {
-                    return Err(LogError::Corrupt {
-                        file: path.to_path_buf(),
-                        position,
-                        last_good_offset: last_kept,
-                        reason,
-                    });
-                }
-            }
-        }
+    /// Poisons the partition with an error that is already a `LogError`.
+    fn poison_with(&mut self, err: LogError) -> LogError {
+        tracing::error!(partition = %self.name, error = %err, "log partition poisoned");
+        self.poisoned = Some(err.to_string());
+        err
+    }
+
+    /// Writes the truncation intent atomically: temp file, fsync, rename, directory fsync.
+    fn write_intent(&self, to: u64) -> Result<()> {
+        let path = self.dir.join(TRUNCATE_INTENT_FILE);
+        let tmp = self.dir.join(format!("{TRUNCATE_INTENT_FILE}.tmp"));
+        let file = self
+            .hooks
+            .before_write(&tmp)
+            .and_then(|_| {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+            })
+            .map_err(|e| LogError::io("create", &tmp, e))?;
+        self.hooks
+            .before_write(&tmp)
+            .and_then(|_| file.write_all_at(&intent_bytes(to), 0))
+            .map_err(|e| LogError::io("write", &tmp, e))?;
+        self.hooks
+            .before_sync(&tmp)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| LogError::io("fsync", &tmp, e))?;
+        self.hooks
+            .before_write(&path)
+            .and_then(|_| fs::rename(&tmp, &path))
+            .map_err(|e| LogError::io("rename to", &path, e))?;
+        fsync_dir_hooked(&self.dir, self.hooks.as_ref())
     }
 
     /// Runs the topic's cleanup policy: compaction for `compact`, retention for `delete`.
@@ -680,7 +1181,6 @@ impl Partition {
                 &mut keep,
                 self.hooks.as_ref(),
                 &self.index,
-                self.config.fsync,
             ) {
                 Ok(None) => {}
                 Ok(Some(done)) => {
@@ -690,9 +1190,6 @@ impl Partition {
                     report.bytes_after += done.new_len;
                     self.segments[i].bytes = done.new_len;
                     self.segments[i].max_timestamp = Some(done.max_timestamp);
-                    if !self.config.fsync {
-                        self.dir_dirty = true;
-                    }
                 }
                 Err(RewriteError::Read(e)) => return Err(e),
                 Err(RewriteError::Write(op, path, e)) => return Err(self.poison(op, &path, e)),
@@ -761,7 +1258,7 @@ impl Partition {
 impl Drop for Partition {
     /// Best effort: hands buffered appends to the OS (no fsync).
     fn drop(&mut self) {
-        if self.poisoned.is_none() && !self.buf.is_empty() {
+        if self.poisoned.is_none() && !self.read_only && !self.buf.is_empty() {
             let _ = self.flush_to_os();
         }
     }
@@ -783,7 +1280,8 @@ pub struct PartitionInfo {
 }
 
 /// Reads start/end offsets and size of the partition in `dir` without modifying anything
-/// (scans only the last segment).
+/// (scans only the last segment). The offsets are those [`Partition::open_read_only`] and
+/// [`Partition::open`] see.
 pub fn partition_info(dir: &Path, partition: u32) -> Result<PartitionInfo> {
     let bases = list_segments(dir)?;
     let mut bytes = 0;
@@ -793,23 +1291,11 @@ pub fn partition_info(dir: &Path, partition: u32) -> Result<PartitionInfo> {
             .map_err(|e| LogError::io("stat", &path, e))?
             .len();
     }
-    let (start_offset, end_offset) = match bases.last() {
-        None => (0, 0),
-        Some(&last) => {
-            let path = segment_path(dir, last);
-            let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| LogError::io("stat", &path, e))?
-                .len();
-            let scan = scan_segment(&file, len, &path, last, true)?;
-            (bases[0], scan.last_offset.map_or(last, |o| o + 1))
-        }
-    };
+    let (p, report) = Partition::open_read_only(dir, TopicConfig::default())?;
     Ok(PartitionInfo {
         partition,
-        start_offset,
-        end_offset,
+        start_offset: report.start_offset,
+        end_offset: p.end_offset(),
         bytes,
         segments: bases.len(),
     })
@@ -830,17 +1316,36 @@ pub struct VerifyReport {
     pub last_offset: Option<u64>,
     /// A torn tail at the end of the last segment (cut on the next open), if any.
     pub torn_tail: Option<TornTailCut>,
+    /// An interrupted truncation (to this offset) that the next open finishes; only what
+    /// it keeps was verified.
+    pub pending_truncation: Option<u64>,
 }
 
 /// Reads every segment of the partition in `dir` in full, checking every frame's length and
-/// CRC and that offsets increase within and across segments. Read-only.
+/// CRC, that offsets increase within and across segments, and that the last segment belongs
+/// to the log. Read-only. Judges exactly as [`Partition::open`] and the readers do.
 pub fn verify_partition(dir: &Path) -> Result<VerifyReport> {
-    let bases = list_segments(dir)?;
+    let mut bases = list_segments(dir)?;
     let mut report = VerifyReport::default();
+    // With a pending truncation, only what it keeps is the log (the rest is being removed).
+    let mut cut_last: Option<u64> = None;
+    if let Some(to) = read_intent(dir)? {
+        report.pending_truncation = Some(to);
+        if !bases.is_empty() {
+            let k = bases.partition_point(|&b| b < to);
+            bases.truncate(k.max(1));
+            let base = *bases.last().expect("one segment");
+            cut_last = Some(if k == 0 {
+                0
+            } else {
+                plan_cut(&segment_path(dir, base), 0, to, true)?.0
+            });
+        }
+    }
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base);
         let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
-        let len = file
+        let mut len = file
             .metadata()
             .map_err(|e| LogError::io("stat", &path, e))?
             .len();
@@ -855,7 +1360,16 @@ pub fn verify_partition(dir: &Path) -> Result<VerifyReport> {
                 reason: format!("segment base {base} is not above the previous offset {prev}"),
             });
         }
-        let scan = scan_segment(&file, len, &path, base, is_last)?;
+        let scan = match cut_last {
+            Some(cut) if is_last => {
+                len = cut;
+                scan_segment(&file, len, &path, base, false)?
+            }
+            _ => scan_segment(&file, len, &path, base, is_last)?,
+        };
+        if is_last && cut_last.is_none() {
+            check_last_segment_identity(dir, &bases, &path, &file, len, &scan)?;
+        }
         if let Some(next) = bases.get(i + 1)
             && let Some(last) = scan.last_offset
             && last >= *next

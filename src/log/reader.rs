@@ -23,6 +23,8 @@ pub struct PartitionReader {
     cur: Option<Cursor>,
     next_offset: u64,
     batch: Vec<Record>,
+    /// `(segment base, byte length)`: read nothing beyond it (a read-only view).
+    bound: Option<(u64, u64)>,
 }
 
 struct Cursor {
@@ -46,7 +48,21 @@ impl PartitionReader {
     }
 
     pub(crate) fn with_index(dir: &Path, from_offset: u64, index: SharedIndex) -> Result<Self> {
-        let all = list_segments(dir)?;
+        Self::with_index_bounded(dir, from_offset, index, None)
+    }
+
+    /// Like `with_index`; with a `bound` of `(base, len)` the reader ends at byte `len` of
+    /// segment `base` and never looks at later segments or later growth.
+    pub(crate) fn with_index_bounded(
+        dir: &Path,
+        from_offset: u64,
+        index: SharedIndex,
+        bound: Option<(u64, u64)>,
+    ) -> Result<Self> {
+        let mut all = list_segments(dir)?;
+        if let Some((last, _)) = bound {
+            all.retain(|&b| b <= last);
+        }
         // Start at the last segment whose base is <= from_offset.
         let first = all.partition_point(|&b| b <= from_offset).saturating_sub(1);
         Ok(PartitionReader {
@@ -56,6 +72,7 @@ impl PartitionReader {
             cur: None,
             next_offset: from_offset,
             batch: Vec::new(),
+            bound,
         })
     }
 
@@ -83,10 +100,15 @@ impl PartitionReader {
                 Err(e) => return Err(LogError::io("open", &path, e)),
             };
             drop(cache);
-            let len = file
+            let mut len = file
                 .metadata()
                 .map_err(|e| LogError::io("stat", &path, e))?
                 .len();
+            if let Some((b, limit)) = self.bound
+                && b == base
+            {
+                len = len.min(limit);
+            }
             let start = if start > len { 0 } else { start };
             self.cur = Some(Cursor {
                 base,
@@ -105,6 +127,10 @@ impl PartitionReader {
     /// newer segment exists), false if caught up.
     fn advance_at_end(&mut self) -> Result<bool> {
         let cur = self.cur.as_mut().expect("cursor");
+        if self.bases.is_empty() && self.bound.is_some() {
+            // A bounded view: nothing after its end.
+            return Ok(false);
+        }
         if self.bases.is_empty() {
             let len = cur.reader.limit().max(match std::fs::metadata(&cur.path) {
                 Ok(m) => m.len(),

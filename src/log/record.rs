@@ -8,7 +8,16 @@
 //! ```
 //! `payload_len` must equal `24 + key_len + max(value_len, 0)` exactly and lie in
 //! `[MIN_PAYLOAD_LEN, MAX_PAYLOAD_LEN]`; a decoder checks that before it trusts or allocates
-//! anything a length field claims.
+//! anything a length field claims. A record's offset is below `u64::MAX` (an offset of
+//! `u64::MAX` would leave no room for the next one: such a frame is invalid).
+//!
+//! # Sync markers
+//! A frame with `value_len == -2` ([`SYNC_MARKER_VALUE_LEN`]) is not a record but a *sync
+//! marker* (see [`SyncMarker`] and the module doc of [`crate::log`]):
+//! ```text
+//! payload = end_offset: u64 LE | synced_len: i64 LE | key_len = 0: u32 LE | -2: i32 LE
+//! ```
+//! It is [`MIN_FRAME_LEN`] (32) bytes. Readers skip it; the recovery scan uses it.
 
 /// Bytes before the payload: length + CRC.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -19,6 +28,31 @@ pub const MIN_FRAME_LEN: usize = FRAME_HEADER_LEN + MIN_PAYLOAD_LEN;
 /// Largest accepted payload (64 MiB). Appends above it fail with `RecordTooLarge`; a frame
 /// claiming more is invalid without reading (or allocating) it.
 pub const MAX_PAYLOAD_LEN: usize = 64 << 20;
+/// `value_len` of a sync-marker frame.
+pub const SYNC_MARKER_VALUE_LEN: i32 = -2;
+/// Length of a sync-marker frame.
+pub const SYNC_MARKER_FRAME_LEN: usize = MIN_FRAME_LEN;
+
+/// A sync marker: a control frame (not a record) saying that the first `synced_len` bytes of
+/// the segment file holding it were covered by a completed fsync before the marker was
+/// written, and that every record before the marker has an offset below `end_offset` (the
+/// next record's offset is at least `end_offset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncMarker {
+    /// The offset the next record gets (at least).
+    pub end_offset: u64,
+    /// Bytes at the start of the segment proven durable.
+    pub synced_len: u64,
+}
+
+/// What a valid frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A record (decoded into the caller's slot).
+    Record,
+    /// A sync marker.
+    SyncMarker(SyncMarker),
+}
 
 /// One log record. `value == None` is a tombstone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,6 +106,21 @@ pub fn encode_into(
     let crc = crc32c::crc32c(&buf[start + FRAME_HEADER_LEN..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     FRAME_HEADER_LEN + plen
+}
+
+/// Appends a sync-marker frame to `buf`; returns its length ([`SYNC_MARKER_FRAME_LEN`]).
+pub fn encode_sync_marker(buf: &mut Vec<u8>, marker: SyncMarker) -> usize {
+    let synced_len = i64::try_from(marker.synced_len).unwrap_or(i64::MAX);
+    let start = buf.len();
+    buf.extend_from_slice(&(MIN_PAYLOAD_LEN as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&marker.end_offset.to_le_bytes());
+    buf.extend_from_slice(&synced_len.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&SYNC_MARKER_VALUE_LEN.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[start + FRAME_HEADER_LEN..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    SYNC_MARKER_FRAME_LEN
 }
 
 /// Encodes one record into a fresh buffer.
@@ -129,13 +178,30 @@ impl HeaderError {
 }
 
 /// Verifies the CRC of `payload` against the frame header and decodes it into `slot`,
-/// reusing `slot`'s buffers. `payload.len()` is the header's payload length.
+/// reusing `slot`'s buffers. `payload.len()` is the header's payload length. A sync marker
+/// is an error here (use [`decode_frame_payload`] where markers may occur).
 pub fn decode_payload(crc: u32, payload: &[u8], slot: &mut Record) -> Result<(), String> {
+    match decode_frame_payload(crc, payload, slot)? {
+        FrameKind::Record => Ok(()),
+        FrameKind::SyncMarker(_) => Err("a sync marker, not a record".into()),
+    }
+}
+
+/// Like [`decode_payload`], but a valid sync marker is returned instead of rejected (and
+/// `slot` is left unchanged for it).
+pub fn decode_frame_payload(
+    crc: u32,
+    payload: &[u8],
+    slot: &mut Record,
+) -> Result<FrameKind, String> {
     let actual = crc32c::crc32c(payload);
     if actual != crc {
         return Err(format!(
             "CRC32C mismatch: stored {crc:#010x}, computed {actual:#010x}"
         ));
+    }
+    if let Some(marker) = parse_sync_marker(payload)? {
+        return Ok(FrameKind::SyncMarker(marker));
     }
     let (offset, timestamp, key, value) = parse_payload(payload)?;
     slot.offset = offset;
@@ -150,7 +216,31 @@ pub fn decode_payload(crc: u32, payload: &[u8], slot: &mut Record) -> Result<(),
         (Some(v), none) => *none = Some(v.to_vec()),
         (None, v) => *v = None,
     }
-    Ok(())
+    Ok(FrameKind::Record)
+}
+
+/// `Some` if `p` is a well-formed sync-marker payload, `None` if it is not a marker at all,
+/// an error if it claims to be one but is malformed.
+fn parse_sync_marker(p: &[u8]) -> Result<Option<SyncMarker>, String> {
+    if p.len() < MIN_PAYLOAD_LEN {
+        return Ok(None);
+    }
+    let key_len = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
+    if key_len != 0 || p.len() != MIN_PAYLOAD_LEN {
+        return Ok(None);
+    }
+    let value_len = i32::from_le_bytes(p[20..24].try_into().expect("4 bytes"));
+    if value_len != SYNC_MARKER_VALUE_LEN {
+        return Ok(None);
+    }
+    let end_offset = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
+    let synced_len = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
+    let synced_len = u64::try_from(synced_len)
+        .map_err(|_| format!("sync marker with negative synced length {synced_len}"))?;
+    Ok(Some(SyncMarker {
+        end_offset,
+        synced_len,
+    }))
 }
 
 /// A parsed payload: offset, timestamp, key, value (`None` = tombstone).
@@ -162,6 +252,12 @@ pub fn parse_payload(p: &[u8]) -> Result<PayloadParts<'_>, String> {
         return Err(format!("payload of {} bytes is too short", p.len()));
     }
     let offset = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
+    if offset == u64::MAX {
+        return Err(format!(
+            "offset {offset} leaves no room for a next offset (the largest valid offset is {})",
+            u64::MAX - 1
+        ));
+    }
     let timestamp = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
     let key_len = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
     if key_len > p.len() - MIN_PAYLOAD_LEN {
@@ -188,7 +284,21 @@ pub fn parse_payload(p: &[u8]) -> Result<PayloadParts<'_>, String> {
     Ok((offset, timestamp, key, value.map(|_| rest)))
 }
 
-/// Decodes one complete frame at the start of `bytes`; returns the record and frame length.
+/// Decodes one complete frame (record or sync marker) at the start of `bytes`; returns what
+/// it is (a record is decoded into `slot`) and the frame length.
+pub fn decode_frame(bytes: &[u8], slot: &mut Record) -> Result<(FrameKind, usize), String> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err("incomplete frame header".into());
+    }
+    let header: [u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("8 bytes");
+    let plen = check_header(&header, bytes.len() as u64).map_err(|e| e.reason().to_string())?;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let kind = decode_frame_payload(crc, &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen], slot)?;
+    Ok((kind, FRAME_HEADER_LEN + plen))
+}
+
+/// Decodes one complete record frame at the start of `bytes`; returns the record and frame
+/// length. A sync marker is an error here (see [`decode_frame`]).
 pub fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
     if bytes.len() < FRAME_HEADER_LEN {
         return Err("incomplete frame header".into());
@@ -212,7 +322,7 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = Record> {
         (
-            any::<u64>(),
+            0..u64::MAX,
             any::<i64>(),
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
@@ -274,6 +384,51 @@ mod tests {
             Err(HeaderError::PastEnd(_))
         ));
         assert_eq!(check_header(&header, 1008), Ok(1000));
+    }
+
+    #[test]
+    fn offset_u64_max_is_rejected_by_every_decoder() {
+        let rec = Record {
+            offset: u64::MAX,
+            timestamp: 0,
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+        };
+        let bytes = encode(&rec);
+        let e = decode(&bytes).unwrap_err();
+        assert!(e.contains("leaves no room"), "{e}");
+        assert!(decode_frame(&bytes, &mut Record::default()).is_err());
+        let ok = Record {
+            offset: u64::MAX - 1,
+            ..rec
+        };
+        assert_eq!(decode(&encode(&ok)).unwrap().0, ok);
+    }
+
+    #[test]
+    fn sync_marker_round_trip_and_is_not_a_record() {
+        let m = SyncMarker {
+            end_offset: 77,
+            synced_len: 4096,
+        };
+        let mut buf = Vec::new();
+        assert_eq!(encode_sync_marker(&mut buf, m), SYNC_MARKER_FRAME_LEN);
+        assert_eq!(buf.len(), SYNC_MARKER_FRAME_LEN);
+        let mut slot = Record::default();
+        assert_eq!(
+            decode_frame(&buf, &mut slot).unwrap(),
+            (FrameKind::SyncMarker(m), SYNC_MARKER_FRAME_LEN)
+        );
+        assert!(decode(&buf).is_err());
+        for i in 0..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            assert_ne!(
+                decode_frame(&b, &mut slot).ok(),
+                Some((FrameKind::SyncMarker(m), SYNC_MARKER_FRAME_LEN)),
+                "flip at {i}"
+            );
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use super::error::{LogError, Result};
 use super::record::{
-    FRAME_HEADER_LEN, HeaderError, MAX_PAYLOAD_LEN, MIN_FRAME_LEN, Record, check_header,
-    decode_payload,
+    FRAME_HEADER_LEN, FrameKind, HeaderError, MAX_PAYLOAD_LEN, MIN_FRAME_LEN, Record, SyncMarker,
+    check_header, decode_frame_payload,
 };
 
 /// Suffix of segment files.
@@ -102,6 +102,26 @@ pub enum Next {
     },
 }
 
+/// What [`FrameReader::next_frame`] found: like [`Next`], plus sync markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextFrame {
+    /// A valid record frame; decoded into the slot.
+    Record,
+    /// A valid sync-marker frame (the slot is unchanged).
+    SyncMarker(SyncMarker),
+    /// Exactly at the limit.
+    End,
+    /// A frame that fails its checks (see [`Next::Bad`]).
+    Bad {
+        /// Byte position of the frame.
+        position: u64,
+        /// Why it was rejected.
+        reason: String,
+        /// True if the frame extends beyond the limit.
+        past_end: bool,
+    },
+}
+
 /// Sequential frame reader over `[pos, limit)` of a source, reading big chunks into a reused
 /// buffer (no per-record syscalls). Never allocates more than `max(READ_CHUNK, frame)` where
 /// a frame's length was first checked against `MAX_PAYLOAD_LEN` and the remaining bytes.
@@ -174,14 +194,35 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         Ok(())
     }
 
-    /// Reads the next frame into `slot`.
+    /// Reads the next record into `slot`, skipping sync markers (which only the recovery
+    /// scan interprets).
     pub fn next(&mut self, slot: &mut Record) -> io::Result<Next> {
+        loop {
+            return Ok(match self.next_frame(slot)? {
+                NextFrame::Record => Next::Record,
+                NextFrame::SyncMarker(_) => continue,
+                NextFrame::End => Next::End,
+                NextFrame::Bad {
+                    position,
+                    reason,
+                    past_end,
+                } => Next::Bad {
+                    position,
+                    reason,
+                    past_end,
+                },
+            });
+        }
+    }
+
+    /// Reads the next frame: a record (into `slot`) or a sync marker.
+    pub fn next_frame(&mut self, slot: &mut Record) -> io::Result<NextFrame> {
         let avail = self.limit - self.pos;
         if avail == 0 {
-            return Ok(Next::End);
+            return Ok(NextFrame::End);
         }
         if avail < FRAME_HEADER_LEN as u64 {
-            return Ok(Next::Bad {
+            return Ok(NextFrame::Bad {
                 position: self.pos,
                 reason: format!("incomplete frame header: {avail} bytes before the end"),
                 past_end: true,
@@ -194,7 +235,7 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         let plen = match check_header(&header, avail) {
             Ok(p) => p,
             Err(e) => {
-                return Ok(Next::Bad {
+                return Ok(NextFrame::Bad {
                     position: self.pos,
                     past_end: matches!(e, HeaderError::PastEnd(_)),
                     reason: e.reason().to_string(),
@@ -205,15 +246,20 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         self.fill(frame_len)?;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
         let payload = &self.buf[self.lo + FRAME_HEADER_LEN..self.lo + frame_len];
-        if let Err(reason) = decode_payload(crc, payload, slot) {
-            return Ok(Next::Bad {
-                position: self.pos,
-                reason,
-                past_end: false,
-            });
+        let kind = match decode_frame_payload(crc, payload, slot) {
+            Ok(k) => k,
+            Err(reason) => {
+                return Ok(NextFrame::Bad {
+                    position: self.pos,
+                    reason,
+                    past_end: false,
+                });
+            }
+        };
+        if kind == FrameKind::Record {
+            self.last_frame_pos = self.pos;
+            self.last_frame_len = frame_len as u64;
         }
-        self.last_frame_pos = self.pos;
-        self.last_frame_len = frame_len as u64;
         self.lo += frame_len;
         self.pos += frame_len as u64;
         // Do not keep a huge buffer around after one huge record.
@@ -222,7 +268,10 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
             self.lo = 0;
             self.hi = 0;
         }
-        Ok(Next::Record)
+        Ok(match kind {
+            FrameKind::Record => NextFrame::Record,
+            FrameKind::SyncMarker(m) => NextFrame::SyncMarker(m),
+        })
     }
 }
 
@@ -255,11 +304,32 @@ pub struct SegmentScan {
     pub index: Vec<(u64, u64)>,
     /// Set if the segment ends with a torn tail (only allowed when scanning as last segment).
     pub torn: Option<TornTail>,
+    /// Bytes at the start of the segment proven fsynced by the sync markers in the valid
+    /// prefix (0 if none).
+    pub synced_len: u64,
+    /// Largest `end_offset` of a sync marker in the valid prefix.
+    pub marker_end: Option<u64>,
+    /// The offset carried by the frame at byte 0 (a record's offset or a sync marker's end
+    /// offset), if that frame is valid.
+    pub head_offset: Option<u64>,
+}
+
+impl SegmentScan {
+    /// The offset after the valid prefix of segment `base`: one past the last record, or
+    /// the end offset a sync marker names (a truncation into a compaction gap leaves one),
+    /// or `base` for an empty segment.
+    pub fn end_offset(&self, base: u64) -> u64 {
+        // A decoded record's offset is below u64::MAX, so `+ 1` cannot overflow.
+        let after_last = self.last_offset.map_or(base, |o| o + 1);
+        after_last.max(self.marker_end.unwrap_or(0)).max(base)
+    }
 }
 
 /// Scans a whole segment of `len` bytes with base offset `base`, verifying every frame and
-/// that offsets increase. A bad frame is a torn tail only if `is_last` and no valid frame
-/// parses anywhere after it; otherwise the result is `LogError::Corrupt` naming `path`.
+/// that offsets increase. In a closed segment (`!is_last`) any bad frame is
+/// `LogError::Corrupt` naming `path`. In the last segment a bad frame is a torn tail unless
+/// a sync marker proves that the bytes at its position were fsynced: one before it in the
+/// valid prefix, or one found anywhere after it (see the module doc of [`crate::log`]).
 pub fn scan_segment<T: ReadAt + ?Sized>(
     src: &T,
     len: u64,
@@ -271,15 +341,16 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
     let mut slot = Record::default();
     let mut scan = SegmentScan::default();
     let mut last_indexed: Option<u64> = None;
+    // The least offset the next record may carry.
+    let mut min = base;
     loop {
         let pos = reader.position();
         let next = reader
-            .next(&mut slot)
+            .next_frame(&mut slot)
             .map_err(|e| LogError::io("read", path, e))?;
         let bad = match next {
-            Next::End => break,
-            Next::Record => {
-                let min = scan.last_offset.map_or(base, |o| o + 1);
+            NextFrame::End => break,
+            NextFrame::Record => {
                 if slot.offset < min {
                     Some((
                         pos,
@@ -293,6 +364,9 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                         scan.index.push((slot.offset, pos));
                         last_indexed = Some(pos);
                     }
+                    if pos == 0 {
+                        scan.head_offset = Some(slot.offset);
+                    }
                     scan.records += 1;
                     scan.first_offset.get_or_insert(slot.offset);
                     scan.last_offset = Some(slot.offset);
@@ -301,10 +375,40 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                             .map_or(slot.timestamp, |t| t.max(slot.timestamp)),
                     );
                     scan.valid_len = reader.position();
+                    // Decoded offsets are below u64::MAX.
+                    min = slot.offset + 1;
                     None
                 }
             }
-            Next::Bad {
+            NextFrame::SyncMarker(m) => {
+                if m.end_offset < min {
+                    Some((
+                        pos,
+                        format!(
+                            "sync marker end offset {} is below the expected minimum {min}",
+                            m.end_offset
+                        ),
+                    ))
+                } else if m.synced_len > pos {
+                    Some((
+                        pos,
+                        format!(
+                            "sync marker claims {} synced bytes but sits at byte position {pos}",
+                            m.synced_len
+                        ),
+                    ))
+                } else {
+                    if pos == 0 {
+                        scan.head_offset = Some(m.end_offset);
+                    }
+                    scan.synced_len = scan.synced_len.max(m.synced_len);
+                    scan.marker_end = Some(m.end_offset);
+                    scan.valid_len = reader.position();
+                    min = m.end_offset;
+                    None
+                }
+            }
+            NextFrame::Bad {
                 position, reason, ..
             } => Some((position, reason)),
         };
@@ -318,14 +422,33 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
             if !is_last {
                 return Err(corrupt(reason));
             }
-            let min_offset = scan.last_offset.map_or(base, |o| o + 1);
-            if let Some(found) = find_valid_frame_after(src, position + 1, len, min_offset)
-                .map_err(|e| LogError::io("read", path, e))?
-            {
+            if position < scan.synced_len {
                 return Err(corrupt(format!(
-                    "{reason}; not a torn tail: a valid record follows at byte position {found}"
+                    "{reason}; not a torn tail: a sync marker proves the first {} bytes of the \
+                     segment were fsynced",
+                    scan.synced_len
                 )));
             }
+            let after = scan_after(src, position + 1, len, min)
+                .map_err(|e| LogError::io("read", path, e))?;
+            if let Some((at, m)) = after.proof
+                && m.synced_len > position
+            {
+                return Err(corrupt(format!(
+                    "{reason}; not a torn tail: a sync marker at byte position {at} proves the \
+                     first {} bytes of the segment were fsynced",
+                    m.synced_len
+                )));
+            }
+            let reason = if after.frames > 0 {
+                format!(
+                    "{reason} ({} valid-looking frames follow, all after the last proven fsync \
+                     at byte position {})",
+                    after.frames, scan.synced_len
+                )
+            } else {
+                reason
+            };
             scan.torn = Some(TornTail {
                 position,
                 bytes: len - position,
@@ -337,7 +460,53 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
     Ok(scan)
 }
 
-/// Searches `[from, len)` for any position where a complete valid frame starts whose offset
+/// What [`scan_after`] found behind a bad frame.
+#[derive(Debug, Default)]
+struct AfterBad {
+    /// The sync marker (and its position) proving the most synced bytes.
+    proof: Option<(u64, SyncMarker)>,
+    /// Valid frames found.
+    frames: u64,
+}
+
+/// Looks for valid frames in `[from, len)` (resynchronising after every bad one) and returns
+/// the strongest sync proof among them. Linear in the bytes searched.
+fn scan_after<T: ReadAt + ?Sized>(
+    src: &T,
+    from: u64,
+    len: u64,
+    min_offset: u64,
+) -> io::Result<AfterBad> {
+    let mut out = AfterBad::default();
+    let mut slot = Record::default();
+    let mut pos = from;
+    while let Some(q) = find_valid_frame_after(src, pos, len, min_offset)? {
+        let mut reader = FrameReader::new(src, q, len);
+        loop {
+            let at = reader.position();
+            match reader.next_frame(&mut slot)? {
+                NextFrame::Record => out.frames += 1,
+                NextFrame::SyncMarker(m) => {
+                    out.frames += 1;
+                    if m.synced_len <= at
+                        && out.proof.is_none_or(|(_, b)| m.synced_len > b.synced_len)
+                    {
+                        out.proof = Some((at, m));
+                    }
+                }
+                NextFrame::End => return Ok(out),
+                NextFrame::Bad { position, .. } => {
+                    pos = position + 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Searches `[from, len)` for any position where a complete valid frame (a record, or a sync
+/// marker by its end offset) starts whose offset
 /// is plausible (`>= min_offset` and not more than one record per minimum frame size
 /// beyond it). Cheap header checks come first, so garbage is skipped in linear time; a
 /// candidate's frame is read only after its length was bounded by `MAX_PAYLOAD_LEN` and
@@ -353,13 +522,18 @@ pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
         return Ok(None);
     }
     let max_offset = min_offset.saturating_add((len - from) / MIN_FRAME_LEN as u64 + 1);
-    let mut chunk = vec![0u8; (READ_CHUNK + PROBE).min((len - from) as usize)];
+    // Chunks start small and grow: a resynchronisation usually finds a frame within a few
+    // hundred bytes, and `scan_after` may resynchronise many times.
+    let mut cap = 4096usize;
+    let mut chunk = Vec::new();
     let mut frame = Vec::new();
     let mut slot = Record::default();
     let mut base = from;
     while base + MIN_FRAME_LEN as u64 <= len {
-        let n = chunk.len().min((len - base) as usize);
+        let n = (cap + PROBE).min((len - base) as usize);
+        chunk.resize(n, 0);
         src.read_exact_at(base, &mut chunk[..n])?;
+        cap = (cap * 2).min(READ_CHUNK);
         // Positions whose probe lies fully inside this chunk.
         let positions = n + 1 - PROBE.min(n);
         for i in 0..positions {
@@ -380,7 +554,7 @@ pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
             frame.resize(plen, 0);
             src.read_exact_at(q + FRAME_HEADER_LEN as u64, &mut frame)?;
             let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
-            if decode_payload(crc, &frame, &mut slot).is_ok() {
+            if decode_frame_payload(crc, &frame, &mut slot).is_ok() {
                 return Ok(Some(q));
             }
         }
@@ -509,7 +683,52 @@ impl IndexCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::record::encode_into;
+    use crate::log::record::{encode_into, encode_sync_marker};
+
+    /// A segment like `sync` writes it: records, and a sync marker after every third.
+    fn synced_segment(n: u64, base: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            encode_into(
+                &mut buf,
+                base + i,
+                i as i64,
+                format!("k{i}").as_bytes(),
+                Some(b"v"),
+            );
+            if i % 3 == 2 {
+                let synced_len = buf.len() as u64;
+                encode_sync_marker(
+                    &mut buf,
+                    SyncMarker {
+                        end_offset: base + i + 1,
+                        synced_len,
+                    },
+                );
+            }
+        }
+        buf
+    }
+
+    #[test]
+    fn damage_before_a_sync_marker_is_corrupt_after_it_torn() {
+        let bytes = synced_segment(9, 0);
+        let s = scan_bytes(&bytes).unwrap();
+        assert_eq!(s.records, 9);
+        assert_eq!(s.marker_end, Some(9));
+        assert_eq!(s.synced_len, bytes.len() as u64 - 32);
+        // Zero 40 bytes in the middle: proven by the markers after it.
+        let mut b = bytes.clone();
+        b[100..140].fill(0);
+        assert!(matches!(scan_bytes(&b), Err(LogError::Corrupt { .. })));
+        // Damage in the final marker only: a torn tail (its proof is the damaged marker).
+        let mut b = bytes.clone();
+        let at = b.len() - 10;
+        b[at] ^= 1;
+        let s = scan_bytes(&b).unwrap();
+        assert_eq!(s.torn.unwrap().position, bytes.len() as u64 - 32);
+        assert_eq!(s.records, 9);
+    }
 
     fn segment(n: u64, base: u64) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -581,7 +800,7 @@ mod tests {
             cut in proptest::prelude::any::<proptest::sample::Index>(),
             noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
-            let mut bytes = segment(n, 0);
+            let mut bytes = if n % 2 == 0 { segment(n, 0) } else { synced_segment(n, 0) };
             if !bytes.is_empty() {
                 for (i, b) in &edits {
                     let i = i.index(bytes.len());

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{LogError, Result};
 use super::hooks::{IoHooks, NoHooks};
-use super::partition::{Partition, PartitionInfo, RecoveryReport, partition_info};
+use super::partition::{
+    Partition, PartitionInfo, RecoveryReport, create_dir_durable, partition_info,
+};
 
 /// Name of the metadata file in `logs/<topic>/`.
 pub const TOPIC_META_FILE: &str = "topic.meta";
@@ -40,8 +42,10 @@ pub struct TopicConfig {
     pub retention_ms: Option<i64>,
     /// `delete.retention.ms`: how long compaction keeps tombstones (default 24 h).
     pub delete_retention_ms: i64,
-    /// fsync on `sync()` and segment roll (default true). Without it a machine crash may
-    /// leave a damaged non-last segment, which is reported as corruption.
+    /// fsync on `sync()` and segment roll (default true). Without it nothing is durable
+    /// against a machine crash: damage in the last segment is cut as a torn tail (records
+    /// after it are lost) and a damaged non-last segment is reported as corruption (see the
+    /// module doc of [`crate::log`]). Truncation and compaction fsync regardless.
     pub fsync: bool,
 }
 
@@ -109,6 +113,7 @@ pub struct Topic {
     partitions: u32,
     config: TopicConfig,
     hooks: Arc<dyn IoHooks>,
+    read_only: bool,
 }
 
 impl Topic {
@@ -139,10 +144,20 @@ impl Topic {
         }
         Ok(self.dir.join(partition.to_string()))
     }
-    /// Opens one partition for appends (recovering its tail).
+    /// Opens one partition for appends (recovering its tail); from a read-only
+    /// [`LogDir`] (see [`LogDir::open_read_only`]), for reading only.
     pub fn open_partition(&self, partition: u32) -> Result<(Partition, RecoveryReport)> {
+        if self.read_only {
+            return self.open_partition_read_only(partition);
+        }
         let dir = self.partition_dir(partition)?;
         Partition::open(&dir, self.config.clone(), self.hooks.clone())
+    }
+    /// Opens one partition for reading only ([`Partition::open_read_only`]): nothing on
+    /// disk is modified, a torn tail is reported and left alone.
+    pub fn open_partition_read_only(&self, partition: u32) -> Result<(Partition, RecoveryReport)> {
+        let dir = self.partition_dir(partition)?;
+        Partition::open_read_only(&dir, self.config.clone())
     }
     /// Read-only offsets and sizes of every partition.
     pub fn partition_infos(&self) -> Result<Vec<PartitionInfo>> {
@@ -168,6 +183,7 @@ pub struct TopicInfo {
 pub struct LogDir {
     root: PathBuf,
     hooks: Arc<dyn IoHooks>,
+    read_only: bool,
 }
 
 impl LogDir {
@@ -179,8 +195,29 @@ impl LogDir {
     /// Like [`LogDir::open`], with I/O hooks for every partition opened through it.
     pub fn open_with_hooks(state_dir: &Path, hooks: Arc<dyn IoHooks>) -> Result<LogDir> {
         let root = state_dir.join("logs");
-        fs::create_dir_all(&root).map_err(|e| LogError::io("create directory", &root, e))?;
-        Ok(LogDir { root, hooks })
+        create_dir_durable(&root, hooks.as_ref())?;
+        Ok(LogDir {
+            root,
+            hooks,
+            read_only: false,
+        })
+    }
+
+    /// Opens `<state_dir>/logs` for inspection: creates nothing, and every partition opened
+    /// through it (`open_partition`, `Topic::open_partition`) is read-only
+    /// ([`Partition::open_read_only`]); `create_topic` fails with [`LogError::ReadOnly`].
+    /// A missing `logs` directory is an empty log directory.
+    pub fn open_read_only(state_dir: &Path) -> Result<LogDir> {
+        Ok(LogDir {
+            root: state_dir.join("logs"),
+            hooks: Arc::new(NoHooks),
+            read_only: true,
+        })
+    }
+
+    /// True if opened with [`LogDir::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// `<state_dir>/logs`.
@@ -192,6 +229,11 @@ impl LogDir {
     /// checksum). The metadata file marks the topic as existing.
     pub fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Topic> {
         validate_topic_name(name)?;
+        if self.read_only {
+            return Err(LogError::ReadOnly {
+                partition: self.root.display().to_string(),
+            });
+        }
         if partitions == 0 {
             return Err(LogError::InvalidArgument(format!(
                 "topic {name:?} needs at least one partition"
@@ -207,12 +249,13 @@ impl LogDir {
         if meta_path.exists() {
             return Err(LogError::TopicExists(name.to_string()));
         }
+        // Each new directory's parent is fsynced (the topic directory in `logs/`, the
+        // partition directories in the topic directory) before the metadata file, which
+        // marks the topic as existing, is written.
         for p in 0..partitions {
             let pdir = dir.join(p.to_string());
-            fs::create_dir_all(&pdir).map_err(|e| LogError::io("create directory", &pdir, e))?;
+            create_dir_durable(&pdir, self.hooks.as_ref())?;
         }
-        crate::fsutil::fsync_dir(&self.root)
-            .map_err(|e| LogError::io("fsync directory", &self.root, e))?;
         let meta = TopicMeta { partitions, config };
         crate::fsutil::write_atomic(&meta_path, &encode_meta(&meta))
             .map_err(|e| LogError::io("write", &meta_path, e))?;
@@ -222,6 +265,7 @@ impl LogDir {
             partitions: meta.partitions,
             config: meta.config,
             hooks: self.hooks.clone(),
+            read_only: self.read_only,
         })
     }
 
@@ -247,6 +291,7 @@ impl LogDir {
             partitions: meta.partitions,
             config: meta.config,
             hooks: self.hooks.clone(),
+            read_only: self.read_only,
         })
     }
 
@@ -276,7 +321,13 @@ impl LogDir {
     /// Names of all topics, sorted.
     pub fn topic_names(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
-        let rd = fs::read_dir(&self.root).map_err(|e| LogError::io("list", &self.root, e))?;
+        let rd = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if self.read_only && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(names);
+            }
+            Err(e) => return Err(LogError::io("list", &self.root, e)),
+        };
         for entry in rd {
             let entry = entry.map_err(|e| LogError::io("list", &self.root, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
