@@ -8,8 +8,8 @@
 //! `produce` reads the same format back (unknown escapes are kept literally).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, Write};
-use std::path::Path;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -54,12 +54,22 @@ pub enum TopicCmd {
     /// read and checked (format, partition, record sizes) before anything is written, the
     /// log is fsynced at the end, and if a write or fsync fails part-way (a full disk) the
     /// records already appended are removed again before the error is reported.
+    /// With --key and --value-file: one record whose value is a file's bytes, unescaped.
     Produce {
         /// Topic name.
         name: String,
         /// Write every record to this partition.
         #[arg(long)]
         partition: Option<u32>,
+        /// Produce one record with this key (escapes as in the input lines) and the value
+        /// read from --value-file, instead of reading lines from stdin.
+        #[arg(long, requires = "value_file")]
+        key: Option<String>,
+        /// With --key: the value is this file's bytes exactly (`-`: stdin), with no escaping
+        /// and no size limit but the log's record size; for values too large or too binary
+        /// for a command line or an input line.
+        #[arg(long, requires = "key", value_name = "PATH")]
+        value_file: Option<PathBuf>,
     },
     /// Print records as `partition<TAB>offset<TAB>key<TAB>value` (tombstone value: `\N`).
     Consume {
@@ -140,13 +150,21 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             }
             0
         }
-        TopicCmd::Produce { name, partition } => {
+        TopicCmd::Produce {
+            name,
+            partition,
+            key,
+            value_file,
+        } => {
             let topic = logs.topic(&name)?;
             if let Some(p) = partition {
                 topic.partition_dir(p)?;
             }
-            let records = parse_input(io::stdin().lock())
-                .with_context(|| format!("topic {name}: nothing was written"))?;
+            let records = match (key, value_file) {
+                (Some(key), Some(file)) => read_value_file(unescape(&key), &file).map(|r| vec![r]),
+                _ => parse_input(io::stdin().lock()),
+            }
+            .with_context(|| format!("topic {name}: nothing was written"))?;
             produce(&topic, partition, &records, now_ms())?;
             writeln!(out, "wrote {} records to {}", records.len(), topic.name())?;
             0
@@ -397,6 +415,28 @@ fn roll_back(topic: &Topic, before: &[Before]) -> anyhow::Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The record `key` with the bytes of `file` (`-`: stdin) as its value, checked against the
+/// log's record size limit while reading (a larger file is not read to its end).
+fn read_value_file(key: Vec<u8>, file: &Path) -> anyhow::Result<KeyValue> {
+    let max_value = MAX_PAYLOAD_LEN.saturating_sub(payload_len(key.len(), Some(0)));
+    let mut value = Vec::new();
+    let limit = max_value as u64 + 1;
+    if file == Path::new("-") {
+        io::stdin().lock().take(limit).read_to_end(&mut value)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut value))
+    }
+    .with_context(|| format!("reading --value-file {}", file.display()))?;
+    if value.len() > max_value {
+        bail!(
+            "--value-file {}: more than {max_value} bytes, the largest value the log takes with a key of {} bytes",
+            file.display(),
+            key.len()
+        );
+    }
+    Ok((key, Some(value)))
 }
 
 /// Parses `key<TAB>value` lines and checks each record against the log's record size limit;

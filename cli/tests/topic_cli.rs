@@ -279,3 +279,92 @@ fn produce_checks_key_plus_value_size_before_writing() {
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(ok(s, &["consume", "t"], ""), "");
 }
+
+/// Values too large for a command line (an argument is limited to 128 KiB on Linux) or with
+/// any bytes at all: one record from a file or stdin, stored exactly.
+#[test]
+fn produce_a_value_from_a_file_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    ok(s, &["create", "t", "--partitions", "3"], "");
+    let value: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let file = s.join("value.bin");
+    std::fs::write(&file, &value).unwrap();
+    let out = ok(
+        s,
+        &[
+            "produce",
+            "t",
+            "--key",
+            "big\\tkey",
+            "--value-file",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.contains("wrote 1 records"), "{out}");
+    // From stdin, into a forced partition.
+    let text = "line 1\nline 2\twith a tab\n\\N";
+    ok(
+        s,
+        &[
+            "produce",
+            "t",
+            "--partition",
+            "2",
+            "--key",
+            "doc",
+            "--value-file",
+            "-",
+        ],
+        text,
+    );
+    let topic = gregor::log::LogDir::open(s).unwrap().topic("t").unwrap();
+    let p = partition_for_key(b"big\tkey", 3);
+    let (mut part, _) = topic.open_partition(p).unwrap();
+    let recs = part.read(0, 10).unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r.key == b"big\tkey" && r.value.as_deref() == Some(&value[..])),
+        "the 3 MB value round-trips byte for byte"
+    );
+    let (mut part, _) = topic.open_partition(2).unwrap();
+    let recs = part.read(0, 10).unwrap();
+    let doc = recs
+        .iter()
+        .find(|r| r.key == b"doc")
+        .expect("doc in partition 2");
+    assert_eq!(doc.value.as_deref(), Some(text.as_bytes()), "no unescaping");
+
+    // Too large for the log: refused before anything is written.
+    let huge = s.join("huge.bin");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(gregor::log::record::MAX_PAYLOAD_LEN as u64)
+        .unwrap();
+    let out = gregor(
+        s,
+        &[
+            "produce",
+            "t",
+            "--key",
+            "k",
+            "--value-file",
+            huge.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was written") && err.contains("huge.bin"),
+        "{err}"
+    );
+    // --value-file without --key is a usage error.
+    let out = gregor(s, &["produce", "t", "--value-file", "-"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let total: u64 = ok(s, &["list"], "")
+        .lines()
+        .map(|l| l.split('\t').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 2);
+}
