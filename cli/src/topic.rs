@@ -27,21 +27,22 @@ pub enum TopicCmd {
     Create {
         /// Topic name: `[a-zA-Z0-9._-]+`.
         name: String,
-        /// Number of partitions.
-        #[arg(long)]
+        /// Number of partitions (1 to 10000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         partitions: u32,
         /// Compacted topic (changelog): keep the newest record per key. Default: delete
         /// old segments by retention.
         #[arg(long)]
         compact: bool,
-        /// Segment size in bytes (default 128 MiB).
-        #[arg(long)]
+        /// Segment size in bytes (default 128 MiB; at most 1 GiB).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
         segment_bytes: Option<u64>,
-        /// Delete policy: keep at most about this many bytes per partition.
-        #[arg(long)]
+        /// Delete policy: keep at most about this many bytes per partition (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         retention_bytes: Option<u64>,
-        /// Delete policy: delete segments whose newest record is older than this (ms).
-        #[arg(long)]
+        /// Delete policy: delete segments whose newest record is older than this (ms, at
+        /// least 1).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         retention_ms: Option<i64>,
         /// Do not fsync on commit (faster; a machine crash may lose recent records).
         #[arg(long)]

@@ -368,3 +368,36 @@ fn produce_a_value_from_a_file_or_stdin() {
         .sum();
     assert_eq!(total, 2);
 }
+
+/// Out-of-range numbers for `topic create` are refused by name before anything is created
+/// (a retention of 0 or less used to be accepted and deleted every closed segment).
+#[test]
+fn create_refuses_out_of_range_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    for (flag, value) in [
+        ("--partitions", "0"),
+        ("--partitions", "4000000000"),
+        ("--segment-bytes", "0"),
+        ("--segment-bytes", "1099511627776"),
+        ("--retention-bytes", "0"),
+        ("--retention-ms", "0"),
+        ("--retention-ms", "-5"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let mut args = vec!["create", "t", arg.as_str()];
+        if flag != "--partitions" {
+            args.extend(["--partitions", "1"]);
+        }
+        let out = gregor(s, &args, "");
+        assert_eq!(out.status.code(), Some(2), "{arg} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{arg}: {err}");
+        assert_eq!(ok(s, &["list"], ""), "", "{arg}: a topic was created");
+    }
+    ok(
+        s,
+        &["create", "t", "--partitions", "1", "--retention-ms", "1"],
+        "",
+    );
+}
