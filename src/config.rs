@@ -4,6 +4,7 @@
 //! is an error naming the key and the file.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 /// A configuration error, naming the file and the key.
@@ -141,6 +142,82 @@ impl FlatConfig {
             }
             Some(v) => {
                 Err(self.invalid(key, format!("expected an integer, found {}", v.type_str())))
+            }
+        }
+    }
+
+    /// Removes and returns an integer that must lie in `range`; the error names the key, the
+    /// file, the value found and the allowed range.
+    pub fn take_u64_in(
+        &mut self,
+        key: &str,
+        range: RangeInclusive<u64>,
+    ) -> Result<Option<u64>, ConfigError> {
+        match self.entries.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(i)) if u64::try_from(i).is_ok_and(|u| range.contains(&u)) => {
+                Ok(Some(i as u64))
+            }
+            Some(toml::Value::Integer(i)) => Err(self.invalid(
+                key,
+                format!(
+                    "must be between {} and {}, found {i}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            Some(v) => {
+                Err(self.invalid(key, format!("expected an integer, found {}", v.type_str())))
+            }
+        }
+    }
+
+    /// Removes and returns an integer that must be `special` or lie in `range` (e.g. -1 for
+    /// "unlimited"); the error names the key, the file, the value found and what is allowed.
+    pub fn take_i64_in(
+        &mut self,
+        key: &str,
+        special: Option<i64>,
+        range: RangeInclusive<i64>,
+    ) -> Result<Option<i64>, ConfigError> {
+        match self.take_i64(key)? {
+            None => Ok(None),
+            Some(i) if Some(i) == special || range.contains(&i) => Ok(Some(i)),
+            Some(i) => {
+                let or = special.map_or(String::new(), |s| format!("{s} or "));
+                Err(self.invalid(
+                    key,
+                    format!(
+                        "must be {or}between {} and {}, found {i}",
+                        range.start(),
+                        range.end()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Removes and returns a number that must be `special` or lie in `range`; the error
+    /// names the key, the file, the value found and what is allowed.
+    pub fn take_f64_in(
+        &mut self,
+        key: &str,
+        special: Option<f64>,
+        range: RangeInclusive<f64>,
+    ) -> Result<Option<f64>, ConfigError> {
+        match self.take_f64(key)? {
+            None => Ok(None),
+            Some(f) if Some(f) == special || range.contains(&f) => Ok(Some(f)),
+            Some(f) => {
+                let or = special.map_or(String::new(), |s| format!("{s} or "));
+                Err(self.invalid(
+                    key,
+                    format!(
+                        "must be {or}between {} and {}, found {f}",
+                        range.start(),
+                        range.end()
+                    ),
+                ))
             }
         }
     }
@@ -310,5 +387,55 @@ mod tests {
         );
         let e = c.finish().unwrap_err().to_string();
         assert!(e.contains("job.toml") && e.contains("job.bogus"), "{e}");
+    }
+
+    #[test]
+    fn ranges_name_key_file_value_and_bounds() {
+        let mut c = FlatConfig::from_toml_str(
+            "job.toml",
+            "a = 0\nb = -3\nc = 5\nd = -1\ne = 7\nf = nan\ng = -3\nh = 0.0\ni = 3\nj = 2.5",
+        )
+        .unwrap();
+        let e = c.take_u64_in("a", 1..=10).unwrap_err().to_string();
+        assert!(
+            e.contains("job.toml") && e.contains("`a`") && e.contains("between 1 and 10, found 0"),
+            "{e}"
+        );
+        let e = c.take_u64_in("b", 0..=10).unwrap_err().to_string();
+        assert!(e.contains("between 0 and 10, found -3"), "{e}");
+        assert_eq!(c.take_u64_in("c", 1..=10).unwrap(), Some(5));
+        assert_eq!(c.take_i64_in("d", Some(-1), 20..=100).unwrap(), Some(-1));
+        let e = c
+            .take_i64_in("e", Some(-1), 20..=100)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be -1 or between 20 and 100, found 7"),
+            "{e}"
+        );
+        let e = c
+            .take_f64_in("f", Some(0.0), 1.0..=100.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`f`") && e.contains("NaN"), "{e}");
+        let e = c
+            .take_f64_in("g", Some(0.0), 1.0..=100.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be 0 or between 1 and 100, found -3"),
+            "{e}"
+        );
+        assert_eq!(
+            c.take_f64_in("h", Some(0.0), 1.0..=100.0).unwrap(),
+            Some(0.0)
+        );
+        assert_eq!(
+            c.take_f64_in("i", Some(0.0), 1.0..=100.0).unwrap(),
+            Some(3.0)
+        );
+        assert_eq!(c.take_f64_in("j", None, 1.0..=100.0).unwrap(), Some(2.5));
+        assert_eq!(c.take_u64_in("missing", 1..=10).unwrap(), None);
+        c.finish().unwrap();
     }
 }

@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
@@ -72,11 +73,47 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
+        // Where SIGPIPE cannot end the process (not Unix), a reader that went away (`| head`)
+        // ends it here, quietly, as SIGPIPE would.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// Makes a write to a closed pipe end the process quietly, as in C programs: the Rust runtime
+/// ignores SIGPIPE, so every write to stdout after `| head` exits would fail with EPIPE, and
+/// `println!` panics on that with a backtrace. With the default disposition the kernel ends
+/// the process at that write instead, wherever it happens (every command, every print path).
+/// That is safe for gregor: a command's durable work is done before it prints its result, and
+/// anything cut short is recovered like a crash (`kill -9` is tested to be safe at any point).
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // signal(2) from the C library std already links; SIGPIPE is 13 and SIG_DFL is 0 on
+    // every Unix Rust supports.
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: called first thing in `main`, before any other thread exists; it only resets
+    // a signal disposition to the kernel default and installs no handler code.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_default_sigpipe() {}
+
+/// Whether the error is a write to a pipe whose reader went away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error and its causes on one line.

@@ -22,8 +22,12 @@
 //! top.n = 10
 //! ```
 //!
-//! Unknown keys under `job` and `stores` and values of the wrong type are errors naming the
-//! key and the file. Keys under `task` belong to the task and are passed through.
+//! Unknown keys under `job` and `stores`, values of the wrong type and numbers outside their
+//! allowed range (`commit.ms` 1 ms to 1 day, `window.ms` and `changelog.cleanup.ms` up to 7
+//! days, `changelog.segment.bytes` 4 KiB to 1 GiB; store bounds in
+//! [`crate::store::config`]) are errors naming the key, the file and the range. A topic plays
+//! one role in a job: an input, an output, or the changelog of one store; naming it twice is
+//! an error. Keys under `task` belong to the task and are passed through.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +42,64 @@ pub const DEFAULT_CHANGELOG_CLEANUP_MS: u64 = 5 * 60 * 1000;
 
 /// Default `job.commit.ms`.
 pub const DEFAULT_COMMIT_MS: u64 = 1000;
+
+/// Largest `job.commit.ms`: one day. Longer means a crash replays a day of input, and larger
+/// values overflow the clock arithmetic.
+pub const MAX_COMMIT_MS: u64 = 24 * 3600 * 1000;
+
+/// Largest `job.window.ms`: seven days.
+pub const MAX_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Largest `job.changelog.cleanup.ms`: seven days.
+pub const MAX_CHANGELOG_CLEANUP_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Allowed `job.changelog.segment.bytes`: 4 KiB (smaller makes a file per few records) to
+/// 1 GiB.
+pub const CHANGELOG_SEGMENT_BYTES: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
+
+/// Each topic plays one role in a job: an input, an output, or the changelog of one store.
+/// Returns the offending key and why.
+fn check_topic_roles(
+    inputs: &[String],
+    outputs: &[String],
+    stores: &BTreeMap<String, StoreConfig>,
+) -> Result<(), (String, String)> {
+    let mut roles: BTreeMap<String, String> = BTreeMap::new();
+    let mut claim = |topic: &str, key: &str, role: String| match roles.get(topic) {
+        None => {
+            roles.insert(topic.to_string(), role);
+            Ok(())
+        }
+        Some(first) => Err((
+            key.to_string(),
+            format!(
+                "topic \"{topic}\" is already {first}; a topic plays one role in a job: \
+                 one input, one output, or the changelog of one store (a job writing into \
+                 its own input reads its own output; restoring a store truncates its changelog)"
+            ),
+        )),
+    };
+    for t in inputs {
+        claim(t, "job.inputs", "an input of this job (job.inputs)".into())?;
+    }
+    for t in outputs {
+        claim(
+            t,
+            "job.outputs",
+            "an output of this job (job.outputs)".into(),
+        )?;
+    }
+    for (name, store) in stores {
+        if let Some(t) = &store.changelog {
+            claim(
+                t,
+                &format!("stores.{name}.changelog"),
+                format!("the changelog of store `{name}` (stores.{name}.changelog)"),
+            )?;
+        }
+    }
+    Ok(())
+}
 
 /// A job's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,28 +184,23 @@ impl JobConfig {
                 validate_topic_name(t).map_err(|e| invalid(key, e.to_string()))?;
             }
         }
-        let commit_ms = c.take_u64("job.commit.ms")?.unwrap_or(DEFAULT_COMMIT_MS);
-        if commit_ms == 0 {
-            return Err(invalid("job.commit.ms", "must be at least 1".into()));
-        }
-        let window_ms = c.take_u64("job.window.ms")?;
-        let changelog_segment_bytes = c.take_u64("job.changelog.segment.bytes")?;
+        let commit_ms = c
+            .take_u64_in("job.commit.ms", 1..=MAX_COMMIT_MS)?
+            .unwrap_or(DEFAULT_COMMIT_MS);
+        let window_ms = c.take_u64_in("job.window.ms", 1..=MAX_WINDOW_MS)?;
+        let changelog_segment_bytes =
+            c.take_u64_in("job.changelog.segment.bytes", CHANGELOG_SEGMENT_BYTES)?;
         let log_fsync = c.take_bool("job.log.fsync")?.unwrap_or(true);
         let changelog_cleanup_ms = c
-            .take_u64("job.changelog.cleanup.ms")?
+            .take_u64_in("job.changelog.cleanup.ms", 1..=MAX_CHANGELOG_CLEANUP_MS)?
             .unwrap_or(DEFAULT_CHANGELOG_CLEANUP_MS);
-        if window_ms == Some(0) {
-            return Err(invalid(
-                "job.window.ms",
-                "must be at least 1 (leave it out for no window)".into(),
-            ));
-        }
         let mut stores = BTreeMap::new();
         for store in c.children("stores") {
             validate_name("store", &store)
                 .map_err(|e| invalid(&format!("stores.{store}"), e.to_string()))?;
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
+        check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
             if let Some(v) = c.take_raw(&key) {
@@ -257,5 +314,138 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing") && e.contains("job.name"), "{e}");
+    }
+
+    fn refused(text: &str) -> String {
+        JobConfig::from_toml_str("count.toml", text)
+            .expect_err(text)
+            .to_string()
+    }
+
+    #[test]
+    fn a_topic_in_two_roles_is_refused() {
+        let with_outputs = GOOD.replace("commit.ms = 1000", "commit.ms = 1000\noutputs = [\"in\"]");
+        let e = refused(&with_outputs);
+        assert!(
+            e.contains("count.toml")
+                && e.contains("job.outputs")
+                && e.contains("\"in\"")
+                && e.contains("an input of this job"),
+            "{e}"
+        );
+        for (changelog, role) in [
+            ("in", "an input of this job"),
+            ("out", "an output of this job"),
+        ] {
+            let text = GOOD
+                .replace("commit.ms = 1000", "commit.ms = 1000\noutputs = [\"out\"]")
+                .replace("\"counts-changelog\"", &format!("\"{changelog}\""));
+            let e = refused(&text);
+            assert!(
+                e.contains("stores.counts.changelog") && e.contains(role),
+                "{changelog}: {e}"
+            );
+        }
+        let two_stores = format!("{GOOD}\n[stores.other]\nchangelog = \"counts-changelog\"\n");
+        let e = refused(&two_stores);
+        assert!(
+            e.contains("stores.other.changelog") && e.contains("the changelog of store `counts`"),
+            "{e}"
+        );
+        let e = refused(&GOOD.replace("inputs = [\"in\"]", "inputs = [\"in\", \"in\"]"));
+        assert!(
+            e.contains("job.inputs") && e.contains("already an input"),
+            "{e}"
+        );
+        // Distinct topics in each role are fine.
+        let ok = GOOD.replace("commit.ms = 1000", "commit.ms = 1000\noutputs = [\"out\"]");
+        JobConfig::from_toml_str("count.toml", &ok).unwrap();
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_key_and_range() {
+        for (from, to, key, range) in [
+            (
+                "commit.ms = 1000",
+                "commit.ms = 9223372036854775000",
+                "job.commit.ms",
+                "between 1 and 86400000",
+            ),
+            (
+                "commit.ms = 1000",
+                "commit.ms = 0",
+                "job.commit.ms",
+                "between 1 and 86400000",
+            ),
+            (
+                "commit.ms = 1000",
+                "commit.ms = -5",
+                "job.commit.ms",
+                "between 1 and 86400000",
+            ),
+            (
+                "window.ms = 10000",
+                "window.ms = 0",
+                "job.window.ms",
+                "between 1 and 604800000",
+            ),
+            (
+                "window.ms = 10000",
+                "window.ms = 9223372036854775807",
+                "job.window.ms",
+                "between 1 and 604800000",
+            ),
+            (
+                "window.ms = 10000",
+                "changelog.segment.bytes = 1",
+                "job.changelog.segment.bytes",
+                "between 4096 and 1073741824",
+            ),
+            (
+                "window.ms = 10000",
+                "changelog.segment.bytes = 1099511627776",
+                "job.changelog.segment.bytes",
+                "between 4096 and 1073741824",
+            ),
+            (
+                "window.ms = 10000",
+                "changelog.cleanup.ms = 0",
+                "job.changelog.cleanup.ms",
+                "between 1 and 604800000",
+            ),
+            (
+                "window.ms = 10000",
+                "changelog.cleanup.ms = 9223372036854775807",
+                "job.changelog.cleanup.ms",
+                "between 1 and 604800000",
+            ),
+            (
+                "engine = \"rocksdb\"",
+                "rocksdb.write.buffer.size = 0",
+                "stores.counts.rocksdb.write.buffer.size",
+                "between 65536",
+            ),
+            (
+                "engine = \"rocksdb\"",
+                "rocksdb.bloom.filter.bits = -3",
+                "stores.counts.rocksdb.bloom.filter.bits",
+                "found -3",
+            ),
+        ] {
+            let e = refused(&GOOD.replace(from, to));
+            assert!(
+                e.contains("count.toml") && e.contains(&format!("`{key}`")) && e.contains(range),
+                "{to}: {e}"
+            );
+        }
+        let edges = GOOD
+            .replace("commit.ms = 1000", "commit.ms = 86400000")
+            .replace(
+                "window.ms = 10000",
+                "window.ms = 1\nchangelog.segment.bytes = 4096",
+            );
+        let j = JobConfig::from_toml_str("count.toml", &edges).unwrap();
+        assert_eq!((j.commit_ms, j.window_ms), (86_400_000, Some(1)));
+        assert_eq!(j.changelog_segment_bytes, Some(4096));
     }
 }

@@ -77,8 +77,30 @@ impl Default for StoreConfig {
 
 const SERDES: &str = "bytes, string, u64, i64, json, postcard";
 
+/// Largest `max.value.bytes`: a value this large with the largest key still fits one record of
+/// the log (the changelog), so every value a store accepts can be logged.
+pub const MAX_MAX_VALUE_BYTES: u64 = (crate::log::record::MAX_PAYLOAD_LEN
+    - crate::log::record::MIN_PAYLOAD_LEN) as u64
+    - super::limits::DEFAULT_MAX_KEY_BYTES as u64;
+/// Largest `object.cache.size` and `write.batch.size` (entries): the cache allocates its
+/// table up front, so a typo of a few zeros must not take the machine's memory.
+pub const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// Largest `rocksdb.block.cache.size` (bytes): 1 TiB.
+pub const MAX_BLOCK_CACHE_BYTES: u64 = 1 << 40;
+/// Smallest and largest `rocksdb.write.buffer.size` (bytes): 64 KiB (RocksDB's own minimum)
+/// to 4 GiB.
+pub const WRITE_BUFFER_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(4 << 30);
+/// Allowed `rocksdb.max.write.buffer.number`.
+pub const MAX_WRITE_BUFFERS: std::ops::RangeInclusive<u64> = 1..=64;
+/// Allowed `rocksdb.bloom.filter.bits` besides 0 (no filter): RocksDB's own bounds.
+pub const BLOOM_FILTER_BITS: std::ops::RangeInclusive<f64> = 1.0..=100.0;
+/// Allowed `rocksdb.max.open.files` besides -1 (no limit): RocksDB raises anything below 20
+/// to 20.
+pub const MAX_OPEN_FILES: std::ops::RangeInclusive<i64> = 20..=(i32::MAX as i64);
+
 impl StoreConfig {
-    /// Takes every `stores.<name>.*` key from `config`.
+    /// Takes every `stores.<name>.*` key from `config`. A number out of its allowed range (see
+    /// the constants of this module) is an error naming the key, the file and the range.
     pub fn from_flat(name: &str, config: &mut FlatConfig) -> Result<Self, ConfigError> {
         let k = |key: &str| format!("stores.{name}.{key}");
         let d = StoreConfig::default();
@@ -86,9 +108,17 @@ impl StoreConfig {
         let limits = Limits {
             max_key_bytes: d.limits.max_key_bytes,
             max_value_bytes: config
-                .take_u64(&k("max.value.bytes"))?
+                .take_u64_in(&k("max.value.bytes"), 1..=MAX_MAX_VALUE_BYTES)?
                 .map_or(d.limits.max_value_bytes, |v| v as usize),
         };
+        let changelog = config.take_str(&k("changelog"))?;
+        if let Some(topic) = &changelog {
+            crate::log::validate_topic_name(topic).map_err(|e| ConfigError::Invalid {
+                file: config.source().to_string(),
+                key: k("changelog"),
+                message: e.to_string(),
+            })?;
+        }
         let cfg = StoreConfig {
             engine: config
                 .take_parsed(&k("engine"), "rocksdb, memory", EngineKind::parse)?
@@ -99,24 +129,24 @@ impl StoreConfig {
             value_serde: config
                 .take_parsed(&k("value.serde"), SERDES, SerdeName::parse)?
                 .unwrap_or(d.value_serde),
-            changelog: config.take_str(&k("changelog"))?,
+            changelog,
             limits,
             object_cache_size: config
-                .take_u64(&k("object.cache.size"))?
+                .take_u64_in(&k("object.cache.size"), 0..=MAX_CACHE_ENTRIES)?
                 .map_or(d.object_cache_size, |v| v as usize),
             write_batch_size: config
-                .take_u64(&k("write.batch.size"))?
+                .take_u64_in(&k("write.batch.size"), 1..=MAX_CACHE_ENTRIES)?
                 .map_or(d.write_batch_size, |v| v as usize),
             rocksdb: RocksOptions {
                 block_cache_size: config
-                    .take_u64(&k("rocksdb.block.cache.size"))?
+                    .take_u64_in(&k("rocksdb.block.cache.size"), 0..=MAX_BLOCK_CACHE_BYTES)?
                     .map_or(r.block_cache_size, |v| v as usize),
                 write_buffer_size: config
-                    .take_u64(&k("rocksdb.write.buffer.size"))?
+                    .take_u64_in(&k("rocksdb.write.buffer.size"), WRITE_BUFFER_BYTES)?
                     .map_or(r.write_buffer_size, |v| v as usize),
                 max_write_buffer_number: config
-                    .take_u64(&k("rocksdb.max.write.buffer.number"))?
-                    .map_or(r.max_write_buffer_number, |v| v.min(i32::MAX as u64) as i32),
+                    .take_u64_in(&k("rocksdb.max.write.buffer.number"), MAX_WRITE_BUFFERS)?
+                    .map_or(r.max_write_buffer_number, |v| v as i32),
                 compression: config
                     .take_parsed(
                         &k("rocksdb.compression"),
@@ -125,23 +155,20 @@ impl StoreConfig {
                     )?
                     .unwrap_or(r.compression),
                 bloom_filter_bits: config
-                    .take_f64(&k("rocksdb.bloom.filter.bits"))?
+                    .take_f64_in(
+                        &k("rocksdb.bloom.filter.bits"),
+                        Some(0.0),
+                        BLOOM_FILTER_BITS,
+                    )?
                     .unwrap_or(r.bloom_filter_bits),
                 wal_enabled: config
                     .take_bool(&k("rocksdb.wal.enabled"))?
                     .unwrap_or(r.wal_enabled),
                 max_open_files: config
-                    .take_i64(&k("rocksdb.max.open.files"))?
-                    .map_or(r.max_open_files, |v| v.clamp(-1, i32::MAX as i64) as i32),
+                    .take_i64_in(&k("rocksdb.max.open.files"), Some(-1), MAX_OPEN_FILES)?
+                    .map_or(r.max_open_files, |v| v as i32),
             },
         };
-        if cfg.write_batch_size == 0 {
-            return Err(ConfigError::Invalid {
-                file: config.source().to_string(),
-                key: k("write.batch.size"),
-                message: "must be at least 1".into(),
-            });
-        }
         Ok(cfg)
     }
 }
@@ -185,5 +212,112 @@ mod tests {
             e.contains("stores.s.key.serde") && e.contains("yaml") && e.contains("job.toml"),
             "{e}"
         );
+    }
+
+    /// Parses `stores.s.<key> = <value>` alone.
+    fn store_with(key: &str, value: &str) -> Result<StoreConfig, String> {
+        let mut c =
+            FlatConfig::from_toml_str("job.toml", &format!("[stores.s]\n{key} = {value}")).unwrap();
+        StoreConfig::from_flat("s", &mut c).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_key_and_range() {
+        for (key, value, range) in [
+            (
+                "rocksdb.write.buffer.size",
+                "0",
+                "between 65536 and 4294967296",
+            ),
+            (
+                "rocksdb.write.buffer.size",
+                "-1",
+                "between 65536 and 4294967296",
+            ),
+            (
+                "rocksdb.write.buffer.size",
+                "8589934592",
+                "between 65536 and 4294967296",
+            ),
+            ("rocksdb.bloom.filter.bits", "-3", "0 or between 1 and 100"),
+            ("rocksdb.bloom.filter.bits", "0.5", "0 or between 1 and 100"),
+            (
+                "rocksdb.bloom.filter.bits",
+                "1000",
+                "0 or between 1 and 100",
+            ),
+            ("rocksdb.bloom.filter.bits", "nan", "0 or between 1 and 100"),
+            ("rocksdb.max.write.buffer.number", "0", "between 1 and 64"),
+            (
+                "rocksdb.max.write.buffer.number",
+                "99999999999",
+                "between 1 and 64",
+            ),
+            ("rocksdb.max.open.files", "-5", "-1 or between 20 and"),
+            ("rocksdb.max.open.files", "5", "-1 or between 20 and"),
+            (
+                "rocksdb.max.open.files",
+                "99999999999",
+                "-1 or between 20 and",
+            ),
+            (
+                "rocksdb.block.cache.size",
+                "-1",
+                "between 0 and 1099511627776",
+            ),
+            (
+                "rocksdb.block.cache.size",
+                "9999999999999999",
+                "between 0 and",
+            ),
+            (
+                "object.cache.size",
+                "1000000000000",
+                "between 0 and 10000000",
+            ),
+            ("write.batch.size", "0", "between 1 and 10000000"),
+            (
+                "write.batch.size",
+                "1000000000000",
+                "between 1 and 10000000",
+            ),
+            ("max.value.bytes", "0", "between 1 and"),
+            ("max.value.bytes", "67108864", "between 1 and 67043304"),
+        ] {
+            let e = store_with(key, value).expect_err(&format!("{key} = {value} accepted"));
+            assert!(
+                e.contains("job.toml")
+                    && e.contains(&format!("stores.s.{key}"))
+                    && e.contains(range),
+                "{key} = {value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_in_range_are_accepted() {
+        let s = store_with("rocksdb.bloom.filter.bits", "0").unwrap();
+        assert_eq!(s.rocksdb.bloom_filter_bits, 0.0);
+        let s = store_with("rocksdb.bloom.filter.bits", "12.5").unwrap();
+        assert_eq!(s.rocksdb.bloom_filter_bits, 12.5);
+        let s = store_with("rocksdb.write.buffer.size", "65536").unwrap();
+        assert_eq!(s.rocksdb.write_buffer_size, 65536);
+        let s = store_with("rocksdb.max.open.files", "-1").unwrap();
+        assert_eq!(s.rocksdb.max_open_files, -1);
+        let s = store_with("max.value.bytes", &MAX_MAX_VALUE_BYTES.to_string()).unwrap();
+        assert_eq!(s.limits.max_value_bytes as u64, MAX_MAX_VALUE_BYTES);
+        // The largest value with the largest key still fits one changelog record.
+        assert!(
+            crate::log::record::payload_len(s.limits.max_key_bytes, Some(s.limits.max_value_bytes))
+                <= crate::log::record::MAX_PAYLOAD_LEN
+        );
+        let s = store_with("object.cache.size", "0").unwrap();
+        assert_eq!(s.object_cache_size, 0);
+    }
+
+    #[test]
+    fn a_changelog_with_a_bad_topic_name_is_refused() {
+        let e = store_with("changelog", "\"a/b\"").unwrap_err();
+        assert!(e.contains("stores.s.changelog") && e.contains("a/b"), "{e}");
     }
 }
