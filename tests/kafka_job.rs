@@ -102,8 +102,8 @@ fn counts(backend: &KafkaBackend, state: &StateDir, job: &JobConfig) -> BTreeMap
         let (mut storage, _) = TaskStorage::open(&ctx, &job.stores, &mut NoProgress).unwrap();
         let cfg = &job.stores["counts"];
         let s = storage.store("counts").unwrap();
-        let mut typed = Store::<String, u64, _>::new(s.stack(), cfg.key_serde, cfg.value_serde)
-            .unwrap();
+        let mut typed =
+            Store::<String, u64, _>::new(s.stack(), cfg.key_serde, cfg.value_serde).unwrap();
         for e in typed.all().unwrap() {
             let (k, v) = e.unwrap();
             assert!(out.insert(k, v).is_none(), "a key in two tasks");
@@ -126,8 +126,15 @@ fn output(backend: &KafkaBackend) -> BTreeMap<String, Vec<u64>> {
             }
             for rec in b {
                 let k = String::from_utf8(rec.key).unwrap();
-                assert_eq!(partition_for_key(k.as_bytes(), PARTITIONS), p, "{k} on partition {p}");
-                let v: u64 = String::from_utf8(rec.value.unwrap()).unwrap().parse().unwrap();
+                assert_eq!(
+                    partition_for_key(k.as_bytes(), PARTITIONS),
+                    p,
+                    "{k} on partition {p}"
+                );
+                let v: u64 = String::from_utf8(rec.value.unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 out.entry(k).or_default().push(v);
             }
         }
@@ -143,7 +150,11 @@ fn count_job(backend: KafkaBackend) {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(&dir.path().join("a")).unwrap();
     let stats = run(&backend, &state, &job);
-    assert_eq!((stats.tasks, stats.processed), (PARTITIONS, 3000), "{stats:?}");
+    assert_eq!(
+        (stats.tasks, stats.processed),
+        (PARTITIONS, 3000),
+        "{stats:?}"
+    );
     assert_eq!(counts(&backend, &state, &job), expected);
 
     // More input; the same state directory resumes from its checkpoints (delta restores).
@@ -153,7 +164,10 @@ fn count_job(backend: KafkaBackend) {
     let stats = run(&backend, &state, &job);
     assert_eq!(stats.processed, 1000, "{stats:?}");
     assert!(
-        stats.restores.iter().all(|r| r.kind != gregor::restore::RestoreKind::Full),
+        stats
+            .restores
+            .iter()
+            .all(|r| r.kind != gregor::restore::RestoreKind::Full),
         "{:?}",
         stats.restores
     );
@@ -166,7 +180,10 @@ fn count_job(backend: KafkaBackend) {
     let stats = run(&backend, &fresh, &job);
     assert_eq!(stats.processed, 0, "{stats:?}");
     assert!(
-        stats.restores.iter().all(|r| r.kind == gregor::restore::RestoreKind::Full),
+        stats
+            .restores
+            .iter()
+            .all(|r| r.kind == gregor::restore::RestoreKind::Full),
         "{:?}",
         stats.restores
     );

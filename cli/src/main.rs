@@ -47,6 +47,13 @@ enum Command {
         /// Stop once every input is consumed to the end it had at start, and committed.
         #[arg(long)]
         until_end: bool,
+        /// This process's number among --processors (0-based): it runs the tasks t with
+        /// t mod N == I. Kafka jobs only; each process has its own state directory.
+        #[arg(long, requires = "processors", default_value_t = 0)]
+        processor_id: u32,
+        /// How many processes run the job (Kafka jobs only).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        processors: u32,
     },
     /// Generate page views and run the page-view counter job over them (resumes on re-run).
     Demo(demo::DemoArgs),
@@ -68,7 +75,20 @@ fn main() -> ExitCode {
         Command::Topic(cmd) => gregor::statedir::StateDir::open(&cli.state_dir)
             .map_err(anyhow::Error::from)
             .and_then(|_lock| topic::run(&cli.state_dir, cmd)),
-        Command::Run { job, until_end } => run_cmd::run(&cli.state_dir, &job, until_end),
+        Command::Run {
+            job,
+            until_end,
+            processor_id,
+            processors,
+        } => run_cmd::run(
+            &cli.state_dir,
+            &job,
+            until_end,
+            run_cmd::Processors {
+                id: processor_id,
+                count: processors,
+            },
+        ),
         Command::Demo(args) => demo::run(&cli.state_dir, args),
     };
     match result {

@@ -4,8 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, anyhow};
-use gregor::runtime::{JobConfig, RunOptions, RunStats, builtin, run_job};
+use anyhow::{Context, Result, anyhow, bail};
+use gregor::backend::kafka::KafkaBackend;
+use gregor::runtime::config::System;
+use gregor::runtime::{JobConfig, RunOptions, RunStats, builtin, run_job, run_job_on};
 use gregor::statedir::StateDir;
 
 use crate::progress;
@@ -39,8 +41,17 @@ pub fn print_stats(stats: &RunStats) {
     );
 }
 
+/// Which share of a job's tasks this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Processors {
+    /// This process (0-based).
+    pub id: u32,
+    /// How many processes run the job.
+    pub count: u32,
+}
+
 /// Runs the job in `job_file`.
-pub fn run(state_dir: &Path, job_file: &Path, until_end: bool) -> Result<i32> {
+pub fn run(state_dir: &Path, job_file: &Path, until_end: bool, procs: Processors) -> Result<i32> {
     let job = JobConfig::from_file(job_file)?;
     let factory = builtin::factory(&job.task).ok_or_else(|| {
         anyhow!(
@@ -50,14 +61,50 @@ pub fn run(state_dir: &Path, job_file: &Path, until_end: bool) -> Result<i32> {
             builtin::NAMES.join(", ")
         )
     })?;
+    if procs.id >= procs.count {
+        bail!(
+            "--processor-id {} is out of range for --processors {} (0 to {})",
+            procs.id,
+            procs.count,
+            procs.count - 1
+        );
+    }
     let state = StateDir::open(state_dir)?;
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         until_end,
         stop: stop_on_signal()?,
         progress: progress::for_stderr(),
         assignment: None,
     };
-    let stats = run_job(&state, &job, &factory, opts)?;
+    let stats = match job.system {
+        System::Kafka => {
+            let backend = KafkaBackend::connect(job.kafka_settings())
+                .with_context(|| format!("{}: connecting to Kafka", job_file.display()))?;
+            if procs.count > 1 {
+                // Tasks t with t mod N == I; the task count is known once the inputs are.
+                let n = gregor::runtime::Container::task_count_of(&backend, &job)?;
+                opts.assignment = Some((0..n).filter(|t| t % procs.count == procs.id).collect());
+                eprintln!(
+                    "processor {} of {}: tasks {:?}",
+                    procs.id,
+                    procs.count,
+                    opts.assignment
+                        .as_ref()
+                        .map(|a| a.iter().collect::<Vec<_>>())
+                );
+            }
+            run_job_on(std::sync::Arc::new(backend), &state, &job, &factory, opts)?
+        }
+        _ => {
+            if procs.count > 1 {
+                bail!(
+                    "{}: --processors needs a Kafka job (job.system = \"kafka\"); an embedded job runs in one process, which owns its state directory",
+                    job_file.display()
+                );
+            }
+            run_job(&state, &job, &factory, opts)?
+        }
+    };
     print_stats(&stats);
     Ok(0)
 }

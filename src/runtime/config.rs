@@ -118,17 +118,34 @@ pub struct JobConfig {
     pub commit_ms: u64,
     /// `job.window.ms`: window interval, if the task has a window.
     pub window_ms: Option<u64>,
-    /// `job.changelog.cleanup.ms`: how often changelogs are compacted (right after a commit).
+    /// `embedded.changelog.cleanup.ms`: how often the embedded log compacts changelogs (right
+    /// after a commit).
     pub changelog_cleanup_ms: u64,
-    /// `job.changelog.segment.bytes`: segment size of the changelog topics the job creates.
+    /// `embedded.changelog.segment.bytes`: segment size of the changelog topics the job
+    /// creates on the embedded log.
     pub changelog_segment_bytes: Option<u64>,
-    /// `job.log.fsync`: fsync changelog and output topics the job creates on every commit
-    /// (default true; false trades durability against a machine crash for speed).
+    /// `embedded.log.fsync`: fsync changelog and output topics the job creates on every
+    /// commit (default true; false trades durability against a machine crash for speed).
     pub log_fsync: bool,
     /// `stores.<name>.*`.
     pub stores: BTreeMap<String, StoreConfig>,
     /// `task.*`, keys without the `task.` prefix.
     pub task_config: BTreeMap<String, toml::Value>,
+    /// `job.system`: where topics, changelogs and checkpoints live.
+    pub system: System,
+    /// `kafka.*` without the prefix: librdkafka properties, each value as its text.
+    pub kafka: BTreeMap<String, String>,
+}
+
+/// `job.system`: the backend a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum System {
+    /// Segment files under the state directory (the default).
+    #[default]
+    Embedded,
+    /// Apache Kafka (`[kafka] bootstrap.servers = ...`).
+    Kafka,
 }
 
 impl JobConfig {
@@ -188,12 +205,60 @@ impl JobConfig {
             .take_u64_in("job.commit.ms", 1..=MAX_COMMIT_MS)?
             .unwrap_or(DEFAULT_COMMIT_MS);
         let window_ms = c.take_u64_in("job.window.ms", 1..=MAX_WINDOW_MS)?;
-        let changelog_segment_bytes =
-            c.take_u64_in("job.changelog.segment.bytes", CHANGELOG_SEGMENT_BYTES)?;
-        let log_fsync = c.take_bool("job.log.fsync")?.unwrap_or(true);
+        let system = match c.take_str("job.system")?.as_deref() {
+            None | Some("embedded") => System::Embedded,
+            Some("kafka") => System::Kafka,
+            Some(other) => {
+                return Err(invalid(
+                    "job.system",
+                    format!("must be \"embedded\" or \"kafka\", found \"{other}\""),
+                ));
+            }
+        };
+        // Settings only the embedded log has live under [embedded]; their old names under
+        // [job] are still accepted, with a warning.
+        let embedded_key = |c: &FlatConfig, name: &str| {
+            let new = format!("embedded.{name}");
+            let old = format!("job.{name}");
+            if c.keys_with_prefix(&old).contains(&old) {
+                tracing::warn!("{source}: `{old}` is deprecated; write `{name}` under [embedded]");
+                old
+            } else {
+                new
+            }
+        };
+        let key = embedded_key(&c, "changelog.segment.bytes");
+        let changelog_segment_bytes = c.take_u64_in(&key, CHANGELOG_SEGMENT_BYTES)?;
+        let key = embedded_key(&c, "log.fsync");
+        let log_fsync = c.take_bool(&key)?.unwrap_or(true);
+        let key = embedded_key(&c, "changelog.cleanup.ms");
         let changelog_cleanup_ms = c
-            .take_u64_in("job.changelog.cleanup.ms", 1..=MAX_CHANGELOG_CLEANUP_MS)?
+            .take_u64_in(&key, 1..=MAX_CHANGELOG_CLEANUP_MS)?
             .unwrap_or(DEFAULT_CHANGELOG_CLEANUP_MS);
+        let mut kafka = BTreeMap::new();
+        for key in c.keys_with_prefix("kafka.") {
+            if let Some(v) = c.take_raw(&key) {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                        v.to_string()
+                    }
+                    other => {
+                        return Err(invalid(
+                            &key,
+                            format!("must be a string, number or boolean, found {other}"),
+                        ));
+                    }
+                };
+                kafka.insert(key["kafka.".len()..].to_string(), text);
+            }
+        }
+        if system == System::Kafka && !kafka.contains_key("bootstrap.servers") {
+            return Err(ConfigError::Missing {
+                file: source.clone(),
+                key: "kafka.bootstrap.servers".into(),
+            });
+        }
         let mut stores = BTreeMap::new();
         for store in c.children("stores") {
             validate_name("store", &store)
@@ -221,7 +286,17 @@ impl JobConfig {
             log_fsync,
             stores,
             task_config,
+            system,
+            kafka,
         })
+    }
+
+    /// The Kafka settings of a `job.system = "kafka"` job: `[kafka]` handed to librdkafka,
+    /// the checkpoint topic `__gregor-checkpoints-<job>` and consumer group `gregor-<job>`.
+    pub fn kafka_settings(&self) -> crate::backend::kafka::KafkaSettings {
+        let mut s = crate::backend::kafka::KafkaSettings::new(&self.name, "");
+        s.client = self.kafka.clone();
+        s
     }
 
     /// A `task.*` integer setting.

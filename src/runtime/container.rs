@@ -274,6 +274,18 @@ impl<'a> Container<'a> {
         self.n_tasks
     }
 
+    /// The number of tasks `job` has on `backend`: the most partitions of any input.
+    pub fn task_count_of(backend: &dyn Backend, job: &JobConfig) -> Result<u32, RuntimeError> {
+        let mut n = 0;
+        for t in &job.inputs {
+            match backend.partitions(t).map_err(topic_err(t))? {
+                Some(p) => n = n.max(p),
+                None => return Err(RuntimeError::NoInput { topic: t.clone() }),
+            }
+        }
+        Ok(n)
+    }
+
     /// Opens the task of partition `p`: restores its stores, positions its inputs, commits a
     /// first checkpoint if it has none covering them, calls `init`.
     pub fn open_task(

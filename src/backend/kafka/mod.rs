@@ -275,11 +275,8 @@ impl KafkaBackend {
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (topic, parts) in &checkpoint.inputs {
             for (&p, &next) in parts {
-                let _ = tpl.add_partition_offset(
-                    topic,
-                    p as i32,
-                    rdkafka::Offset::Offset(next as i64),
-                );
+                let _ =
+                    tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Offset(next as i64));
             }
         }
         if tpl.count() == 0 {
