@@ -22,7 +22,8 @@ pub(super) struct CheckpointTopic {
 impl CheckpointTopic {
     pub(super) fn new(settings: &KafkaSettings) -> Result<Self> {
         let mut cc = settings.client_config();
-        cc.set("acks", "all");
+        // One small record per commit, flushed at once: no reason to linger.
+        cc.set("acks", "all").set("linger.ms", "0");
         if settings.legacy() {
             cc.set("max.in.flight.requests.per.connection", "1");
         } else {

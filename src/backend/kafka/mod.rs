@@ -79,6 +79,11 @@ impl KafkaSettings {
         for (k, v) in &self.client {
             c.set(k, v);
         }
+        if self.legacy() {
+            // librdkafka warns at every client creation that the two settings Kafka 0.9
+            // needs are deprecated; errors still come through.
+            c.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        }
         c
     }
 
@@ -285,7 +290,7 @@ impl KafkaBackend {
         if let Err(e) = self
             .inner
             .meta
-            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
             && !self.inner.group_warned.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(

@@ -56,6 +56,8 @@ pub(super) struct KafkaSink {
     touched: BTreeSet<TopicPartition>,
     /// `message.timeout.ms`: how long a flush waits for a broker before it fails.
     give_up_after: Duration,
+    /// Sends since delivery reports were last served.
+    unpolled: u32,
 }
 
 impl KafkaSink {
@@ -88,6 +90,7 @@ impl KafkaSink {
             producer,
             touched: BTreeSet::new(),
             give_up_after,
+            unpolled: 0,
         })
     }
 
@@ -119,6 +122,13 @@ impl RecordSink for KafkaSink {
             .timestamp(timestamp);
         if let Some(v) = value {
             record = record.payload(v);
+        }
+        // Serve delivery reports now and then: until served they count against the local
+        // queue's limit.
+        self.unpolled += 1;
+        if self.unpolled >= 1024 {
+            self.unpolled = 0;
+            self.producer.poll(Duration::ZERO);
         }
         let started = Instant::now();
         loop {
