@@ -20,6 +20,14 @@
 //! `$GREGOR_BROKERS_DIR` (default `~/.cache/gregor-brokers`); when they are missing, starting a
 //! server panics saying to run it.
 //!
+//! Environment: `GREGOR_BROKERS_DIR` (where the distributions are), `GREGOR_TESTKIT_KEEP`
+//! (keep every server's directory), `GREGOR_TESTKIT_START_SECS` (how long a server may take
+//! to come up; default 120), `GREGOR_TANSU_LOG` (tansu's `RUST_LOG`; default `warn`).
+//!
+//! Start-up times measured here (2 cores, other builds running): ZooKeeper 0.2-0.5 s, Kafka
+//! 0.9.0.1 0.6-1.9 s, a Kafka restart after kill -9 about 7 s (6 s of it waiting for ZooKeeper
+//! to expire the killed broker's session), tansu 0.1 s, moto 0.4 s.
+//!
 //! ```no_run
 //! use gregor_testkit::{Kafka09, Tansu};
 //!
