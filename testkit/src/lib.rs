@@ -4,7 +4,9 @@
 //! - [`Kafka09`]: Apache Kafka 0.9.0.1 on a ZooKeeper, with [`Kafka09::kill9`],
 //!   [`Kafka09::restart`] (data kept on disk) and topic creation through Kafka's own
 //!   `TopicCommand` (0.9 has no admin API).
-//! - [`Tansu`]: tansu, a Kafka-protocol broker in Rust (`memory://` storage by default).
+//! - [`Tansu`]: tansu, a Kafka-protocol broker in Rust: `memory://` storage ([`Tansu::start`])
+//!   or `s3://` on its own local S3 server ([`MotoS3`], moto), which keeps its data across a
+//!   broker kill ([`Tansu::start_s3`]).
 //!
 //! Each server runs on a free loopback port in its own temporary directory, with its output in
 //! a log file there. Start-up waits until the server answers (a Metadata request for brokers),
@@ -17,6 +19,14 @@
 //! The distributions are installed by `.ci/brokers` (run by `.ci/deps`) into
 //! `$GREGOR_BROKERS_DIR` (default `~/.cache/gregor-brokers`); when they are missing, starting a
 //! server panics saying to run it.
+//!
+//! Environment: `GREGOR_BROKERS_DIR` (where the distributions are), `GREGOR_TESTKIT_KEEP`
+//! (keep every server's directory), `GREGOR_TESTKIT_START_SECS` (how long a server may take
+//! to come up; default 120), `GREGOR_TANSU_LOG` (tansu's `RUST_LOG`; default `warn`).
+//!
+//! Start-up times measured here (2 cores, other builds running): ZooKeeper 0.2-0.5 s, Kafka
+//! 0.9.0.1 0.6-1.9 s, a Kafka restart after kill -9 about 7 s (6 s of it waiting for ZooKeeper
+//! to expire the killed broker's session), tansu 0.1 s, moto 0.4 s.
 //!
 //! ```no_run
 //! use gregor_testkit::{Kafka09, Tansu};
@@ -35,12 +45,14 @@
 
 mod kafka09;
 mod process;
+mod s3;
 mod tansu;
 pub mod wire;
 mod zookeeper;
 
 pub use kafka09::Kafka09;
 pub use process::log_tail;
+pub use s3::MotoS3;
 pub use tansu::Tansu;
 pub use zookeeper::ZooKeeper;
 
@@ -52,6 +64,7 @@ use std::time::Duration;
 /// The version directories `.ci/brokers` installs; keep the two in step.
 const KAFKA_DIR: &str = "kafka_2.11-0.9.0.1";
 const TANSU_DIR: &str = "tansu-0.6.0-510f3e2";
+const MOTO_DIR: &str = "moto-5.2.5";
 
 /// Where `.ci/brokers` installs the brokers: `$GREGOR_BROKERS_DIR`, or
 /// `$HOME/.cache/gregor-brokers`.

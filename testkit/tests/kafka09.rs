@@ -50,6 +50,42 @@ fn produce_consume_kill9_restart() {
     produce(&cfg, &[], "smoke", 3, "b-", 30);
     let got = read_all(&cfg, "smoke", 3, 330);
     assert_records(&got, 3, &[("a-", 300), ("b-", 30)]);
+
+    // Kafka's own console consumer (bin/kafka-console-consumer.sh on Java 17) reads them too.
+    let t = Instant::now();
+    let out = kafka
+        .script("kafka-console-consumer.sh")
+        .args([
+            "--zookeeper",
+            &kafka.zookeeper_connect(),
+            "--topic",
+            "smoke",
+        ])
+        .args([
+            "--from-beginning",
+            "--max-messages",
+            "330",
+            "--timeout-ms",
+            "60000",
+        ])
+        .args(["--property", "print.key=true"])
+        .output()
+        .unwrap();
+    timing("Kafka 0.9 console consumer, 330 records", t.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = (0..300)
+        .map(|i| format!("a-key-{i}\ta-value-{i}"))
+        .chain((0..30).map(|i| format!("b-key-{i}\tb-value-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(
+        lines,
+        want,
+        "console consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two one-broker clusters on one ZooKeeper (each under its own chroot) stay apart; a clean
@@ -141,5 +177,85 @@ fn consumer_group_subscribe_and_commit() {
     for p in 0..2 {
         let e = committed.find_partition("grouped", p).unwrap();
         assert_eq!(e.offset(), Offset::Offset(10), "partition {p}");
+    }
+}
+
+/// 0.9 really compacts: with small segments and the harness's 1 s cleaner back-off, older
+/// values of a key disappear from closed segments and the newest value of every key stays.
+#[test]
+fn compaction_runs() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::collections::BTreeMap;
+
+    let mut kafka = Kafka09::start();
+    kafka.create_topic_with(
+        "compacted",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "4096"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    let cfg = config(&kafka.bootstrap(), &Kafka09::client_config());
+    let producer: BaseProducer = cfg.create().unwrap();
+    for round in 0..50 {
+        for k in 0..10 {
+            let (key, value) = (format!("k{k}"), format!("v{round}"));
+            let record = BaseRecord::to("compacted")
+                .key(&key)
+                .payload(&value)
+                .partition(0);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    let read = || {
+        let mut c = cfg.clone();
+        c.set("group.id", "gregor-testkit-compaction")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = c.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("compacted", 0, Offset::Offset(0))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let (mut n, mut newest) = (0, BTreeMap::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no end of partition in 30 s");
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    n += 1;
+                    let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                    let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+                    newest.insert(key, value);
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => panic!("{e}"),
+                None => {}
+            }
+        }
+        (n, newest)
+    };
+    let want: BTreeMap<String, String> = (0..10).map(|k| (format!("k{k}"), "v49".into())).collect();
+    let t = Instant::now();
+    loop {
+        let (n, newest) = read();
+        assert_eq!(newest, want);
+        if n < 500 {
+            timing("Kafka 0.9 compaction of 500 records", t.elapsed());
+            eprintln!("compaction: 500 records -> {n}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no compaction in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

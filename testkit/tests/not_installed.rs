@@ -1,7 +1,7 @@
 //! Without the distributions, starting a broker panics saying how to install them (its own
 //! test binary: it changes the process environment).
 
-use gregor_testkit::{Kafka09, Tansu, ZooKeeper};
+use gregor_testkit::{Kafka09, MotoS3, Tansu, ZooKeeper};
 
 fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
     let err = std::panic::catch_unwind(f).expect_err("must panic");
@@ -17,6 +17,8 @@ fn missing_distributions_say_run_ci_brokers() {
         panic_message(|| drop(ZooKeeper::start())),
         panic_message(|| drop(Kafka09::start())),
         panic_message(|| drop(Tansu::start())),
+        panic_message(|| drop(Tansu::start_s3())),
+        panic_message(|| drop(MotoS3::start())),
     ] {
         assert!(msg.contains("run .ci/brokers"), "{msg}");
         assert!(msg.contains(&empty.path().display().to_string()), "{msg}");

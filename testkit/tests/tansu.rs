@@ -102,6 +102,28 @@ fn kill9_and_restart_on_memory_storage_loses_the_data() {
     );
 }
 
+/// With `s3://` storage (a local moto server) topics and records survive a kill -9.
+#[test]
+fn kill9_and_restart_on_s3_storage_keeps_the_data() {
+    let t = Instant::now();
+    let mut tansu = Tansu::start_s3();
+    timing("moto S3 start", tansu.s3().unwrap().started_in());
+    timing("tansu on s3 start", tansu.started_in());
+    timing("moto + tansu on s3 start, total", t.elapsed());
+    create_topics(&tansu, &[("kept", 2, true)]);
+    let cfg = config(&tansu.bootstrap(), &Tansu::client_config());
+    produce(&cfg, &[("enable.idempotence", "true")], "kept", 2, "", 40);
+    assert_records(&read_all(&cfg, "kept", 2, 40), 2, &[("", 40)]);
+
+    tansu.kill9();
+    let t = Instant::now();
+    tansu.restart();
+    timing("tansu on s3 restart after kill -9", t.elapsed());
+    assert_records(&read_all(&cfg, "kept", 2, 40), 2, &[("", 40)]);
+    produce(&cfg, &[("enable.idempotence", "true")], "kept", 2, "b-", 10);
+    assert_records(&read_all(&cfg, "kept", 2, 50), 2, &[("", 40), ("b-", 10)]);
+}
+
 /// A server that cannot come up fails the test loudly, with its log.
 #[test]
 fn a_broker_that_does_not_come_up_panics_with_its_log() {
@@ -111,4 +133,14 @@ fn a_broker_that_does_not_come_up_panics_with_its_log() {
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("tansu exited during start-up"), "{msg}");
     assert!(msg.contains("--- last lines of"), "{msg}");
+    // The harness kept the failed server's directory (it was dropped while panicking); this
+    // failure was wanted, so remove it.
+    let log = msg
+        .split("--- last lines of ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ---").next())
+        .expect("log path in the message");
+    let dir = std::path::Path::new(log).parent().unwrap();
+    assert!(dir.join("tansu.log").is_file(), "{}", dir.display());
+    std::fs::remove_dir_all(dir).unwrap();
 }
