@@ -68,15 +68,16 @@ fn raw_consume(s: &KafkaSettings, topic: &str) -> (u64, u64, f64) {
     let t = Instant::now();
     let consumer: BaseConsumer = cc.create().unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(0)).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0))
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let (mut n, mut bytes) = (0u64, 0u64);
     loop {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 n += 1;
-                bytes += (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len))
-                    as u64;
+                bytes +=
+                    (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => panic!("{e}"),
@@ -104,7 +105,12 @@ fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
     for _ in 0..n {
         rng.fill(&mut key);
         rng.fill(&mut value[..]);
-        storage.store("s").unwrap().stack().put(&key, &value).unwrap();
+        storage
+            .store("s")
+            .unwrap()
+            .stack()
+            .put(&key, &value)
+            .unwrap();
     }
     storage.commit(&BTreeMap::new(), Vec::new()).unwrap();
     let fill = t.elapsed().as_secs_f64();
@@ -120,7 +126,10 @@ fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
     std::fs::remove_dir_all(state.task_dir("bench.partition-0").join("stores")).unwrap();
     let (mut storage, restore_secs) = open(&backend, &state, &config);
     let restored = storage.store("s").unwrap().stack().all().unwrap().count() as u64;
-    assert!(restored > n * 99 / 100 && restored <= n, "restored {restored} of {n}");
+    assert!(
+        restored > n * 99 / 100 && restored <= n,
+        "restored {restored} of {n}"
+    );
     let (_, _, raw2) = raw_consume(&s, "bench-changelog");
     // gregor's reader alone (what restore reads through), no engine.
     let t = Instant::now();

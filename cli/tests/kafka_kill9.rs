@@ -9,7 +9,8 @@
 //!   partition finds, per key, the final count as the newest value;
 //! - the output (at-least-once on Kafka) holds every value 1..=count for every key.
 //!
-//! Then the same with the job split over two processes (each its own state directory), one
+//! The same on tansu (the admin API and idempotent producer paths). Then the same on Kafka
+//! 0.9 with the job split over two processes (each its own state directory), one
 //! of them killed repeatedly and once moved to a fresh state directory; and a run during which
 //! the broker itself is killed (-9) and restarted.
 
@@ -21,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
 use gregor::backend::{Backend, TopicPartition};
+use gregor::backend::{TopicRole, TopicSpec};
 use gregor::partitioner::partition_for_key;
 use gregor::restore::NoProgress;
 use gregor::runtime::{JobConfig, task_name};
 use gregor::statedir::StateDir;
 use gregor::task_storage::{TaskStorage, TaskStorageContext};
-use gregor_testkit::Kafka09;
+use gregor_testkit::{Kafka09, Tansu};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -40,9 +42,9 @@ const KEYS: u64 = 2_000;
 const MESSAGES: u64 = 200_000;
 const MIN_KILLS: u32 = 20;
 
-fn job_text(bootstrap: &str) -> String {
+fn job_text(bootstrap: &str, client: &[(&str, &str)]) -> String {
     let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
-    for (k, v) in Kafka09::client_config() {
+    for (k, v) in client {
         kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
     format!(
@@ -64,8 +66,14 @@ changelog = "counts-changelog"
     )
 }
 
+/// The broker under test.
+enum Broker {
+    Kafka09(Kafka09),
+    Tansu(Tansu),
+}
+
 struct Cluster {
-    kafka: Kafka09,
+    broker: Broker,
     settings: KafkaSettings,
     job: JobConfig,
     job_file: PathBuf,
@@ -75,20 +83,42 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let mut kafka = Kafka09::start();
+        Self::on(Broker::Kafka09(Kafka09::start()))
+    }
+
+    fn on(mut broker: Broker) -> Cluster {
+        let (bootstrap, client) = match &broker {
+            Broker::Kafka09(k) => (k.bootstrap(), Kafka09::client_config()),
+            Broker::Tansu(t) => (t.bootstrap(), Tansu::client_config()),
+        };
         let dir = tempfile::tempdir().unwrap();
         let job_file = dir.path().join("counts.toml");
-        std::fs::write(&job_file, job_text(&kafka.bootstrap())).unwrap();
+        std::fs::write(&job_file, job_text(&bootstrap, &client)).unwrap();
         let job = JobConfig::from_file(&job_file).unwrap();
         let settings = job.kafka_settings();
-        // Kafka 0.9 has no admin API: topics are created the way its users do.
-        kafka.create_topic(&settings.checkpoint_topic, 1, true);
-        kafka.create_topic("in", PARTITIONS, false);
-        kafka.create_topic("counts-changelog", PARTITIONS, true);
-        kafka.create_topic("counts-out", PARTITIONS, false);
+        match &mut broker {
+            Broker::Kafka09(kafka) => {
+                // Kafka 0.9 has no admin API: topics are created the way its users do.
+                kafka.create_topic(&settings.checkpoint_topic, 1, true);
+                kafka.create_topic("in", PARTITIONS, false);
+                kafka.create_topic("counts-changelog", PARTITIONS, true);
+                kafka.create_topic("counts-out", PARTITIONS, false);
+            }
+            Broker::Tansu(_) => {
+                // The admin API: gregor creates its own topics; the input is the user's.
+                let backend = KafkaBackend::connect(settings.clone()).unwrap();
+                backend
+                    .ensure_topic(&TopicSpec {
+                        name: "in".into(),
+                        partitions: PARTITIONS,
+                        role: TopicRole::Output,
+                    })
+                    .unwrap();
+            }
+        }
         let path = dir.path().to_path_buf();
         Cluster {
-            kafka,
+            broker,
             settings,
             job,
             job_file,
@@ -315,6 +345,21 @@ fn count_job_on_kafka_survives_sigkills() {
     check(&c, &expected);
 }
 
+/// The modern protocol paths (admin API topic creation, idempotent producer) under the same
+/// SIGKILLs, on tansu (memory storage: the broker itself is not killed here, since tansu's
+/// memory storage loses everything with it).
+#[test]
+fn count_job_on_tansu_survives_sigkills() {
+    let c = Cluster::on(Broker::Tansu(Tansu::start()));
+    let expected = c.produce(MESSAGES / 2, 4);
+    let state = c.dir.join("state");
+    let mut rng = StdRng::seed_from_u64(9);
+    let kills = kill_loop(&mut rng, MIN_KILLS, |_| c.spawn(&state, None));
+    eprintln!("tansu: {kills} SIGKILLs before a run finished");
+    assert!(kills >= MIN_KILLS);
+    check(&c, &expected);
+}
+
 #[test]
 fn two_processes_one_killed_and_moved() {
     let c = Cluster::start();
@@ -349,9 +394,12 @@ fn broker_killed_and_restarted_mid_run() {
         child.try_wait().unwrap().is_none(),
         "the job finished before the broker could be killed"
     );
-    c.kafka.kill9();
+    let Broker::Kafka09(kafka) = &mut c.broker else {
+        unreachable!("started on Kafka 0.9")
+    };
+    kafka.kill9();
     std::thread::sleep(Duration::from_secs(2));
-    c.kafka.restart();
+    kafka.restart();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -196,13 +196,35 @@ impl KafkaBackend {
         self.inner.settings.request_timeout
     }
 
+    /// Runs `f` until it succeeds or `request_timeout` has passed, backing off between
+    /// tries and saying so every 10 s: while a broker restarts, metadata and offset requests
+    /// fail for a while (no leader yet, unknown partition) on topics that exist.
+    fn retrying<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let started = std::time::Instant::now();
+        let mut said = None::<std::time::Instant>;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if started.elapsed() < self.timeout() => {
+                    if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!("{what}: {e}; retrying");
+                        said = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Every topic of the cluster with its partition count.
     pub fn topics(&self) -> Result<BTreeMap<String, u32>> {
-        let md = self
-            .inner
-            .meta
-            .fetch_metadata(None, self.timeout())
-            .map_err(|e| kafka_err("fetching cluster metadata", e))?;
+        let md = self.retrying("fetching cluster metadata", || {
+            self.inner
+                .meta
+                .fetch_metadata(None, self.timeout())
+                .map_err(|e| kafka_err("fetching cluster metadata", e))
+        })?;
         Ok(md
             .topics()
             .iter()
@@ -388,15 +410,17 @@ impl Backend for KafkaBackend {
     }
 
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {
-        let (low, high) = self
-            .inner
-            .meta
-            .fetch_watermarks(&tp.topic, tp.partition as i32, self.timeout())
-            .map_err(|e| kafka_err(format!("offsets of {tp}"), e))?;
-        let (start, high) = (low.max(0) as u64, high.max(0) as u64);
-        Ok(Offsets {
-            start,
-            end: self.verified_end(tp, start, high)?,
+        self.retrying(&format!("offsets of {tp}"), || {
+            let (low, high) = self
+                .inner
+                .meta
+                .fetch_watermarks(&tp.topic, tp.partition as i32, self.timeout())
+                .map_err(|e| kafka_err(format!("offsets of {tp}"), e))?;
+            let (start, high) = (low.max(0) as u64, high.max(0) as u64);
+            Ok(Offsets {
+                start,
+                end: self.verified_end(tp, start, high)?,
+            })
         })
     }
 

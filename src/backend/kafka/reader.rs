@@ -13,6 +13,22 @@ use crate::backend::{LogReader, Record, Result, TopicPartition};
 
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a reader keeps retrying errors that may pass (a broker restarting).
+const GIVE_UP: Duration = Duration::from_secs(300);
+
+/// Errors no retry can fix: the position is gone (retention) or the request is wrong.
+fn is_permanent(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::OffsetOutOfRange
+                | C::AutoOffsetReset
+                | C::InvalidArgument
+                | C::TopicAuthorizationFailed
+        )
+    )
+}
 
 /// A reader of one Kafka partition.
 pub(super) struct KafkaReader {
@@ -99,8 +115,15 @@ impl LogReader for KafkaReader {
                     }
                     break;
                 }
-                Some(Err(e)) => {
+                Some(Err(e)) if is_permanent(&e) || started.elapsed() > GIVE_UP => {
                     return Err(kafka_err(format!("reading {}", self.tp), e));
+                }
+                Some(Err(e)) => {
+                    // A broker down or restarting: librdkafka reconnects on its own.
+                    if warned.elapsed() >= Duration::from_secs(10) || warned == started {
+                        tracing::warn!("reading {}: {e}; retrying", self.tp);
+                        warned = Instant::now();
+                    }
                 }
                 None if !batch.is_empty() || self.at_end => break,
                 None => {
