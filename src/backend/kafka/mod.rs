@@ -7,12 +7,12 @@
 //!   0.10.1 has none (and librdkafka is told so by `api.version.request=false`): a missing
 //!   topic is then an error that prints the exact `kafka-topics.sh --create` command, and a
 //!   changelog's cleanup policy cannot be checked (said once).
-//! - **Readers** ([`reader`]): a consumer per partition with manual assignment; an empty
+//! - **Readers** (`reader`): a consumer per partition with manual assignment; an empty
 //!   batch means the end of the partition was reached.
-//! - **Sinks** ([`sink`]): one producer per task; `flush` waits for every acknowledgement and
+//! - **Sinks** (`sink`): one producer per task; `flush` waits for every acknowledgement and
 //!   returns the acknowledged ends. Idempotent where the broker supports it, otherwise one
 //!   request in flight with retries, so records of a partition keep their order.
-//! - **Checkpoints** ([`checkpoints`]): a compacted topic with one partition; key = task
+//! - **Checkpoints** (`checkpoints`): a compacted topic with one partition; key = task
 //!   name, value = the checkpoint as JSON.
 //! - **No truncation**: restore TRIMs uncommitted changelog records (see `docs/design.md`);
 //!   output is at-least-once.
