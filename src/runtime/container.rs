@@ -130,8 +130,11 @@ struct TaskRun {
     cursors: Vec<Cursor>,
     collector: Collector,
     coordinator: Coordinator,
-    /// Messages to skip (their processing failed under a skipping policy), with the error.
+    /// Messages to skip (their processing failed under a skipping policy), with the error;
+    /// kept until a commit passes them.
     skips: BTreeMap<(TopicPartition, u64), String>,
+    /// Skipped messages a commit of this run passed.
+    skipped: u64,
 }
 
 /// A message whose processing failed under a skipping [`ProcessErrorPolicy`].
@@ -248,6 +251,7 @@ pub fn run_job_on_with(
         c.close_task(p)?;
         stats.commits += 1;
     }
+    stats.skipped = c.skipped;
     stats.elapsed = started.elapsed();
     Ok(stats)
 }
@@ -263,6 +267,8 @@ pub struct Container<'a> {
     output_partitions: BTreeMap<String, u32>,
     tasks: BTreeMap<u32, TaskRun>,
     on_process_error: ProcessErrorPolicy,
+    /// Skipped messages committed by tasks closed or rolled back.
+    skipped: u64,
 }
 
 impl<'a> Container<'a> {
@@ -437,6 +443,7 @@ impl<'a> Container<'a> {
             output_partitions,
             tasks: BTreeMap::new(),
             on_process_error,
+            skipped: 0,
         })
     }
 
@@ -504,6 +511,7 @@ impl<'a> Container<'a> {
             },
             coordinator: Coordinator::default(),
             skips: BTreeMap::new(),
+            skipped: 0,
         };
         set_crash_failpoint(&mut run.storage);
         if !covered {
@@ -527,6 +535,7 @@ impl<'a> Container<'a> {
         with_ctx(&mut run, self.job, |task, ctx| task.close(ctx))
             .map_err(task_err(&run.name, "close".into()))?;
         commit_task(&mut run)?;
+        self.skipped += run.skipped;
         run.storage.close()?;
         Ok(())
     }
@@ -552,8 +561,12 @@ impl<'a> Container<'a> {
             x.error
         );
         let TaskRun {
-            storage, mut skips, ..
+            storage,
+            mut skips,
+            skipped,
+            ..
         } = run;
+        self.skipped += skipped;
         // Nothing since the last commit is kept: the next restore discards it.
         storage.close()?;
         skips.insert((x.tp, x.offset), x.error.to_string());
@@ -582,7 +595,7 @@ impl<'a> Container<'a> {
             let mut progressed = 0u64;
             let mut poisoned = Vec::new();
             for (&p, run) in self.tasks.iter_mut() {
-                match process_batch(run, job, &self.on_process_error, stats)? {
+                match process_batch(run, job, &self.on_process_error)? {
                     BatchEnd::Processed(n) => progressed += n,
                     BatchEnd::Poisoned(x) => {
                         poisoned.push((p, x));
@@ -669,7 +682,6 @@ fn process_batch(
     run: &mut TaskRun,
     job: &JobConfig,
     policy: &ProcessErrorPolicy,
-    stats: &mut RunStats,
 ) -> Result<BatchEnd, RuntimeError> {
     let TaskRun {
         name,
@@ -680,6 +692,7 @@ fn process_batch(
         collector,
         coordinator,
         skips,
+        ..
     } = run;
     let stores = storage.stores();
     let mut n = 0;
@@ -712,8 +725,7 @@ fn process_batch(
                 && let Some(error) = skips.get(&(c.tp.clone(), r.offset))
             {
                 // Kept until a commit passes it: a later rollback replays from the checkpoint.
-                skip_message(name, &c.tp, &r, error, policy, *partition, collector);
-                stats.skipped += 1;
+                skip_message(&c.tp, &r, error, policy, *partition, collector);
                 c.next = r.offset + 1;
                 n += 1;
                 continue;
@@ -767,11 +779,10 @@ fn process_batch(
     Ok(BatchEnd::Processed(n))
 }
 
-/// Skips message `r` of `tp` whose processing failed with `error`: logs it, counts it and,
-/// under [`ProcessErrorPolicy::DeadLetter`], queues it for the dead-letter topic (written at
-/// the task's next commit, like any output).
+/// Skips message `r` of `tp` whose processing failed with `error`: under
+/// [`ProcessErrorPolicy::DeadLetter`], queues it for the dead-letter topic (written at the
+/// task's next commit, like any output). It is logged and counted when a commit passes it.
 fn skip_message(
-    task: &str,
     tp: &TopicPartition,
     r: &crate::backend::Record,
     error: &str,
@@ -779,14 +790,6 @@ fn skip_message(
     partition: u32,
     collector: &mut Collector,
 ) {
-    tracing::warn!(
-        task,
-        topic = %tp.topic,
-        partition = tp.partition,
-        offset = r.offset,
-        "skipped a message whose processing failed: {error}"
-    );
-    metrics::counter!("job.skipped-messages").increment(1);
     if let ProcessErrorPolicy::DeadLetter(topic) = policy {
         let mut v = serde_json::json!({
             "error": error,
@@ -861,8 +864,25 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
         .collect();
     run.storage.commit(&inputs, outputs)?;
     if !run.skips.is_empty() {
-        run.skips
-            .retain(|(tp, offset), _| inputs.get(tp).is_none_or(|&next| next <= *offset));
+        // Skips this commit passed are final: log and count each once.
+        let name = &run.name;
+        let mut passed = 0;
+        run.skips.retain(|(tp, offset), error| {
+            if inputs.get(tp).is_none_or(|&next| next <= *offset) {
+                return true;
+            }
+            tracing::warn!(
+                task = %name,
+                topic = %tp.topic,
+                partition = tp.partition,
+                offset,
+                "skipped a message whose processing failed: {error}"
+            );
+            passed += 1;
+            false
+        });
+        metrics::counter!("job.skipped-messages").increment(passed);
+        run.skipped += passed;
     }
     Ok(())
 }
