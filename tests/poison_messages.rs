@@ -61,9 +61,12 @@ fn factory() -> TaskFactory {
     Box::new(|_| Box::new(Poisonous))
 }
 
+/// A record's key and value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// 2 partitions; every 50th message is `bad`, message 77 has a key over 64 KiB. Returns the
 /// counts of the good messages and the bad messages (key, value).
-fn produce(root: &Path, n: usize) -> (BTreeMap<String, u64>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn produce(root: &Path, n: usize) -> (BTreeMap<String, u64>, Vec<KeyValue>) {
     let logs = LogDir::open(root).unwrap();
     let t = logs.create_topic("in", 2, TopicConfig::default()).unwrap();
     let mut parts: Vec<_> = (0..2).map(|p| t.open_partition(p).unwrap().0).collect();
