@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use gregor::backend::roles::{Role, RoleRegistry, roles_path};
 use gregor::log::record::{MAX_PAYLOAD_LEN, MIN_PAYLOAD_LEN, payload_len};
 use gregor::log::{
     CleanupReport, LogDir, LogError, Partition, Topic, TopicConfig, verify_partition,
@@ -71,6 +72,19 @@ pub enum TopicCmd {
         /// for a command line or an input line.
         #[arg(long, requires = "key", value_name = "PATH")]
         value_file: Option<PathBuf>,
+        /// Write even into a topic a job records as its output or a store's changelog
+        /// (refused without it). A job drops output past its own checkpoints at start-up, so
+        /// its next start deletes what is written here; a changelog's restore truncates it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Which job uses which topic as an input, an output or a store's changelog (recorded
+    /// when a job starts, in `<state-dir>/roles`): `job<TAB>topic<TAB>role` lines.
+    Roles {
+        /// Forget every role of this job (a job that is gone for good), so that another job
+        /// may take its topics.
+        #[arg(long, value_name = "JOB")]
+        release: Option<String>,
     },
     /// Print records as `partition<TAB>offset<TAB>key<TAB>value` (tombstone value: `\N`).
     Consume {
@@ -156,8 +170,27 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             partition,
             key,
             value_file,
+            force,
         } => {
             let topic = logs.topic(&name)?;
+            let registry = RoleRegistry::load(&roles_path(state_dir))?;
+            let writers: Vec<String> = registry
+                .holders(&name)
+                .filter(|(_, r)| **r != Role::Input)
+                .map(|(job, r)| format!("{r} of job `{job}`"))
+                .collect();
+            if !writers.is_empty() {
+                if !force {
+                    bail!(
+                        "topic {name} is {}: a job's topics are written by the job only (its next start drops records past its own checkpoints, so a record produced here would be deleted); nothing was written. Produce into the job's input instead, or pass --force to write anyway (the job's next start may delete it)",
+                        writers.join(" and ")
+                    );
+                }
+                tracing::warn!(
+                    "--force: writing into topic {name}, {}; the job's next start may delete these records",
+                    writers.join(" and ")
+                );
+            }
             if let Some(p) = partition {
                 topic.partition_dir(p)?;
             }
@@ -168,6 +201,30 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             .with_context(|| format!("topic {name}: nothing was written"))?;
             produce(&topic, partition, &records, now_ms())?;
             writeln!(out, "wrote {} records to {}", records.len(), topic.name())?;
+            0
+        }
+        TopicCmd::Roles { release } => {
+            let path = roles_path(state_dir);
+            let mut registry = RoleRegistry::load(&path)?;
+            if let Some(job) = release {
+                if registry.jobs.remove(&job).is_none() {
+                    bail!("job `{job}` has no recorded topic roles");
+                }
+                registry.save(&path)?;
+                writeln!(out, "released the topic roles of job `{job}`")?;
+            } else {
+                for (job, claims) in &registry.jobs {
+                    for c in claims {
+                        let role = match &c.role {
+                            Role::Input => "input".to_string(),
+                            Role::Output => "output".to_string(),
+                            Role::Changelog { store } => format!("changelog of store {store}"),
+                            other => other.to_string(),
+                        };
+                        writeln!(out, "{job}\t{}\t{role}", c.topic)?;
+                    }
+                }
+            }
             0
         }
         TopicCmd::Consume {

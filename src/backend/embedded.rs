@@ -8,7 +8,9 @@
 //!   [`crate::runtime::committed`]) tells readers that do not know the job where committed
 //!   output ends; it moves only after the checkpoint that commits the output is written.
 //! - **Topic settings** ([`EmbeddedSettings`]): segment size and fsync of the changelog and
-//!   output topics it creates.
+//!   output topics it creates; [`TopicOverrides`] are applied to existing topics too.
+//! - **Topic roles**: the registry of which job uses which topic how is the checksummed
+//!   file `<state-dir>/roles` (see [`super::roles`]).
 //!
 //! One process owns a state directory, so every writable partition is opened once per
 //! backend and shared ([`Arc<Mutex<Partition>>`]) by the tasks' sinks, restore and readers.
@@ -17,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::roles::{self, RoleClaim, RoleRegistry};
 use super::{
     Backend, BackendError, LogReader, Offsets, Record, RecordSink, Result, TopicPartition,
     TopicRole, TopicSpec,
@@ -32,6 +35,10 @@ pub struct EmbeddedSettings {
     pub changelog: TopicConfig,
     /// Output topics.
     pub output: TopicConfig,
+    /// Settings applied to changelog topics that already exist, too.
+    pub changelog_overrides: TopicOverrides,
+    /// Settings applied to output topics that already exist, too.
+    pub output_overrides: TopicOverrides,
 }
 
 impl Default for EmbeddedSettings {
@@ -39,7 +46,45 @@ impl Default for EmbeddedSettings {
         EmbeddedSettings {
             changelog: TopicConfig::compacted(),
             output: TopicConfig::default(),
+            changelog_overrides: TopicOverrides::default(),
+            output_overrides: TopicOverrides::default(),
         }
+    }
+}
+
+/// Topic settings a job sets explicitly, applied by [`Backend::ensure_topic`] to a topic that
+/// already exists with other values (its metadata is updated and the change logged once):
+/// a changed setting is never silently ignored. `None` leaves the topic's value alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicOverrides {
+    /// `segment.bytes`: applies to the segments rolled from now on (the active segment is
+    /// closed at its next append if it is already larger).
+    pub segment_bytes: Option<u64>,
+    /// `fsync`: applies to every later sync.
+    pub fsync: Option<bool>,
+}
+
+impl TopicOverrides {
+    /// `config` with these overrides, and a description of each value changed.
+    fn apply(&self, config: &TopicConfig) -> (TopicConfig, Vec<String>) {
+        let mut new = config.clone();
+        let mut changes = Vec::new();
+        if let Some(b) = self.segment_bytes
+            && b != config.segment_bytes
+        {
+            changes.push(format!(
+                "segment.bytes {} -> {b} (applies to new segments)",
+                config.segment_bytes
+            ));
+            new.segment_bytes = b;
+        }
+        if let Some(f) = self.fsync
+            && f != config.fsync
+        {
+            changes.push(format!("fsync {} -> {f}", config.fsync));
+            new.fsync = f;
+        }
+        (new, changes)
     }
 }
 
@@ -145,15 +190,37 @@ impl Backend for EmbeddedBackend {
     }
 
     fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32> {
-        let config = match spec.role {
-            TopicRole::Changelog => self.inner.settings.changelog.clone(),
-            TopicRole::Output => self.inner.settings.output.clone(),
+        let settings = &self.inner.settings;
+        let (config, overrides) = match spec.role {
+            TopicRole::Changelog => (&settings.changelog, &settings.changelog_overrides),
+            TopicRole::Output => (&settings.output, &settings.output_overrides),
         };
-        let t = self
+        let mut t = self
             .inner
             .logs
-            .topic_or_create(&spec.name, spec.partitions.max(1), config)
+            .topic_or_create(&spec.name, spec.partitions.max(1), config.clone())
             .map_err(topic_err(&spec.name))?;
+        let (wanted, changes) = overrides.apply(t.config());
+        if !changes.is_empty() {
+            let open = lock(&self.inner.partitions)
+                .keys()
+                .any(|tp| tp.topic == spec.name);
+            if open {
+                return Err(BackendError::TopicMismatch {
+                    topic: spec.name.clone(),
+                    reason: format!(
+                        "its settings changed ({}) while partitions of it are open; restart the job",
+                        changes.join(", ")
+                    ),
+                });
+            }
+            t = self
+                .inner
+                .logs
+                .set_topic_config(&spec.name, wanted)
+                .map_err(topic_err(&spec.name))?;
+            tracing::info!(topic = %spec.name, "applied changed topic settings: {}", changes.join(", "));
+        }
         if t.partitions() < spec.partitions {
             return Err(BackendError::TopicMismatch {
                 topic: spec.name.clone(),
@@ -172,6 +239,18 @@ impl Backend for EmbeddedBackend {
             });
         }
         Ok(t.partitions())
+    }
+
+    fn claim_roles(&self, job: &str, claims: &[RoleClaim]) -> Result<()> {
+        let path = roles::roles_path(&self.inner.state_root);
+        let mut registry = RoleRegistry::load(&path)?;
+        registry.check(job, claims)?;
+        let before = registry.clone();
+        registry.set(job, claims);
+        if registry != before {
+            registry.save(&path)?;
+        }
+        Ok(())
     }
 
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {

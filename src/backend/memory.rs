@@ -32,6 +32,7 @@ struct Topic {
 struct State {
     topics: BTreeMap<String, Topic>,
     checkpoints: BTreeMap<String, Checkpoint>,
+    roles: super::roles::RoleRegistry,
 }
 
 /// The in-memory backend. Clones share the same topics.
@@ -178,6 +179,13 @@ impl Backend for MemoryBackend {
             });
         }
         Ok(n)
+    }
+
+    fn claim_roles(&self, job: &str, claims: &[super::roles::RoleClaim]) -> Result<()> {
+        let mut s = lock(&self.state);
+        s.roles.check(job, claims)?;
+        s.roles.set(job, claims);
+        Ok(())
     }
 
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {

@@ -29,6 +29,7 @@ pub mod embedded;
 mod error;
 pub mod kafka;
 pub mod memory;
+pub mod roles;
 
 pub use error::{BackendError, BoxError, ErrorClass};
 
@@ -185,6 +186,16 @@ pub trait Backend: Send + Sync {
     /// committed up to those offsets (embedded: moves the read-committed markers).
     fn outputs_committed(&self, ends: &BTreeMap<TopicPartition, u64>) -> Result<()> {
         let _ = ends;
+        Ok(())
+    }
+
+    /// Records that job `job` uses the topics in `claims` in those roles, replacing what the
+    /// job recorded before, after checking them against every other job's roles (see
+    /// [`roles`]): a conflict is a [`BackendError::TopicMismatch`] naming the topic, both jobs,
+    /// their roles and how to fix it. The default records nothing (the Kafka backend has no
+    /// role registry yet).
+    fn claim_roles(&self, job: &str, claims: &[roles::RoleClaim]) -> Result<()> {
+        let _ = (job, claims);
         Ok(())
     }
 

@@ -309,6 +309,35 @@ impl LogDir {
         }
     }
 
+    /// Replaces the configuration of existing topic `name` (its metadata file, atomically)
+    /// and returns the topic with it. Partitions opened afterwards use the new settings:
+    /// `segment_bytes` applies to the segments they roll from then on, `fsync` to their
+    /// later syncs; records already written stay where they are.
+    pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<Topic> {
+        let topic = self.topic(name)?;
+        if self.read_only {
+            return Err(LogError::ReadOnly {
+                partition: topic.dir.display().to_string(),
+            });
+        }
+        if config.segment_bytes == 0 {
+            return Err(LogError::InvalidArgument(
+                "segment_bytes must be positive".into(),
+            ));
+        }
+        let meta = TopicMeta {
+            partitions: topic.partitions,
+            config,
+        };
+        let meta_path = topic.dir.join(TOPIC_META_FILE);
+        crate::fsutil::write_atomic(&meta_path, &encode_meta(&meta))
+            .map_err(|e| LogError::io("write", &meta_path, e))?;
+        Ok(Topic {
+            config: meta.config,
+            ..topic
+        })
+    }
+
     /// Opens one partition of a topic for appends.
     pub fn open_partition(
         &self,

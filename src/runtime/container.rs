@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::embedded::{EmbeddedBackend, EmbeddedSettings};
+use crate::backend::embedded::{EmbeddedBackend, EmbeddedSettings, TopicOverrides};
+use crate::backend::roles::{Role, RoleClaim};
 use crate::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use crate::changelog::now_ms;
 use crate::restore::{RestoreProgress, RestoreStats};
@@ -30,10 +31,47 @@ use crate::task_storage::{OutputRecord, TaskStorage, TaskStorageContext};
 use super::config::JobConfig;
 use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
-use super::task::{Collector, Coordinator, Envelope, StreamTask, TaskContext, TaskFactory};
+use super::task::{
+    Collector, Coordinator, Envelope, OutgoingMessage, StreamTask, TaskContext, TaskError,
+    TaskFactory,
+};
 
 /// Records read from one input partition per batch.
 const FETCH_RECORDS: usize = 1024;
+
+/// What the container does when a task's `process` returns an error (a *poison message*:
+/// one that fails the same way on every restart), like Kafka Streams' processing exception
+/// handlers.
+///
+/// **How a skipped message keeps exactly-once.** A failed `process` may have changed things
+/// before it failed: written some keys to a store, sent output, changed the task's own
+/// memory. None of that may be committed. So on an error under `Skip` or `DeadLetter` the
+/// container *rolls the task back*: it discards the task's stores, output and task object
+/// without committing, reopens the task (its stores are restored to its last checkpoint, its
+/// inputs positioned there, `init` called again) and processes again from the checkpoint,
+/// skipping the failed message (by input partition and offset) when it reaches it. Messages
+/// before it are processed again exactly as a restart after a crash would. Everything the
+/// failed call did is thereby gone, whatever it was; the cost is one restore per poison
+/// message. Stores without a changelog cannot be rolled back (as after any crash) and keep
+/// what the failed call wrote. The skip is remembered until the task commits past it; if the
+/// process dies first, the message fails again at the next start and is skipped again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessErrorPolicy {
+    /// Stop the job with the error (the default): the message fails again at every start.
+    #[default]
+    Fail,
+    /// Skip the message: log it (task, topic, partition, offset, error) as a warning and
+    /// count it in the metric `job.skipped-messages`.
+    Skip,
+    /// Skip the message as [`Skip`](Self::Skip) does, and send it to this topic, through the
+    /// task's output path (so exactly once, at the task's next commit): the original key, and
+    /// as value a JSON object `{"error", "topic", "partition", "offset", "value"}` (`value`:
+    /// the original value as a string, `null` for a tombstone, or `value_hex` if it is not
+    /// UTF-8). The topic is created like an output (one partition per task, task N writes
+    /// partition N) and recorded as an output of the job.
+    DeadLetter(String),
+}
 
 /// How to run a job.
 pub struct RunOptions {
@@ -72,6 +110,8 @@ pub struct RunStats {
     pub tasks: u32,
     /// Messages processed.
     pub processed: u64,
+    /// Messages skipped because their processing failed (see [`ProcessErrorPolicy`]).
+    pub skipped: u64,
     /// Commits (per task).
     pub commits: u64,
     /// Time spent processing (after restore).
@@ -90,6 +130,26 @@ struct TaskRun {
     cursors: Vec<Cursor>,
     collector: Collector,
     coordinator: Coordinator,
+    /// Messages to skip (their processing failed under a skipping policy), with the error;
+    /// kept until a commit passes them.
+    skips: BTreeMap<(TopicPartition, u64), String>,
+    /// Skipped messages a commit of this run passed.
+    skipped: u64,
+}
+
+/// A message whose processing failed under a skipping [`ProcessErrorPolicy`].
+struct Poisoned {
+    tp: TopicPartition,
+    offset: u64,
+    error: TaskError,
+}
+
+/// What processing a batch ended with.
+enum BatchEnd {
+    /// This many messages processed.
+    Processed(u64),
+    /// A message failed and must be skipped after a rollback.
+    Poisoned(Poisoned),
 }
 
 /// The name of job `job`'s task for input partition `p`: `<job>.partition-<p>`. Naming
@@ -108,6 +168,17 @@ pub fn embedded_backend(
         EmbeddedSettings {
             changelog: job.changelog_topic_config(),
             output: job.output_topic_config(),
+            // Settings the job sets apply to existing topics too (never silently ignored):
+            // the segment size if the job names one, fsync always (`embedded.log.fsync`
+            // defaults to true, so a topic only loses fsync when a job asks for it).
+            changelog_overrides: TopicOverrides {
+                segment_bytes: job.changelog_segment_bytes,
+                fsync: Some(job.log_fsync),
+            },
+            output_overrides: TopicOverrides {
+                segment_bytes: None,
+                fsync: Some(job.log_fsync),
+            },
         },
     )
     .map_err(topic_err("*"))
@@ -121,8 +192,26 @@ pub fn run_job(
     factory: &TaskFactory,
     opts: RunOptions,
 ) -> Result<RunStats, RuntimeError> {
+    run_job_with(state, job, factory, opts, ProcessErrorPolicy::Fail)
+}
+
+/// [`run_job`] with a policy for messages whose processing fails.
+pub fn run_job_with(
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
+    opts: RunOptions,
+    on_process_error: ProcessErrorPolicy,
+) -> Result<RunStats, RuntimeError> {
     let backend = embedded_backend(state, job)?;
-    run_job_on(Arc::new(backend), state, job, factory, opts)
+    run_job_on_with(
+        Arc::new(backend),
+        state,
+        job,
+        factory,
+        opts,
+        on_process_error,
+    )
 }
 
 /// Runs `job` over `backend`, with local stores under `state`.
@@ -131,9 +220,21 @@ pub fn run_job_on(
     state: &StateDir,
     job: &JobConfig,
     factory: &TaskFactory,
-    mut opts: RunOptions,
+    opts: RunOptions,
 ) -> Result<RunStats, RuntimeError> {
-    let mut c = Container::start(backend, state, job, factory)?;
+    run_job_on_with(backend, state, job, factory, opts, ProcessErrorPolicy::Fail)
+}
+
+/// [`run_job_on`] with a policy for messages whose processing fails.
+pub fn run_job_on_with(
+    backend: Arc<dyn Backend>,
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
+    mut opts: RunOptions,
+    on_process_error: ProcessErrorPolicy,
+) -> Result<RunStats, RuntimeError> {
+    let mut c = Container::start_with(backend, state, job, factory, on_process_error)?;
     let restore_started = Instant::now();
     let mut stats = RunStats::default();
     let assigned: Vec<u32> = (0..c.n_tasks)
@@ -145,11 +246,12 @@ pub fn run_job_on(
     stats.tasks = assigned.len() as u32;
     stats.restore_elapsed = restore_started.elapsed();
     let started = Instant::now();
-    c.run_loop(&opts, &mut stats)?;
+    c.run_loop(&mut opts, &mut stats)?;
     for p in assigned {
         c.close_task(p)?;
         stats.commits += 1;
     }
+    stats.skipped = c.skipped;
     stats.elapsed = started.elapsed();
     Ok(stats)
 }
@@ -164,17 +266,82 @@ pub struct Container<'a> {
     input_partitions: BTreeMap<String, u32>,
     output_partitions: BTreeMap<String, u32>,
     tasks: BTreeMap<u32, TaskRun>,
+    on_process_error: ProcessErrorPolicy,
+    /// Skipped messages committed by tasks closed or rolled back.
+    skipped: u64,
 }
 
 impl<'a> Container<'a> {
-    /// Checks `job`'s inputs, makes sure its changelogs and outputs exist and recovers the
-    /// outputs. Opens no task yet.
+    /// Checks `job`'s inputs, records the roles of its topics (refusing a role another job
+    /// holds, see [`crate::backend::roles`]), makes sure its changelogs and outputs exist and
+    /// recovers the outputs. Opens no task yet. A failing `process` stops the job.
     pub fn start(
         backend: Arc<dyn Backend>,
         state: &'a StateDir,
         job: &'a JobConfig,
         factory: &'a TaskFactory,
     ) -> Result<Self, RuntimeError> {
+        Self::start_with(backend, state, job, factory, ProcessErrorPolicy::Fail)
+    }
+
+    /// [`start`](Self::start) with a policy for messages whose processing fails.
+    pub fn start_with(
+        backend: Arc<dyn Backend>,
+        state: &'a StateDir,
+        job: &'a JobConfig,
+        factory: &'a TaskFactory,
+        on_process_error: ProcessErrorPolicy,
+    ) -> Result<Self, RuntimeError> {
+        let dead_letter = match &on_process_error {
+            ProcessErrorPolicy::DeadLetter(t) => Some(t.clone()),
+            _ => None,
+        };
+        if let Some(t) = &dead_letter {
+            crate::log::validate_topic_name(t).map_err(|e| RuntimeError::DeadLetter {
+                topic: t.clone(),
+                reason: e.to_string(),
+            })?;
+            let role = if job.inputs.contains(t) {
+                Some("an input")
+            } else if job.outputs.contains(t) {
+                Some("an output")
+            } else if job.stores.values().any(|s| s.changelog.as_ref() == Some(t)) {
+                Some("a changelog")
+            } else {
+                None
+            };
+            if let Some(role) = role {
+                return Err(RuntimeError::DeadLetter {
+                    topic: t.clone(),
+                    reason: format!(
+                        "it is already {role} of job `{}`; a dead-letter topic needs a topic of its own",
+                        job.name
+                    ),
+                });
+            }
+        }
+        // Topic roles across jobs: refuse before anything is created or truncated.
+        let mut claims: Vec<RoleClaim> = Vec::new();
+        claims.extend(job.inputs.iter().map(|t| RoleClaim::new(t, Role::Input)));
+        claims.extend(job.outputs.iter().map(|t| RoleClaim::new(t, Role::Output)));
+        claims.extend(dead_letter.iter().map(|t| RoleClaim::new(t, Role::Output)));
+        for (store, cfg) in &job.stores {
+            if let Some(cl) = &cfg.changelog {
+                claims.push(RoleClaim::new(
+                    cl,
+                    Role::Changelog {
+                        store: store.clone(),
+                    },
+                ));
+            }
+        }
+        backend
+            .claim_roles(&job.name, &claims)
+            .map_err(|source| RuntimeError::Roles {
+                job: job.name.clone(),
+                source,
+            })?;
+
         // Inputs decide the number of tasks.
         let mut input_partitions = BTreeMap::new();
         for t in &job.inputs {
@@ -207,7 +374,7 @@ impl<'a> Container<'a> {
 
         // Outputs: create if missing, then recover what the checkpoints committed.
         let mut output_partitions = BTreeMap::new();
-        for t in &job.outputs {
+        for t in job.outputs.iter().chain(&dead_letter) {
             let n = backend
                 .ensure_topic(&TopicSpec {
                     name: t.clone(),
@@ -217,7 +384,7 @@ impl<'a> Container<'a> {
                 .map_err(topic_err(t))?;
             output_partitions.insert(t.clone(), n);
         }
-        if !job.outputs.is_empty() {
+        if !output_partitions.is_empty() {
             // Tasks commit one at a time, so the newest end any checkpoint records is where
             // committed output ends; anything after it was never committed.
             let mut committed: BTreeMap<TopicPartition, u64> = BTreeMap::new();
@@ -246,16 +413,25 @@ impl<'a> Container<'a> {
                 for part in 0..n {
                     let tp = TopicPartition::new(t.clone(), part);
                     if let std::collections::btree_map::Entry::Vacant(e) = committed.entry(tp) {
-                        // No checkpoint records it: nothing of it was committed by this job
-                        // yet, but what is there may be another writer's; keep it.
-                        let end = backend.offsets(e.key()).map_err(topic_err(t))?.end;
+                        // No checkpoint of the job records it: nothing of it was committed
+                        // by this job (a new output, or one added to a job whose checkpoints
+                        // predate it). What is there up to the read-committed end is someone
+                        // else's committed data (records written before it became the job's
+                        // output, with no marker: all of them); anything past the marker
+                        // was appended by a commit of this job that crashed before its
+                        // checkpoint, and is dropped.
+                        let end = backend.readable_end(e.key()).map_err(topic_err(t))?;
                         e.insert(end);
                     }
                 }
             }
-            backend
-                .recover_outputs(&committed)
-                .map_err(topic_err(&job.outputs.join(",")))?;
+            backend.recover_outputs(&committed).map_err(topic_err(
+                &output_partitions
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ))?;
         }
         Ok(Container {
             backend,
@@ -266,6 +442,8 @@ impl<'a> Container<'a> {
             input_partitions,
             output_partitions,
             tasks: BTreeMap::new(),
+            on_process_error,
+            skipped: 0,
         })
     }
 
@@ -323,11 +501,19 @@ impl<'a> Container<'a> {
             storage,
             cursors,
             collector: Collector {
-                partitions: self.output_partitions.clone(),
+                partitions: self
+                    .output_partitions
+                    .iter()
+                    .filter(|(t, _)| self.job.outputs.contains(t))
+                    .map(|(t, &n)| (t.clone(), n))
+                    .collect(),
                 pending: Vec::new(),
             },
             coordinator: Coordinator::default(),
+            skips: BTreeMap::new(),
+            skipped: 0,
         };
+        set_crash_failpoint(&mut run.storage);
         if !covered {
             // A first checkpoint before any processing: from now on the checkpoint is the
             // single truth about what this task has committed (without it, a crash before
@@ -349,13 +535,55 @@ impl<'a> Container<'a> {
         with_ctx(&mut run, self.job, |task, ctx| task.close(ctx))
             .map_err(task_err(&run.name, "close".into()))?;
         commit_task(&mut run)?;
+        self.skipped += run.skipped;
         run.storage.close()?;
+        Ok(())
+    }
+
+    /// Rolls the task of partition `p` back to its last checkpoint because the message
+    /// `x` failed (see [`ProcessErrorPolicy`]): drops its storage, output and task object
+    /// without committing, reopens it and remembers to skip the message.
+    fn roll_back_task(
+        &mut self,
+        p: u32,
+        x: Poisoned,
+        progress: &mut dyn RestoreProgress,
+    ) -> Result<(), RuntimeError> {
+        let Some(run) = self.tasks.remove(&p) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            task = %run.name,
+            topic = %x.tp.topic,
+            partition = x.tp.partition,
+            offset = x.offset,
+            "processing failed: {}; rolling the task back to its last checkpoint to skip the message",
+            x.error
+        );
+        let TaskRun {
+            storage,
+            mut skips,
+            skipped,
+            ..
+        } = run;
+        self.skipped += skipped;
+        // Nothing since the last commit is kept: the next restore discards it.
+        storage.close()?;
+        skips.insert((x.tp, x.offset), x.error.to_string());
+        self.open_task(p, progress)?;
+        if let Some(run) = self.tasks.get_mut(&p) {
+            run.skips = skips;
+        }
         Ok(())
     }
 
     /// Processes, windows and commits the open tasks until a stop is asked for (or, with
     /// `until_end`, every input is caught up).
-    fn run_loop(&mut self, opts: &RunOptions, stats: &mut RunStats) -> Result<(), RuntimeError> {
+    fn run_loop(
+        &mut self,
+        opts: &mut RunOptions,
+        stats: &mut RunStats,
+    ) -> Result<(), RuntimeError> {
         let job = self.job;
         let commit_every = Duration::from_millis(job.commit_ms);
         let window_every = job.window_ms.map(Duration::from_millis);
@@ -365,14 +593,25 @@ impl<'a> Container<'a> {
         let mut stop_requested = false;
         loop {
             let mut progressed = 0u64;
-            for run in self.tasks.values_mut() {
-                progressed += process_batch(run, job)?;
+            let mut poisoned = Vec::new();
+            for (&p, run) in self.tasks.iter_mut() {
+                match process_batch(run, job, &self.on_process_error)? {
+                    BatchEnd::Processed(n) => progressed += n,
+                    BatchEnd::Poisoned(x) => {
+                        poisoned.push((p, x));
+                        continue;
+                    }
+                }
                 if run.coordinator.commit {
                     run.coordinator.commit = false;
                     commit_task(run)?;
                     stats.commits += 1;
                 }
                 stop_requested |= run.coordinator.shutdown;
+            }
+            for (p, x) in poisoned {
+                self.roll_back_task(p, x, &mut *opts.progress)?;
+                progressed += 1;
             }
             stats.processed += progressed;
             if let Some(w) = window_every
@@ -437,8 +676,13 @@ fn with_ctx<R>(
     f(&mut *run.task, &mut ctx)
 }
 
-/// Processes up to one batch from each input of `run`; returns the number of messages.
-fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError> {
+/// Processes up to one batch from each input of `run`; returns the number of messages, or
+/// the message that failed if `policy` skips failed messages.
+fn process_batch(
+    run: &mut TaskRun,
+    job: &JobConfig,
+    policy: &ProcessErrorPolicy,
+) -> Result<BatchEnd, RuntimeError> {
     let TaskRun {
         name,
         partition,
@@ -447,6 +691,8 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
         cursors,
         collector,
         coordinator,
+        skips,
+        ..
     } = run;
     let stores = storage.stores();
     let mut n = 0;
@@ -475,6 +721,15 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
                 past_limit = true;
                 break;
             }
+            if !skips.is_empty()
+                && let Some(error) = skips.get(&(c.tp.clone(), r.offset))
+            {
+                // Kept until a commit passes it: a later rollback replays from the checkpoint.
+                skip_message(&c.tp, &r, error, policy, *partition, collector);
+                c.next = r.offset + 1;
+                n += 1;
+                continue;
+            }
             let env = Envelope {
                 topic: &c.tp.topic,
                 partition: c.tp.partition,
@@ -493,12 +748,20 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
                 now_ms: now,
             };
             // Format `during` only on error: this is the per-message hot path.
-            task.process(&env, &mut ctx)
-                .map_err(|source| RuntimeError::Task {
-                    task: name.clone(),
-                    during: format!("process of {}@{}", c.tp, r.offset),
-                    source,
-                })?;
+            if let Err(source) = task.process(&env, &mut ctx) {
+                if *policy == ProcessErrorPolicy::Fail {
+                    return Err(RuntimeError::Task {
+                        task: name.clone(),
+                        during: format!("process of {}@{}", c.tp, r.offset),
+                        source,
+                    });
+                }
+                return Ok(BatchEnd::Poisoned(Poisoned {
+                    tp: c.tp.clone(),
+                    offset: r.offset,
+                    error: source,
+                }));
+            }
             c.next = r.offset + 1;
             n += 1;
             if coordinator.commit || coordinator.shutdown {
@@ -513,7 +776,77 @@ fn process_batch(run: &mut TaskRun, job: &JobConfig) -> Result<u64, RuntimeError
             }
         }
     }
-    Ok(n)
+    Ok(BatchEnd::Processed(n))
+}
+
+/// Skips message `r` of `tp` whose processing failed with `error`: under
+/// [`ProcessErrorPolicy::DeadLetter`], queues it for the dead-letter topic (written at the
+/// task's next commit, like any output). It is logged and counted when a commit passes it.
+fn skip_message(
+    tp: &TopicPartition,
+    r: &crate::backend::Record,
+    error: &str,
+    policy: &ProcessErrorPolicy,
+    partition: u32,
+    collector: &mut Collector,
+) {
+    if let ProcessErrorPolicy::DeadLetter(topic) = policy {
+        let mut v = serde_json::json!({
+            "error": error,
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "offset": r.offset,
+        });
+        match &r.value {
+            None => v["value"] = serde_json::Value::Null,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => v["value"] = s.into(),
+                Err(_) => {
+                    v["value_hex"] = b
+                        .iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<String>()
+                        .into()
+                }
+            },
+        }
+        collector.pending.push(OutgoingMessage {
+            topic: topic.clone(),
+            partition,
+            key: r.key.clone(),
+            value: Some(v.to_string().into_bytes()),
+            timestamp: r.timestamp,
+        });
+    }
+}
+
+/// Crash tests of real processes: `GREGOR_CRASH_AT=<step>:<n>` aborts the process (no
+/// destructors, like `kill -9`) the `n`-th time (1-based, counted over all tasks of the
+/// process) a commit reaches `<step>`: `sink-flushed` (changelog and output records durable,
+/// no checkpoint yet) or `checkpoint-written` (engines not flushed yet). Unset, or not of
+/// that form: nothing happens.
+fn set_crash_failpoint(storage: &mut TaskStorage) {
+    use crate::task_storage::CommitStep;
+    use std::sync::atomic::AtomicU64;
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("GREGOR_CRASH_AT") else {
+        return;
+    };
+    let Some((step, n)) = spec.split_once(':') else {
+        return;
+    };
+    let step = match step {
+        "sink-flushed" => CommitStep::SinkFlushed,
+        "checkpoint-written" => CommitStep::CheckpointWritten,
+        _ => return,
+    };
+    let Ok(n) = n.parse::<u64>() else { return };
+    storage.set_failpoint(Box::new(move |s| {
+        if s == step && PASSED.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            eprintln!("GREGOR_CRASH_AT={spec}: aborting");
+            std::process::abort();
+        }
+    }));
 }
 
 /// Commits one task through its storage: its input positions and buffered output.
@@ -530,5 +863,26 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
         })
         .collect();
     run.storage.commit(&inputs, outputs)?;
+    if !run.skips.is_empty() {
+        // Skips this commit passed are final: log and count each once.
+        let name = &run.name;
+        let mut passed = 0;
+        run.skips.retain(|(tp, offset), error| {
+            if inputs.get(tp).is_none_or(|&next| next <= *offset) {
+                return true;
+            }
+            tracing::warn!(
+                task = %name,
+                topic = %tp.topic,
+                partition = tp.partition,
+                offset,
+                "skipped a message whose processing failed: {error}"
+            );
+            passed += 1;
+            false
+        });
+        metrics::counter!("job.skipped-messages").increment(passed);
+        run.skipped += passed;
+    }
     Ok(())
 }

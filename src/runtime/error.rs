@@ -27,6 +27,24 @@ pub enum RuntimeError {
         /// The other.
         b: String,
     },
+    /// A topic role of the job conflicts with one another job recorded (see
+    /// [`crate::backend::roles`]), or the roles could not be recorded.
+    #[error("job `{job}` cannot start: {source}")]
+    Roles {
+        /// The job.
+        job: String,
+        /// The conflict (naming the topic, both jobs and roles, and the fix) or failure.
+        #[source]
+        source: BackendError,
+    },
+    /// The dead-letter topic cannot be used.
+    #[error("dead-letter topic `{topic}`: {reason}")]
+    DeadLetter {
+        /// The topic.
+        topic: String,
+        /// Why not.
+        reason: String,
+    },
     /// A checkpointed input offset lies past the end of the input.
     #[error(
         "task `{task}`: checkpoint says input {topic}/{partition} was read up to {offset}, but it ends at {end}: the input lost data"
