@@ -350,7 +350,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-type KeyValue = (Vec<u8>, Option<Vec<u8>>);
+pub(crate) type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 
 /// What `produce` knew about a partition before it appended anything.
 struct Before {
@@ -477,7 +477,7 @@ fn roll_back(topic: &Topic, before: &[Before]) -> anyhow::Result<()> {
 
 /// The record `key` with the bytes of `file` (`-`: stdin) as its value, checked against the
 /// log's record size limit while reading (a larger file is not read to its end).
-fn read_value_file(key: Vec<u8>, file: &Path) -> anyhow::Result<KeyValue> {
+pub(crate) fn read_value_file(key: Vec<u8>, file: &Path) -> anyhow::Result<KeyValue> {
     let max_value = MAX_PAYLOAD_LEN.saturating_sub(payload_len(key.len(), Some(0)));
     let mut value = Vec::new();
     let limit = max_value as u64 + 1;
@@ -499,7 +499,7 @@ fn read_value_file(key: Vec<u8>, file: &Path) -> anyhow::Result<KeyValue> {
 
 /// Parses `key<TAB>value` lines and checks each record against the log's record size limit;
 /// an error names the first bad line (1-based). Nothing is written here.
-fn parse_input(input: impl BufRead) -> anyhow::Result<Vec<KeyValue>> {
+pub(crate) fn parse_input(input: impl BufRead) -> anyhow::Result<Vec<KeyValue>> {
     let mut records = Vec::new();
     for (i, line) in input.split(b'\n').enumerate() {
         let mut line = line.context("reading stdin")?;
@@ -526,7 +526,7 @@ fn parse_input(input: impl BufRead) -> anyhow::Result<Vec<KeyValue>> {
 }
 
 /// Printable form of bytes (see the module doc).
-fn escape(bytes: &[u8]) -> String {
+pub(crate) fn escape(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -546,7 +546,7 @@ fn escape(bytes: &[u8]) -> String {
 }
 
 /// Inverse of [`escape`]; unknown escapes are kept literally.
-fn unescape(s: &str) -> Vec<u8> {
+pub(crate) fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -142,6 +142,16 @@ impl KafkaBackend {
     /// Connects to the cluster in `settings` and makes sure the checkpoint topic exists.
     /// Fails with a clear error if no broker answers within the request timeout.
     pub fn connect(settings: KafkaSettings) -> Result<Self> {
+        let backend = Self::connect_without_checkpoints(settings)?;
+        let topic = backend.inner.settings.checkpoint_topic.clone();
+        backend.ensure_topic_inner(&topic, 1, true)?;
+        Ok(backend)
+    }
+
+    /// Like [`connect`](Self::connect), for tools that only read and write topics (the
+    /// checkpoint topic is neither checked nor created; reading checkpoints then fails if it
+    /// does not exist).
+    pub fn connect_without_checkpoints(settings: KafkaSettings) -> Result<Self> {
         let mut cc = settings.client_config();
         cc.set("enable.auto.commit", "false");
         cc.set("group.id", &settings.group);
@@ -182,8 +192,6 @@ impl KafkaBackend {
                 verified_ends: Mutex::new(BTreeMap::new()),
             }),
         };
-        let topic = backend.inner.settings.checkpoint_topic.clone();
-        backend.ensure_topic_inner(&topic, 1, true)?;
         Ok(backend)
     }
 
