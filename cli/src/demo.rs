@@ -1,7 +1,10 @@
 //! `gregor demo`: generates a page-view stream into a local topic, runs the page-view
 //! counter job over it on the embedded default (RocksDB stores with changelogs), and prints
 //! the top pages, the top users and the throughput. Each run appends new page views and the
-//! job resumes from its checkpoint, so counts accumulate across runs.
+//! job resumes from its checkpoint, so counts accumulate across runs. With `--kafka
+//! BOOTSTRAP` the page views, changelogs, output and checkpoints live in Kafka instead
+//! (topics are created through the admin API; a broker without one, such as Kafka 0.9, gets
+//! an error listing the `kafka-topics.sh` commands).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -14,7 +17,9 @@ use gregor::config::FlatConfig;
 use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::builtin::{self, top_n};
-use gregor::runtime::{JobConfig, RunOptions, run_job, task_name};
+use gregor::backend::kafka::KafkaBackend;
+use gregor::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
+use gregor::runtime::{JobConfig, RunOptions, run_job, run_job_on, task_name};
 use gregor::serde::{Serde, StringSerde, U64Serde};
 use gregor::statedir::StateDir;
 use gregor::store::stack;
@@ -40,10 +45,26 @@ pub struct DemoArgs {
     /// Partitions of the page-view topic (= tasks), used when it is first created.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    #[command(flatten)]
+    kafka: crate::kafka_topic::KafkaArgs,
 }
 
 fn job_config() -> Result<JobConfig> {
-    let text = r#"
+    job_config_on(None)
+}
+
+fn job_config_on(kafka: Option<&gregor::backend::kafka::KafkaSettings>) -> Result<JobConfig> {
+    let mut c = FlatConfig::from_toml_str("<demo job>", JOB)?;
+    if let Some(k) = kafka {
+        c.set("job.system", "kafka");
+        for (key, v) in &k.client {
+            c.set(&format!("kafka.{key}"), v.as_str());
+        }
+    }
+    Ok(JobConfig::from_flat(c)?)
+}
+
+const JOB: &str = r#"
         [job]
         name = "pageviews"
         task = "pageviews"
@@ -67,10 +88,34 @@ fn job_config() -> Result<JobConfig> {
         [task]
         top.n = 5
     "#;
-    Ok(JobConfig::from_flat(FlatConfig::from_toml_str(
-        "<demo job>",
-        text,
-    )?)?)
+
+/// Generates page views into Kafka through gregor's producer (murmur2 partitions).
+fn generate_kafka(backend: &KafkaBackend, args: &DemoArgs) -> Result<()> {
+    let n = backend.ensure_topic(&TopicSpec {
+        name: TOPIC.into(),
+        partitions: args.partitions,
+        role: TopicRole::Output,
+    })?;
+    let mut seed = 0;
+    for p in 0..n {
+        seed += backend.offsets(&TopicPartition::new(TOPIC, p))?.end;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sink = backend.open_sink("demo-generator")?;
+    let now = gregor::changelog::now_ms();
+    for _ in 0..args.events {
+        let user = format!("user-{:05}", rng.gen_range(0..args.users));
+        let page = format!("/page/{}", pick_page(&mut rng, args.pages));
+        let p = partition_for_key(user.as_bytes(), n);
+        let value = format!("{user}\t{page}");
+        sink.send(&TopicPartition::new(TOPIC, p), now, user.as_bytes(), Some(value.as_bytes()))?;
+    }
+    sink.flush()?;
+    eprintln!(
+        "generated {} page views into Kafka topic `{TOPIC}` ({n} partitions)",
+        args.events
+    );
+    Ok(())
 }
 
 /// Page `p` of `pages` with a Zipf-like skew: a few pages get most views.
@@ -139,9 +184,20 @@ fn totals(state: &StateDir, tasks: u32, store: &str) -> Result<BTreeMap<String, 
 /// Runs the demo.
 pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
     let state = StateDir::open(state_dir)?;
-    let resumed = Checkpoint::read(&state.checkpoint_path(&task_name("pageviews", 0)))?.is_some();
-    generate(&state, &args)?;
-    let job = job_config()?;
+    let kafka = args.kafka.settings()?;
+    let job = job_config_on(kafka.as_ref())?;
+    let backend = match &kafka {
+        Some(_) => Some(KafkaBackend::connect(job.kafka_settings())?),
+        None => None,
+    };
+    let resumed = match &backend {
+        Some(b) => b.read_checkpoint(&task_name("pageviews", 0))?.is_some(),
+        None => Checkpoint::read(&state.checkpoint_path(&task_name("pageviews", 0)))?.is_some(),
+    };
+    match &backend {
+        Some(b) => generate_kafka(b, &args)?,
+        None => generate(&state, &args)?,
+    }
     let factory = builtin::factory(&job.task).expect("built-in");
     let opts = RunOptions {
         until_end: true,
@@ -152,7 +208,10 @@ pub fn run(state_dir: &Path, args: DemoArgs) -> Result<i32> {
     if resumed {
         eprintln!("resuming the page-view job from its checkpoint");
     }
-    let stats = run_job(&state, &job, &factory, opts)?;
+    let stats = match backend {
+        Some(b) => run_job_on(std::sync::Arc::new(b), &state, &job, &factory, opts)?,
+        None => run_job(&state, &job, &factory, opts)?,
+    };
     run_cmd::print_stats(&stats);
     let pages = totals(&state, stats.tasks, "page-views")?;
     let users = totals(&state, stats.tasks, "user-views")?;
