@@ -54,14 +54,20 @@ pub struct CreateArgs {
 /// `gregor store` verbs.
 #[derive(Subcommand, Debug)]
 pub enum StoreCmd {
-    /// Store VALUE under KEY (creates the store if needed).
+    /// Store VALUE (or the contents of --value-file) under KEY (creates the store if needed).
     Put {
         #[command(flatten)]
         at: StoreArgs,
         /// The key, in the store's key serde (decimal for u64/i64, JSON text for json).
         key: String,
         /// The value, in the store's value serde.
-        value: String,
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input) instead: its bytes exactly (no
+        /// newline is stripped); raw bytes for the `bytes` serde, UTF-8 text in the store's
+        /// serde otherwise. Refused if longer than the store's `max.value.bytes`.
+        #[arg(long, value_name = "PATH|-")]
+        value_file: Option<std::path::PathBuf>,
     },
     /// Print the value under KEY (exit status 1 if missing).
     Get {
@@ -257,11 +263,20 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
         EmbeddedSettings::default(),
     )?);
     match cmd {
-        StoreCmd::Put { at, key, value } => {
+        StoreCmd::Put {
+            at,
+            key,
+            value,
+            value_file,
+        } => {
             let mut o = open(&state, &backend, &at, true)?;
             let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
-            let v = c.value_serde.encode_text(&value).context("bad value")?;
+            let v = match (value, value_file) {
+                (Some(value), _) => c.value_serde.encode_text(&value).context("bad value")?,
+                (None, Some(path)) => read_value_file(&path, &c)?,
+                (None, None) => bail!("give VALUE or --value-file PATH (clap requires one)"),
+            };
             o.store().stack().put(&k, &v)?;
             o.commit()?;
             Ok(0)
@@ -329,6 +344,48 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Reads a `--value-file` (`-`: stdin) for a store with `config`: at most the store's
+/// `max.value.bytes` (one byte more is read to tell a longer input apart), bytes kept exactly;
+/// the `bytes` serde takes them raw, the others need UTF-8 text in their text encoding.
+fn read_value_file(path: &Path, config: &StoreConfig) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let max = config.limits.max_value_bytes;
+    let limit = max as u64 + 1;
+    let mut buf = Vec::new();
+    let shown = path.display();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .context("cannot read the value from standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .with_context(|| format!("cannot read the value from {shown}"))?;
+    }
+    if buf.len() > max {
+        bail!(
+            "the value in {} is longer than the store's max.value.bytes ({max} bytes); nothing was written",
+            if path == Path::new("-") {
+                "standard input".to_string()
+            } else {
+                shown.to_string()
+            }
+        );
+    }
+    if config.value_serde == SerdeName::Bytes {
+        return Ok(buf);
+    }
+    let text = String::from_utf8(buf).map_err(|_| {
+        anyhow::anyhow!(
+            "the value in {shown} is not UTF-8 text, which the store's value serde `{}` needs (only `bytes` takes raw bytes)",
+            config.value_serde.as_str()
+        )
+    })?;
+    config.value_serde.encode_text(&text).context("bad value")
 }
 
 /// Dumps a store of one task or, merged in key order, of every task that has it.
