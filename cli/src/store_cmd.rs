@@ -14,7 +14,7 @@ use gregor::serde::SerdeName;
 use gregor::statedir::StateDir;
 use gregor::store::config::{EngineKind, StoreConfig};
 use gregor::store::stack;
-use gregor::task_storage::{TaskStorage, TaskStorageContext, TaskStore};
+use gregor::task_storage::{self, ReadOnlyStore, TaskStorage, TaskStorageContext, TaskStore};
 
 use crate::progress;
 
@@ -75,6 +75,11 @@ pub enum StoreCmd {
         at: StoreArgs,
         /// The key.
         key: String,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Delete KEY.
     Delete {
@@ -99,6 +104,11 @@ pub enum StoreCmd {
         /// Print JSON lines `{"key":…,"value":…}`.
         #[arg(long)]
         json: bool,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Print every entry in key order; without --task, of every task, merged in key order.
     Dump {
@@ -111,6 +121,11 @@ pub enum StoreCmd {
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Rebuild a store from its changelog (e.g. after its directory was deleted), with progress.
     Restore {
@@ -255,8 +270,148 @@ fn print_entry(config: &StoreConfig, key: &[u8], value: &[u8], json: bool) -> Re
     Ok(())
 }
 
+/// Opens a store read-only and prints its notes on stderr.
+fn open_read_only(state_dir: &Path, task: &str, store: &str) -> Result<ReadOnlyStore> {
+    let o = task_storage::open_read_only(state_dir, task, store)?;
+    for n in &o.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(o)
+}
+
+/// Prints the entries of `it` (one store) in key order.
+fn print_all(config: &StoreConfig, it: gregor::store::KvIter<'_>, json: bool) -> Result<()> {
+    for e in it {
+        let (k, v) = e?;
+        print_entry(config, &k, &v, json)?;
+    }
+    Ok(())
+}
+
+/// `get`, `range` and `dump` with `--read-only`: nothing under the state directory is
+/// written, no lock is taken.
+fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    match cmd {
+        StoreCmd::Get { at, key, .. } => {
+            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let k = o.config.key_serde.encode_text(&key).context("bad key")?;
+            match o.engine.get(&k)? {
+                Some(v) => {
+                    println!("{}", text(o.config.value_serde, &v, "value")?);
+                    Ok(0)
+                }
+                None => {
+                    eprintln!(
+                        "key {key:?} not found in store `{}` of task `{}`",
+                        at.store, at.task
+                    );
+                    Ok(1)
+                }
+            }
+        }
+        StoreCmd::Range {
+            at,
+            from,
+            to,
+            prefix,
+            json,
+            ..
+        } => {
+            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let c = o.config.clone();
+            let from = from
+                .map(|f| c.key_serde.encode_text(&f))
+                .transpose()
+                .context("bad --from")?;
+            let to = to
+                .map(|t| c.key_serde.encode_text(&t))
+                .transpose()
+                .context("bad --to")?;
+            let it = match &prefix {
+                Some(p) => o.engine.prefix(p.as_bytes())?,
+                None => o
+                    .engine
+                    .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
+            };
+            print_all(&c, it, json)?;
+            Ok(0)
+        }
+        StoreCmd::Dump {
+            task, store, json, ..
+        } => {
+            let tasks = match task {
+                Some(t) => vec![t],
+                None => gregor::statedir::tasks_in(state_dir)?
+                    .into_iter()
+                    .filter(|t| {
+                        gregor::statedir::store_dir_in(state_dir, t, &store)
+                            .join(stack::MANIFEST_FILE)
+                            .exists()
+                    })
+                    .collect(),
+            };
+            if tasks.is_empty() {
+                bail!(
+                    "no task under {} has a store `{store}`",
+                    state_dir.display()
+                );
+            }
+            let mut opened = Vec::new();
+            for t in &tasks {
+                opened.push(open_read_only(state_dir, t, &store)?);
+            }
+            let config = opened[0].config.clone();
+            let mut iters = Vec::new();
+            for o in &mut opened {
+                iters.push(o.engine.all()?);
+            }
+            merge_print(&config, iters, json)?;
+            Ok(0)
+        }
+        _ => bail!("--read-only is for get, range and dump"),
+    }
+}
+
+/// Prints the entries of several ordered iterators merged in key order.
+fn merge_print(
+    config: &StoreConfig,
+    mut iters: Vec<gregor::store::KvIter<'_>>,
+    json: bool,
+) -> Result<()> {
+    let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
+    for (i, it) in iters.iter_mut().enumerate() {
+        if let Some(e) = it.next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    while let Some(((k, i), v)) = heads.pop_first() {
+        print_entry(config, &k, &v, json)?;
+        if let Some(e) = iters[i].next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    Ok(())
+}
+
 /// Runs a `store` verb; returns the exit status.
 pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    if matches!(
+        cmd,
+        StoreCmd::Get {
+            read_only: true,
+            ..
+        } | StoreCmd::Range {
+            read_only: true,
+            ..
+        } | StoreCmd::Dump {
+            read_only: true,
+            ..
+        }
+    ) {
+        return run_read_only(state_dir, cmd);
+    }
     let state = StateDir::open(state_dir)?;
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(
         state.root(),
@@ -281,7 +436,7 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             o.commit()?;
             Ok(0)
         }
-        StoreCmd::Get { at, key } => {
+        StoreCmd::Get { at, key, .. } => {
             let mut o = open(&state, &backend, &at, false)?;
             let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
@@ -313,6 +468,7 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             to,
             prefix,
             json,
+            ..
         } => {
             let mut o = open(&state, &backend, &at, false)?;
             let c = o.store().config().clone();
@@ -337,7 +493,9 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        StoreCmd::Dump { task, store, json } => dump(&state, &backend, task, &store, json),
+        StoreCmd::Dump {
+            task, store, json, ..
+        } => dump(&state, &backend, task, &store, json),
         StoreCmd::Restore { at } => {
             let o = open(&state, &backend, &at, false)?;
             o.commit()?;
@@ -428,21 +586,8 @@ fn dump(
     // k-way merge of the tasks' ordered iterators.
     let mut iters = Vec::new();
     for o in &mut opened {
-        iters.push(o.store().stack().all()?.peekable());
+        iters.push(o.store().stack().all()?);
     }
-    let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
-    for (i, it) in iters.iter_mut().enumerate() {
-        if let Some(e) = it.next() {
-            let (k, v) = e?;
-            heads.insert((k, i), v);
-        }
-    }
-    while let Some(((k, i), v)) = heads.pop_first() {
-        print_entry(&config, &k, &v, json)?;
-        if let Some(e) = iters[i].next() {
-            let (k, v) = e?;
-            heads.insert((k, i), v);
-        }
-    }
+    merge_print(&config, iters, json)?;
     Ok(0)
 }
