@@ -65,6 +65,11 @@ fn job(dir: &Path, store_settings: &str) -> PathBuf {
 
 /// Appends `n` messages over 20 keys to `in`, adding them to `counts`.
 fn produce(state: &Path, from: u64, n: u64, counts: &mut BTreeMap<String, u64>) {
+    produce_keys(state, from, n, 20, counts)
+}
+
+/// Appends `n` messages over `keys` keys to `in`, adding them to `counts`.
+fn produce_keys(state: &Path, from: u64, n: u64, keys: u64, counts: &mut BTreeMap<String, u64>) {
     let logs = LogDir::open(state).unwrap();
     let topic = match logs.topic("in") {
         Ok(t) => t,
@@ -76,7 +81,7 @@ fn produce(state: &Path, from: u64, n: u64, counts: &mut BTreeMap<String, u64>) 
         .map(|p| topic.open_partition(p).unwrap().0)
         .collect();
     for i in from..from + n {
-        let key = format!("k{:02}", (i * 7) % 20);
+        let key = format!("k{:06}", (i * 7) % keys);
         let p = partition_for_key(key.as_bytes(), PARTITIONS);
         parts[p as usize]
             .append(0, key.as_bytes(), Some(b"x"))
@@ -232,4 +237,98 @@ fn a_deleted_checkpoint_is_refused_and_job_reset_starts_over() {
         e.contains("no task") && e.contains("counts.partition-0"),
         "{e}"
     );
+}
+
+/// #2 with real processes: the job is killed (SIGKILL) at random moments while it seeds a
+/// new changelog from a large store, and restarted; the counts stay right, and the changelog
+/// alone restores them afterwards (no partial seed left behind in it).
+#[test]
+fn a_seed_killed_at_random_moments_loses_nothing() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut want = BTreeMap::new();
+    produce_keys(&state, 0, 60_000, 60_000, &mut want);
+    let without = job(dir.path(), "guarantee = \"at-least-once\"");
+    run(&state, &without);
+    assert_eq!(dump(&state), want, "first run");
+
+    let with = job(dir.path(), "changelog = \"counts-changelog\"");
+    // How long a start that seeds takes, on a copy.
+    let timed = dir.path().join("timed");
+    copy_dir(&state, &timed);
+    let started = std::time::Instant::now();
+    run(&timed, &with);
+    let seed_ms = started.elapsed().as_millis() as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut kills, mut interrupted_seeds) = (0, 0);
+    for trial in 0..6 {
+        let t = dir.path().join(format!("trial-{trial}"));
+        copy_dir(&state, &t);
+        for _ in 0..3 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
+                .arg("--state-dir")
+                .arg(&t)
+                .args(["run", with.to_str().unwrap(), "--until-end"])
+                .env("GREGOR_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(
+                rng.gen_range(0..seed_ms.max(1)),
+            ));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                kills += 1;
+            }
+            child.wait().unwrap();
+            interrupted_seeds += (0..PARTITIONS)
+                .filter(|p| {
+                    t.join(format!("tasks/counts.partition-{p}/stores/counts/SEEDING"))
+                        .exists()
+                })
+                .count();
+        }
+        run(&t, &with);
+        assert_eq!(dump(&t), want, "trial {trial}: after kills during the seed");
+        let logs = LogDir::open_read_only(&t).unwrap();
+        let topic = logs.topic("counts-changelog").unwrap();
+        let seeded: u64 = (0..PARTITIONS)
+            .map(|p| topic.open_partition_read_only(p).unwrap().0.end_offset())
+            .sum();
+        assert_eq!(
+            seeded, 60_000,
+            "trial {trial}: the changelog holds more than one seed"
+        );
+        for p in 0..PARTITIONS {
+            std::fs::remove_dir_all(t.join(format!("tasks/counts.partition-{p}/stores"))).unwrap();
+        }
+        run(&t, &with);
+        assert_eq!(
+            dump(&t),
+            want,
+            "trial {trial}: after a full restore from the seeded changelog"
+        );
+    }
+    assert!(
+        interrupted_seeds >= 2,
+        "only {interrupted_seeds} kills interrupted a seed (a seeding start takes {seed_ms} ms)"
+    );
+    assert!(
+        kills >= 6,
+        "only {kills} runs were killed before they finished (a seeding start takes {seed_ms} ms)"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
