@@ -77,6 +77,18 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), StateDirError
     }
 }
 
+/// The directory of store `store` of `task` in the state directory at `root` (for readers
+/// that do not open, and lock, the state directory).
+pub fn store_dir_in(root: &Path, task: &str, store: &str) -> PathBuf {
+    root.join("tasks").join(task).join("stores").join(store)
+}
+
+/// Names of the tasks that have a directory in the state directory at `root`, sorted (for
+/// readers that do not open, and lock, the state directory).
+pub fn tasks_in(root: &Path) -> io::Result<Vec<String>> {
+    list_dirs(&root.join("tasks"))
+}
+
 /// The checkpoint file of `task` in the state directory at `root`.
 pub fn checkpoint_file(root: &Path, task: &str) -> PathBuf {
     root.join("tasks").join(task).join("checkpoint")

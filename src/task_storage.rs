@@ -35,7 +35,7 @@ use crate::statedir::{StateDir, StateDirError, validate_name};
 use crate::store::config::{EngineKind, StoreConfig};
 use crate::store::logged::LoggedStore;
 use crate::store::stack::{self, Manifest};
-use crate::store::{Engine, KeyValueStore, StoreError};
+use crate::store::{Engine, KeyValueStore, Mutation, StoreError};
 
 /// Opening, restoring or committing a task's storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,68 @@ pub enum TaskStoreError {
     /// A bad task or store name.
     #[error(transparent)]
     Name(#[from] StateDirError),
+    /// The task has no checkpoint but one of its stores holds state: started, it would
+    /// process its inputs again from the beginning on top of that state.
+    #[error(
+        "task `{task}` has no checkpoint, but its store `{store}` holds state ({evidence}): \
+         started like this it would process its inputs again from the beginning on top of \
+         that state (every count doubled). If the checkpoint was deleted or lost, start the \
+         task from scratch with `gregor job reset JOB.toml --task {task}` (drops its stores, \
+         empties their changelogs, restarts its inputs at the beginning)"
+    )]
+    NoCheckpoint {
+        /// Task name.
+        task: String,
+        /// The store holding state.
+        store: String,
+        /// What shows the state (an engine marker, an `OFFSET` file, changelog records).
+        evidence: String,
+    },
+    /// A changelog was turned on for a store with data, and the changelog topic already holds
+    /// records, so it cannot be seeded from the store.
+    #[error(
+        "store `{store}` of task `{task}` holds data and gets a changelog now, but the \
+         changelog `{topic}` already holds records up to offset {end}: gregor seeds a new \
+         changelog from the store only when it is empty. Use a new (empty) changelog topic"
+    )]
+    SeedTargetNotEmpty {
+        /// Task name.
+        task: String,
+        /// Store name.
+        store: String,
+        /// The changelog topic.
+        topic: String,
+        /// Its end offset.
+        end: u64,
+    },
+    /// A store's changelog topic changed between runs.
+    #[error(
+        "store `{store}` of task `{task}`: its changelog was `{old}` and is `{new}` in the \
+         config now; a store's changelog cannot be renamed (its engine and checkpoint refer \
+         to `{old}`). Keep `changelog = \"{old}\"`, or reset the task (`gregor job reset \
+         JOB.toml --task {task}`) to start it from scratch with `{new}`"
+    )]
+    ChangelogChanged {
+        /// Task name.
+        task: String,
+        /// Store name.
+        store: String,
+        /// The changelog in the store's manifest.
+        old: String,
+        /// The changelog in the config.
+        new: String,
+    },
+    /// Removing a task's local stores failed.
+    #[error("task `{task}`: cannot remove {path}: {source}")]
+    Io {
+        /// Task name.
+        task: String,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One open store of a task.
@@ -180,10 +242,11 @@ impl TaskStorage {
         let sink: SharedSink = Arc::new(Mutex::new(
             ctx.backend.open_sink(ctx.task).map_err(backend_err)?,
         ));
+        let mut checkpoint = checkpoint;
         let mut stores = BTreeMap::new();
         let mut stats = Vec::new();
         for (name, config) in configs {
-            let (store, st) = open_store(ctx, &sink, checkpoint.as_ref(), name, config, progress)?;
+            let (store, st) = open_store(ctx, &sink, &mut checkpoint, name, config, progress)?;
             stores.insert(name.clone(), store);
             stats.extend(st);
         }
@@ -254,9 +317,16 @@ impl TaskStorage {
             task: self.task.clone(),
             source,
         };
-        // 1-3: everything into the sink, then make it durable.
+        // 1-3: everything into the sink, then make it durable. A store without a changelog
+        // (at-least-once) has no other copy than its engine: it is flushed here, before the
+        // checkpoint, so a checkpoint never covers input whose effect a crash could lose
+        // (with the WAL off, unflushed memtables die with the process).
         for store in self.stores.values_mut() {
-            store.stack.flush_to_changelog()?;
+            if store.changelog.is_some() {
+                store.stack.flush_to_changelog()?;
+            } else {
+                store.stack.flush()?;
+            }
         }
         let acked = {
             let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,8 +388,8 @@ impl TaskStorage {
             .map_err(backend_err)?;
         // 6: the engines, after the checkpoint.
         for store in self.stores.values_mut() {
-            store.stack.flush()?;
             if let Some(end) = store.changelog_end() {
+                store.stack.flush()?;
                 stack::write_offset_file(&store.name, &store.dir, end)?;
             }
         }
@@ -363,29 +433,229 @@ impl TaskStorage {
     }
 }
 
+/// What [`TaskStorage::reset`] did to one store's changelog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangelogReset {
+    /// The changelog partition held no records (or does not exist).
+    Empty,
+    /// Its records were removed (the backend can truncate).
+    Truncated {
+        /// How many offsets were dropped.
+        records: u64,
+    },
+    /// The backend cannot remove records: a tombstone was appended for every key, so a
+    /// replay of the whole changelog gives an empty store.
+    Tombstoned {
+        /// How many keys.
+        keys: u64,
+    },
+}
+
+/// What [`TaskStorage::reset`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetReport {
+    /// The task.
+    pub task: String,
+    /// Whether a local store directory was removed.
+    pub local_removed: bool,
+    /// Per store with a changelog: its partition and what was done to it.
+    pub changelogs: Vec<(String, TopicPartition, ChangelogReset)>,
+    /// The checkpoint written: no inputs (they restart at their beginning), the emptied
+    /// changelogs' ends, the previous checkpoint's output ends (so committed output is kept).
+    pub checkpoint: Checkpoint,
+}
+
+impl TaskStorage {
+    /// Starts the task in `ctx` from scratch, for when its checkpoint was lost: drops the
+    /// state of every store in `configs` and writes a checkpoint that makes the task process
+    /// its inputs again from their beginning. In order:
+    ///
+    /// 1. every store's changelog partition is emptied: truncated to its start where the
+    ///    backend can, otherwise a tombstone is appended for every key in it (Kafka);
+    /// 2. the task's local stores are removed (`tasks/<task>/stores`);
+    /// 3. a checkpoint is written with no input offsets (inputs restart at their first
+    ///    offset), each changelog's new end, and the output ends of the previous checkpoint
+    ///    if it could be read (output already committed stays; the reprocessed input writes
+    ///    its output again).
+    ///
+    /// A crash part-way leaves a task that refuses to start (its checkpoint names changelog
+    /// records that are gone, or it has state and no checkpoint) or one that starts from its
+    /// old checkpoint; running the reset again finishes it. No process may run the task
+    /// meanwhile (embedded: the state directory lock).
+    pub fn reset(
+        ctx: &TaskStorageContext<'_>,
+        configs: &BTreeMap<String, StoreConfig>,
+    ) -> Result<ResetReport, TaskStoreError> {
+        validate_name("task", ctx.task)?;
+        let backend = &*ctx.backend;
+        let backend_err = |source| TaskStoreError::Backend {
+            task: ctx.task.to_string(),
+            source,
+        };
+        let old = match backend.read_checkpoint(ctx.task) {
+            Ok(cp) => cp,
+            Err(e) => {
+                tracing::warn!(
+                    task = ctx.task,
+                    "the old checkpoint cannot be read ({e}); its output ends are not kept"
+                );
+                None
+            }
+        };
+        let mut cp = Checkpoint {
+            outputs: old.map(|c| c.outputs).unwrap_or_default(),
+            ..Checkpoint::default()
+        };
+        let mut changelogs = Vec::new();
+        for (name, config) in configs {
+            validate_name("store", name)?;
+            let Some(topic) = &config.changelog else {
+                continue;
+            };
+            let tp = TopicPartition::new(topic.clone(), ctx.changelog_partition);
+            let cl_err = |source| TaskStoreError::Changelog {
+                store: name.clone(),
+                topic: topic.clone(),
+                source,
+            };
+            if backend
+                .partitions(topic)
+                .map_err(cl_err)?
+                .is_none_or(|n| n <= tp.partition)
+            {
+                continue;
+            }
+            let offsets = backend.offsets(&tp).map_err(cl_err)?;
+            let what = if offsets.end == offsets.start {
+                ChangelogReset::Empty
+            } else if backend.can_truncate() {
+                backend.truncate(&tp, offsets.start).map_err(cl_err)?;
+                ChangelogReset::Truncated {
+                    records: offsets.end - offsets.start,
+                }
+            } else {
+                let keys = tombstone_all(backend, ctx.task, &tp, offsets).map_err(cl_err)?;
+                ChangelogReset::Tombstoned { keys }
+            };
+            let end = backend.offsets(&tp).map_err(cl_err)?.end;
+            cp.changelogs.insert(name.clone(), end);
+            changelogs.push((name.clone(), tp, what));
+        }
+        let stores = ctx.state.task_dir(ctx.task).join("stores");
+        let local_removed = stores.exists();
+        if local_removed {
+            let io = |path: &std::path::Path, source| TaskStoreError::Io {
+                task: ctx.task.to_string(),
+                path: path.to_path_buf(),
+                source,
+            };
+            std::fs::remove_dir_all(&stores).map_err(|e| io(&stores, e))?;
+            let task_dir = ctx.state.task_dir(ctx.task);
+            crate::fsutil::fsync_dir(&task_dir).map_err(|e| io(&task_dir, e))?;
+        }
+        backend
+            .write_checkpoint(ctx.task, &cp)
+            .map_err(backend_err)?;
+        Ok(ResetReport {
+            task: ctx.task.to_string(),
+            local_removed,
+            changelogs,
+            checkpoint: cp,
+        })
+    }
+}
+
+/// Appends a tombstone for every key in `[offsets.start, offsets.end)` of `tp` through a sink
+/// of `task`, and flushes it. Returns how many keys.
+fn tombstone_all(
+    backend: &dyn Backend,
+    task: &str,
+    tp: &TopicPartition,
+    offsets: crate::backend::Offsets,
+) -> Result<u64, BackendError> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut reader = backend.open_reader(tp, offsets.start)?;
+    'read: loop {
+        let records = reader.next_batch(4096)?;
+        if records.is_empty() {
+            break;
+        }
+        for r in records {
+            if r.offset >= offsets.end {
+                break 'read;
+            }
+            keys.insert(r.key);
+        }
+    }
+    let mut sink = backend.open_sink(task)?;
+    let now = crate::changelog::now_ms();
+    for k in &keys {
+        sink.send(tp, now, k, None)?;
+    }
+    sink.flush()?;
+    Ok(keys.len() as u64)
+}
+
 /// Opens store `name` of the task in `ctx` with `config`, restoring it to `checkpoint`.
+///
+/// A store that had no changelog and gets one now while it holds data is *seeded*: every
+/// entry is written to the new changelog (see [`seed`]), and the checkpoint updated, before
+/// its manifest records the changelog.
 fn open_store(
     ctx: &TaskStorageContext<'_>,
     sink: &SharedSink,
-    checkpoint: Option<&Checkpoint>,
+    checkpoint: &mut Option<Checkpoint>,
     name: &str,
     config: &StoreConfig,
     progress: &mut dyn RestoreProgress,
 ) -> Result<(TaskStore, Option<RestoreStats>), TaskStoreError> {
     validate_name("store", name)?;
     let dir = ctx.state.store_dir(ctx.task, name);
-    if let Some(m) = stack::read_manifest(name, &dir)? {
+    let on_disk = stack::read_manifest(name, &dir)?;
+    if let Some(m) = &on_disk {
         stack::check_compatible(name, &m.config, config)?;
+        if let (Some(old), Some(new)) = (&m.config.changelog, &config.changelog)
+            && old != new
+        {
+            return Err(TaskStoreError::ChangelogChanged {
+                task: ctx.task.to_string(),
+                store: name.to_string(),
+                old: old.clone(),
+                new: new.clone(),
+            });
+        }
     }
-    stack::write_manifest(
-        &dir,
-        &Manifest {
-            store: name.to_string(),
-            config: config.clone(),
-            changelog_partition: ctx.changelog_partition,
-        },
-    )?;
-    let (mut engine, local) = open_local(name, &dir, config)?;
+    let manifest = Manifest {
+        store: name.to_string(),
+        config: config.clone(),
+        changelog_partition: ctx.changelog_partition,
+    };
+    // A changelog turned on for an existing RocksDB store: until the seed is done, the store
+    // is what it was (no changelog), so its manifest keeps saying so and its engine is opened
+    // as a store without a changelog (never moved aside: it holds the only copy).
+    let turning_on = config.changelog.is_some()
+        && config.engine == EngineKind::Rocksdb
+        && on_disk
+            .as_ref()
+            .is_some_and(|m| m.config.changelog.is_none());
+    if !turning_on {
+        stack::write_manifest(&dir, &manifest)?;
+    }
+    let open_as = if turning_on {
+        StoreConfig {
+            changelog: None,
+            ..config.clone()
+        }
+    } else {
+        config.clone()
+    };
+    let (mut engine, mut local) = open_local(name, &dir, &open_as)?;
+    if checkpoint.is_none()
+        && let Some(evidence) = local_state(&local)
+    {
+        return Err(no_checkpoint(ctx.task, name, evidence));
+    }
 
     let Some(topic) = &config.changelog else {
         let stack = stack::add_layers(engine, config);
@@ -414,8 +684,61 @@ fn open_store(
         })
         .map_err(cl_err)?;
     let tp = TopicPartition::new(topic.clone(), ctx.changelog_partition);
-    let offsets = backend.offsets(&tp).map_err(cl_err)?;
-    let mut changelog = Changelog::new(Arc::clone(sink), tp, offsets.end);
+    let mut offsets = backend.offsets(&tp).map_err(cl_err)?;
+    if checkpoint.is_none() && offsets.end > 0 {
+        let evidence = format!(
+            "its changelog `{tp}` holds records up to offset {}",
+            offsets.end
+        );
+        return Err(no_checkpoint(ctx.task, name, evidence));
+    }
+    let mut changelog = Changelog::new(Arc::clone(sink), tp.clone(), offsets.end);
+    let marker = read_seed_marker(name, &dir)?;
+    let must_seed = turning_on
+        && (marker.is_some() || matches!(local, LocalStore::Present { empty: false, .. }));
+    if must_seed {
+        let end = seed(
+            ctx,
+            sink,
+            name,
+            &dir,
+            &mut *engine,
+            &mut changelog,
+            offsets,
+            marker,
+        )?;
+        // The checkpoint now names the seeded changelog end (it is the store's committed
+        // state), then the manifest records the changelog: that is the commit point of the
+        // seed. A crash before it seeds again.
+        let mut cp = checkpoint.clone().unwrap_or_default();
+        cp.changelogs.insert(name.to_string(), end);
+        backend
+            .write_checkpoint(ctx.task, &cp)
+            .map_err(|source| TaskStoreError::Backend {
+                task: ctx.task.to_string(),
+                source,
+            })?;
+        *checkpoint = Some(cp);
+        seed_failpoint(ctx.task, SeedStep::CheckpointWritten);
+        stack::write_manifest(&dir, &manifest)?;
+        remove_seed_marker(name, &dir)?;
+        tracing::info!(store = name, changelog = %tp, "seeded the new changelog with the store's {} entries", end - marker.unwrap_or(offsets.end));
+        offsets = backend.offsets(&tp).map_err(cl_err)?;
+        local = LocalStore::Present {
+            engine_end: Some(end),
+            offset_file: Some(end),
+            empty: false,
+        };
+    } else {
+        if turning_on {
+            stack::write_manifest(&dir, &manifest)?;
+        }
+        if marker.is_some() {
+            // A seed that finished after its manifest was written.
+            remove_seed_marker(name, &dir)?;
+        }
+    }
+    let checkpoint = checkpoint.as_ref();
     let inputs = RestoreInputs {
         local,
         checkpoint: checkpoint.and_then(|c| c.changelogs.get(name).copied()),
@@ -512,4 +835,298 @@ fn open_local(
         },
     };
     Ok((engine, local))
+}
+
+/// The `TaskStoreError::NoCheckpoint` error.
+fn no_checkpoint(task: &str, store: &str, evidence: String) -> TaskStoreError {
+    TaskStoreError::NoCheckpoint {
+        task: task.to_string(),
+        store: store.to_string(),
+        evidence,
+    }
+}
+
+/// What shows that a local store holds state, if anything does. An engine at changelog
+/// offset 0 holds nothing (a first start killed before its first checkpoint leaves one); an
+/// engine that cannot be opened is rebuilt from the changelog, whose records are checked
+/// separately.
+fn local_state(local: &LocalStore) -> Option<String> {
+    match local {
+        LocalStore::Missing | LocalStore::Unusable { .. } => None,
+        LocalStore::Present {
+            engine_end,
+            offset_file,
+            empty,
+        } => match (engine_end, offset_file) {
+            (Some(e), _) if *e > 0 => Some(format!(
+                "its engine reflects the changelog up to offset {e}"
+            )),
+            (_, Some(o)) if *o > 0 => Some(format!("its OFFSET file says {o}")),
+            _ if !*empty => Some("its engine holds entries".to_string()),
+            _ => None,
+        },
+    }
+}
+
+/// The file in a store directory that says a seed of a new changelog is under way, holding
+/// the changelog end before the seed's first record.
+pub const SEED_MARKER_FILE: &str = "SEEDING";
+
+fn read_seed_marker(store: &str, dir: &std::path::Path) -> Result<Option<u64>, TaskStoreError> {
+    let path = dir.join(SEED_MARKER_FILE);
+    let corrupt = |reason: String| StoreError::Corrupt {
+        store: store.to_string(),
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let bytes = crate::checked_file::read(&path).map_err(|e| corrupt(e.to_string()))?;
+    let Some(bytes) = bytes else { return Ok(None) };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| corrupt("does not hold a number".into()).into())
+}
+
+fn remove_seed_marker(store: &str, dir: &std::path::Path) -> Result<(), TaskStoreError> {
+    let path = dir.join(SEED_MARKER_FILE);
+    let io = |context, source| StoreError::Io {
+        store: store.to_string(),
+        context,
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => crate::fsutil::fsync_dir(dir).map_err(|e| io("cannot sync", e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove", e).into()),
+    }
+    Ok(())
+}
+
+/// A point inside the seed of a new changelog where a crash test can stop it (see
+/// [`set_seed_failpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SeedStep {
+    /// The `SEEDING` marker was written; nothing sent yet.
+    MarkerWritten,
+    /// A batch of the store's entries was sent (not flushed); a seed sends one per
+    /// 4096 entries.
+    BatchSent,
+    /// Every entry was sent and flushed; the engine marker and `OFFSET` written.
+    Flushed,
+    /// The checkpoint names the seeded end; the manifest does not record the changelog yet.
+    CheckpointWritten,
+}
+
+/// Seed failpoints by task.
+type SeedHooks = BTreeMap<String, Box<dyn FnMut(SeedStep) + Send>>;
+
+static SEED_FAILPOINTS: Mutex<SeedHooks> = Mutex::new(BTreeMap::new());
+
+/// A failpoint for crash tests of seeding: `hook` runs at each [`SeedStep`] of every later
+/// seed of a store of task `task` (e.g. it panics at one of them); `None` removes it.
+pub fn set_seed_failpoint(task: &str, hook: Option<Box<dyn FnMut(SeedStep) + Send>>) {
+    let mut fps = SEED_FAILPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+    match hook {
+        Some(h) => fps.insert(task.to_string(), h),
+        None => fps.remove(task),
+    };
+}
+
+fn seed_failpoint(task: &str, step: SeedStep) {
+    // The hook may panic (a simulated crash): take it out of the map while it runs, so the
+    // lock is not held (poisoned) by the panic, and put it back afterwards.
+    let hook = SEED_FAILPOINTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(task);
+    if let Some(mut hook) = hook {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(step)));
+        SEED_FAILPOINTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(task.to_string())
+            .or_insert(hook);
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+/// Entries per batch sent while seeding.
+const SEED_BATCH: usize = 4096;
+
+/// Seeds the empty new changelog of store `name` from its engine and returns the
+/// acknowledged changelog end, which the engine (marker) and `OFFSET` now also record.
+///
+/// Crash safety: a `SEEDING` marker naming the changelog end before the first record is
+/// written (fsynced) first; the engine is not changed except for its marker. A crash at any
+/// point leaves the manifest saying "no changelog" and the marker in place, so the next
+/// open seeds again: it first drops what the interrupted seed sent (truncated where the
+/// backend can; elsewhere overwritten with the engine's values or tombstones, as a restore's
+/// TRIM does) and then sends every entry again.
+#[allow(clippy::too_many_arguments)]
+fn seed(
+    ctx: &TaskStorageContext<'_>,
+    sink: &SharedSink,
+    name: &str,
+    dir: &std::path::Path,
+    engine: &mut dyn Engine,
+    changelog: &mut Changelog,
+    offsets: crate::backend::Offsets,
+    marker: Option<u64>,
+) -> Result<u64, TaskStoreError> {
+    let backend = &*ctx.backend;
+    let tp = changelog.topic_partition().clone();
+    let cl_err = |source| TaskStoreError::Changelog {
+        store: name.to_string(),
+        topic: tp.topic.clone(),
+        source,
+    };
+    match marker {
+        Some(from) if offsets.end > from => {
+            if backend.can_truncate() {
+                backend.truncate(&tp, from).map_err(cl_err)?;
+                changelog.acknowledged(from);
+            } else {
+                let access = ChangelogAccess {
+                    backend,
+                    changelog: &mut *changelog,
+                };
+                restore::exec::overwrite_touched_keys(engine, access, from, offsets.end)?;
+            }
+        }
+        Some(_) => {}
+        None => {
+            if offsets.end > offsets.start {
+                return Err(TaskStoreError::SeedTargetNotEmpty {
+                    task: ctx.task.to_string(),
+                    store: name.to_string(),
+                    topic: tp.topic.clone(),
+                    end: offsets.end,
+                });
+            }
+            crate::checked_file::write(
+                &dir.join(SEED_MARKER_FILE),
+                offsets.end.to_string().as_bytes(),
+            )
+            .map_err(|e| StoreError::Corrupt {
+                store: name.to_string(),
+                reason: format!("cannot write {SEED_MARKER_FILE}: {e}"),
+            })?;
+        }
+    }
+    seed_failpoint(ctx.task, SeedStep::MarkerWritten);
+    let mut batch = Vec::with_capacity(SEED_BATCH);
+    let mut send = |batch: &mut Vec<Mutation>| -> Result<(), TaskStoreError> {
+        changelog
+            .append_batch(crate::changelog::now_ms(), &std::mem::take(batch))
+            .map_err(cl_err)?;
+        seed_failpoint(ctx.task, SeedStep::BatchSent);
+        Ok(())
+    };
+    for e in engine.all()? {
+        let (k, v) = e?;
+        batch.push(Mutation::put(k, v));
+        if batch.len() == SEED_BATCH {
+            send(&mut batch)?;
+        }
+    }
+    if !batch.is_empty() {
+        send(&mut batch)?;
+    }
+    let acked = sink
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .flush()
+        .map_err(cl_err)?;
+    if let Some(&end) = acked.get(&tp) {
+        changelog.acknowledged(end);
+    }
+    let end = changelog.end();
+    engine.write_logged(Vec::new(), end)?;
+    engine.flush()?;
+    stack::write_offset_file(name, dir, end)?;
+    seed_failpoint(ctx.task, SeedStep::Flushed);
+    Ok(end)
+}
+
+/// A store opened for inspection only (see [`open_read_only`]).
+pub struct ReadOnlyStore {
+    /// The store's configuration, from its manifest.
+    pub config: StoreConfig,
+    /// The engine, opened read-only (writes are refused).
+    pub engine: Box<dyn Engine>,
+    /// What the reader should know about what it sees: the store is behind or ahead of its
+    /// task's checkpoint, or the checkpoint cannot be read.
+    pub notes: Vec<String>,
+}
+
+/// Opens store `store` of task `task` in the state directory at `root` for reading only, as
+/// of what is on disk: no lock, no manifest rewrite, no restore; nothing under `root` is
+/// written, so a read-only copy (a backup) or a full disk can be inspected, even while a job
+/// runs. Where the engine does not match the task's (embedded) checkpoint, a note says so
+/// instead of restoring.
+pub fn open_read_only(
+    root: &std::path::Path,
+    task: &str,
+    store: &str,
+) -> Result<ReadOnlyStore, TaskStoreError> {
+    validate_name("task", task)?;
+    validate_name("store", store)?;
+    let dir = crate::statedir::store_dir_in(root, task, store);
+    let Some(manifest) = stack::read_manifest(store, &dir)? else {
+        return Err(StoreError::Config {
+            store: store.to_string(),
+            reason: format!(
+                "no store `{store}` in task `{task}` ({} has no {})",
+                dir.display(),
+                stack::MANIFEST_FILE
+            ),
+        }
+        .into());
+    };
+    let config = manifest.config;
+    if config.engine == EngineKind::Memory {
+        return Err(StoreError::Config {
+            store: store.to_string(),
+            reason: "a memory store keeps nothing on disk to inspect; its state is in its changelog (`gregor topic consume`)".into(),
+        }
+        .into());
+    }
+    let mut engine = crate::store::rocks::RocksEngine::open_read_only(
+        store,
+        &dir.join(stack::DATA_DIR),
+        config.limits,
+        &config.rocksdb,
+    )?;
+    let mut notes = Vec::new();
+    if config.changelog.is_some() {
+        let engine_end = engine.changelog_end()?;
+        let cp_path = crate::statedir::checkpoint_file(root, task);
+        match Checkpoint::read(&cp_path) {
+            Err(e) => notes.push(format!("the task's checkpoint cannot be read ({e}); what is shown is the engine as it is on disk")),
+            Ok(None) => notes.push(format!("task `{task}` has no checkpoint file here ({}; a Kafka job keeps it in Kafka): what is shown is the engine as it is on disk", cp_path.display())),
+            Ok(Some(cp)) => match (cp.changelogs.get(store).copied(), engine_end) {
+                (Some(c), Some(e)) if e < c => notes.push(format!(
+                    "store `{store}` is behind its checkpoint: the engine reflects the changelog up to offset {e}, the checkpoint {c}; the last {} committed changelog records are not shown (opening without --read-only restores them)",
+                    c - e
+                )),
+                (Some(c), Some(e)) if e > c => notes.push(format!(
+                    "store `{store}` is ahead of its checkpoint (engine at changelog offset {e}, checkpoint {c}): it shows writes that were never committed, which the next start rolls back"
+                )),
+                (Some(_), Some(_)) => {}
+                (None, _) => notes.push(format!("the checkpoint of task `{task}` does not cover store `{store}` yet")),
+                (Some(c), None) => notes.push(format!(
+                    "the engine records no changelog offset (checkpoint {c}): it is rebuilt from the changelog at the next start; what is shown may not be the committed state"
+                )),
+            },
+        }
+    }
+    Ok(ReadOnlyStore {
+        config,
+        engine: Box::new(engine),
+        notes,
+    })
 }

@@ -2,6 +2,7 @@
 //! and run the demo. Errors print one line and exit with status 2.
 
 mod demo;
+mod job_cmd;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -37,6 +38,9 @@ enum Command {
     /// Read and write a task's store offline.
     #[command(subcommand)]
     Store(store_cmd::StoreCmd),
+    /// A job's tasks: print their checkpoints, reset them to start from scratch.
+    #[command(subcommand)]
+    Job(job_cmd::JobCmd),
     /// Create, inspect, produce to and consume from embedded topics.
     #[command(subcommand)]
     Topic(topic::TopicCmd),
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Store(cmd) => store_cmd::run(&cli.state_dir, cmd),
+        Command::Job(cmd) => job_cmd::run(&cli.state_dir, cmd),
         Command::Topic(cmd) => gregor::statedir::StateDir::open(&cli.state_dir)
             .map_err(anyhow::Error::from)
             .and_then(|_lock| topic::run(&cli.state_dir, cmd)),

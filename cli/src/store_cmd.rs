@@ -14,7 +14,7 @@ use gregor::serde::SerdeName;
 use gregor::statedir::StateDir;
 use gregor::store::config::{EngineKind, StoreConfig};
 use gregor::store::stack;
-use gregor::task_storage::{TaskStorage, TaskStorageContext, TaskStore};
+use gregor::task_storage::{self, ReadOnlyStore, TaskStorage, TaskStorageContext, TaskStore};
 
 use crate::progress;
 
@@ -54,14 +54,20 @@ pub struct CreateArgs {
 /// `gregor store` verbs.
 #[derive(Subcommand, Debug)]
 pub enum StoreCmd {
-    /// Store VALUE under KEY (creates the store if needed).
+    /// Store VALUE (or the contents of --value-file) under KEY (creates the store if needed).
     Put {
         #[command(flatten)]
         at: StoreArgs,
         /// The key, in the store's key serde (decimal for u64/i64, JSON text for json).
         key: String,
         /// The value, in the store's value serde.
-        value: String,
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input) instead: its bytes exactly (no
+        /// newline is stripped); raw bytes for the `bytes` serde, UTF-8 text in the store's
+        /// serde otherwise. Refused if longer than the store's `max.value.bytes`.
+        #[arg(long, value_name = "PATH|-")]
+        value_file: Option<std::path::PathBuf>,
     },
     /// Print the value under KEY (exit status 1 if missing).
     Get {
@@ -69,6 +75,11 @@ pub enum StoreCmd {
         at: StoreArgs,
         /// The key.
         key: String,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Delete KEY.
     Delete {
@@ -93,6 +104,11 @@ pub enum StoreCmd {
         /// Print JSON lines `{"key":…,"value":…}`.
         #[arg(long)]
         json: bool,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Print every entry in key order; without --task, of every task, merged in key order.
     Dump {
@@ -105,6 +121,11 @@ pub enum StoreCmd {
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
+        /// Read the store as it is on disk without taking the state directory's lock or
+        /// writing anything (a backup, a read-only or full disk, a running job): no restore;
+        /// a note on stderr says if the store is behind or ahead of its checkpoint.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Rebuild a store from its changelog (e.g. after its directory was deleted), with progress.
     Restore {
@@ -249,24 +270,173 @@ fn print_entry(config: &StoreConfig, key: &[u8], value: &[u8], json: bool) -> Re
     Ok(())
 }
 
+/// Opens a store read-only and prints its notes on stderr.
+fn open_read_only(state_dir: &Path, task: &str, store: &str) -> Result<ReadOnlyStore> {
+    let o = task_storage::open_read_only(state_dir, task, store)?;
+    for n in &o.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(o)
+}
+
+/// Prints the entries of `it` (one store) in key order.
+fn print_all(config: &StoreConfig, it: gregor::store::KvIter<'_>, json: bool) -> Result<()> {
+    for e in it {
+        let (k, v) = e?;
+        print_entry(config, &k, &v, json)?;
+    }
+    Ok(())
+}
+
+/// `get`, `range` and `dump` with `--read-only`: nothing under the state directory is
+/// written, no lock is taken.
+fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    match cmd {
+        StoreCmd::Get { at, key, .. } => {
+            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let k = o.config.key_serde.encode_text(&key).context("bad key")?;
+            match o.engine.get(&k)? {
+                Some(v) => {
+                    println!("{}", text(o.config.value_serde, &v, "value")?);
+                    Ok(0)
+                }
+                None => {
+                    eprintln!(
+                        "key {key:?} not found in store `{}` of task `{}`",
+                        at.store, at.task
+                    );
+                    Ok(1)
+                }
+            }
+        }
+        StoreCmd::Range {
+            at,
+            from,
+            to,
+            prefix,
+            json,
+            ..
+        } => {
+            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let c = o.config.clone();
+            let from = from
+                .map(|f| c.key_serde.encode_text(&f))
+                .transpose()
+                .context("bad --from")?;
+            let to = to
+                .map(|t| c.key_serde.encode_text(&t))
+                .transpose()
+                .context("bad --to")?;
+            let it = match &prefix {
+                Some(p) => o.engine.prefix(p.as_bytes())?,
+                None => o
+                    .engine
+                    .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
+            };
+            print_all(&c, it, json)?;
+            Ok(0)
+        }
+        StoreCmd::Dump {
+            task, store, json, ..
+        } => {
+            let tasks = match task {
+                Some(t) => vec![t],
+                None => gregor::statedir::tasks_in(state_dir)?
+                    .into_iter()
+                    .filter(|t| {
+                        gregor::statedir::store_dir_in(state_dir, t, &store)
+                            .join(stack::MANIFEST_FILE)
+                            .exists()
+                    })
+                    .collect(),
+            };
+            if tasks.is_empty() {
+                bail!(
+                    "no task under {} has a store `{store}`",
+                    state_dir.display()
+                );
+            }
+            let mut opened = Vec::new();
+            for t in &tasks {
+                opened.push(open_read_only(state_dir, t, &store)?);
+            }
+            let config = opened[0].config.clone();
+            let mut iters = Vec::new();
+            for o in &mut opened {
+                iters.push(o.engine.all()?);
+            }
+            merge_print(&config, iters, json)?;
+            Ok(0)
+        }
+        _ => bail!("--read-only is for get, range and dump"),
+    }
+}
+
+/// Prints the entries of several ordered iterators merged in key order.
+fn merge_print(
+    config: &StoreConfig,
+    mut iters: Vec<gregor::store::KvIter<'_>>,
+    json: bool,
+) -> Result<()> {
+    let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
+    for (i, it) in iters.iter_mut().enumerate() {
+        if let Some(e) = it.next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    while let Some(((k, i), v)) = heads.pop_first() {
+        print_entry(config, &k, &v, json)?;
+        if let Some(e) = iters[i].next() {
+            let (k, v) = e?;
+            heads.insert((k, i), v);
+        }
+    }
+    Ok(())
+}
+
 /// Runs a `store` verb; returns the exit status.
 pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    if matches!(
+        cmd,
+        StoreCmd::Get {
+            read_only: true,
+            ..
+        } | StoreCmd::Range {
+            read_only: true,
+            ..
+        } | StoreCmd::Dump {
+            read_only: true,
+            ..
+        }
+    ) {
+        return run_read_only(state_dir, cmd);
+    }
     let state = StateDir::open(state_dir)?;
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(
         state.root(),
         EmbeddedSettings::default(),
     )?);
     match cmd {
-        StoreCmd::Put { at, key, value } => {
+        StoreCmd::Put {
+            at,
+            key,
+            value,
+            value_file,
+        } => {
             let mut o = open(&state, &backend, &at, true)?;
             let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
-            let v = c.value_serde.encode_text(&value).context("bad value")?;
+            let v = match (value, value_file) {
+                (Some(value), _) => c.value_serde.encode_text(&value).context("bad value")?,
+                (None, Some(path)) => read_value_file(&path, &c)?,
+                (None, None) => bail!("give VALUE or --value-file PATH (clap requires one)"),
+            };
             o.store().stack().put(&k, &v)?;
             o.commit()?;
             Ok(0)
         }
-        StoreCmd::Get { at, key } => {
+        StoreCmd::Get { at, key, .. } => {
             let mut o = open(&state, &backend, &at, false)?;
             let c = o.store().config().clone();
             let k = c.key_serde.encode_text(&key).context("bad key")?;
@@ -298,6 +468,7 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             to,
             prefix,
             json,
+            ..
         } => {
             let mut o = open(&state, &backend, &at, false)?;
             let c = o.store().config().clone();
@@ -322,13 +493,57 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        StoreCmd::Dump { task, store, json } => dump(&state, &backend, task, &store, json),
+        StoreCmd::Dump {
+            task, store, json, ..
+        } => dump(&state, &backend, task, &store, json),
         StoreCmd::Restore { at } => {
             let o = open(&state, &backend, &at, false)?;
             o.commit()?;
             Ok(0)
         }
     }
+}
+
+/// Reads a `--value-file` (`-`: stdin) for a store with `config`: at most the store's
+/// `max.value.bytes` (one byte more is read to tell a longer input apart), bytes kept exactly;
+/// the `bytes` serde takes them raw, the others need UTF-8 text in their text encoding.
+fn read_value_file(path: &Path, config: &StoreConfig) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let max = config.limits.max_value_bytes;
+    let limit = max as u64 + 1;
+    let mut buf = Vec::new();
+    let shown = path.display();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .context("cannot read the value from standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .with_context(|| format!("cannot read the value from {shown}"))?;
+    }
+    if buf.len() > max {
+        bail!(
+            "the value in {} is longer than the store's max.value.bytes ({max} bytes); nothing was written",
+            if path == Path::new("-") {
+                "standard input".to_string()
+            } else {
+                shown.to_string()
+            }
+        );
+    }
+    if config.value_serde == SerdeName::Bytes {
+        return Ok(buf);
+    }
+    let text = String::from_utf8(buf).map_err(|_| {
+        anyhow::anyhow!(
+            "the value in {shown} is not UTF-8 text, which the store's value serde `{}` needs (only `bytes` takes raw bytes)",
+            config.value_serde.as_str()
+        )
+    })?;
+    config.value_serde.encode_text(&text).context("bad value")
 }
 
 /// Dumps a store of one task or, merged in key order, of every task that has it.
@@ -371,21 +586,8 @@ fn dump(
     // k-way merge of the tasks' ordered iterators.
     let mut iters = Vec::new();
     for o in &mut opened {
-        iters.push(o.store().stack().all()?.peekable());
+        iters.push(o.store().stack().all()?);
     }
-    let mut heads: BTreeMap<(Vec<u8>, usize), Vec<u8>> = BTreeMap::new();
-    for (i, it) in iters.iter_mut().enumerate() {
-        if let Some(e) = it.next() {
-            let (k, v) = e?;
-            heads.insert((k, i), v);
-        }
-    }
-    while let Some(((k, i), v)) = heads.pop_first() {
-        print_entry(&config, &k, &v, json)?;
-        if let Some(e) = iters[i].next() {
-            let (k, v) = e?;
-            heads.insert((k, i), v);
-        }
-    }
+    merge_print(&config, iters, json)?;
     Ok(0)
 }

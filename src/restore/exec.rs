@@ -271,6 +271,20 @@ struct Source<'a> {
     changelog: &'a Changelog,
 }
 
+/// Records in `[from, to)` of a changelog that cannot be truncated must not count: appends
+/// the engine's value (or a tombstone) of every key they touched, through the task's sink, so
+/// replaying the whole changelog gives the engine's contents for those keys again (a restore's
+/// TRIM). Returns how many keys.
+pub fn overwrite_touched_keys(
+    engine: &mut dyn Engine,
+    access: ChangelogAccess<'_>,
+    from: u64,
+    to: u64,
+) -> Result<u64, RestoreError> {
+    let store = engine.name().to_string();
+    trim(engine, access.backend, access.changelog, from, to, &store)
+}
+
 /// Records in `[from, to)` are uncommitted and cannot be dropped: appends the engine's value
 /// (or a tombstone) of every key they touched, through the task's sink. Returns how many.
 fn trim(

@@ -118,7 +118,7 @@ pub struct RestorePlan {
 pub enum PlanError {
     /// The checkpoint points past the changelog's end: committed records are missing.
     #[error(
-        "the checkpoint says the changelog reached offset {checkpoint}, but it ends at {end}: committed changelog records are missing (was the changelog deleted or truncated?)"
+        "the checkpoint says the changelog reached offset {checkpoint}, but it ends at {end}: committed changelog records are missing (was the changelog deleted or truncated, or a `gregor job reset` interrupted? run the reset again to start the task from scratch)"
     )]
     ChangelogBehindCheckpoint {
         /// Checkpointed end.

@@ -17,6 +17,7 @@
 //! key.serde = "string"
 //! value.serde = "u64"
 //! changelog = "counts-changelog"
+//! # guarantee = "at-least-once"  # the opt-in for a RocksDB store without a changelog
 //!
 //! [task]                      # free-form settings for the task itself
 //! top.n = 10
@@ -96,6 +97,45 @@ fn check_topic_roles(
                 &format!("stores.{name}.changelog"),
                 format!("the changelog of store `{name}` (stores.{name}.changelog)"),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// What each store kind guarantees, checked for a job: a memory store without a changelog
+/// keeps nothing (it starts empty on every run), so it is refused; a RocksDB store without a
+/// changelog is at-least-once (after a crash the input since the last checkpoint is applied
+/// again on top of what the engine kept), so the job must say so with
+/// `stores.<name>.guarantee = "at-least-once"`. Returns the offending key and why.
+fn check_store_guarantees(stores: &BTreeMap<String, StoreConfig>) -> Result<(), (String, String)> {
+    use crate::store::config::{EngineKind, Guarantee};
+    for (name, s) in stores {
+        if s.changelog.is_some() {
+            continue;
+        }
+        match (s.engine, s.guarantee) {
+            (EngineKind::Memory, _) => {
+                return Err((
+                    format!("stores.{name}.engine"),
+                    format!(
+                        "a memory store without a changelog keeps nothing: it would start empty \
+                         on every run. Set stores.{name}.changelog = \"TOPIC\" (restored on \
+                         start, exactly-once) or engine = \"rocksdb\""
+                    ),
+                ));
+            }
+            (_, Guarantee::AtLeastOnce) => {}
+            (_, _) => {
+                return Err((
+                    format!("stores.{name}.changelog"),
+                    format!(
+                        "store `{name}` has no changelog, so after a crash the input since the \
+                         last checkpoint is applied to it again (counts too high): set \
+                         stores.{name}.changelog = \"TOPIC\" for exactly-once, or \
+                         stores.{name}.guarantee = \"at-least-once\" to accept that"
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -266,6 +306,7 @@ impl JobConfig {
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
         check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
+        check_store_guarantees(&stores).map_err(|(key, m)| invalid(&key, m))?;
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
             if let Some(v) = c.take_raw(&key) {
@@ -395,6 +436,44 @@ mod tests {
         JobConfig::from_toml_str("count.toml", text)
             .expect_err(text)
             .to_string()
+    }
+
+    /// Issue 11 #9: a store without a changelog is refused unless the job opts in to
+    /// at-least-once; a memory store without one is refused outright.
+    #[test]
+    fn stores_without_a_changelog_need_an_explicit_guarantee() {
+        use crate::store::config::Guarantee;
+        let no_changelog = GOOD.replace("changelog = \"counts-changelog\"", "");
+        let e = refused(&no_changelog);
+        assert!(
+            e.contains("count.toml")
+                && e.contains("stores.counts.changelog")
+                && e.contains("guarantee = \"at-least-once\""),
+            "{e}"
+        );
+        let opted_in = no_changelog.replace(
+            "value.serde = \"u64\"",
+            "value.serde = \"u64\"\nguarantee = \"at-least-once\"",
+        );
+        let j = JobConfig::from_toml_str("count.toml", &opted_in).unwrap();
+        assert_eq!(j.stores["counts"].guarantee, Guarantee::AtLeastOnce);
+        let memory = opted_in.replace("engine = \"rocksdb\"", "engine = \"memory\"");
+        let e = refused(&memory);
+        assert!(
+            e.contains("stores.counts.engine") && e.contains("keeps nothing"),
+            "{e}"
+        );
+        let e = refused(&GOOD.replace(
+            "value.serde = \"u64\"",
+            "value.serde = \"u64\"\nguarantee = \"at-most-once\"",
+        ));
+        assert!(
+            e.contains("stores.counts.guarantee") && e.contains("at-least-once"),
+            "{e}"
+        );
+        // With a changelog the store is exactly-once whatever it says.
+        let j = JobConfig::from_toml_str("count.toml", GOOD).unwrap();
+        assert_eq!(j.stores["counts"].guarantee, Guarantee::ExactlyOnce);
     }
 
     #[test]

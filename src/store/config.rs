@@ -39,6 +39,41 @@ impl EngineKind {
     }
 }
 
+/// `guarantee`: what a store promises about input applied to it across crashes. Only a
+/// store without a changelog can be weaker than exactly-once, and only if the job says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Guarantee {
+    /// Every input message changes the store once, also across crashes (the default; needs
+    /// a changelog).
+    #[default]
+    ExactlyOnce,
+    /// Every committed input message changes the store at least once: after a crash the
+    /// input since the last checkpoint is processed again on top of whatever the engine kept,
+    /// so counts can be too high. The opt-in for a RocksDB store without a changelog.
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    /// Parses a config value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "exactly-once" => Some(Guarantee::ExactlyOnce),
+            "at-least-once" => Some(Guarantee::AtLeastOnce),
+            _ => None,
+        }
+    }
+
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::ExactlyOnce => "exactly-once",
+            Guarantee::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
 /// The configuration of one store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreConfig {
@@ -50,6 +85,10 @@ pub struct StoreConfig {
     pub value_serde: SerdeName,
     /// `changelog`: the changelog topic, or none for a store without one.
     pub changelog: Option<String>,
+    /// `guarantee`: `exactly-once` (default) or `at-least-once` (the opt-in a job needs for
+    /// a store without a changelog; see [`Guarantee`]).
+    #[serde(default)]
+    pub guarantee: Guarantee,
     /// Key and value size limits (`max.value.bytes`, default 1 MiB; keys are at most 64 KiB).
     pub limits: Limits,
     /// `object.cache.size`: entries in the write-back cache; 0 disables the cache.
@@ -67,6 +106,7 @@ impl Default for StoreConfig {
             key_serde: SerdeName::Bytes,
             value_serde: SerdeName::Bytes,
             changelog: None,
+            guarantee: Guarantee::ExactlyOnce,
             limits: Limits::default(),
             object_cache_size: DEFAULT_OBJECT_CACHE_SIZE,
             write_batch_size: DEFAULT_WRITE_BATCH_SIZE,
@@ -130,6 +170,13 @@ impl StoreConfig {
                 .take_parsed(&k("value.serde"), SERDES, SerdeName::parse)?
                 .unwrap_or(d.value_serde),
             changelog,
+            guarantee: config
+                .take_parsed(
+                    &k("guarantee"),
+                    "exactly-once, at-least-once",
+                    Guarantee::parse,
+                )?
+                .unwrap_or_default(),
             limits,
             object_cache_size: config
                 .take_u64_in(&k("object.cache.size"), 0..=MAX_CACHE_ENTRIES)?

@@ -187,6 +187,55 @@ impl RocksEngine {
         })
     }
 
+    /// Opens the existing database at `path` for reading only, as of what is on disk: no
+    /// lock file, no recovery writes, no flush or compaction; every write is refused.
+    /// RocksDB's info log goes to a directory under the system's temporary directory, so
+    /// nothing is written next to the database (it may be on a read-only file system).
+    pub fn open_read_only(
+        name: impl Into<String>,
+        path: &Path,
+        limits: Limits,
+        opts: &RocksOptions,
+    ) -> Result<Self> {
+        let name = name.into();
+        let rocks_err = |source| StoreError::Rocks {
+            store: name.clone(),
+            source,
+        };
+        let mut base_opts = opts.db_options();
+        base_opts.create_if_missing(false);
+        base_opts.create_missing_column_families(false);
+        let logs = std::env::temp_dir().join("gregor-read-only-rocksdb-logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            base_opts.set_db_log_dir(&logs);
+        }
+        let db_opts = base_opts.clone();
+        let cfs: Vec<ColumnFamilyDescriptor> = DB::list_cf(&db_opts, path)
+            .map_err(rocks_err)?
+            .into_iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf, db_opts.clone()))
+            .collect();
+        let db =
+            DB::open_cf_descriptors_read_only(&db_opts, path, cfs, false).map_err(rocks_err)?;
+        if db.cf_handle(META_CF).is_none() {
+            return Err(StoreError::Corrupt {
+                store: name,
+                reason: format!("{} has no `{META_CF}` column family", path.display()),
+            });
+        }
+        Ok(RocksEngine {
+            name,
+            limits,
+            path: path.to_path_buf(),
+            db: Arc::new(db),
+            write_opts: WriteOptions::default(),
+            wal_enabled: false,
+            db_opts,
+            _base_opts: base_opts,
+            ingested: 0,
+        })
+    }
+
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.path
