@@ -12,13 +12,13 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::Args;
+use gregor::backend::kafka::KafkaBackend;
+use gregor::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use gregor::checkpoint::Checkpoint;
 use gregor::config::FlatConfig;
 use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::builtin::{self, top_n};
-use gregor::backend::kafka::KafkaBackend;
-use gregor::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use gregor::runtime::{JobConfig, RunOptions, run_job, run_job_on, task_name};
 use gregor::serde::{Serde, StringSerde, U64Serde};
 use gregor::statedir::StateDir;
@@ -108,7 +108,12 @@ fn generate_kafka(backend: &KafkaBackend, args: &DemoArgs) -> Result<()> {
         let page = format!("/page/{}", pick_page(&mut rng, args.pages));
         let p = partition_for_key(user.as_bytes(), n);
         let value = format!("{user}\t{page}");
-        sink.send(&TopicPartition::new(TOPIC, p), now, user.as_bytes(), Some(value.as_bytes()))?;
+        sink.send(
+            &TopicPartition::new(TOPIC, p),
+            now,
+            user.as_bytes(),
+            Some(value.as_bytes()),
+        )?;
     }
     sink.flush()?;
     eprintln!(

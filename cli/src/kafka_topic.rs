@@ -112,7 +112,12 @@ pub fn run(settings: KafkaSettings, cmd: TopicCmd) -> Result<i32> {
             let mut sink = backend.open_sink("gregor-cli")?;
             for (k, v) in &records {
                 let p = partition.unwrap_or_else(|| partition_for_key(k, n));
-                sink.send(&TopicPartition::new(name.clone(), p), now_ms(), k, v.as_deref())?;
+                sink.send(
+                    &TopicPartition::new(name.clone(), p),
+                    now_ms(),
+                    k,
+                    v.as_deref(),
+                )?;
             }
             let ends = sink.flush()?;
             writeln!(

@@ -3,6 +3,7 @@
 
 mod demo;
 mod job_cmd;
+mod kafka_topic;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -33,6 +34,15 @@ struct Cli {
     command: Command,
 }
 
+/// `gregor topic`: where the topics are, and the verb.
+#[derive(clap::Args, Debug)]
+struct TopicArgs {
+    #[command(flatten)]
+    kafka: kafka_topic::KafkaArgs,
+    #[command(subcommand)]
+    cmd: topic::TopicCmd,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Read and write a task's store offline.
@@ -41,9 +51,9 @@ enum Command {
     /// A job's tasks: print their checkpoints, reset them to start from scratch.
     #[command(subcommand)]
     Job(job_cmd::JobCmd),
-    /// Create, inspect, produce to and consume from embedded topics.
-    #[command(subcommand)]
-    Topic(topic::TopicCmd),
+    /// Create, inspect, produce to and consume from topics: the state directory's embedded
+    /// log, or a Kafka cluster with --kafka BOOTSTRAP.
+    Topic(TopicArgs),
     /// Run a job (a TOML file naming a built-in task) in this process.
     Run {
         /// The job file.
@@ -77,9 +87,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Store(cmd) => store_cmd::run(&cli.state_dir, cmd),
         Command::Job(cmd) => job_cmd::run(&cli.state_dir, cmd),
-        Command::Topic(cmd) => gregor::statedir::StateDir::open(&cli.state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|_lock| topic::run(&cli.state_dir, cmd)),
+        Command::Topic(TopicArgs { kafka, cmd }) => match kafka.settings() {
+            Err(e) => Err(e),
+            Ok(Some(settings)) => kafka_topic::run(settings, cmd),
+            Ok(None) => gregor::statedir::StateDir::open(&cli.state_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|_lock| topic::run(&cli.state_dir, cmd)),
+        },
         Command::Run {
             job,
             until_end,

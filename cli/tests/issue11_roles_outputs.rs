@@ -276,6 +276,14 @@ fn conflicting_topic_roles_across_jobs_are_refused() {
     // Once a is released, b1 may take its changelog.
     ok(&gregor(&state, &["topic", "roles", "--release", "a"]));
     let b1 = dir.path().join("b1.toml");
+    // a-changelog holds job a's records and b1's task has no checkpoint: refused until b1 is
+    // reset (which empties the changelog it takes over).
+    let e = text(&run(&state, &b1));
+    assert!(
+        e.contains("no checkpoint") && e.contains("gregor job reset"),
+        "{e}"
+    );
+    ok(&gregor(&state, &["job", "reset", b1.to_str().unwrap()]));
     ok(&run(&state, &b1));
 }
 

@@ -54,8 +54,14 @@ fn topic_round_trip(kafka: &[&str], create: bool) {
         gregor(dir.path(), &refs, stdin)
     };
     if create {
-        let out = ok(&run(with(&["topic", "create", "clicks", "--partitions", "3"]), None));
-        assert!(out.contains("created topic clicks with 3 partitions"), "{out}");
+        let out = ok(&run(
+            with(&["topic", "create", "clicks", "--partitions", "3"]),
+            None,
+        ));
+        assert!(
+            out.contains("created topic clicks with 3 partitions"),
+            "{out}"
+        );
     }
     let mut input = String::new();
     for i in 0..300 {
@@ -80,14 +86,21 @@ fn topic_round_trip(kafka: &[&str], create: bool) {
     for l in lines {
         let f: Vec<&str> = l.split('\t').collect();
         let (p, key, value) = (f[0].parse::<u32>().unwrap(), f[2], f[3]);
-        assert_eq!(partition_for_key(key.as_bytes(), 3), p, "{key} on partition {p}");
+        assert_eq!(
+            partition_for_key(key.as_bytes(), 3),
+            p,
+            "{key} on partition {p}"
+        );
         per_key.entry(key.into()).or_default().push(value.into());
     }
     assert_eq!(per_key.len(), 17);
     assert_eq!(per_key["user-3"].last().map(String::as_str), Some("\\N"));
     assert_eq!(per_key["user-5"][0], "click-5");
 
-    let limited = ok(&run(with(&["topic", "consume", "clicks", "--max", "10"]), None));
+    let limited = ok(&run(
+        with(&["topic", "consume", "clicks", "--max", "10"]),
+        None,
+    ));
     assert_eq!(limited.lines().count(), 10);
     let e = run(with(&["topic", "verify", "clicks"]), None);
     assert_eq!(e.status.code(), Some(2));
@@ -125,11 +138,21 @@ fn demo_on_kafka() {
         &["demo", "--events", "5000", "--kafka", &b],
         None,
     ));
-    assert!(out.contains("Top pages (5000 views counted so far"), "{out}");
+    assert!(
+        out.contains("Top pages (5000 views counted so far"),
+        "{out}"
+    );
     // A second run resumes from the checkpoints kept in Kafka.
-    let out2 = gregor(dir.path(), &["demo", "--events", "1000", "--kafka", &b], None);
+    let out2 = gregor(
+        dir.path(),
+        &["demo", "--events", "1000", "--kafka", &b],
+        None,
+    );
     let text = ok(&out2);
-    assert!(text.contains("Top pages (6000 views counted so far"), "{text}");
+    assert!(
+        text.contains("Top pages (6000 views counted so far"),
+        "{text}"
+    );
     assert!(
         String::from_utf8_lossy(&out2.stderr).contains("resuming"),
         "{}",

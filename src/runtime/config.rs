@@ -175,6 +175,9 @@ pub struct JobConfig {
     pub system: System,
     /// `kafka.*` without the prefix: librdkafka properties, each value as its text.
     pub kafka: BTreeMap<String, String>,
+    /// `job.process.error` (`fail` (default) | `skip` | `dead-letter`, the latter with
+    /// `job.dead.letter.topic`): what happens to a message whose processing fails.
+    pub on_process_error: super::container::ProcessErrorPolicy,
 }
 
 /// `job.system`: the backend a job runs on.
@@ -306,6 +309,45 @@ impl JobConfig {
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
         check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
+        let dead_letter = c.take_str("job.dead.letter.topic")?;
+        let on_process_error = match (c.take_str("job.process.error")?.as_deref(), dead_letter) {
+            (None | Some("fail"), None) => super::container::ProcessErrorPolicy::Fail,
+            (Some("skip"), None) => super::container::ProcessErrorPolicy::Skip,
+            (Some("dead-letter"), Some(t)) => {
+                validate_topic_name(&t)
+                    .map_err(|e| invalid("job.dead.letter.topic", e.to_string()))?;
+                if inputs.contains(&t)
+                    || outputs.contains(&t)
+                    || stores
+                        .values()
+                        .any(|s| s.changelog.as_deref() == Some(t.as_str()))
+                {
+                    return Err(invalid(
+                        "job.dead.letter.topic",
+                        format!("topic `{t}` already plays another role in this job"),
+                    ));
+                }
+                super::container::ProcessErrorPolicy::DeadLetter(t)
+            }
+            (Some("dead-letter"), None) => {
+                return Err(ConfigError::Missing {
+                    file: source.clone(),
+                    key: "job.dead.letter.topic".into(),
+                });
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "job.dead.letter.topic",
+                    "is only used with job.process.error = \"dead-letter\"".into(),
+                ));
+            }
+            (Some(other), None) => {
+                return Err(invalid(
+                    "job.process.error",
+                    format!("must be \"fail\", \"skip\" or \"dead-letter\", found \"{other}\""),
+                ));
+            }
+        };
         check_store_guarantees(&stores).map_err(|(key, m)| invalid(&key, m))?;
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
@@ -329,6 +371,7 @@ impl JobConfig {
             task_config,
             system,
             kafka,
+            on_process_error,
         })
     }
 

@@ -185,14 +185,15 @@ pub fn embedded_backend(
 }
 
 /// Runs `job` in this process on the embedded log of `state` until it is stopped (or, with
-/// `until_end`, caught up).
+/// `until_end`, caught up). Messages whose processing fails are handled as the job's
+/// `job.process.error` says.
 pub fn run_job(
     state: &StateDir,
     job: &JobConfig,
     factory: &TaskFactory,
     opts: RunOptions,
 ) -> Result<RunStats, RuntimeError> {
-    run_job_with(state, job, factory, opts, ProcessErrorPolicy::Fail)
+    run_job_with(state, job, factory, opts, job.on_process_error.clone())
 }
 
 /// [`run_job`] with a policy for messages whose processing fails.
@@ -222,7 +223,8 @@ pub fn run_job_on(
     factory: &TaskFactory,
     opts: RunOptions,
 ) -> Result<RunStats, RuntimeError> {
-    run_job_on_with(backend, state, job, factory, opts, ProcessErrorPolicy::Fail)
+    let policy = job.on_process_error.clone();
+    run_job_on_with(backend, state, job, factory, opts, policy)
 }
 
 /// [`run_job_on`] with a policy for messages whose processing fails.
