@@ -645,4 +645,70 @@ mod tests {
         assert_eq!((j.commit_ms, j.window_ms), (86_400_000, Some(1)));
         assert_eq!(j.changelog_segment_bytes, Some(4096));
     }
+
+    #[test]
+    fn process_error_policy_keys() {
+        use crate::runtime::container::ProcessErrorPolicy;
+        let base = "[job]\nname = \"j\"\ntask = \"count\"\ninputs = [\"in\"]\n";
+        let parse = |extra: &str| JobConfig::from_toml_str("j.toml", &format!("{base}{extra}"));
+        assert_eq!(
+            parse("").unwrap().on_process_error,
+            ProcessErrorPolicy::Fail
+        );
+        assert_eq!(
+            parse("process.error = \"skip\"\n")
+                .unwrap()
+                .on_process_error,
+            ProcessErrorPolicy::Skip
+        );
+        assert_eq!(
+            parse("process.error = \"dead-letter\"\ndead.letter.topic = \"dlq\"\n")
+                .unwrap()
+                .on_process_error,
+            ProcessErrorPolicy::DeadLetter("dlq".into())
+        );
+        let e = parse("process.error = \"dead-letter\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job.dead.letter.topic"), "{e}");
+        let e = parse("process.error = \"ignore\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("job.process.error") && e.contains("ignore"),
+            "{e}"
+        );
+        let e = parse("process.error = \"dead-letter\"\ndead.letter.topic = \"in\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another role"), "{e}");
+        let e = parse("dead.letter.topic = \"dlq\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only used with"), "{e}");
+    }
+
+    #[test]
+    fn kafka_system_and_embedded_section() {
+        let base = "[job]\nname = \"j\"\ntask = \"count\"\ninputs = [\"in\"]\n";
+        let parse = |extra: &str| JobConfig::from_toml_str("j.toml", &format!("{base}{extra}"));
+        let e = parse("system = \"kafka\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.bootstrap.servers"), "{e}");
+        let j = parse(
+            "system = \"kafka\"\n[kafka]\nbootstrap.servers = \"h:9092\"\napi.version.request = false\nlinger.ms = 3\n",
+        )
+        .unwrap();
+        assert_eq!(j.system, System::Kafka);
+        assert_eq!(j.kafka["api.version.request"], "false");
+        assert_eq!(j.kafka["linger.ms"], "3");
+        assert!(j.kafka_settings().legacy());
+        let e = parse("system = \"pulsar\"\n").unwrap_err().to_string();
+        assert!(e.contains("job.system") && e.contains("pulsar"), "{e}");
+        // [embedded] and the old [job] names both work.
+        let j = parse("[embedded]\nlog.fsync = false\nchangelog.segment.bytes = 8192\n").unwrap();
+        assert!(!j.log_fsync);
+        assert_eq!(j.changelog_segment_bytes, Some(8192));
+        let j = parse("log.fsync = false\n").unwrap();
+        assert!(!j.log_fsync);
+    }
 }
