@@ -127,6 +127,12 @@ pub fn run(state_dir: &Path, cmd: JobCmd) -> Result<i32> {
             let job = JobConfig::from_file(&file)?;
             let state = StateDir::open(state_dir)?;
             let backend = backend(&state, &job, &file)?;
+            // Only the job that holds the topics' roles may empty them.
+            let dead_letter = match &job.on_process_error {
+                gregor::runtime::ProcessErrorPolicy::DeadLetter(t) => Some(t.as_str()),
+                _ => None,
+            };
+            gregor::runtime::claim_job_roles(&*backend, &job, dead_letter)?;
             for t in tasks(&*backend, &job, task)? {
                 let ctx = TaskStorageContext {
                     backend: Arc::clone(&backend),

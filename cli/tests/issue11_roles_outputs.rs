@@ -273,9 +273,14 @@ fn conflicting_topic_roles_across_jobs_are_refused() {
     )
     .unwrap();
     ok(&run(&state, &down));
+    // `job reset` of a job whose changelog is another job's is refused too: it would empty
+    // job a's changelog.
+    let b1 = dir.path().join("b1.toml");
+    let e = refused(&gregor(&state, &["job", "reset", b1.to_str().unwrap()]));
+    assert!(e.contains("`a-changelog`") && e.contains("job `a`"), "{e}");
+    assert_eq!(consume(&state, "a-changelog").len(), changelog_before);
     // Once a is released, b1 may take its changelog.
     ok(&gregor(&state, &["topic", "roles", "--release", "a"]));
-    let b1 = dir.path().join("b1.toml");
     // a-changelog holds job a's records and b1's task has no checkpoint: refused until b1 is
     // reset (which empties the changelog it takes over).
     let e = text(&run(&state, &b1));

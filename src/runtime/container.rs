@@ -184,6 +184,37 @@ pub fn embedded_backend(
     .map_err(topic_err("*"))
 }
 
+/// Records the topics `job` uses (inputs, outputs, the dead-letter topic, each store's
+/// changelog) in the backend's role registry, refusing roles another job holds. Anything
+/// that creates, truncates or empties a job's topics (the container's start, `gregor job
+/// reset`) calls it first.
+pub fn claim_job_roles(
+    backend: &dyn Backend,
+    job: &JobConfig,
+    dead_letter: Option<&str>,
+) -> Result<(), RuntimeError> {
+    let mut claims: Vec<RoleClaim> = Vec::new();
+    claims.extend(job.inputs.iter().map(|t| RoleClaim::new(t, Role::Input)));
+    claims.extend(job.outputs.iter().map(|t| RoleClaim::new(t, Role::Output)));
+    claims.extend(dead_letter.map(|t| RoleClaim::new(t, Role::Output)));
+    for (store, cfg) in &job.stores {
+        if let Some(cl) = &cfg.changelog {
+            claims.push(RoleClaim::new(
+                cl,
+                Role::Changelog {
+                    store: store.clone(),
+                },
+            ));
+        }
+    }
+    backend
+        .claim_roles(&job.name, &claims)
+        .map_err(|source| RuntimeError::Roles {
+            job: job.name.clone(),
+            source,
+        })
+}
+
 /// Runs `job` in this process on the embedded log of `state` until it is stopped (or, with
 /// `until_end`, caught up). Messages whose processing fails are handled as the job's
 /// `job.process.error` says.
@@ -323,26 +354,7 @@ impl<'a> Container<'a> {
             }
         }
         // Topic roles across jobs: refuse before anything is created or truncated.
-        let mut claims: Vec<RoleClaim> = Vec::new();
-        claims.extend(job.inputs.iter().map(|t| RoleClaim::new(t, Role::Input)));
-        claims.extend(job.outputs.iter().map(|t| RoleClaim::new(t, Role::Output)));
-        claims.extend(dead_letter.iter().map(|t| RoleClaim::new(t, Role::Output)));
-        for (store, cfg) in &job.stores {
-            if let Some(cl) = &cfg.changelog {
-                claims.push(RoleClaim::new(
-                    cl,
-                    Role::Changelog {
-                        store: store.clone(),
-                    },
-                ));
-            }
-        }
-        backend
-            .claim_roles(&job.name, &claims)
-            .map_err(|source| RuntimeError::Roles {
-                job: job.name.clone(),
-                source,
-            })?;
+        claim_job_roles(&*backend, job, dead_letter.as_deref())?;
 
         // Inputs decide the number of tasks.
         let mut input_partitions = BTreeMap::new();
