@@ -288,6 +288,29 @@ fn print_all(config: &StoreConfig, it: gregor::store::KvIter<'_>, json: bool) ->
     Ok(())
 }
 
+/// `range`: the entries of `store` under `prefix`, or in `[from, to)` (keys in the store's key
+/// serde), printed one per line.
+fn print_range(
+    store: &mut dyn gregor::store::KeyValueStore,
+    config: &StoreConfig,
+    from: Option<String>,
+    to: Option<String>,
+    prefix: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let encode = |k: Option<String>, what: &'static str| {
+        k.map(|k| config.key_serde.encode_text(&k))
+            .transpose()
+            .context(what)
+    };
+    let (from, to) = (encode(from, "bad --from")?, encode(to, "bad --to")?);
+    let it = match &prefix {
+        Some(p) => store.prefix(p.as_bytes())?,
+        None => store.scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
+    };
+    print_all(config, it, json)
+}
+
 /// `get`, `range` and `dump` with `--read-only`: nothing under the state directory is
 /// written, no lock is taken.
 fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
@@ -319,21 +342,7 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
         } => {
             let mut o = open_read_only(state_dir, &at.task, &at.store)?;
             let c = o.config.clone();
-            let from = from
-                .map(|f| c.key_serde.encode_text(&f))
-                .transpose()
-                .context("bad --from")?;
-            let to = to
-                .map(|t| c.key_serde.encode_text(&t))
-                .transpose()
-                .context("bad --to")?;
-            let it = match &prefix {
-                Some(p) => o.engine.prefix(p.as_bytes())?,
-                None => o
-                    .engine
-                    .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
-            };
-            print_all(&c, it, json)?;
+            print_range(&mut *o.engine, &c, from, to, prefix, json)?;
             Ok(0)
         }
         StoreCmd::Dump {
@@ -472,25 +481,7 @@ pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
         } => {
             let mut o = open(&state, &backend, &at, false)?;
             let c = o.store().config().clone();
-            let from = from
-                .map(|f| c.key_serde.encode_text(&f))
-                .transpose()
-                .context("bad --from")?;
-            let to = to
-                .map(|t| c.key_serde.encode_text(&t))
-                .transpose()
-                .context("bad --to")?;
-            let it = match &prefix {
-                Some(p) => o.store().stack().prefix(p.as_bytes())?,
-                None => o
-                    .store()
-                    .stack()
-                    .scan(from.as_deref().unwrap_or(&[]), to.as_deref())?,
-            };
-            for e in it {
-                let (k, v) = e?;
-                print_entry(&c, &k, &v, json)?;
-            }
+            print_range(o.store().stack(), &c, from, to, prefix, json)?;
             Ok(0)
         }
         StoreCmd::Dump {

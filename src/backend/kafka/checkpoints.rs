@@ -21,14 +21,9 @@ pub(super) struct CheckpointTopic {
 
 impl CheckpointTopic {
     pub(super) fn new(settings: &KafkaSettings) -> Result<Self> {
-        let mut cc = settings.client_config();
+        let mut cc = settings.producer_config();
         // One small record per commit, flushed at once: no reason to linger.
-        cc.set("acks", "all").set("linger.ms", "0");
-        if settings.legacy() {
-            cc.set("max.in.flight.requests.per.connection", "1");
-        } else {
-            cc.set("enable.idempotence", "true");
-        }
+        cc.set("linger.ms", "0");
         let producer = cc
             .create()
             .map_err(|e| kafka_err("creating the checkpoint producer", e))?;

@@ -87,6 +87,21 @@ impl KafkaSettings {
         c
     }
 
+    /// Producer settings that keep each partition's records in order on every broker:
+    /// `acks=all`, idempotence where the broker has it, otherwise one request in flight (a
+    /// retry may then duplicate a record, which only delays the expected changelog end; see
+    /// `crate::changelog`).
+    fn producer_config(&self) -> ClientConfig {
+        let mut cc = self.client_config();
+        cc.set("acks", "all");
+        if self.legacy() {
+            cc.set("max.in.flight.requests.per.connection", "1");
+        } else {
+            cc.set("enable.idempotence", "true");
+        }
+        cc
+    }
+
     fn bootstrap(&self) -> &str {
         self.client
             .get("bootstrap.servers")

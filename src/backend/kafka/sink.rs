@@ -62,16 +62,7 @@ pub(super) struct KafkaSink {
 
 impl KafkaSink {
     pub(super) fn open(settings: &KafkaSettings, task: &str) -> Result<Self> {
-        let mut cc = settings.client_config();
-        cc.set("acks", "all");
-        if settings.legacy() {
-            // No idempotence before Kafka 0.11: one request in flight keeps a partition's
-            // records in order across retries (a retry may still duplicate a record, which
-            // only delays the expected changelog end; see crate::changelog).
-            cc.set("max.in.flight.requests.per.connection", "1");
-        } else {
-            cc.set("enable.idempotence", "true");
-        }
+        let mut cc = settings.producer_config();
         if !settings.client.contains_key("linger.ms") {
             cc.set("linger.ms", "5");
         }
