@@ -14,15 +14,16 @@ fn open(dir: &Path, config: &TopicConfig) -> Partition {
 }
 
 /// The model: survivors of every compaction so far. A compaction with active segment base
-/// `a` and horizon `h` drops every record below `a` that is not the newest of its key, or is
-/// a tombstone older than `h`.
-fn model_compact(model: &mut Vec<Record>, active_base: u64, horizon: i64) {
+/// `a`, horizon `h` and committed end `c` drops every record below `a` and `c` that is not
+/// the newest of its key below `c`, or is a tombstone older than `h`.
+fn model_compact(model: &mut Vec<Record>, active_base: u64, horizon: i64, committed_end: u64) {
     let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-    for r in model.iter() {
+    for r in model.iter().filter(|r| r.offset < committed_end) {
         latest.insert(r.key.clone(), r.offset);
     }
     model.retain(|r| {
         r.offset >= active_base
+            || r.offset >= committed_end
             || (latest[&r.key] == r.offset && (r.value.is_some() || r.timestamp >= horizon))
     });
 }
@@ -61,8 +62,18 @@ fn random_workloads_match_model() {
                 let at = now + rng.gen_range(0..60);
                 let horizon = at - config.delete_retention_ms;
                 let active = p.active_segment_base();
-                removed += p.compact(at).unwrap().records_removed;
-                model_compact(&mut model, active, horizon);
+                // Half the time everything is committed; otherwise a random committed end
+                // (records past it may be truncated later and must shadow nothing).
+                let committed_end = if rng.gen_bool(0.5) {
+                    u64::MAX
+                } else {
+                    rng.gen_range(0..=p.end_offset())
+                };
+                removed += p
+                    .compact_committed(at, committed_end)
+                    .unwrap()
+                    .records_removed;
+                model_compact(&mut model, active, horizon, committed_end);
                 assert_eq!(
                     p.start_offset(),
                     0,
@@ -95,9 +106,14 @@ fn random_workloads_match_model() {
                 .collect();
             assert_eq!(p.read(from, max).unwrap(), want, "seed {seed} from {from}");
         }
-        // Compacting again with nothing new is a no-op.
+        // Everything committed: a last compaction catches up with the model, and compacting
+        // again with nothing new is a no-op.
+        let active = p.active_segment_base();
+        p.compact(now).unwrap();
+        model_compact(&mut model, active, now - config.delete_retention_ms, u64::MAX);
         let report = p.compact(now).unwrap();
         assert!(report.segments_examined > 0);
+        assert_eq!(report.records_removed, 0, "seed {seed}");
         p.sync().unwrap();
         drop(p);
         let mut p = open(dir.path(), &config);
@@ -143,6 +159,39 @@ fn compaction_keeps_newest_value_and_fresh_tombstones() {
     assert_eq!((got[1].offset, got[1].value.as_deref()), (4, None));
     assert!(got[2].offset >= 5);
     assert_eq!(p.read(0, 1).unwrap()[0].offset, 2, "gap: offsets unchanged");
+}
+
+/// Issue 11 #5, at the log level: a committed record shadowed only by records past the
+/// committed end survives, so truncating those records afterwards leaves the committed value.
+#[test]
+fn records_past_the_committed_end_shadow_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TopicConfig {
+        segment_bytes: 100,
+        ..TopicConfig::compacted()
+    };
+    let mut p = open(dir.path(), &config);
+    p.append(0, b"a", Some(b"1")).unwrap(); // 0: shadowed by 2 (committed)
+    p.append(0, b"b", Some(b"1")).unwrap(); // 1: committed, shadowed only by 4
+    p.append(0, b"a", Some(b"2")).unwrap(); // 2: committed
+    let committed = p.end_offset(); // 3
+    for i in 0..6 {
+        p.append(0, b"b", Some(format!("u{i}").as_bytes())).unwrap(); // 3..: uncommitted
+    }
+    assert!(
+        p.active_segment_base() > committed + 1,
+        "uncommitted records in closed segments too"
+    );
+    let report = p.compact_committed(0, committed).unwrap();
+    assert_eq!(report.records_removed, 1, "only a@0 goes");
+    p.truncate(committed).unwrap();
+    let got: Vec<(u64, Vec<u8>)> = p
+        .read(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.offset, r.value.unwrap()))
+        .collect();
+    assert_eq!(got, vec![(1, b"1".to_vec()), (2, b"2".to_vec())]);
 }
 
 #[test]

@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use gregor::backend::TopicPartition;
+use gregor::backend::embedded::committed_end;
 use gregor::backend::roles::{Role, RoleRegistry, roles_path};
 use gregor::log::record::{MAX_PAYLOAD_LEN, MIN_PAYLOAD_LEN, payload_len};
 use gregor::log::{
@@ -314,10 +316,14 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
             let now = now_ms();
             for p in 0..topic.partitions() {
                 let (mut part, _) = topic.open_partition(p)?;
-                match part.clean(now)? {
+                // Records past a crashed commit are truncated at the job's next start: they
+                // must not shadow committed records (issue 11 #5).
+                let committed =
+                    committed_end(state_dir, &TopicPartition::new(topic.name(), p), part.dir())?;
+                match part.clean_committed(now, committed.offset())? {
                     CleanupReport::Compacted(r) => writeln!(
                         out,
-                        "{}\t{p}\tcompacted\t{} records removed\t{} of {} closed segments rewritten\t{} -> {} bytes",
+                        "{}\t{p}\tcompacted\t{} records removed\t{} of {} closed segments rewritten\t{} -> {} bytes\tcommitted horizon: {committed}",
                         topic.name(),
                         r.records_removed,
                         r.segments_rewritten,

@@ -414,3 +414,95 @@ impl RecordSink for EmbeddedSink {
         Ok(ends)
     }
 }
+
+/// Where the committed records of an embedded partition end, and why: what an operator's
+/// cleanup (`gregor topic compact`) may treat as final. Records at or past it may belong to
+/// a commit that crashed and will be truncated at the job's next start, so they must not
+/// shadow anything (see [`crate::log::Partition::compact_committed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommittedEnd {
+    /// No job writes the topic through a commit (an input, or a topic no job uses): every
+    /// record is committed.
+    All,
+    /// The changelog of `store` of job `job`: its task's newest checkpoint (0 without one).
+    Changelog {
+        /// The job.
+        job: String,
+        /// The store.
+        store: String,
+        /// The task owning the partition.
+        task: String,
+        /// The checkpointed changelog end.
+        end: u64,
+    },
+    /// A job's output: its read-committed marker (`COMMITTED`).
+    Output {
+        /// The marker's offset.
+        end: u64,
+    },
+}
+
+impl CommittedEnd {
+    /// The offset below which records are committed (`u64::MAX` for [`All`](Self::All)).
+    pub fn offset(&self) -> u64 {
+        match self {
+            CommittedEnd::All => u64::MAX,
+            CommittedEnd::Changelog { end, .. } | CommittedEnd::Output { end } => *end,
+        }
+    }
+}
+
+impl std::fmt::Display for CommittedEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommittedEnd::All => f.write_str("every record"),
+            CommittedEnd::Changelog {
+                job,
+                store,
+                task,
+                end,
+            } => write!(
+                f,
+                "offset {end} (the checkpoint of task `{task}`, store `{store}` of job `{job}`)"
+            ),
+            CommittedEnd::Output { end } => write!(f, "offset {end} (the COMMITTED marker)"),
+        }
+    }
+}
+
+/// The [`CommittedEnd`] of partition `tp` (whose directory is `partition_dir`) in the state
+/// directory `state_root`, from the topic role registry, the owning task's checkpoint and the
+/// partition's `COMMITTED` marker.
+/// A changelog whose job is not in the registry (state written before roles were recorded)
+/// counts as [`CommittedEnd::All`], as before.
+pub fn committed_end(
+    state_root: &Path,
+    tp: &TopicPartition,
+    partition_dir: &Path,
+) -> Result<CommittedEnd> {
+    let registry = RoleRegistry::load(&roles::roles_path(state_root))?;
+    for (job, role) in registry.holders(&tp.topic) {
+        if let roles::Role::Changelog { store } = role {
+            let task = crate::runtime::task_name(job, tp.partition);
+            let path = crate::statedir::checkpoint_file(state_root, &task);
+            let checkpoint = Checkpoint::read(&path)
+                .map_err(|e| BackendError::fatal(format!("task `{task}`"), e))?;
+            let end = checkpoint
+                .and_then(|c| c.changelogs.get(store).copied())
+                .unwrap_or(0);
+            return Ok(CommittedEnd::Changelog {
+                job: job.to_string(),
+                store: store.clone(),
+                task,
+                end,
+            });
+        }
+    }
+    match committed::read(partition_dir)
+        .map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?
+    {
+        Some(end) => Ok(CommittedEnd::Output { end }),
+        None => Ok(CommittedEnd::All),
+    }
+}

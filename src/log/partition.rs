@@ -1132,9 +1132,19 @@ impl Partition {
     }
 
     /// Runs the topic's cleanup policy: compaction for `compact`, retention for `delete`.
+    /// Every record counts as committed; see [`clean_committed`](Self::clean_committed).
     pub fn clean(&mut self, now_ms: i64) -> Result<CleanupReport> {
+        self.clean_committed(now_ms, u64::MAX)
+    }
+
+    /// [`clean`](Self::clean) where only the records below `committed_end` are committed:
+    /// compaction lets only committed records shadow older ones (see
+    /// [`compact_committed`](Self::compact_committed)). Retention ignores it.
+    pub fn clean_committed(&mut self, now_ms: i64, committed_end: u64) -> Result<CleanupReport> {
         match self.config.cleanup_policy {
-            CleanupPolicy::Compact => self.compact(now_ms).map(CleanupReport::Compacted),
+            CleanupPolicy::Compact => self
+                .compact_committed(now_ms, committed_end)
+                .map(CleanupReport::Compacted),
             CleanupPolicy::Delete => self.apply_retention(now_ms).map(CleanupReport::Retention),
         }
     }
@@ -1144,13 +1154,27 @@ impl Partition {
     /// `now_ms - delete_retention_ms`. Offsets of survivors never change; segments keep
     /// their names (an emptied segment stays as an empty file).
     pub fn compact(&mut self, now_ms: i64) -> Result<CompactionReport> {
+        self.compact_committed(now_ms, u64::MAX)
+    }
+
+    /// [`compact`](Self::compact) where only the records below `committed_end` are
+    /// committed: a record is removed only if a newer record of its key lies below
+    /// `committed_end`, and every record at or past it is kept. Records past a crashed
+    /// commit may still be truncated away; had they shadowed a committed record, that
+    /// record would be gone with them (Kafka's cleaner stops at the first unstable offset
+    /// for the same reason).
+    pub fn compact_committed(
+        &mut self,
+        now_ms: i64,
+        committed_end: u64,
+    ) -> Result<CompactionReport> {
         self.check_poisoned()?;
         self.flush_to_os()?;
         let mut report = CompactionReport::default();
         if self.segments.len() < 2 {
             return Ok(report);
         }
-        // Pass 1: the newest offset of every key. (Keys are held in memory.)
+        // Pass 1: the newest committed offset of every key. (Keys are held in memory.)
         let mut latest = std::collections::HashMap::<Vec<u8>, u64>::new();
         let mut reader =
             PartitionReader::with_index(&self.dir, self.start_offset(), self.index.clone())?;
@@ -1159,7 +1183,12 @@ impl Partition {
             if batch.is_empty() {
                 break;
             }
+            let mut past = false;
             for r in batch {
+                if r.offset >= committed_end {
+                    past = true;
+                    break;
+                }
                 match latest.get_mut(r.key.as_slice()) {
                     Some(o) => *o = r.offset,
                     None => {
@@ -1167,9 +1196,13 @@ impl Partition {
                     }
                 }
             }
+            if past {
+                break;
+            }
         }
         let horizon = now_ms.saturating_sub(self.config.delete_retention_ms);
-        let mut keep = |r: &Record| compaction::survives(r, &latest, horizon);
+        let mut keep =
+            |r: &Record| r.offset >= committed_end || compaction::survives(r, &latest, horizon);
         let closed = self.segments.len() - 1;
         for i in 0..closed {
             let base = self.segments[i].base;
