@@ -66,7 +66,7 @@ impl Changelog {
         timestamp: i64,
         batch: &[Mutation],
     ) -> Result<u64, BackendError> {
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = crate::sync::lock(&self.sink);
         for m in batch {
             sink.send(&self.tp, timestamp, &m.key, m.value.as_deref())?;
             self.next += 1;

@@ -28,6 +28,11 @@
 //! - [`checked_file`], [`fsutil`]: atomic, checksummed small files.
 
 #![warn(missing_docs)]
+// One `unsafe` block in the crate, documented where it is (`store::rocks`, a RocksDB snapshot
+// that owns its database handle); everything else is safe Rust.
+#![deny(unsafe_code)]
+// Library code returns errors; an `expect` states the invariant that makes it unreachable.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backend;
 pub mod changelog;
@@ -42,4 +47,5 @@ pub mod runtime;
 pub mod serde;
 pub mod statedir;
 pub mod store;
+mod sync;
 pub mod task_storage;

@@ -161,20 +161,15 @@ impl TaskStore {
 
     /// The changelog partition, if the store has one.
     pub fn changelog_partition(&self) -> Option<TopicPartition> {
-        self.changelog.as_ref().map(|c| {
-            c.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .topic_partition()
-                .clone()
-        })
+        self.changelog
+            .as_ref()
+            .map(|c| crate::sync::lock(c).topic_partition().clone())
     }
 
     /// The changelog end the store's writes so far reach (expected until the next commit
     /// learns the acknowledged one); `None` without a changelog.
     pub fn changelog_end(&self) -> Option<u64> {
-        self.changelog
-            .as_ref()
-            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).end())
+        self.changelog.as_ref().map(|c| crate::sync::lock(c).end())
     }
 }
 
@@ -329,7 +324,7 @@ impl TaskStorage {
             }
         }
         let acked = {
-            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sink = crate::sync::lock(&self.sink);
             let sent: Result<_, BackendError> = outputs
                 .iter()
                 .try_for_each(|r| sink.send(&r.tp, r.timestamp, &r.key, r.value.as_deref()))
@@ -341,9 +336,7 @@ impl TaskStorage {
                     // until the task is reopened (and restored).
                     for store in self.stores.values() {
                         if let Some(cl) = &store.changelog {
-                            cl.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .poison(format!("a commit failed: {e}"));
+                            crate::sync::lock(cl).poison(format!("a commit failed: {e}"));
                         }
                     }
                     return Err(backend_err(e));
@@ -358,7 +351,7 @@ impl TaskStorage {
         let mut output_ends = acked;
         for store in self.stores.values() {
             let Some(cl) = &store.changelog else { continue };
-            let mut cl = cl.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cl = crate::sync::lock(cl);
             if let Some(end) = output_ends.remove(cl.topic_partition()) {
                 cl.acknowledged(end);
             }
@@ -927,7 +920,7 @@ static SEED_FAILPOINTS: Mutex<SeedHooks> = Mutex::new(BTreeMap::new());
 /// A failpoint for crash tests of seeding: `hook` runs at each [`SeedStep`] of every later
 /// seed of a store of task `task` (e.g. it panics at one of them); `None` removes it.
 pub fn set_seed_failpoint(task: &str, hook: Option<Box<dyn FnMut(SeedStep) + Send>>) {
-    let mut fps = SEED_FAILPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fps = crate::sync::lock(&SEED_FAILPOINTS);
     match hook {
         Some(h) => fps.insert(task.to_string(), h),
         None => fps.remove(task),
@@ -937,15 +930,10 @@ pub fn set_seed_failpoint(task: &str, hook: Option<Box<dyn FnMut(SeedStep) + Sen
 fn seed_failpoint(task: &str, step: SeedStep) {
     // The hook may panic (a simulated crash): take it out of the map while it runs, so the
     // lock is not held (poisoned) by the panic, and put it back afterwards.
-    let hook = SEED_FAILPOINTS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(task);
+    let hook = crate::sync::lock(&SEED_FAILPOINTS).remove(task);
     if let Some(mut hook) = hook {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(step)));
-        SEED_FAILPOINTS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&SEED_FAILPOINTS)
             .entry(task.to_string())
             .or_insert(hook);
         if let Err(p) = r {
@@ -1036,11 +1024,7 @@ fn seed(
     if !batch.is_empty() {
         send(&mut batch)?;
     }
-    let acked = sink
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .flush()
-        .map_err(cl_err)?;
+    let acked = crate::sync::lock(sink).flush().map_err(cl_err)?;
     if let Some(&end) = acked.get(&tp) {
         changelog.acknowledged(end);
     }

@@ -110,7 +110,12 @@ fn random_workloads_match_model() {
         // again with nothing new is a no-op.
         let active = p.active_segment_base();
         p.compact(now).unwrap();
-        model_compact(&mut model, active, now - config.delete_retention_ms, u64::MAX);
+        model_compact(
+            &mut model,
+            active,
+            now - config.delete_retention_ms,
+            u64::MAX,
+        );
         let report = p.compact(now).unwrap();
         assert!(report.segments_examined > 0);
         assert_eq!(report.records_removed, 0, "seed {seed}");

@@ -1,6 +1,9 @@
 //! `gregor`: the command-line tool. Inspect and edit stores and embedded topics, run jobs,
 //! and run the demo. Errors print one line and exit with status 2.
 
+// One `unsafe` block, `restore_default_sigpipe` (a libc call), allowed where it is.
+#![deny(unsafe_code)]
+
 mod demo;
 mod job_cmd;
 mod kafka_topic;
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
 /// That is safe for gregor: a command's durable work is done before it prints its result, and
 /// anything cut short is recovered like a crash (`kill -9` is tested to be safe at any point).
 #[cfg(unix)]
+#[allow(unsafe_code)]
 fn restore_default_sigpipe() {
     // signal(2) from the C library std already links; SIGPIPE is 13 and SIG_DFL is 0 on
     // every Unix Rust supports.

@@ -27,6 +27,7 @@ use super::{
 use crate::checkpoint::Checkpoint;
 use crate::log::{CleanupPolicy, LogDir, LogError, Partition, PartitionReader, TopicConfig};
 use crate::runtime::committed;
+use crate::sync::lock;
 
 /// Settings of the topics the embedded backend creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,12 +103,6 @@ struct Inner {
 }
 
 type SharedPartition = Arc<Mutex<Partition>>;
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding a partition leaves it as it was after its last complete call;
-    // the partition poisons itself on any failed write, so its state stays truthful.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn log_err(tp: &TopicPartition) -> impl FnOnce(LogError) -> BackendError + use<> {
     let context = format!("topic {tp}");

@@ -15,6 +15,7 @@ use super::{
     TopicRole, TopicSpec,
 };
 use crate::checkpoint::Checkpoint;
+use crate::sync::lock;
 
 #[derive(Default)]
 struct Partition {
@@ -46,10 +47,6 @@ impl Default for MemoryBackend {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryBackend {

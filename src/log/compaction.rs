@@ -177,7 +177,7 @@ pub(crate) fn rewrite_segment(
         out.sync_all().map_err(w("fsync", &tmp))?;
         {
             // Rename and forget the old index under the index lock (see PartitionReader).
-            let mut cache = index.lock().expect("index lock");
+            let mut cache = crate::sync::lock(index);
             hooks.before_write(path).map_err(w("rename over", path))?;
             fs::rename(&tmp, path).map_err(w("rename over", path))?;
             cache.invalidate(base);

@@ -11,8 +11,8 @@ use super::error::{LogError, Result};
 use super::hooks::{IoHooks, NoHooks};
 use super::reader::PartitionReader;
 use super::record::{
-    FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, Record, SYNC_MARKER_FRAME_LEN, SyncMarker, check_header,
-    decode_frame_payload, encode_into, encode_sync_marker, payload_len,
+    FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, Record, SYNC_MARKER_FRAME_LEN, SyncMarker, array_at,
+    check_header, decode_frame_payload, encode_into, encode_sync_marker, payload_len,
 };
 use super::retention::{self, RetentionReport, SegmentStat};
 use super::segment::{
@@ -173,7 +173,7 @@ struct LastSegment {
 /// Opens and scans the last segment `bases.last()` of `dir` and checks it belongs to the
 /// log (see [`check_last_segment_identity`]). Reads only.
 fn analyze_last(dir: &Path, bases: &[u64], writable: bool) -> Result<LastSegment> {
-    let base = *bases.last().expect("one segment");
+    let base = *bases.last().expect("a partition always keeps its active segment");
     let path = segment_path(dir, base);
     let file = OpenOptions::new()
         .read(true)
@@ -275,7 +275,7 @@ fn valid_frame_at_start(file: &File, len: u64) -> io::Result<Option<u64>> {
     };
     let mut payload = vec![0u8; plen];
     file.read_exact_at(&mut payload, FRAME_HEADER_LEN as u64)?;
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(array_at(&header, 4));
     let mut slot = Record::default();
     Ok(match decode_frame_payload(crc, &payload, &mut slot) {
         Ok(super::record::FrameKind::Record) => Some(slot.offset),
@@ -419,7 +419,7 @@ fn apply_truncation(
             .before_sync(&kpath)
             .and_then(|_| file.sync_all())
             .map_err(|e| LogError::io("fsync", &kpath, e))?;
-        let mut cache = index.lock().expect("index lock");
+        let mut cache = crate::sync::lock(index);
         cache.invalidate(kbase);
         for &base in bases[keep + 1..].iter().rev() {
             let path = segment_path(dir, base);
@@ -593,7 +593,7 @@ impl Partition {
             max_timestamp: Some(scan.max_timestamp),
         });
         self.active_indexed = scan.index.last().map(|&(_, p)| p);
-        self.index.lock().expect("index lock").set(base, scan.index);
+        crate::sync::lock(&self.index).set(base, scan.index);
         self.segments = segments;
         self.active = file;
         self.active_len = scan.valid_len;
@@ -644,7 +644,7 @@ impl Partition {
             report.completed_truncation = Some(to);
             let k = bases.partition_point(|&b| b < to);
             bases.truncate(k.max(1));
-            let base = *bases.last().expect("one segment");
+            let base = *bases.last().expect("a partition always keeps its active segment");
             let path = segment_path(&dir, base);
             let (cut, last_kept) = if k == 0 {
                 (0, None)
@@ -675,7 +675,7 @@ impl Partition {
             bytes: valid_len,
             max_timestamp: Some(scan.max_timestamp),
         });
-        self.index.lock().expect("index lock").set(base, scan.index);
+        crate::sync::lock(&self.index).set(base, scan.index);
         self.segments = segments;
         self.active = file;
         self.active_len = valid_len;
@@ -716,7 +716,7 @@ impl Partition {
 
     /// Base offset of the active (last) segment; records below it are in closed segments.
     pub fn active_segment_base(&self) -> u64 {
-        self.segments.last().expect("one segment").base
+        self.segments.last().expect("a partition always keeps its active segment").base
     }
 
     /// Base offsets of all segments, ascending.
@@ -819,13 +819,9 @@ impl Partition {
         {
             self.active_indexed = Some(pos);
             let base = self.active_segment_base();
-            self.index
-                .lock()
-                .expect("index lock")
-                .get(base)
-                .add(offset, pos);
+            crate::sync::lock(&self.index).get(base).add(offset, pos);
         }
-        let meta = self.segments.last_mut().expect("one segment");
+        let meta = self.segments.last_mut().expect("a partition always keeps its active segment");
         meta.max_timestamp = Some(Some(
             meta.max_timestamp
                 .flatten()
@@ -863,7 +859,7 @@ impl Partition {
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
-        self.segments.last_mut().expect("one segment").bytes = self.active_len;
+        self.segments.last_mut().expect("a partition always keeps its active segment").bytes = self.active_len;
         self.buf.clear();
         if self.buf.capacity() > 4 * WRITE_BUFFER_BYTES {
             self.buf = Vec::new();
@@ -1054,9 +1050,7 @@ impl Partition {
             None
         } else {
             Some(
-                self.index
-                    .lock()
-                    .expect("index lock")
+                crate::sync::lock(&self.index)
                     .get(kbase)
                     .floor(to_offset.saturating_sub(1))
                     .1,
@@ -1245,7 +1239,7 @@ impl Partition {
                     let path = segment_path(&self.dir, base);
                     let file = File::open(&path).map_err(|e| LogError::io("open", &path, e))?;
                     let scan = scan_segment(&file, self.segments[i].bytes, &path, base, false)?;
-                    self.index.lock().expect("index lock").set(base, scan.index);
+                    crate::sync::lock(&self.index).set(base, scan.index);
                     self.segments[i].max_timestamp = Some(scan.max_timestamp);
                 }
             }
@@ -1275,7 +1269,7 @@ impl Partition {
             {
                 return Err(self.poison("delete", &path, e));
             }
-            self.index.lock().expect("index lock").invalidate(s.base);
+            crate::sync::lock(&self.index).invalidate(s.base);
             self.segments.remove(0);
             report.segments_deleted += 1;
             report.bytes_deleted += s.bytes;
@@ -1367,7 +1361,7 @@ pub fn verify_partition(dir: &Path) -> Result<VerifyReport> {
         if !bases.is_empty() {
             let k = bases.partition_point(|&b| b < to);
             bases.truncate(k.max(1));
-            let base = *bases.last().expect("one segment");
+            let base = *bases.last().expect("a partition always keeps its active segment");
             cut_last = Some(if k == 0 {
                 0
             } else {

@@ -88,7 +88,7 @@ impl PartitionReader {
             // Look up the index and open the file under the index lock, so a concurrent
             // compaction (rename + invalidate under the same lock) cannot pair old index
             // positions with a new file.
-            let mut cache = self.index.lock().expect("index lock");
+            let mut cache = crate::sync::lock(&self.index);
             let idx = cache.get(base);
             let generation = idx.generation;
             let (_, start) = idx.floor(self.next_offset);
@@ -126,7 +126,7 @@ impl PartitionReader {
     /// At the end of the current segment: true if reading can go on (the file grew or a
     /// newer segment exists), false if caught up.
     fn advance_at_end(&mut self) -> Result<bool> {
-        let cur = self.cur.as_mut().expect("cursor");
+        let cur = self.cur.as_mut().expect("called only while a segment is open");
         if self.bases.is_empty() && self.bound.is_some() {
             // A bounded view: nothing after its end.
             return Ok(false);
@@ -166,7 +166,7 @@ impl PartitionReader {
             if self.batch.len() <= n {
                 self.batch.push(Record::default());
             }
-            let cur = self.cur.as_mut().expect("cursor");
+            let cur = self.cur.as_mut().expect("the cursor was opened just above");
             let slot = &mut self.batch[n];
             let next = cur
                 .reader
@@ -192,7 +192,7 @@ impl PartitionReader {
                         .is_none_or(|p| pos >= p + super::segment::INDEX_INTERVAL)
                     {
                         cur.last_indexed = Some(pos);
-                        self.index.lock().expect("index lock").add(
+                        crate::sync::lock(&self.index).add(
                             cur.base,
                             cur.generation,
                             slot.offset,

@@ -219,22 +219,30 @@ pub fn decode_frame_payload(
     Ok(FrameKind::Record)
 }
 
+/// The `N` bytes of `b` starting at `at`, as an array. Every caller checks the length
+/// first; like any slice index, a range past the end would panic, never return garbage.
+pub(crate) fn array_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+
 /// `Some` if `p` is a well-formed sync-marker payload, `None` if it is not a marker at all,
 /// an error if it claims to be one but is malformed.
 fn parse_sync_marker(p: &[u8]) -> Result<Option<SyncMarker>, String> {
     if p.len() < MIN_PAYLOAD_LEN {
         return Ok(None);
     }
-    let key_len = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
+    let key_len = u32::from_le_bytes(array_at(p, 16)) as usize;
     if key_len != 0 || p.len() != MIN_PAYLOAD_LEN {
         return Ok(None);
     }
-    let value_len = i32::from_le_bytes(p[20..24].try_into().expect("4 bytes"));
+    let value_len = i32::from_le_bytes(array_at(p, 20));
     if value_len != SYNC_MARKER_VALUE_LEN {
         return Ok(None);
     }
-    let end_offset = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
-    let synced_len = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
+    let end_offset = u64::from_le_bytes(array_at(p, 0));
+    let synced_len = i64::from_le_bytes(array_at(p, 8));
     let synced_len = u64::try_from(synced_len)
         .map_err(|_| format!("sync marker with negative synced length {synced_len}"))?;
     Ok(Some(SyncMarker {
@@ -251,15 +259,15 @@ pub fn parse_payload(p: &[u8]) -> Result<PayloadParts<'_>, String> {
     if p.len() < MIN_PAYLOAD_LEN {
         return Err(format!("payload of {} bytes is too short", p.len()));
     }
-    let offset = u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"));
+    let offset = u64::from_le_bytes(array_at(p, 0));
     if offset == u64::MAX {
         return Err(format!(
             "offset {offset} leaves no room for a next offset (the largest valid offset is {})",
             u64::MAX - 1
         ));
     }
-    let timestamp = i64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
-    let key_len = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
+    let timestamp = i64::from_le_bytes(array_at(p, 8));
+    let key_len = u32::from_le_bytes(array_at(p, 16)) as usize;
     if key_len > p.len() - MIN_PAYLOAD_LEN {
         return Err(format!(
             "key length {key_len} does not fit in a payload of {} bytes",
@@ -268,7 +276,7 @@ pub fn parse_payload(p: &[u8]) -> Result<PayloadParts<'_>, String> {
     }
     let key = &p[20..20 + key_len];
     let vpos = 20 + key_len;
-    let value_len = i32::from_le_bytes(p[vpos..vpos + 4].try_into().expect("4 bytes"));
+    let value_len = i32::from_le_bytes(array_at(p, vpos));
     let rest = &p[vpos + 4..];
     let value = match value_len {
         -1 => None,
@@ -290,9 +298,9 @@ pub fn decode_frame(bytes: &[u8], slot: &mut Record) -> Result<(FrameKind, usize
     if bytes.len() < FRAME_HEADER_LEN {
         return Err("incomplete frame header".into());
     }
-    let header: [u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("8 bytes");
+    let header: [u8; FRAME_HEADER_LEN] = array_at(bytes, 0);
     let plen = check_header(&header, bytes.len() as u64).map_err(|e| e.reason().to_string())?;
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(array_at(&header, 4));
     let kind = decode_frame_payload(crc, &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen], slot)?;
     Ok((kind, FRAME_HEADER_LEN + plen))
 }
@@ -303,9 +311,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
     if bytes.len() < FRAME_HEADER_LEN {
         return Err("incomplete frame header".into());
     }
-    let header: [u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("8 bytes");
+    let header: [u8; FRAME_HEADER_LEN] = array_at(bytes, 0);
     let plen = check_header(&header, bytes.len() as u64).map_err(|e| e.reason().to_string())?;
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(array_at(&header, 4));
     let mut rec = Record::default();
     decode_payload(
         crc,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::error::{LogError, Result};
 use super::record::{
     FRAME_HEADER_LEN, FrameKind, HeaderError, MAX_PAYLOAD_LEN, MIN_FRAME_LEN, Record, SyncMarker,
-    check_header, decode_frame_payload,
+    array_at, check_header, decode_frame_payload,
 };
 
 /// Suffix of segment files.
@@ -229,9 +229,7 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
             });
         }
         self.fill(FRAME_HEADER_LEN)?;
-        let header: [u8; FRAME_HEADER_LEN] = self.buf[self.lo..self.lo + FRAME_HEADER_LEN]
-            .try_into()
-            .expect("8 bytes");
+        let header: [u8; FRAME_HEADER_LEN] = array_at(&self.buf, self.lo);
         let plen = match check_header(&header, avail) {
             Ok(p) => p,
             Err(e) => {
@@ -244,7 +242,7 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         };
         let frame_len = FRAME_HEADER_LEN + plen;
         self.fill(frame_len)?;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(array_at(&header, 4));
         let payload = &self.buf[self.lo + FRAME_HEADER_LEN..self.lo + frame_len];
         let kind = match decode_frame_payload(crc, payload, slot) {
             Ok(k) => k,
@@ -541,19 +539,18 @@ pub fn find_valid_frame_after<T: ReadAt + ?Sized>(
             if q + MIN_FRAME_LEN as u64 > len {
                 break;
             }
-            let header: [u8; FRAME_HEADER_LEN] =
-                chunk[i..i + FRAME_HEADER_LEN].try_into().expect("8");
+            let header: [u8; FRAME_HEADER_LEN] = array_at(&chunk, i);
             let Ok(plen) = check_header(&header, len - q) else {
                 continue;
             };
-            let offset = u64::from_le_bytes(chunk[i + 8..i + 16].try_into().expect("8"));
+            let offset = u64::from_le_bytes(array_at(&chunk, i + 8));
             if offset < min_offset || offset > max_offset {
                 continue;
             }
             debug_assert!(plen <= MAX_PAYLOAD_LEN);
             frame.resize(plen, 0);
             src.read_exact_at(q + FRAME_HEADER_LEN as u64, &mut frame)?;
-            let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
+            let crc = u32::from_le_bytes(array_at(&header, 4));
             if decode_frame_payload(crc, &frame, &mut slot).is_ok() {
                 return Ok(Some(q));
             }

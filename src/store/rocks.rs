@@ -325,6 +325,7 @@ impl KeyValueStore for RocksEngine {
         // that `Arc`, so the `DB` lives at least as long as the snapshot, and its field order
         // drops `snap` before `_db`. The `'static` never escapes: iterators borrow the
         // `RocksSnapshot`.
+        #[allow(unsafe_code)]
         let snap: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snap) };
         Ok(Box::new(RocksSnapshot {
             name: self.name.clone(),

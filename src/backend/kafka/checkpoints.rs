@@ -72,7 +72,7 @@ impl CheckpointTopic {
     }
 
     pub(super) fn read(&self, task: &str) -> Result<Option<Checkpoint>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = crate::sync::lock(&self.cache);
         if cache.is_none() {
             *cache = Some(self.load()?);
         }
@@ -99,9 +99,7 @@ impl CheckpointTopic {
                     .unwrap_or(300_000),
             ))
             .map_err(|e| kafka_err(format!("task `{task}`: writing its checkpoint to {tp}"), e))?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.cache)
             .get_or_insert_with(BTreeMap::new)
             .insert(task.to_string(), checkpoint.clone());
         Ok(())

@@ -352,11 +352,7 @@ impl KafkaBackend {
     /// the end of the partition finds the true end. Cached per watermark, so a partition that
     /// does not change costs one watermark request.
     fn verified_end(&self, tp: &TopicPartition, low: u64, high: u64) -> Result<u64> {
-        let mut cache = self
-            .inner
-            .verified_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = crate::sync::lock(&self.inner.verified_ends);
         if let Some(&(h, end)) = cache.get(tp)
             && h == high
         {

@@ -32,7 +32,7 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let mut d = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = crate::sync::lock(&self.deliveries);
         match result {
             Ok(m) => {
                 let end = m.offset().max(0) as u64 + 1;
@@ -86,11 +86,7 @@ impl KafkaSink {
     }
 
     fn take_error(&self) -> Option<KafkaError> {
-        self.producer
-            .context()
-            .deliveries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.producer.context().deliveries)
             .error
             .take()
     }
@@ -176,12 +172,7 @@ impl RecordSink for KafkaSink {
                 e,
             ));
         }
-        let d = self
-            .producer
-            .context()
-            .deliveries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let d = crate::sync::lock(&self.producer.context().deliveries);
         let mut ends = BTreeMap::new();
         for tp in std::mem::take(&mut self.touched) {
             let Some(&end) = d.ends.get(&(tp.topic.clone(), tp.partition as i32)) else {
