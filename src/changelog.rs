@@ -95,3 +95,38 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// The committed state a changelog partition holds: the newest value of every key among its
+/// records below `end` (a task's checkpointed changelog end), tombstoned keys left out.
+/// Records at or past `end` (an uncommitted tail, or trim records not sealed yet) are not
+/// read. Held in memory: for inspection (`gregor store dump --job`), not for restore.
+pub fn committed_entries(
+    backend: &dyn crate::backend::Backend,
+    tp: &TopicPartition,
+    end: u64,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, BackendError> {
+    let mut state = std::collections::BTreeMap::new();
+    let start = backend.offsets(tp)?.start;
+    if start >= end {
+        return Ok(state);
+    }
+    let mut reader = backend.open_reader(tp, start)?;
+    while reader.position() < end {
+        let batch = reader.next_batch(4096)?;
+        if batch.is_empty() {
+            // Compacted away, or a backend whose visible end is short of `end`: a reader
+            // that stops making progress has read everything there is.
+            break;
+        }
+        for r in batch {
+            if r.offset >= end {
+                return Ok(state);
+            }
+            match r.value {
+                Some(v) => state.insert(r.key, v),
+                None => state.remove(&r.key),
+            };
+        }
+    }
+    Ok(state)
+}

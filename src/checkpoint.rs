@@ -61,7 +61,8 @@ impl Checkpoint {
                 source,
             })?;
         }
-        let bytes = serde_json::to_vec_pretty(self).expect("serde_json cannot fail on plain structs with string or integer keys");
+        let bytes = serde_json::to_vec_pretty(self)
+            .expect("serde_json cannot fail on plain structs with string or integer keys");
         checked_file::write(path, &bytes)?;
         Ok(())
     }

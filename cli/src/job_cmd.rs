@@ -45,7 +45,7 @@ pub enum JobCmd {
 }
 
 /// The job's backend: Kafka for `job.system = "kafka"`, else the embedded log of `state`.
-fn backend(state: &StateDir, job: &JobConfig, file: &Path) -> Result<Arc<dyn Backend>> {
+pub(crate) fn backend(state: &StateDir, job: &JobConfig, file: &Path) -> Result<Arc<dyn Backend>> {
     Ok(match job.system {
         System::Kafka => Arc::new(
             KafkaBackend::connect(job.kafka_settings())
@@ -56,7 +56,11 @@ fn backend(state: &StateDir, job: &JobConfig, file: &Path) -> Result<Arc<dyn Bac
 }
 
 /// The tasks a command acts on: `--task` (checked to be one of the job's) or all of them.
-fn tasks(backend: &dyn Backend, job: &JobConfig, only: Option<String>) -> Result<Vec<String>> {
+pub(crate) fn tasks(
+    backend: &dyn Backend,
+    job: &JobConfig,
+    only: Option<String>,
+) -> Result<Vec<String>> {
     let n = Container::task_count_of(backend, job)?;
     let all: Vec<String> = (0..n).map(|p| task_name(&job.name, p)).collect();
     match only {
@@ -70,7 +74,8 @@ fn tasks(backend: &dyn Backend, job: &JobConfig, only: Option<String>) -> Result
     }
 }
 
-fn partition_of(task: &str) -> u32 {
+/// The partition of task `<job>.partition-N` (0 for another name).
+pub(crate) fn partition_of(task: &str) -> u32 {
     task.rsplit_once("partition-")
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or(0)

@@ -126,6 +126,12 @@ pub enum StoreCmd {
         /// a note on stderr says if the store is behind or ahead of its checkpoint.
         #[arg(long)]
         read_only: bool,
+        /// Read the store's committed state from its changelog instead of local state,
+        /// through the job's backend (embedded or Kafka): each task's changelog partition up
+        /// to the changelog end of its checkpoint, newest value per key. Needs no local state
+        /// (any machine that reaches the brokers); holds a task's entries in memory.
+        #[arg(long, value_name = "JOB.toml", conflicts_with = "read_only")]
+        job: Option<std::path::PathBuf>,
     },
     /// Rebuild a store from its changelog (e.g. after its directory was deleted), with progress.
     Restore {
@@ -381,6 +387,58 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
     }
 }
 
+/// `store dump --job`: the committed state of `store` read from its changelog, per task up to
+/// the changelog end of the task's checkpoint, through the job's backend.
+fn dump_from_changelog(
+    state_dir: &Path,
+    file: &Path,
+    task: Option<String>,
+    store: &str,
+    json: bool,
+) -> Result<i32> {
+    let job = gregor::runtime::JobConfig::from_file(file)?;
+    let Some(config) = job.stores.get(store) else {
+        bail!(
+            "{}: job `{}` has no store `{store}` (its stores: {})",
+            file.display(),
+            job.name,
+            job.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let Some(changelog) = &config.changelog else {
+        bail!(
+            "store `{store}` of job `{}` has no changelog: its state is only in the local state directories (use `store dump` there)",
+            job.name
+        );
+    };
+    let state = StateDir::open(state_dir)?;
+    let backend = crate::job_cmd::backend(&state, &job, file)?;
+    let mut maps = Vec::new();
+    for t in crate::job_cmd::tasks(&*backend, &job, task)? {
+        let end = match backend.read_checkpoint(&t)? {
+            Some(cp) => cp.changelogs.get(store).copied().unwrap_or(0),
+            None => {
+                eprintln!("note: task `{t}` has no checkpoint: nothing of it is committed");
+                0
+            }
+        };
+        let tp = gregor::backend::TopicPartition::new(
+            changelog.clone(),
+            crate::job_cmd::partition_of(&t),
+        );
+        maps.push(
+            gregor::changelog::committed_entries(&*backend, &tp, end)
+                .with_context(|| format!("task `{t}`: reading changelog {tp}"))?,
+        );
+    }
+    let iters: Vec<gregor::store::KvIter<'_>> = maps
+        .into_iter()
+        .map(|m| Box::new(m.into_iter().map(Ok)) as gregor::store::KvIter<'_>)
+        .collect();
+    merge_print(config, iters, json)?;
+    Ok(0)
+}
+
 /// Prints the entries of several ordered iterators merged in key order.
 fn merge_print(
     config: &StoreConfig,
@@ -406,6 +464,16 @@ fn merge_print(
 
 /// Runs a `store` verb; returns the exit status.
 pub fn run(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
+    if let StoreCmd::Dump {
+        job: Some(file),
+        task,
+        store,
+        json,
+        ..
+    } = cmd
+    {
+        return dump_from_changelog(state_dir, &file, task, &store, json);
+    }
     if matches!(
         cmd,
         StoreCmd::Get {

@@ -468,4 +468,22 @@ fn topic_compact_between_a_crash_and_the_restart_keeps_committed_state() {
         wrong.iter().map(|(k, _)| got.get(*k)).collect::<Vec<_>>()
     );
     assert_eq!(got.len(), want.len());
+    // The same committed state read from the changelogs up to the checkpoints.
+    let mut from_changelog = BTreeMap::new();
+    let text = ok(&gregor(
+        &state,
+        &[
+            "store",
+            "dump",
+            "--job",
+            v1.to_str().unwrap(),
+            "--store",
+            "counts",
+        ],
+    ));
+    for l in text.lines() {
+        let (k, v) = l.split_once('\t').unwrap();
+        *from_changelog.entry(k.to_string()).or_insert(0) += v.parse::<u64>().unwrap();
+    }
+    assert_eq!(from_changelog, want, "store dump --job");
 }

@@ -1,4 +1,5 @@
-//! `gregor job checkpoints` and `gregor job reset` on Kafka (issue 11), with the release
+//! `gregor job checkpoints`, `gregor job reset` and `gregor store dump --job` on Kafka
+//! (issues 11 and 8), with the release
 //! binary and Apache Kafka 0.9.0.1 started by the test harness: both go through the Backend,
 //! so the checkpoint topic is read, and a reset, which cannot truncate a Kafka changelog,
 //! appends a tombstone per key: a job started from scratch afterwards, in a fresh state
@@ -38,17 +39,30 @@ fn ok(state: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+fn parse(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
 fn dump(state: &Path) -> BTreeMap<String, u64> {
-    ok(
+    parse(&ok(
         state,
         &["store", "dump", "--store", "counts", "--read-only"],
-    )
-    .lines()
-    .map(|l| {
-        let (k, v) = l.split_once('\t').unwrap();
-        (k.to_string(), v.parse().unwrap())
-    })
-    .collect()
+    ))
+}
+
+/// `store dump --job`: the committed state read from the Kafka changelog, from a state
+/// directory that holds nothing of the job.
+fn dump_from_kafka(dir: &Path, job: &str) -> BTreeMap<String, u64> {
+    let empty = tempfile::tempdir_in(dir).unwrap();
+    parse(&ok(
+        empty.path(),
+        &["store", "dump", "--job", job, "--store", "counts"],
+    ))
 }
 
 #[test]
@@ -90,6 +104,11 @@ fn job_checkpoints_and_reset_on_kafka() {
     let first = dir.path().join("state-1");
     ok(&first, &["run", jf, "--until-end"]);
     assert_eq!(dump(&first), want);
+    assert_eq!(
+        dump_from_kafka(dir.path(), jf),
+        want,
+        "the changelogs read up to the checkpoints hold the counts"
+    );
 
     let json = ok(&first, &["job", "checkpoints", jf, "--json"]);
     let mut inputs = 0;
@@ -111,6 +130,11 @@ fn job_checkpoints_and_reset_on_kafka() {
     // Reset from another (fresh) state directory: everything needed is in Kafka.
     let second = dir.path().join("state-2");
     ok(&second, &["job", "reset", jf]);
+    assert_eq!(
+        dump_from_kafka(dir.path(), jf),
+        BTreeMap::new(),
+        "after a reset the committed changelogs hold nothing"
+    );
     let shown = ok(&second, &["job", "checkpoints", jf]);
     assert!(
         !shown.contains("input ") && shown.contains("changelog counts"),
@@ -133,4 +157,5 @@ fn job_checkpoints_and_reset_on_kafka() {
     let third = dir.path().join("state-3");
     ok(&third, &["run", jf, "--until-end"]);
     assert_eq!(dump(&third), want);
+    assert_eq!(dump_from_kafka(dir.path(), jf), want);
 }

@@ -173,7 +173,9 @@ struct LastSegment {
 /// Opens and scans the last segment `bases.last()` of `dir` and checks it belongs to the
 /// log (see [`check_last_segment_identity`]). Reads only.
 fn analyze_last(dir: &Path, bases: &[u64], writable: bool) -> Result<LastSegment> {
-    let base = *bases.last().expect("a partition always keeps its active segment");
+    let base = *bases
+        .last()
+        .expect("a partition always keeps its active segment");
     let path = segment_path(dir, base);
     let file = OpenOptions::new()
         .read(true)
@@ -644,7 +646,9 @@ impl Partition {
             report.completed_truncation = Some(to);
             let k = bases.partition_point(|&b| b < to);
             bases.truncate(k.max(1));
-            let base = *bases.last().expect("a partition always keeps its active segment");
+            let base = *bases
+                .last()
+                .expect("a partition always keeps its active segment");
             let path = segment_path(&dir, base);
             let (cut, last_kept) = if k == 0 {
                 (0, None)
@@ -716,7 +720,10 @@ impl Partition {
 
     /// Base offset of the active (last) segment; records below it are in closed segments.
     pub fn active_segment_base(&self) -> u64 {
-        self.segments.last().expect("a partition always keeps its active segment").base
+        self.segments
+            .last()
+            .expect("a partition always keeps its active segment")
+            .base
     }
 
     /// Base offsets of all segments, ascending.
@@ -821,7 +828,10 @@ impl Partition {
             let base = self.active_segment_base();
             crate::sync::lock(&self.index).get(base).add(offset, pos);
         }
-        let meta = self.segments.last_mut().expect("a partition always keeps its active segment");
+        let meta = self
+            .segments
+            .last_mut()
+            .expect("a partition always keeps its active segment");
         meta.max_timestamp = Some(Some(
             meta.max_timestamp
                 .flatten()
@@ -859,7 +869,10 @@ impl Partition {
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
-        self.segments.last_mut().expect("a partition always keeps its active segment").bytes = self.active_len;
+        self.segments
+            .last_mut()
+            .expect("a partition always keeps its active segment")
+            .bytes = self.active_len;
         self.buf.clear();
         if self.buf.capacity() > 4 * WRITE_BUFFER_BYTES {
             self.buf = Vec::new();
@@ -1361,7 +1374,9 @@ pub fn verify_partition(dir: &Path) -> Result<VerifyReport> {
         if !bases.is_empty() {
             let k = bases.partition_point(|&b| b < to);
             bases.truncate(k.max(1));
-            let base = *bases.last().expect("a partition always keeps its active segment");
+            let base = *bases
+                .last()
+                .expect("a partition always keeps its active segment");
             cut_last = Some(if k == 0 {
                 0
             } else {

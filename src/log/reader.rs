@@ -126,7 +126,10 @@ impl PartitionReader {
     /// At the end of the current segment: true if reading can go on (the file grew or a
     /// newer segment exists), false if caught up.
     fn advance_at_end(&mut self) -> Result<bool> {
-        let cur = self.cur.as_mut().expect("called only while a segment is open");
+        let cur = self
+            .cur
+            .as_mut()
+            .expect("called only while a segment is open");
         if self.bases.is_empty() && self.bound.is_some() {
             // A bounded view: nothing after its end.
             return Ok(false);

@@ -386,7 +386,8 @@ impl LogDir {
 
 /// `gregor-topic v1 crc32c=XXXXXXXX\n<json>`.
 fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
-    let json = serde_json::to_vec_pretty(meta).expect("serde_json cannot fail on plain structs with string keys");
+    let json = serde_json::to_vec_pretty(meta)
+        .expect("serde_json cannot fail on plain structs with string keys");
     let mut out = format!("{META_MAGIC}{:08x}\n", crc32c::crc32c(&json)).into_bytes();
     out.extend_from_slice(&json);
     out
