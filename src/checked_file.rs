@@ -30,8 +30,9 @@ pub enum CheckedFileError {
     },
 }
 
-/// Atomically writes `payload` to `path` with a checksum header.
-pub fn write(path: &Path, payload: &[u8]) -> Result<(), CheckedFileError> {
+/// The bytes of a checked file holding `payload`: a header line with the checksum and the
+/// length, then the payload ([`decode`] reverses it).
+pub fn encode(payload: &[u8]) -> Vec<u8> {
     let mut bytes = format!(
         "{MAGIC} {:08x} {}\n",
         crc32c::crc32c(payload),
@@ -39,7 +40,12 @@ pub fn write(path: &Path, payload: &[u8]) -> Result<(), CheckedFileError> {
     )
     .into_bytes();
     bytes.extend_from_slice(payload);
-    crate::fsutil::write_atomic(path, &bytes).map_err(|source| CheckedFileError::Io {
+    bytes
+}
+
+/// Atomically writes `payload` to `path` with a checksum header.
+pub fn write(path: &Path, payload: &[u8]) -> Result<(), CheckedFileError> {
+    crate::fsutil::write_atomic(path, &encode(payload)).map_err(|source| CheckedFileError::Io {
         path: path.display().to_string(),
         source,
     })

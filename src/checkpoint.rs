@@ -45,12 +45,24 @@ impl Checkpoint {
         let Some(bytes) = checked_file::read(path)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
+        Self::from_bytes(&bytes)
             .map(Some)
-            .map_err(|e| CheckpointError::Format {
+            .map_err(|message| CheckpointError::Format {
                 path: path.display().to_string(),
-                message: e.to_string(),
+                message,
             })
+    }
+
+    /// Decodes a checkpoint from a checked file's payload (JSON); the error says what is
+    /// wrong with it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// The payload [`from_bytes`](Self::from_bytes) decodes (pretty JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self)
+            .expect("serde_json cannot fail on plain structs with string or integer keys")
     }
 
     /// Atomically writes the checkpoint to `path` (creating its directory).
@@ -61,9 +73,7 @@ impl Checkpoint {
                 source,
             })?;
         }
-        let bytes = serde_json::to_vec_pretty(self)
-            .expect("serde_json cannot fail on plain structs with string or integer keys");
-        checked_file::write(path, &bytes)?;
+        checked_file::write(path, &self.to_bytes())?;
         Ok(())
     }
 
