@@ -172,12 +172,21 @@ pub fn run(settings: KafkaSettings, cmd: TopicCmd) -> Result<i32> {
                 }
             }
         }
+        TopicCmd::Roles { release: Some(job) } => {
+            if !backend.roles()?.jobs.contains_key(&job) {
+                bail!("job `{job}` has no recorded topic roles on this cluster");
+            }
+            backend.release_roles(&job)?;
+            writeln!(out, "released the topic roles of job `{job}`")?;
+        }
+        TopicCmd::Roles { release: None } => {
+            crate::topic::print_roles(&mut out, &backend.roles()?)?;
+        }
         other => bail!(
             "`topic {}` works on the embedded log only (Kafka brokers verify, compact and keep their own logs)",
             match other {
                 TopicCmd::Verify { .. } => "verify",
-                TopicCmd::Compact { .. } => "compact",
-                _ => "roles",
+                _ => "compact",
             }
         ),
     }

@@ -23,6 +23,22 @@ use gregor::log::{
 };
 use gregor::partitioner::partition_for_key;
 
+/// Prints `job<TAB>topic<TAB>role` per claim of `registry`.
+pub(crate) fn print_roles(out: &mut dyn Write, registry: &RoleRegistry) -> io::Result<()> {
+    for (job, claims) in &registry.jobs {
+        for c in claims {
+            let role = match &c.role {
+                Role::Input => "input".to_string(),
+                Role::Output => "output".to_string(),
+                Role::Changelog { store } => format!("changelog of store {store}"),
+                other => other.to_string(),
+            };
+            writeln!(out, "{job}\t{}\t{role}", c.topic)?;
+        }
+    }
+    Ok(())
+}
+
 /// The `topic` verbs.
 #[derive(Subcommand, Debug)]
 pub enum TopicCmd {
@@ -215,17 +231,7 @@ pub fn run(state_dir: &Path, cmd: TopicCmd) -> anyhow::Result<i32> {
                 registry.save(&path)?;
                 writeln!(out, "released the topic roles of job `{job}`")?;
             } else {
-                for (job, claims) in &registry.jobs {
-                    for c in claims {
-                        let role = match &c.role {
-                            Role::Input => "input".to_string(),
-                            Role::Output => "output".to_string(),
-                            Role::Changelog { store } => format!("changelog of store {store}"),
-                            other => other.to_string(),
-                        };
-                        writeln!(out, "{job}\t{}\t{role}", c.topic)?;
-                    }
-                }
+                print_roles(&mut out, &registry)?;
             }
             0
         }

@@ -124,7 +124,7 @@ impl RoleRegistry {
                         "job `{job}` wants it as {}, but it is {role} of job `{other}`; {}. \
                          Give job `{job}` a topic of its own (e.g. `{job}-{}`), or, if job \
                          `{other}` is gone for good, release its roles with \
-                         `gregor topic roles --release {other}`",
+                         `gregor topic roles --release {other}` (add `--kafka BOOTSTRAP` on Kafka)",
                         c.role,
                         why(&c.role, role),
                         c.topic

@@ -19,6 +19,7 @@
 
 mod checkpoints;
 mod reader;
+pub mod roles;
 mod sink;
 
 use std::collections::BTreeMap;
@@ -122,6 +123,7 @@ struct Inner {
     checkpoints: checkpoints::CheckpointTopic,
     policy_warned: AtomicBool,
     group_warned: AtomicBool,
+    roles_warned: AtomicBool,
     /// Per partition: the high watermark last seen and the end verified for it.
     verified_ends: Mutex<BTreeMap<TopicPartition, (u64, u64)>>,
 }
@@ -204,6 +206,7 @@ impl KafkaBackend {
                 checkpoints,
                 policy_warned: AtomicBool::new(false),
                 group_warned: AtomicBool::new(false),
+                roles_warned: AtomicBool::new(false),
                 verified_ends: Mutex::new(BTreeMap::new()),
             }),
         };
@@ -426,6 +429,10 @@ impl Backend for KafkaBackend {
     fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32> {
         let compacted = spec.role == TopicRole::Changelog;
         self.ensure_topic_inner(&spec.name, spec.partitions, compacted)
+    }
+
+    fn claim_roles(&self, job: &str, claims: &[crate::backend::roles::RoleClaim]) -> Result<()> {
+        self.claim(job, claims)
     }
 
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets> {
