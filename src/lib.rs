@@ -39,6 +39,7 @@ pub mod changelog;
 pub mod checked_file;
 pub mod checkpoint;
 pub mod config;
+pub mod coordinator;
 pub mod fsutil;
 pub mod log;
 pub mod partitioner;
