@@ -107,7 +107,7 @@ pub fn run(
     let stats = match http.or(job.http_listen) {
         None => run_job_on(backend, &state, &job, &factory, opts)?,
         Some(listen) => {
-            let serving = Serving::new(job.clone());
+            let serving = Serving::new(job.clone(), false);
             let link = serving.link().context("serving link taken")?;
             let process = ProcessInfo {
                 id: procs.id,

@@ -156,7 +156,7 @@ pub fn run(state_dir: &Path, args: ServeArgs) -> Result<i32> {
         Ok(())
     })?;
     let factory = builtin::factory("kv").context("the built-in kv task")?;
-    let serving = Serving::new(job.clone());
+    let serving = Serving::new(job.clone(), true);
     let writer = KvWriter::start(Arc::clone(&backend), serving.clone(), input)?;
     let link = serving.link().context("serving link taken")?;
     let _server = start_http(

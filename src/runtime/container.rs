@@ -350,8 +350,6 @@ pub struct Container<'a> {
     skipped: u64,
     /// The HTTP server's reads and the status it shows, when the job is served.
     serving: Option<ServeLink>,
-    /// The run loop runs (tasks opened now answer reads at once).
-    looping: bool,
 }
 
 impl<'a> Container<'a> {
@@ -509,7 +507,6 @@ impl<'a> Container<'a> {
             on_process_error,
             skipped: 0,
             serving: None,
-            looping: false,
         })
     }
 
@@ -550,11 +547,13 @@ impl<'a> Container<'a> {
             task: &name,
             changelog_partition: p,
         };
+        if let Some(link) = self.serving.as_mut() {
+            link.task_opening(p, &name);
+        }
         let serving = self.serving.as_ref().map(|l| l.serving().clone());
         let (storage, restored) = match &serving {
             None => TaskStorage::open(&ctx, &self.job.stores, progress)?,
             Some(serving) => {
-                serving.task_restoring(p, &name);
                 open_delay_failpoint();
                 let mut progress = StatusProgress {
                     inner: progress,
@@ -610,7 +609,7 @@ impl<'a> Container<'a> {
         with_ctx(&mut run, self.job, |task, ctx| task.init(ctx))
             .map_err(task_err(&name, "init".into()))?;
         if let Some(s) = &run.serving {
-            s.task_checkpoint(p, run.storage.checkpoint(), self.looping);
+            s.task_checkpoint(p, run.storage.checkpoint(), false);
         }
         self.tasks.insert(p, run);
         Ok(restored)
@@ -680,12 +679,7 @@ impl<'a> Container<'a> {
         let (mut last_commit, mut last_window, mut last_cleanup) =
             (Instant::now(), Instant::now(), Instant::now());
         let mut stop_requested = false;
-        self.looping = true;
         if let Some(link) = &self.serving {
-            for (&p, run) in &self.tasks {
-                link.serving()
-                    .task_checkpoint(p, run.storage.checkpoint(), true);
-            }
             link.serving().set_phase(Phase::Running);
         }
         loop {
@@ -742,7 +736,6 @@ impl<'a> Container<'a> {
                 .values()
                 .all(|r| r.cursors.iter().all(|c| c.next >= c.target));
             if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
-                self.looping = false;
                 return Ok(());
             }
             self.serve_reads(None);
@@ -770,10 +763,13 @@ impl Container<'_> {
             }
             return;
         };
-        for run in self.tasks.values() {
-            for c in &run.cursors {
-                link.publish(&c.tp, c.next);
-            }
+        for (&p, run) in &self.tasks {
+            link.publish_task(
+                p,
+                run.cursors.iter().map(|c| (&c.tp, c.next)),
+                run.cursors.iter().all(|c| c.next >= c.target),
+                run.storage.checkpoint(),
+            );
         }
         link.answer(idle, MAX_READS_PER_ROUND, &mut OpenTasks(&mut self.tasks));
     }

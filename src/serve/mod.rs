@@ -20,7 +20,7 @@ pub mod query;
 pub mod render;
 pub mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -126,6 +126,7 @@ pub struct Serving {
 
 struct Shared {
     job: Arc<JobConfig>,
+    catch_up: bool,
     status: RwLock<JobStatus>,
     requests: SyncSender<Request>,
     receiver: Mutex<Option<Receiver<Request>>>,
@@ -138,11 +139,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Serving {
     /// Serving for `job` (nothing open yet: every read is a 503 until the container runs).
-    pub fn new(job: JobConfig) -> Self {
+    ///
+    /// With `catch_up`, a task answers reads (and counts as ready) only once it has processed
+    /// its inputs up to where they ended when it was opened: what the key-value service
+    /// needs, since writes acknowledged before a restart sit in the input past the
+    /// checkpoint. Without it (an ordinary job), a task answers as soon as it runs, from the
+    /// state it has reached.
+    pub fn new(job: JobConfig, catch_up: bool) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(REQUEST_QUEUE);
         Serving {
             inner: Arc::new(Shared {
                 job: Arc::new(job),
+                catch_up,
                 status: RwLock::new(JobStatus {
                     phase: Phase::Starting,
                     tasks_total: None,
@@ -186,6 +194,7 @@ impl Serving {
             rx,
             published: BTreeMap::new(),
             senders: BTreeMap::new(),
+            ready: BTreeSet::new(),
         })
     }
 
@@ -232,6 +241,8 @@ pub struct ServeLink {
     /// a write acknowledged as applied must never look undone.
     published: BTreeMap<TopicPartition, u64>,
     senders: BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>,
+    /// Tasks that answer reads (open, and caught up where the job asks for it).
+    ready: BTreeSet<u32>,
 }
 
 /// How the container lets a request reach a task's store.
@@ -251,8 +262,34 @@ impl ServeLink {
         &self.serving
     }
 
+    /// Task `p` (named `name`) is being opened, or reopened after a rollback: it answers no
+    /// read until [`publish_task`](Self::publish_task) finds it ready.
+    pub(crate) fn task_opening(&mut self, p: u32, name: &str) {
+        self.ready.remove(&p);
+        self.serving.task_restoring(p, name);
+    }
+
+    /// Publishes where open task `p` is: `positions` (input partition, next offset to
+    /// process); `caught_up` if it has processed its inputs to where they ended when it was
+    /// opened. A task becomes ready (running, answering reads) here.
+    pub(crate) fn publish_task<'t>(
+        &mut self,
+        p: u32,
+        positions: impl Iterator<Item = (&'t TopicPartition, u64)>,
+        caught_up: bool,
+        checkpoint: Option<&Checkpoint>,
+    ) {
+        for (tp, next) in positions {
+            self.publish(tp, next);
+        }
+        if !self.ready.contains(&p) && (caught_up || !self.serving.inner.catch_up) {
+            self.ready.insert(p);
+            self.serving.task_checkpoint(p, checkpoint, true);
+        }
+    }
+
     /// Publishes that input partition `tp` is processed up to (not including) `next`.
-    pub(crate) fn publish(&mut self, tp: &TopicPartition, next: u64) {
+    fn publish(&mut self, tp: &TopicPartition, next: u64) {
         match self.published.get_mut(tp) {
             Some(p) if *p >= next => return,
             Some(p) => *p = next,
@@ -310,9 +347,16 @@ impl ServeLink {
         if reply.is_closed() {
             return 0; // the client gave up
         }
-        let answer = tasks
-            .store(task, &store, &self.published)
-            .and_then(|s| query::run(&op, s).map_err(QueryError::from));
+        let answer = if self.ready.contains(&task) {
+            tasks
+                .store(task, &store, &self.published)
+                .and_then(|s| query::run(&op, s).map_err(QueryError::from))
+        } else {
+            Err(QueryError::Unavailable {
+                task,
+                why: "is not ready (restoring, or catching up with its input)",
+            })
+        };
         let _ = reply.send(answer);
         1
     }
