@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use gregor::backend::Backend;
 use gregor::backend::embedded::EmbeddedBackend;
-use gregor::log::TopicConfig;
 use gregor::backend::kafka::KafkaBackend;
+use gregor::log::TopicConfig;
 use gregor::runtime::config::System;
 use gregor::runtime::{JobConfig, RunOptions, builtin, embedded_backend, run_job_serving};
 use gregor::serve::http::{self, HttpOptions, HttpServer, MetricsRender, ProcessInfo, Writes};
@@ -142,7 +142,9 @@ pub fn run(state_dir: &Path, args: ServeArgs) -> Result<i32> {
     }
     let listen = match args.http.or(job.http_listen) {
         Some(a) => a,
-        None => DEFAULT_LISTEN.parse().context("the default listen address")?,
+        None => DEFAULT_LISTEN
+            .parse()
+            .context("the default listen address")?,
     };
     let state = StateDir::open(state_dir)?;
     let backend = backend_for(&state, &job, &source, |backend| {

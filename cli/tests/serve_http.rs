@@ -38,7 +38,10 @@ impl Reply {
     }
 
     fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn message(&self) -> String {
@@ -189,10 +192,7 @@ impl Server {
     /// SIGTERM: commit, close, exit 0.
     fn stop(mut self) -> String {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let log = self.log();
@@ -242,7 +242,11 @@ fn page_all(s: &Server, query: &str, limit: usize) -> Vec<String> {
         let v = r.json();
         let entries = v["entries"].as_array().unwrap();
         assert!(entries.len() <= limit);
-        keys.extend(entries.iter().map(|e| e["key"].as_str().unwrap().to_string()));
+        keys.extend(
+            entries
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_string()),
+        );
         match &v["cursor"] {
             Value::Null => return keys,
             Value::String(c) => {
@@ -280,7 +284,10 @@ fn serve_reads_writes_pages_and_explains_errors() {
     assert_eq!(s.put(&key_path("kv", key), b"\x00\xffvalue").status, 204);
     let r = s.get(&key_path("kv", key));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json(), json!({"key": key, "value": b64(b"\x00\xffvalue")}));
+    assert_eq!(
+        r.json(),
+        json!({"key": key, "value": b64(b"\x00\xffvalue")})
+    );
     let meta = s.get(&format!("{}/meta", key_path("kv", key))).json();
     let p = partition_for_key(key.as_bytes(), 4);
     assert_eq!(meta["partition"], p);
@@ -440,7 +447,10 @@ fn keys_and_values_go_through_the_store_serdes() {
         &[],
     );
     s.wait_ready();
-    assert_eq!(s.put("/v1/stores/kv/keys/42", br#"{"a": [1, 2]}"#).status, 204);
+    assert_eq!(
+        s.put("/v1/stores/kv/keys/42", br#"{"a": [1, 2]}"#).status,
+        204
+    );
     let r = s.get("/v1/stores/kv/keys/42");
     assert_eq!(r.json(), json!({"key": 42, "value": {"a": [1, 2]}}));
     for (path, serde) in [
@@ -565,7 +575,11 @@ fn reads_while_the_count_job_runs_only_see_counts_grow() {
             if r.status == 200 && r.json()["value"].as_u64() == Some(n) {
                 break;
             }
-            assert!(Instant::now() < deadline, "{k} never reached {n}: {}", r.body);
+            assert!(
+                Instant::now() < deadline,
+                "{k} never reached {n}: {}",
+                r.body
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -650,10 +664,7 @@ fn restoring_tasks_answer_503_with_retry_after() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(saw_restoring, "no task was seen restoring");
-    assert_eq!(
-        s.get(&key_path("kv", "kept")).json()["value"],
-        b64(b"v1")
-    );
+    assert_eq!(s.get(&key_path("kv", "kept")).json()["value"], b64(b"v1"));
     assert_eq!(
         s.get(&key_path("kv", "during")).status,
         404,
