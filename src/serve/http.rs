@@ -26,7 +26,7 @@ use crate::store::config::StoreConfig;
 
 use super::query::MAX_RANGE_LIMIT;
 use super::render::{self, RenderError};
-use super::write::WriteError;
+use super::write::{WriteError, WriteRecord};
 use super::{JobStatus, KvWriter, Phase, QueryError, ReadAnswer, ReadOp, Request, Serving};
 
 /// How long a read waits for the run loop before it is answered 503.
@@ -395,11 +395,7 @@ impl App {
     }
 
     /// Appends `records` durably, then waits until their tasks applied them.
-    async fn write(
-        &self,
-        w: &Writes,
-        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<(), ApiError> {
+    async fn write(&self, w: &Writes, records: Vec<WriteRecord>) -> Result<(), ApiError> {
         let ready = self.serving.with_status(JobStatus::ready);
         if !ready {
             return Err(ApiError::Unavailable(
@@ -667,7 +663,7 @@ fn put_record(
     store: &str,
     key: Vec<u8>,
     value: Vec<u8>,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+) -> Result<WriteRecord, ApiError> {
     let cfg = app.store(store)?;
     let m = Mutation::put(key, value);
     cfg.limits
@@ -703,11 +699,7 @@ async fn delete_key(
 }
 
 /// The records of a batch body, every op checked before any is returned.
-fn batch_records(
-    app: &App,
-    store: &str,
-    body: &[u8],
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, ApiError> {
+fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>, ApiError> {
     let cfg = app.store(store)?;
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;

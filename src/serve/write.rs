@@ -46,6 +46,9 @@ pub enum WriteError {
     Stopped,
 }
 
+/// One write: the serialized key and value (`None`: a delete, appended as a tombstone).
+pub type WriteRecord = (Vec<u8>, Option<Vec<u8>>);
+
 /// Partition ends a flush made durable.
 pub type Ends = BTreeMap<TopicPartition, u64>;
 
