@@ -12,7 +12,7 @@
 //!   its task applied it); [`ServeLink`], the container's end of it;
 //! - [`query`]: the read requests and how the task thread answers them;
 //! - [`render`]: keys and values to and from URLs and JSON through the store's serdes;
-//! - [`write`]: the key-value service's writer (appends to the input topic, group commit);
+//! - [`write`](mod@write): the key-value service's writer (appends to the input topic, group commit);
 //! - [`http`]: the axum server, its routes and error replies.
 
 pub mod http;
