@@ -53,7 +53,7 @@ changelog = "kvk-changelog"
     let args = ["serve", "--http", "127.0.0.1:0", job_file.to_str().unwrap()];
     let s = Server::start(&state, &args, &[]);
     s.wait_ready();
-    for i in 0..100 {
+    for i in 0..40 {
         let k = format!("k{}", i % 20);
         let v = format!("v{i}");
         let r = s.put(&key_path("kv", &k), v.as_bytes());
@@ -78,7 +78,7 @@ changelog = "kvk-changelog"
     assert_eq!(s.get(&key_path("kv", "k0")).status, 404);
     assert_eq!(s.get(&key_path("kv", "k1")).status, 404);
     assert_eq!(s.get(&key_path("kv", "b")).json()["value"], "x");
-    for i in 80..100 {
+    for i in 20..40 {
         let k = format!("k{}", i % 20);
         if k == "k0" || k == "k1" {
             continue;

@@ -403,7 +403,9 @@ impl App {
                     .into(),
             ));
         }
+        let started = std::time::Instant::now();
         let ends = w.writer.append(records).await?;
+        tracing::debug!("write durable after {:?}", started.elapsed());
         for (tp, end) in ends {
             if !self.serving.processed(&tp, end, APPLY_TIMEOUT).await {
                 return Err(ApiError::Unavailable(format!(
@@ -412,6 +414,7 @@ impl App {
                 )));
             }
         }
+        tracing::debug!("write applied after {:?}", started.elapsed());
         Ok(())
     }
 }
