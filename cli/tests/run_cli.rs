@@ -7,8 +7,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gregor::checkpoint::Checkpoint;
-use gregor::log::{LogDir, TopicConfig};
-use gregor::partitioner::partition_for_key;
+
+#[path = "support/count_input.rs"]
+mod count_input;
+
+use count_input::produce;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 
@@ -64,26 +67,6 @@ fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Appends `n` messages over `keys` keys to `in` (4 partitions, murmur2); returns the counts.
-fn produce(state: &Path, n: u64, keys: u64) -> BTreeMap<String, u64> {
-    let logs = LogDir::open(state).unwrap();
-    let topic = logs.create_topic("in", 4, TopicConfig::default()).unwrap();
-    let mut parts: Vec<_> = (0..4).map(|p| topic.open_partition(p).unwrap().0).collect();
-    let mut counts = BTreeMap::new();
-    for i in 0..n {
-        let key = format!("k{}", (i * 7919) % keys);
-        let p = partition_for_key(key.as_bytes(), 4);
-        parts[p as usize]
-            .append(0, key.as_bytes(), Some(b"x"))
-            .unwrap();
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    for p in &mut parts {
-        p.sync().unwrap();
-    }
-    counts
 }
 
 /// `store dump` of every task (a key appears once per task that has it), summed per key.

@@ -8,11 +8,12 @@
 //! - kill -9 after acknowledged PUTs: every acknowledged write is readable after a restart;
 //! - reads while the count job processes flat out only ever see counts grow.
 
+#[path = "support/count_input.rs"]
+mod count_input;
 #[path = "support/http_server.rs"]
 mod http_server;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use serde_json::{Value, json};
 
+use count_input::produce;
 use http_server::{Server, b64, key_path};
 
 /// Follows the cursor from the first page to the last; returns every key in order.
@@ -298,28 +300,6 @@ key.serde = "string"
 value.serde = "u64"
 changelog = "counts-changelog"
 "#;
-
-/// Appends `n` messages over `keys` keys to `in` (4 partitions); returns the counts.
-fn produce(state: &Path, n: u64, keys: u64) -> BTreeMap<String, u64> {
-    let logs = LogDir::open(state).unwrap();
-    let topic = logs
-        .topic_or_create("in", 4, TopicConfig::default())
-        .unwrap();
-    let mut parts: Vec<_> = (0..4).map(|p| topic.open_partition(p).unwrap().0).collect();
-    let mut counts = BTreeMap::new();
-    for i in 0..n {
-        let key = format!("k{}", (i * 7919) % keys);
-        let p = partition_for_key(key.as_bytes(), 4);
-        parts[p as usize]
-            .append(0, key.as_bytes(), Some(b"x"))
-            .unwrap();
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    for p in &mut parts {
-        p.sync().unwrap();
-    }
-    counts
-}
 
 /// `gregor run --http` of an ordinary job: its store is readable while it runs, counts read
 /// concurrently only ever grow, and writes are 405.

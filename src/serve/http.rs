@@ -322,6 +322,13 @@ impl App {
         Ok(key)
     }
 
+    /// The serialized key of a URL path and the partition (task) that owns it.
+    fn key_and_partition(&self, store: &str, text: &str) -> Result<(Vec<u8>, u32), ApiError> {
+        let key = self.key(store, text, "key")?;
+        let p = crate::partitioner::partition_for_key(&key, self.tasks_total()?);
+        Ok((key, p))
+    }
+
     fn tasks_total(&self) -> Result<u32, ApiError> {
         self.serving
             .with_status(|s| s.tasks_total)
@@ -445,8 +452,7 @@ async fn get_key(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
-    let key = app.key(&store, &text, "key")?;
-    let p = crate::partitioner::partition_for_key(&key, app.tasks_total()?);
+    let (key, p) = app.key_and_partition(&store, &text)?;
     match app.read(p, &store, ReadOp::Get(key.clone())).await? {
         ReadAnswer::Value(Some(v)) => {
             Ok(Json(entry_json(app.store(&store)?, &key, &v)?).into_response())
@@ -463,8 +469,7 @@ async fn key_meta(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
-    let key = app.key(&store, &text, "key")?;
-    let p = crate::partitioner::partition_for_key(&key, app.tasks_total()?);
+    let (_, p) = app.key_and_partition(&store, &text)?;
     let owner = p % app.process.count.max(1);
     let http = (owner == app.process.id).then(|| app.addr.clone());
     Ok(Json(json!({
