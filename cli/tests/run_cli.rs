@@ -49,19 +49,7 @@ fn fails_with_one_line(o: &Output) -> String {
     lines[0].to_string()
 }
 
-const GOOD_JOB: &str = r#"
-[job]
-name = "counts"
-task = "count"
-inputs = ["in"]
-commit.ms = 100
-
-[stores.counts]
-engine = "rocksdb"
-key.serde = "string"
-value.serde = "u64"
-changelog = "counts-changelog"
-"#;
+const GOOD_JOB: &str = count_input::COUNT_JOB;
 
 fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);

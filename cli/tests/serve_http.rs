@@ -23,7 +23,7 @@ use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use serde_json::{Value, json};
 
-use count_input::produce;
+use count_input::{COUNT_JOB, produce};
 use http_server::{Server, b64, key_path};
 
 /// Follows the cursor from the first page to the last; returns every key in order.
@@ -286,20 +286,6 @@ fn keys_and_values_go_through_the_store_serdes() {
     );
     s.stop();
 }
-
-const COUNT_JOB: &str = r#"
-[job]
-name = "counts"
-task = "count"
-inputs = ["in"]
-commit.ms = 200
-
-[stores.counts]
-engine = "rocksdb"
-key.serde = "string"
-value.serde = "u64"
-changelog = "counts-changelog"
-"#;
 
 /// `gregor run --http` of an ordinary job: its store is readable while it runs, counts read
 /// concurrently only ever grow, and writes are 405.

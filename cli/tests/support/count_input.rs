@@ -6,6 +6,21 @@ use std::path::Path;
 use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 
+/// The `count` job over `in`: store `counts` (string -> u64) with a changelog.
+pub const COUNT_JOB: &str = r#"
+[job]
+name = "counts"
+task = "count"
+inputs = ["in"]
+commit.ms = 100
+
+[stores.counts]
+engine = "rocksdb"
+key.serde = "string"
+value.serde = "u64"
+changelog = "counts-changelog"
+"#;
+
 /// Appends `n` messages over `keys` keys to `in` (4 partitions, murmur2); returns the counts.
 pub fn produce(state: &Path, n: u64, keys: u64) -> BTreeMap<String, u64> {
     let logs = LogDir::open(state).unwrap();
