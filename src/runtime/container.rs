@@ -311,9 +311,7 @@ fn run_container(
         .filter(|p| opts.assignment.as_ref().is_none_or(|a| a.contains(p)))
         .collect();
     if let Some(link) = link {
-        link.serving()
-            .set_tasks(c.n_tasks, &assigned, |p| task_name(&job.name, p));
-        c.serve(link);
+        c.serve(link, &assigned);
     }
     for &p in &assigned {
         stats.restores.extend(c.open_task(p, &mut *opts.progress)?);
@@ -511,8 +509,12 @@ impl<'a> Container<'a> {
     }
 
     /// Serves the tasks' stores to the HTTP server at the other end of `link` (see
-    /// [`run_job_serving`]).
-    pub fn serve(&mut self, link: ServeLink) {
+    /// [`run_job_serving`]); `assigned` are the tasks this process is going to open (shown
+    /// as restoring until they run).
+    pub fn serve(&mut self, link: ServeLink, assigned: &[u32]) {
+        let job = &self.job.name;
+        link.serving()
+            .set_tasks(self.n_tasks, assigned, |p| task_name(job, p));
         self.serving = Some(link);
     }
 
