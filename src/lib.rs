@@ -22,6 +22,8 @@
 //!   commit.
 //! - [`checkpoint`]: what a task had processed and stored at its last commit.
 //! - [`runtime`]: job config, the task API, the container, built-in tasks.
+//! - [`serve`]: the HTTP server: reads of any job's stores, the key-value service's writes,
+//!   job status and metrics.
 //! - [`partitioner`]: Kafka's murmur2 partitioner.
 //! - [`statedir`]: the state directory layout and its lock.
 //! - [`config`]: flat Samza-style config read from TOML.
@@ -46,6 +48,7 @@ pub mod partitioner;
 pub mod restore;
 pub mod runtime;
 pub mod serde;
+pub mod serve;
 pub mod statedir;
 pub mod store;
 mod sync;

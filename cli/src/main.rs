@@ -9,6 +9,7 @@ mod job_cmd;
 mod kafka_topic;
 mod progress;
 mod run_cmd;
+mod serve_cmd;
 mod store_cmd;
 mod topic;
 
@@ -71,7 +72,14 @@ enum Command {
         /// How many processes run the job (Kafka jobs only).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         processors: u32,
+        /// Serve the job's stores over HTTP on this address (IP:PORT; port 0 picks a free
+        /// one, printed as `http: listening on ADDR`); overrides the job's `http.listen`.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
     },
+    /// Run the key-value service: a job of the `kv` task whose stores are read AND written
+    /// over HTTP (writes go through its input topic). Without a job file, a ready-made one.
+    Serve(serve_cmd::ServeArgs),
     /// Generate page views and run the page-view counter job over them (resumes on re-run).
     Demo(demo::DemoArgs),
 }
@@ -102,6 +110,7 @@ fn main() -> ExitCode {
             until_end,
             processor_id,
             processors,
+            http,
         } => run_cmd::run(
             &cli.state_dir,
             &job,
@@ -110,7 +119,9 @@ fn main() -> ExitCode {
                 id: processor_id,
                 count: processors,
             },
+            http,
         ),
+        Command::Serve(args) => serve_cmd::run(&cli.state_dir, args),
         Command::Demo(args) => demo::run(&cli.state_dir, args),
     };
     match result {

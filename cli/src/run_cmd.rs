@@ -1,16 +1,18 @@
 //! `gregor run JOB.toml`: runs a job with a built-in task in this process.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use gregor::backend::kafka::KafkaBackend;
 use gregor::runtime::config::System;
-use gregor::runtime::{JobConfig, RunOptions, RunStats, builtin, run_job, run_job_on};
+use gregor::runtime::{JobConfig, RunOptions, RunStats, builtin, run_job_on, run_job_serving};
+use gregor::serve::{ProcessInfo, Serving};
 use gregor::statedir::StateDir;
 
 use crate::progress;
+use crate::serve_cmd::{backend_for, start_http};
 
 /// Installs Ctrl-C / SIGTERM handling that asks the container to commit and stop.
 pub fn stop_on_signal() -> Result<Arc<AtomicBool>> {
@@ -50,8 +52,14 @@ pub struct Processors {
     pub count: u32,
 }
 
-/// Runs the job in `job_file`.
-pub fn run(state_dir: &Path, job_file: &Path, until_end: bool, procs: Processors) -> Result<i32> {
+/// Runs the job in `job_file`; with `http` (or the job's `http.listen`), serves its stores.
+pub fn run(
+    state_dir: &Path,
+    job_file: &Path,
+    until_end: bool,
+    procs: Processors,
+    http: Option<SocketAddr>,
+) -> Result<i32> {
     let job = JobConfig::from_file(job_file)?;
     let factory = builtin::factory(&job.task).ok_or_else(|| {
         anyhow!(
@@ -76,33 +84,37 @@ pub fn run(state_dir: &Path, job_file: &Path, until_end: bool, procs: Processors
         progress: progress::for_stderr(),
         assignment: None,
     };
-    let stats = match job.system {
-        System::Kafka => {
-            let backend = KafkaBackend::connect(job.kafka_settings())
-                .with_context(|| format!("{}: connecting to Kafka", job_file.display()))?;
-            if procs.count > 1 {
-                // Tasks t with t mod N == I; the task count is known once the inputs are.
-                let n = gregor::runtime::Container::task_count_of(&backend, &job)?;
-                opts.assignment = Some((0..n).filter(|t| t % procs.count == procs.id).collect());
-                eprintln!(
-                    "processor {} of {}: tasks {:?}",
-                    procs.id,
-                    procs.count,
-                    opts.assignment
-                        .as_ref()
-                        .map(|a| a.iter().collect::<Vec<_>>())
-                );
-            }
-            run_job_on(std::sync::Arc::new(backend), &state, &job, &factory, opts)?
-        }
-        _ => {
-            if procs.count > 1 {
-                bail!(
-                    "{}: --processors needs a Kafka job (job.system = \"kafka\"); an embedded job runs in one process, which owns its state directory",
-                    job_file.display()
-                );
-            }
-            run_job(&state, &job, &factory, opts)?
+    let source = job_file.display().to_string();
+    if job.system != System::Kafka && procs.count > 1 {
+        bail!(
+            "{source}: --processors needs a Kafka job (job.system = \"kafka\"); an embedded job runs in one process, which owns its state directory"
+        );
+    }
+    let backend = backend_for(&state, &job, &source, |_| Ok(()))?;
+    if procs.count > 1 {
+        // Tasks t with t mod N == I; the task count is known once the inputs are.
+        let n = gregor::runtime::Container::task_count_of(&*backend, &job)?;
+        opts.assignment = Some((0..n).filter(|t| t % procs.count == procs.id).collect());
+        eprintln!(
+            "processor {} of {}: tasks {:?}",
+            procs.id,
+            procs.count,
+            opts.assignment
+                .as_ref()
+                .map(|a| a.iter().collect::<Vec<_>>())
+        );
+    }
+    let stats = match http.or(job.http_listen) {
+        None => run_job_on(backend, &state, &job, &factory, opts)?,
+        Some(listen) => {
+            let serving = Serving::new(job.clone(), false);
+            let link = serving.link().context("serving link taken")?;
+            let process = ProcessInfo {
+                id: procs.id,
+                count: procs.count,
+            };
+            let _server = start_http(&serving, listen, process, None)?;
+            run_job_serving(backend, &state, &job, &factory, opts, link)?
         }
     };
     print_stats(&stats);

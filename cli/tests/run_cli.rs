@@ -7,8 +7,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gregor::checkpoint::Checkpoint;
-use gregor::log::{LogDir, TopicConfig};
-use gregor::partitioner::partition_for_key;
+
+#[path = "support/count_input.rs"]
+mod count_input;
+
+use count_input::produce;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 
@@ -46,44 +49,12 @@ fn fails_with_one_line(o: &Output) -> String {
     lines[0].to_string()
 }
 
-const GOOD_JOB: &str = r#"
-[job]
-name = "counts"
-task = "count"
-inputs = ["in"]
-commit.ms = 100
-
-[stores.counts]
-engine = "rocksdb"
-key.serde = "string"
-value.serde = "u64"
-changelog = "counts-changelog"
-"#;
+const GOOD_JOB: &str = count_input::COUNT_JOB;
 
 fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Appends `n` messages over `keys` keys to `in` (4 partitions, murmur2); returns the counts.
-fn produce(state: &Path, n: u64, keys: u64) -> BTreeMap<String, u64> {
-    let logs = LogDir::open(state).unwrap();
-    let topic = logs.create_topic("in", 4, TopicConfig::default()).unwrap();
-    let mut parts: Vec<_> = (0..4).map(|p| topic.open_partition(p).unwrap().0).collect();
-    let mut counts = BTreeMap::new();
-    for i in 0..n {
-        let key = format!("k{}", (i * 7919) % keys);
-        let p = partition_for_key(key.as_bytes(), 4);
-        parts[p as usize]
-            .append(0, key.as_bytes(), Some(b"x"))
-            .unwrap();
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    for p in &mut parts {
-        p.sync().unwrap();
-    }
-    counts
 }
 
 /// `store dump` of every task (a key appears once per task that has it), summed per key.

@@ -262,7 +262,9 @@ impl Backend for EmbeddedBackend {
         let p = lock(&p);
         let marker =
             committed::read(p.dir()).map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
-        Ok(marker.map_or(p.end_offset(), |m| m.min(p.end_offset())))
+        // Up to what is synced: another writer of the process (the key-value service's) may
+        // have appended records that are visible but not durable yet.
+        Ok(marker.map_or(p.synced_end(), |m| m.min(p.synced_end())))
     }
 
     fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {

@@ -149,8 +149,8 @@ pub trait Backend: Send + Sync {
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets>;
 
     /// How far a reader that does not own `tp` may read: the end of what the writer
-    /// committed where the backend knows it (embedded: the read-committed marker), else the
-    /// end.
+    /// committed where the backend knows it (embedded: the read-committed marker, and never
+    /// past what is synced), else the end.
     fn readable_end(&self, tp: &TopicPartition) -> Result<u64> {
         Ok(self.offsets(tp)?.end)
     }

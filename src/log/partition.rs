@@ -105,6 +105,10 @@ pub struct Partition {
     /// The end offset named by the newest sync marker of the active segment (or its base):
     /// records from here on are not proven fsynced yet.
     marked_end: u64,
+    /// The end offset as of the last successful [`Partition::sync`] (or open): what a
+    /// reader in the same process may process without risking a record that a machine
+    /// crash could still take away (see [`Partition::synced_end`]).
+    synced_end: u64,
     /// Opened with `open_read_only`: every write is refused.
     read_only: bool,
     /// Read-only: readers stop at `(segment base, byte length)`, the valid end at open.
@@ -501,6 +505,7 @@ impl Partition {
             index: Arc::new(Mutex::new(IndexCache::default())),
             dir_dirty: false,
             marked_end: 0,
+            synced_end: 0,
             read_only,
             read_bound: None,
         })
@@ -600,6 +605,7 @@ impl Partition {
         self.active = file;
         self.active_len = scan.valid_len;
         self.end_offset = end_offset;
+        self.synced_end = end_offset;
         self.marked_end = scan.marker_end.unwrap_or(base).max(base);
         self.buf.clear();
         report.segments = self.segments.len();
@@ -685,6 +691,7 @@ impl Partition {
         self.active_len = valid_len;
         self.end_offset = end_offset;
         self.marked_end = end_offset;
+        self.synced_end = end_offset;
         self.read_bound = Some((base, valid_len));
         report.segments = self.segments.len();
         report.start_offset = self.start_offset();
@@ -906,7 +913,18 @@ impl Partition {
             }
             self.write_sync_marker()?;
         }
+        self.synced_end = self.end_offset;
         Ok(self.end_offset)
+    }
+
+    /// The end offset as of the last successful [`sync`](Self::sync) (or of opening): every
+    /// record below it is as durable as the topic's `fsync` setting makes it. Records
+    /// appended since may already be visible to readers (after a `flush_to_os`) but not yet
+    /// fsynced; a task of the same process must not process them, or its checkpoint could
+    /// name input a machine crash then removes (the key-value service appends to a running
+    /// job's input in the same process).
+    pub fn synced_end(&self) -> u64 {
+        self.synced_end
     }
 
     /// Right after an fsync of the whole active segment: records it in a sync marker.

@@ -9,11 +9,14 @@
 //!   page in store `page-views` and per user in `user-views`; every window it sends the
 //!   top `task.top.n` (default 5) pages of the task to output `top-pages` (value
 //!   `task<TAB>rank<TAB>page<TAB>views`) if that is a job output.
+//! - `kv`: the key-value service's task (`gregor serve`): applies each input record to store
+//!   `kv` (`task.store` names another): a value is a put of the record's key, a tombstone a
+//!   delete. Its input reads like the store's changelog.
 
 use super::task::{Envelope, StreamTask, TaskContext, TaskError, TaskFactory};
 
 /// The names of the built-in tasks.
-pub const NAMES: [&str; 3] = ["count", "wordcount", "pageviews"];
+pub const NAMES: [&str; 4] = ["count", "wordcount", "pageviews", "kv"];
 
 /// A factory for built-in task `name`.
 pub fn factory(name: &str) -> Option<TaskFactory> {
@@ -21,9 +24,59 @@ pub fn factory(name: &str) -> Option<TaskFactory> {
         "count" => Box::new(|_| Box::new(Count::default())),
         "wordcount" => Box::new(|_| Box::new(WordCount)),
         "pageviews" => Box::new(|_| Box::new(PageViews)),
+        "kv" => Box::new(|_| Box::new(Kv::default())),
         _ => return None,
     };
     Some(f)
+}
+
+/// `task.store`, or `default` if the job does not set it.
+fn store_setting(ctx: &TaskContext<'_>, default: &str) -> Result<String, TaskError> {
+    match ctx.config().task_config.get("store") {
+        None => Ok(default.to_string()),
+        Some(v) => Ok(v
+            .as_str()
+            .ok_or_else(|| {
+                format!(
+                    "{}: task.store must be a string, not {v}",
+                    ctx.config().source
+                )
+            })?
+            .to_string()),
+    }
+}
+
+/// The store the `kv` task writes: `task.store`, default `kv`.
+pub fn kv_store(job: &super::JobConfig) -> String {
+    job.task_config
+        .get("store")
+        .and_then(|v| v.as_str())
+        .unwrap_or("kv")
+        .to_string()
+}
+
+/// Applies input records to a store (see the module doc).
+#[derive(Debug, Default)]
+pub struct Kv {
+    /// The store (`task.store`, default `kv`), read in `init`.
+    store: String,
+}
+
+impl StreamTask for Kv {
+    fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        self.store = store_setting(ctx, "kv")?;
+        ctx.raw_store(&self.store)?;
+        Ok(())
+    }
+
+    fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        let store = ctx.raw_store(&self.store)?;
+        match msg.value {
+            Some(v) => store.put(msg.key, v)?,
+            None => store.delete(msg.key)?,
+        }
+        Ok(())
+    }
 }
 
 fn increment(ctx: &mut TaskContext<'_>, store: &str, key: &str) -> Result<u64, TaskError> {
@@ -45,19 +98,7 @@ pub struct Count {
 
 impl StreamTask for Count {
     fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
-        let store = match ctx.config().task_config.get("store") {
-            None => "counts".to_string(),
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| {
-                    format!(
-                        "{}: task.store must be a string, not {v}",
-                        ctx.config().source
-                    )
-                })?
-                .to_string(),
-        };
-        self.store = Some(store);
+        self.store = Some(store_setting(ctx, "counts")?);
         self.outputs = ctx.config().outputs.clone();
         Ok(())
     }

@@ -21,6 +21,9 @@
 //!
 //! [task]                      # free-form settings for the task itself
 //! top.n = 10
+//!
+//! [http]                      # optional: serve the stores over HTTP (docs/http-api.md)
+//! listen = "127.0.0.1:8080"
 //! ```
 //!
 //! Unknown keys under `job` and `stores`, values of the wrong type and numbers outside their
@@ -178,6 +181,9 @@ pub struct JobConfig {
     /// `job.process.error` (`fail` (default) | `skip` | `dead-letter`, the latter with
     /// `job.dead.letter.topic`): what happens to a message whose processing fails.
     pub on_process_error: super::container::ProcessErrorPolicy,
+    /// `http.listen`: where `gregor run` serves the job's stores over HTTP (`IP:PORT`);
+    /// `None`: no HTTP server.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// `job.system`: the backend a job runs on.
@@ -349,6 +355,15 @@ impl JobConfig {
             }
         };
         check_store_guarantees(&stores).map_err(|(key, m)| invalid(&key, m))?;
+        let http_listen = match c.take_str("http.listen")? {
+            None => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+                invalid(
+                    "http.listen",
+                    format!("\"{a}\" is not IP:PORT (e.g. \"127.0.0.1:8080\"): {e}"),
+                )
+            })?),
+        };
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
             if let Some(v) = c.take_raw(&key) {
@@ -372,6 +387,7 @@ impl JobConfig {
             system,
             kafka,
             on_process_error,
+            http_listen,
         })
     }
 
@@ -686,6 +702,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only used with"), "{e}");
+    }
+
+    #[test]
+    fn http_listen_is_an_address() {
+        let base = "[job]\nname = \"j\"\ntask = \"count\"\ninputs = [\"in\"]\n";
+        let parse = |extra: &str| JobConfig::from_toml_str("j.toml", &format!("{base}{extra}"));
+        assert_eq!(parse("").unwrap().http_listen, None);
+        let j = parse("[http]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(j.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let e = parse("[http]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.listen") && e.contains("IP:PORT"), "{e}");
+        let e = parse("[http]\nlistn = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.listn"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::backend::roles::{Role, RoleClaim};
 use crate::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use crate::changelog::now_ms;
 use crate::restore::{RestoreProgress, RestoreStats};
+use crate::serve::{Phase, QueryError, ServeLink, Serving, StatusProgress, TaskStores};
 use crate::statedir::StateDir;
 use crate::task_storage::{OutputRecord, TaskStorage, TaskStorageContext};
 
@@ -38,6 +39,13 @@ use super::task::{
 
 /// Records read from one input partition per batch.
 const FETCH_RECORDS: usize = 1024;
+
+/// Most HTTP reads the run loop answers between two rounds of batches (each is a point
+/// lookup or a scan of at most 1001 entries), so reads never stall processing for long.
+const MAX_READS_PER_ROUND: usize = 64;
+
+/// How long an idle run loop waits for new input (or a read to answer) before it looks again.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 /// What the container does when a task's `process` returns an error (a *poison message*:
 /// one that fails the same way on every restart), like Kafka Streams' processing exception
@@ -135,6 +143,8 @@ struct TaskRun {
     skips: BTreeMap<(TopicPartition, u64), String>,
     /// Skipped messages a commit of this run passed.
     skipped: u64,
+    /// Where its checkpoints are published, when the job is served over HTTP.
+    serving: Option<Serving>,
 }
 
 /// A message whose processing failed under a skipping [`ProcessErrorPolicy`].
@@ -264,8 +274,35 @@ pub fn run_job_on_with(
     state: &StateDir,
     job: &JobConfig,
     factory: &TaskFactory,
+    opts: RunOptions,
+    on_process_error: ProcessErrorPolicy,
+) -> Result<RunStats, RuntimeError> {
+    run_container(backend, state, job, factory, opts, on_process_error, None)
+}
+
+/// [`run_job_on`] serving the job's stores: `link` (from [`Serving::link`]) receives the
+/// reads of an HTTP server ([`crate::serve::http`]) and gets the job's status and input
+/// positions. Tasks answer reads between batches, through their own store stacks.
+pub fn run_job_serving(
+    backend: Arc<dyn Backend>,
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
+    opts: RunOptions,
+    link: ServeLink,
+) -> Result<RunStats, RuntimeError> {
+    let policy = job.on_process_error.clone();
+    run_container(backend, state, job, factory, opts, policy, Some(link))
+}
+
+fn run_container(
+    backend: Arc<dyn Backend>,
+    state: &StateDir,
+    job: &JobConfig,
+    factory: &TaskFactory,
     mut opts: RunOptions,
     on_process_error: ProcessErrorPolicy,
+    link: Option<ServeLink>,
 ) -> Result<RunStats, RuntimeError> {
     let mut c = Container::start_with(backend, state, job, factory, on_process_error)?;
     let restore_started = Instant::now();
@@ -273,13 +310,20 @@ pub fn run_job_on_with(
     let assigned: Vec<u32> = (0..c.n_tasks)
         .filter(|p| opts.assignment.as_ref().is_none_or(|a| a.contains(p)))
         .collect();
+    if let Some(link) = link {
+        c.serve(link, &assigned);
+    }
     for &p in &assigned {
         stats.restores.extend(c.open_task(p, &mut *opts.progress)?);
     }
     stats.tasks = assigned.len() as u32;
     stats.restore_elapsed = restore_started.elapsed();
     let started = Instant::now();
-    c.run_loop(&mut opts, &mut stats)?;
+    let looped = c.run_loop(&mut opts, &mut stats);
+    if let Some(link) = &c.serving {
+        link.serving().set_phase(Phase::Stopping);
+    }
+    looped?;
     for p in assigned {
         c.close_task(p)?;
         stats.commits += 1;
@@ -302,6 +346,8 @@ pub struct Container<'a> {
     on_process_error: ProcessErrorPolicy,
     /// Skipped messages committed by tasks closed or rolled back.
     skipped: u64,
+    /// The HTTP server's reads and the status it shows, when the job is served.
+    serving: Option<ServeLink>,
 }
 
 impl<'a> Container<'a> {
@@ -458,7 +504,18 @@ impl<'a> Container<'a> {
             tasks: BTreeMap::new(),
             on_process_error,
             skipped: 0,
+            serving: None,
         })
+    }
+
+    /// Serves the tasks' stores to the HTTP server at the other end of `link` (see
+    /// [`run_job_serving`]); `assigned` are the tasks this process is going to open (shown
+    /// as restoring until they run).
+    pub fn serve(&mut self, link: ServeLink, assigned: &[u32]) {
+        let job = &self.job.name;
+        link.serving()
+            .set_tasks(self.n_tasks, assigned, |p| task_name(job, p));
+        self.serving = Some(link);
     }
 
     /// The number of tasks of the job (the most partitions of any input).
@@ -492,7 +549,22 @@ impl<'a> Container<'a> {
             task: &name,
             changelog_partition: p,
         };
-        let (storage, restored) = TaskStorage::open(&ctx, &self.job.stores, progress)?;
+        if let Some(link) = self.serving.as_mut() {
+            link.task_opening(p, &name);
+        }
+        let serving = self.serving.as_ref().map(|l| l.serving().clone());
+        let (storage, restored) = match &serving {
+            None => TaskStorage::open(&ctx, &self.job.stores, progress)?,
+            Some(serving) => {
+                open_delay_failpoint();
+                let mut progress = StatusProgress {
+                    inner: progress,
+                    serving,
+                    task: p,
+                };
+                TaskStorage::open(&ctx, &self.job.stores, &mut progress)?
+            }
+        };
         let mut cursors = Vec::new();
         for (t, &np) in &self.input_partitions {
             if p >= np {
@@ -526,6 +598,7 @@ impl<'a> Container<'a> {
             coordinator: Coordinator::default(),
             skips: BTreeMap::new(),
             skipped: 0,
+            serving,
         };
         set_crash_failpoint(&mut run.storage);
         if !covered {
@@ -537,6 +610,9 @@ impl<'a> Container<'a> {
         }
         with_ctx(&mut run, self.job, |task, ctx| task.init(ctx))
             .map_err(task_err(&name, "init".into()))?;
+        if let Some(s) = &run.serving {
+            s.task_checkpoint(p, run.storage.checkpoint(), false);
+        }
         self.tasks.insert(p, run);
         Ok(restored)
     }
@@ -605,6 +681,9 @@ impl<'a> Container<'a> {
         let (mut last_commit, mut last_window, mut last_cleanup) =
             (Instant::now(), Instant::now(), Instant::now());
         let mut stop_requested = false;
+        if let Some(link) = &self.serving {
+            link.serving().set_phase(Phase::Running);
+        }
         loop {
             let mut progressed = 0u64;
             let mut poisoned = Vec::new();
@@ -661,8 +740,10 @@ impl<'a> Container<'a> {
             if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
                 return Ok(());
             }
+            self.serve_reads(None);
             if progressed == 0 {
-                std::thread::sleep(Duration::from_millis(20));
+                // Idle: wait for input, answering reads at once as they come.
+                self.serve_reads(Some(IDLE_WAIT));
                 for run in self.tasks.values_mut() {
                     for c in &mut run.cursors {
                         c.refresh_limit(&*self.backend)?;
@@ -670,6 +751,73 @@ impl<'a> Container<'a> {
                 }
             }
         }
+    }
+}
+
+impl Container<'_> {
+    /// Publishes where the tasks are in their inputs and answers waiting HTTP reads (at
+    /// most [`MAX_READS_PER_ROUND`]); with `idle`, first waits that long for one. Without
+    /// serving, `idle` is a sleep.
+    fn serve_reads(&mut self, idle: Option<Duration>) {
+        let Some(link) = self.serving.as_mut() else {
+            if let Some(d) = idle {
+                std::thread::sleep(d);
+            }
+            return;
+        };
+        for (&p, run) in &self.tasks {
+            link.publish_task(
+                p,
+                run.cursors.iter().map(|c| (&c.tp, c.next)),
+                run.cursors.iter().all(|c| c.next >= c.target),
+                run.storage.checkpoint(),
+            );
+        }
+        link.answer(idle, MAX_READS_PER_ROUND, &mut OpenTasks(&mut self.tasks));
+    }
+}
+
+/// The open tasks, as the HTTP reads see them.
+struct OpenTasks<'a>(&'a mut BTreeMap<u32, TaskRun>);
+
+impl TaskStores for OpenTasks<'_> {
+    fn store(
+        &mut self,
+        task: u32,
+        store: &str,
+        published: &BTreeMap<TopicPartition, u64>,
+    ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError> {
+        let run = self.0.get_mut(&task).ok_or(QueryError::Unavailable {
+            task,
+            why: "is not open in this process",
+        })?;
+        // Behind a position already published (rolled back to its checkpoint and replaying):
+        // its stores may not hold writes already acknowledged as applied.
+        if run
+            .cursors
+            .iter()
+            .any(|c| published.get(&c.tp).is_some_and(|&p| c.next < p))
+        {
+            return Err(QueryError::Unavailable {
+                task,
+                why: "is replaying its input after a rollback",
+            });
+        }
+        run.storage
+            .store(store)
+            .map(|s| s.stack())
+            .ok_or_else(|| QueryError::NoStore(store.to_string()))
+    }
+}
+
+/// Tests of restore under HTTP: `GREGOR_TEST_OPEN_DELAY_MS=<ms>` makes opening each task of
+/// a served job wait that long first (the task shows as restoring meanwhile).
+fn open_delay_failpoint() {
+    if let Some(ms) = std::env::var("GREGOR_TEST_OPEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
@@ -877,6 +1025,9 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
         })
         .collect();
     run.storage.commit(&inputs, outputs)?;
+    if let Some(s) = &run.serving {
+        s.task_checkpoint(run.partition, run.storage.checkpoint(), false);
+    }
     if !run.skips.is_empty() {
         // Skips this commit passed are final: log and count each once.
         let name = &run.name;

@@ -17,7 +17,7 @@ pub mod task;
 pub use config::JobConfig;
 pub use container::{
     Container, ProcessErrorPolicy, RunOptions, RunStats, claim_job_roles, embedded_backend,
-    run_job, run_job_on, run_job_on_with, run_job_with, task_name,
+    run_job, run_job_on, run_job_on_with, run_job_serving, run_job_with, task_name,
 };
 pub use error::RuntimeError;
 pub use task::{Envelope, StreamTask, TaskContext, TaskError, TaskFactory};

@@ -15,6 +15,9 @@ use crate::backend::{LogReader, Record, Result, TopicPartition};
 const POLL: Duration = Duration::from_millis(200);
 /// How long a reader keeps retrying errors that may pass (a broker restarting).
 const GIVE_UP: Duration = Duration::from_secs(300);
+/// How long the high watermark found at the end of a partition must stay unread before the
+/// reader takes the offsets below it as gaps (compacted away) and moves past them.
+const GAP_GRACE: Duration = Duration::from_secs(1);
 
 /// Errors no retry can fix: the position is gone (retention) or the request is wrong.
 fn is_permanent(e: &KafkaError) -> bool {
@@ -36,6 +39,12 @@ pub(super) struct KafkaReader {
     consumer: BaseConsumer,
     position: u64,
     at_end: bool,
+    /// At the end, the high watermark was above the position (and when that was seen):
+    /// either records were appended after the consumer's end-of-partition event (they are
+    /// on their way) or the offsets below it were compacted away. Moved past only once
+    /// nothing arrived for [`GAP_GRACE`]: jumping at once skipped records appended right
+    /// after the event (the key-value service writes its input while it reads it).
+    pending_end: Option<(u64, Instant)>,
 }
 
 impl KafkaReader {
@@ -53,6 +62,7 @@ impl KafkaReader {
             consumer,
             position: from,
             at_end: false,
+            pending_end: None,
         };
         r.assign(from)?;
         Ok(r)
@@ -71,6 +81,7 @@ impl KafkaReader {
             .map_err(|e| kafka_err(format!("reading {}", self.tp), e))?;
         self.position = from;
         self.at_end = false;
+        self.pending_end = None;
         Ok(())
     }
 }
@@ -81,8 +92,9 @@ impl LogReader for KafkaReader {
         let started = Instant::now();
         let mut warned = started;
         while batch.len() < max {
-            // Once something was read, or the end was reached, only take what is there.
-            let timeout = if batch.is_empty() && !self.at_end {
+            // Once something was read, or the end was reached, only take what is there
+            // (unless records may be on their way, see `pending_end`).
+            let timeout = if batch.is_empty() && (!self.at_end || self.pending_end.is_some()) {
                 POLL
             } else {
                 Duration::ZERO
@@ -91,6 +103,7 @@ impl LogReader for KafkaReader {
                 Some(Ok(m)) => {
                     let offset = m.offset().max(0) as u64;
                     self.at_end = false;
+                    self.pending_end = None;
                     if offset < self.position {
                         // Kafka may hand back a whole compressed batch before the position.
                         continue;
@@ -105,13 +118,17 @@ impl LogReader for KafkaReader {
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     self.at_end = true;
-                    // The end of the partition: nothing lies before it that was not read.
+                    // The end of the partition as the consumer saw it; the watermark now may
+                    // be higher (see `pending_end`).
                     if let Ok((_, high)) = self.consumer.fetch_watermarks(
                         &self.tp.topic,
                         self.tp.partition as i32,
                         Duration::from_secs(5),
                     ) {
-                        self.position = self.position.max(high.max(0) as u64);
+                        let high = high.max(0) as u64;
+                        if high > self.position {
+                            self.pending_end = Some((high, Instant::now()));
+                        }
                     }
                     break;
                 }
@@ -125,7 +142,17 @@ impl LogReader for KafkaReader {
                         warned = Instant::now();
                     }
                 }
-                None if !batch.is_empty() || self.at_end => break,
+                None if !batch.is_empty() => break,
+                None if self.at_end => {
+                    if let Some((high, since)) = self.pending_end
+                        && since.elapsed() >= GAP_GRACE
+                    {
+                        // Nothing arrived: the offsets below the watermark are gaps.
+                        self.position = self.position.max(high);
+                        self.pending_end = None;
+                    }
+                    break;
+                }
                 None => {
                     if warned.elapsed() >= Duration::from_secs(10) {
                         tracing::warn!(

@@ -1,0 +1,520 @@
+//! The HTTP API (docs/http-api.md) end to end: real `gregor serve` / `gregor run --http`
+//! processes on free loopback ports, a blocking HTTP client.
+//!
+//! - reads, writes, meta, paging, job status, health, metrics and error replies;
+//! - read-your-writes (a PUT then a GET at once, 1000 times);
+//! - batches are all-or-nothing; malformed keys are 400s naming the serde;
+//! - 503 + Retry-After while tasks restore;
+//! - kill -9 after acknowledged PUTs: every acknowledged write is readable after a restart;
+//! - reads while the count job processes flat out only ever see counts grow.
+
+#[path = "support/count_input.rs"]
+mod count_input;
+#[path = "support/http_server.rs"]
+mod http_server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gregor::log::{LogDir, TopicConfig};
+use gregor::partitioner::partition_for_key;
+use serde_json::{Value, json};
+
+use count_input::{COUNT_JOB, produce};
+use http_server::{Server, b64, key_path};
+
+/// Follows the cursor from the first page to the last; returns every key in order.
+fn page_all(s: &Server, query: &str, limit: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let mut q = format!("/v1/stores/kv/range?limit={limit}{query}");
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let r = s.get(&q);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let entries = v["entries"].as_array().unwrap();
+        assert!(entries.len() <= limit);
+        keys.extend(
+            entries
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_string()),
+        );
+        match &v["cursor"] {
+            Value::Null => return keys,
+            Value::String(c) => {
+                assert_eq!(entries.len(), limit, "a page before the last is full");
+                cursor = Some(c.clone());
+            }
+            other => panic!("cursor {other}"),
+        }
+    }
+    panic!("paging did not end");
+}
+
+#[test]
+fn serve_reads_writes_pages_and_explains_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["serve", "--http", "127.0.0.1:0"], &[]);
+    s.wait_ready();
+
+    // A missing key; an unknown store; an unknown route; a wrong method.
+    let r = s.get(&key_path("kv", "nope"));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    assert!(r.message().contains("nope"), "{}", r.body);
+    let r = s.get(&key_path("nostore", "k"));
+    assert_eq!(r.status, 404);
+    assert!(r.message().contains("nostore"), "{}", r.body);
+    assert_eq!(s.get("/v1/nothing").status, 404);
+    let r = s.post("/v1/job", "{}");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+
+    // Put, get, meta: the key's partition is murmur2 of its bytes mod 4.
+    let key = "user/1 é";
+    assert_eq!(s.put(&key_path("kv", key), b"\x00\xffvalue").status, 204);
+    let r = s.get(&key_path("kv", key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"key": key, "value": b64(b"\x00\xffvalue")})
+    );
+    let meta = s.get(&format!("{}/meta", key_path("kv", key))).json();
+    let p = partition_for_key(key.as_bytes(), 4);
+    assert_eq!(meta["partition"], p);
+    assert_eq!(meta["task"], format!("kv.partition-{p}"));
+    assert_eq!(
+        meta["process"]["http"],
+        s.base.trim_start_matches("http://")
+    );
+
+    // Read-your-writes: every PUT is visible to the GET right after it.
+    for i in 0..1000 {
+        let k = format!("ryw-{}", i % 37);
+        let v = format!("v{i}");
+        assert_eq!(s.put(&key_path("kv", &k), v.as_bytes()).status, 204);
+        let r = s.get(&key_path("kv", &k));
+        assert_eq!(r.json()["value"], b64(v.as_bytes()), "write {i}");
+    }
+
+    // Delete: gone at once; deleting again is fine.
+    assert_eq!(s.delete(&key_path("kv", key)).status, 204);
+    assert_eq!(s.get(&key_path("kv", key)).status, 404);
+    assert_eq!(s.delete(&key_path("kv", key)).status, 204);
+
+    // A batch with one bad op writes nothing.
+    let bad = json!({"ops": [
+        {"op": "put", "key": "b1", "value": b64(b"1")},
+        {"op": "delete", "key": "ryw-1"},
+        {"op": "put", "key": "b2", "value": "not base64!"},
+    ]});
+    let r = s.post("/v1/stores/kv/batch", &bad.to_string());
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
+    assert!(
+        r.message().contains("ops[2]") && r.message().contains("bytes"),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.get(&key_path("kv", "b1")).status, 404);
+    assert_eq!(s.get(&key_path("kv", "ryw-1")).status, 200);
+    for body in ["{", "[]", r#"{"ops": [{"op": "merge", "key": "a"}]}"#] {
+        let r = s.post("/v1/stores/kv/batch", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    // A good batch: in order, so the later write to a key wins.
+    let good = json!({"ops": [
+        {"op": "put", "key": "b1", "value": b64(b"1")},
+        {"op": "put", "key": "b1", "value": b64(b"2")},
+        {"op": "delete", "key": "ryw-1"},
+    ]});
+    let r = s.post("/v1/stores/kv/batch", &good.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"applied": 3}));
+    assert_eq!(s.get(&key_path("kv", "b1")).json()["value"], b64(b"2"));
+    assert_eq!(s.get(&key_path("kv", "ryw-1")).status, 404);
+
+    // Oversized values are refused naming the size and the limit, and not written.
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let r = s.put(&key_path("kv", "big"), &big);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.message().contains("1048577") && r.message().contains("1048576"),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.get(&key_path("kv", "big")).status, 404);
+
+    // Paging: 300 keys over 4 tasks, every key exactly once, in order, at any page size.
+    let ops: Vec<Value> = (0..300)
+        .map(|i| json!({"op": "put", "key": format!("page-{i:04}"), "value": b64(b"p")}))
+        .collect();
+    let r = s.post("/v1/stores/kv/batch", &json!({ "ops": ops }).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let want: Vec<String> = (0..300).map(|i| format!("page-{i:04}")).collect();
+    let tasks: BTreeSet<u32> = want
+        .iter()
+        .map(|k| partition_for_key(k.as_bytes(), 4))
+        .collect();
+    assert_eq!(tasks.len(), 4, "the keys cover every task");
+    for limit in [1, 7, 100, 1000] {
+        assert_eq!(page_all(&s, "&prefix=page-", limit), want, "limit {limit}");
+    }
+    let all = page_all(&s, "", 13);
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(all, sorted, "ascending, no key twice");
+    assert!(all.contains(&"b1".to_string()) && all.contains(&"page-0299".to_string()));
+    let r = s
+        .get("/v1/stores/kv/range?from=page-0010&to=page-0013")
+        .json();
+    let keys: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["page-0010", "page-0011", "page-0012"]);
+    for (q, why) in [
+        ("limit=1001", "1000"),
+        ("limit=0", "1000"),
+        ("prefix=a&from=b", "prefix"),
+        ("cursor=!!", "cursor"),
+        ("color=red", "color"),
+    ] {
+        let r = s.get(&format!("/v1/stores/kv/range?{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        assert!(r.message().contains(why), "{q}: {}", r.body);
+    }
+
+    // Job status, health, metrics.
+    let job = s.get("/v1/job").json();
+    assert_eq!(job["job"], "kv");
+    assert_eq!(job["process"], json!({"id": 0, "processes": 1}));
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4);
+    assert!(tasks.iter().all(|t| t["state"] == "running"), "{job}");
+    assert_eq!(tasks[2]["task"], "kv.partition-2");
+    assert_eq!(
+        job["stores"],
+        json!([{"name": "kv", "key_serde": "string", "value_serde": "bytes"}])
+    );
+    let r = s.get("/health");
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ready"})));
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("# TYPE"), "{}", m.body);
+    s.stop();
+}
+
+#[test]
+fn keys_and_values_go_through_the_store_serdes() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("kv.toml");
+    std::fs::write(
+        &job,
+        r#"
+        [job]
+        name = "numbers"
+        task = "kv"
+        inputs = ["numbers-in"]
+        commit.ms = 200
+
+        [stores.kv]
+        key.serde = "u64"
+        value.serde = "json"
+        changelog = "numbers-changelog"
+        "#,
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let logs = LogDir::open(&state).unwrap();
+    logs.create_topic("numbers-in", 2, TopicConfig::default())
+        .unwrap();
+    drop(logs);
+    let s = Server::start(
+        &state,
+        &["serve", "--http", "127.0.0.1:0", job.to_str().unwrap()],
+        &[],
+    );
+    s.wait_ready();
+    assert_eq!(
+        s.put("/v1/stores/kv/keys/42", br#"{"a": [1, 2]}"#).status,
+        204
+    );
+    let r = s.get("/v1/stores/kv/keys/42");
+    assert_eq!(r.json(), json!({"key": 42, "value": {"a": [1, 2]}}));
+    for (path, serde) in [
+        ("/v1/stores/kv/keys/forty-two", "`u64`"),
+        ("/v1/stores/kv/keys/-1", "`u64`"),
+        ("/v1/stores/kv/range?from=x", "`u64`"),
+    ] {
+        let r = s.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.message().contains(serde), "{path}: {}", r.body);
+    }
+    let r = s.put("/v1/stores/kv/keys/43", b"{not json");
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("`json`"), "{}", r.body);
+    assert_eq!(s.get("/v1/stores/kv/keys/43").status, 404);
+    let r = s.post(
+        "/v1/stores/kv/batch",
+        r#"{"ops": [{"op": "put", "key": "7", "value": 1}]}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("JSON integer"), "{}", r.body);
+    let r = s.post(
+        "/v1/stores/kv/batch",
+        r#"{"ops": [{"op": "put", "key": 7, "value": [true]}, {"op": "put", "key": 8, "value": null}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s.get("/v1/stores/kv/range").json();
+    assert_eq!(
+        r["entries"],
+        json!([
+            {"key": 7, "value": [true]},
+            {"key": 8, "value": null},
+            {"key": 42, "value": {"a": [1, 2]}},
+        ])
+    );
+    s.stop();
+}
+
+/// `gregor run --http` of an ordinary job: its store is readable while it runs, counts read
+/// concurrently only ever grow, and writes are 405.
+#[test]
+fn reads_while_the_count_job_runs_only_see_counts_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let want = produce(&state, 400_000, 64);
+    let job = dir.path().join("count.toml");
+    std::fs::write(&job, COUNT_JOB).unwrap();
+    let s = Arc::new(Server::start(
+        &state,
+        &["run", job.to_str().unwrap(), "--http", "127.0.0.1:0"],
+        &[],
+    ));
+    let keys: Vec<String> = want.keys().take(8).cloned().collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (s, keys, done) = (Arc::clone(&s), keys.clone(), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut last: BTreeMap<String, u64> = BTreeMap::new();
+                let (mut reads, mut between) = (0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    for k in keys.iter().skip(r) {
+                        let reply = s.get(&format!("/v1/stores/counts/keys/{k}"));
+                        let n = match reply.status {
+                            200 => reply.json()["value"].as_u64().unwrap(),
+                            404 => 0,
+                            503 => continue,
+                            other => panic!("{other}: {}", reply.body),
+                        };
+                        let before = last.insert(k.clone(), n).unwrap_or(0);
+                        assert!(n >= before, "count of {k} went from {before} to {n}");
+                        reads += 1;
+                        between += u64::from(n > 0 && n < 6250);
+                    }
+                }
+                (reads, between, last)
+            })
+        })
+        .collect();
+    // Wait until every count is final.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (k, &n) in &want {
+        loop {
+            let r = s.get(&format!("/v1/stores/counts/keys/{k}"));
+            if r.status == 200 && r.json()["value"].as_u64() == Some(n) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{k} never reached {n}: {}",
+                r.body
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut total_reads = 0;
+    for r in readers {
+        let (reads, between, last) = r.join().unwrap();
+        eprintln!("reader: {reads} reads, {between} saw a count between 0 and final");
+        total_reads += reads;
+        for (k, n) in last {
+            assert!(n <= want[&k], "{k}: read {n}, final {}", want[&k]);
+        }
+    }
+    assert!(total_reads > 0);
+    // Writes to an ordinary job are 405; the range merges the four tasks' stores.
+    let r = s.put("/v1/stores/counts/keys/k1", b"5");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    let r = s.get("/v1/stores/counts/range?limit=1000").json();
+    let got: BTreeMap<String, u64> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let s = Arc::into_inner(s).unwrap();
+    s.stop();
+}
+
+/// While tasks restore, reads, writes and health are 503 with Retry-After; `/v1/job` shows
+/// the tasks restoring; then everything is there.
+#[test]
+fn restoring_tasks_answer_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        s.wait_ready();
+        assert_eq!(s.put(&key_path("kv", "kept"), b"v1").status, 204);
+        s.stop();
+    }
+    // Each task takes 1.5 s to open: 6 s of restore to observe.
+    let s = Server::start(
+        &state,
+        &["serve", "--http", "127.0.0.1:0"],
+        &[("GREGOR_TEST_OPEN_DELAY_MS", "1500")],
+    );
+    let mut saw_restoring = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = s.get("/health");
+        if h.status == 200 {
+            break;
+        }
+        assert_eq!(h.status, 503, "{}", h.body);
+        assert_eq!(h.retry_after.as_deref(), Some("1"));
+        let r = s.get(&key_path("kv", "kept"));
+        if r.status == 200 {
+            // Its own task may be open already; then the value is the right one.
+            assert_eq!(r.json()["value"], b64(b"v1"));
+        } else {
+            assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
+            assert_eq!(r.retry_after.as_deref(), Some("1"));
+        }
+        let w = s.put(&key_path("kv", "during"), b"x");
+        assert_eq!(w.status, 503, "{}", w.body);
+        let job = s.get("/v1/job").json();
+        if let Some(tasks) = job["tasks"].as_array()
+            && tasks.iter().any(|t| t["state"] == "restoring")
+        {
+            saw_restoring = true;
+        }
+        assert!(Instant::now() < deadline, "never ready: {}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_restoring, "no task was seen restoring");
+    assert_eq!(s.get(&key_path("kv", "kept")).json()["value"], b64(b"v1"));
+    assert_eq!(
+        s.get(&key_path("kv", "during")).status,
+        404,
+        "a 503 write wrote nothing"
+    );
+    s.stop();
+}
+
+/// kill -9 of `gregor serve` at random points while a client writes: after each restart every
+/// acknowledged write is readable with its value (or the one write in flight at the kill).
+#[test]
+fn kill9_loses_no_acknowledged_write() {
+    let rounds: u64 = std::env::var("GREGOR_SERVE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut total_acked = 0;
+    for round in 0..rounds {
+        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        s.wait_ready();
+        // Every write acknowledged so far is there.
+        for (k, v) in &acked {
+            let r = s.get(&key_path("kv", k));
+            assert_eq!(r.json()["value"], b64(v.as_bytes()), "round {round}: {k}");
+        }
+        // Write until killed at a random point.
+        let kill_after = Duration::from_millis(50 + next() % 400);
+        let pid = s.child.id();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(kill_after);
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap();
+        });
+        let mut in_flight = loop {
+            seq += 1;
+            let k = format!("key-{}", next() % 50);
+            let v = format!("round-{round}-seq-{seq}");
+            match s.try_put(&key_path("kv", &k), v.as_bytes()) {
+                Ok(r) if r.status == 204 => {
+                    acked.insert(k, v);
+                    total_acked += 1;
+                }
+                Ok(r) => panic!("round {round}: PUT {}: {}", r.status, r.body),
+                Err(_) => break Some((k, v)),
+            }
+        };
+        killer.join().unwrap();
+        s.kill9();
+        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        s.wait_ready();
+        // The value read must be the acknowledged one or the in-flight write's.
+        for (k, v) in &acked {
+            let r = s.get(&key_path("kv", k));
+            assert_eq!(r.status, 200, "round {round}: {k}: {}", r.body);
+            let got = r.json()["value"].as_str().unwrap().to_string();
+            if let Some((fk, fv)) = &in_flight
+                && fk == k
+                && got == b64(fv.as_bytes())
+            {
+                continue;
+            }
+            assert_eq!(got, b64(v.as_bytes()), "round {round}: {k}");
+        }
+        // Settle the in-flight write either way, so later rounds know the value.
+        if let Some((k, v)) = in_flight.take() {
+            let got = s.get(&key_path("kv", &k));
+            if got.status == 200 && got.json()["value"] == b64(v.as_bytes()) {
+                acked.insert(k, v);
+            }
+        }
+        s.kill9();
+    }
+    eprintln!("{rounds} kill -9 rounds, {total_acked} acknowledged writes");
+    assert!(
+        total_acked >= rounds,
+        "only {total_acked} writes acknowledged"
+    );
+}

@@ -1,0 +1,770 @@
+//! The HTTP server (axum on a tokio runtime of its own thread): the routes of
+//! `docs/http-api.md`, their error replies, and the wait for the run loop's answers.
+//!
+//! Handlers never touch a store: reads become [`Request`]s the run loop answers (see the
+//! [module doc](super)); writes go to the [`KvWriter`] and then wait until the owning task
+//! has processed them. Nothing a client sends can panic a handler.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::runtime::task_name;
+use crate::store::Mutation;
+use crate::store::config::StoreConfig;
+
+use super::query::MAX_RANGE_LIMIT;
+use super::render::{self, RenderError};
+use super::write::{WriteError, WriteRecord};
+use super::{JobStatus, KvWriter, Phase, QueryError, ReadAnswer, ReadOp, Request, Serving};
+
+/// How long a read waits for the run loop before it is answered 503.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a durable write waits for its task to apply it before it is answered 503.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// `range` entries per page when `limit` is not given.
+pub const DEFAULT_RANGE_LIMIT: usize = 100;
+/// The `Retry-After` of a 503, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("http: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's runtime or thread could not start.
+    #[error("http: cannot start the server: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+/// An error reply: its status, code and message (`{"error": {"code", "message"}}`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400 `bad_request`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `method_not_allowed`.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 503 `unavailable`, with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 `internal`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let mut r = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        r
+    }
+}
+
+impl From<RenderError> for ApiError {
+    fn from(e: RenderError) -> Self {
+        match e {
+            RenderError::Stored { .. } => ApiError::Internal(e.to_string()),
+            _ => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+            QueryError::NoStore(_) => ApiError::NotFound(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::BadRequest(format!("malformed path: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("malformed query string: {}", e.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BadRequest(format!(
+                "request body larger than the server's limit of {MAX_BODY_BYTES} bytes"
+            ))
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {}", e.body_text()))
+        }
+    }
+}
+
+/// Which process of the job this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// This process's number (0-based, `--processor-id`).
+    pub id: u32,
+    /// How many processes run the job (`--processors`); a process runs tasks `t mod count ==
+    /// id`.
+    pub count: u32,
+}
+
+/// Renders the process's metrics in the Prometheus text format.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Writes of the key-value service: to `store`, through `writer`.
+#[derive(Clone)]
+pub struct Writes {
+    /// The store the `kv` task applies the input to.
+    pub store: String,
+    /// The writer appending to the input topic.
+    pub writer: KvWriter,
+}
+
+/// How to run the HTTP server.
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// Where to listen (port 0: any free port; see [`HttpServer::local_addr`]).
+    pub listen: SocketAddr,
+    /// Which process of the job this is.
+    pub process: ProcessInfo,
+    /// `GET /metrics`; without it the page is empty.
+    pub metrics: Option<MetricsRender>,
+    /// Writes, for a key-value service (`gregor serve`); without them writes are 405.
+    pub writes: Option<Writes>,
+}
+
+/// A running HTTP server; dropping it stops it.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and waits for the server thread to end.
+    pub fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+struct App {
+    serving: Serving,
+    process: ProcessInfo,
+    addr: String,
+    metrics: Option<MetricsRender>,
+    writes: Option<Writes>,
+}
+
+type AppState = State<Arc<App>>;
+
+/// Binds `opts.listen` and serves the job `serving` serves on a thread of its own.
+pub fn start(serving: Serving, opts: HttpOptions) -> Result<HttpServer, ServeError> {
+    let bind = |source| ServeError::Bind {
+        addr: opts.listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(opts.listen).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let app = Arc::new(App {
+        serving,
+        process: opts.process,
+        addr: addr.to_string(),
+        metrics: opts.metrics,
+        writes: opts.writes,
+    });
+    let router = router(app);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gregor-http")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Start)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("gregor-http".into())
+        .spawn(move || {
+            let served = rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            });
+            if let Err(e) = served {
+                tracing::error!("http server stopped: {e}");
+            }
+            rt.shutdown_timeout(Duration::from_secs(1));
+        })
+        .map_err(ServeError::Start)?;
+    Ok(HttpServer {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/v1/stores/{store}/keys/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/stores/{store}/keys/{key}/meta", get(key_meta))
+        .route("/v1/stores/{store}/range", get(range))
+        .route("/v1/stores/{store}/batch", post(batch))
+        .route("/v1/job", get(job))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this route".into())
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+impl App {
+    fn store(&self, name: &str) -> Result<&StoreConfig, ApiError> {
+        let job = self.serving.job();
+        job.stores.get(name).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no store `{name}` in job `{}` (stores: {})",
+                job.name,
+                job.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// The serialized key from its URL text, checked against the store's limits.
+    fn key(&self, store: &str, text: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+        let cfg = self.store(store)?;
+        let key = render::key_from_url(cfg.key_serde, text, what)?;
+        cfg.limits
+            .check_key(store, &key)
+            .map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))?;
+        Ok(key)
+    }
+
+    /// The serialized key of a URL path and the partition (task) that owns it.
+    fn key_and_partition(&self, store: &str, text: &str) -> Result<(Vec<u8>, u32), ApiError> {
+        let key = self.key(store, text, "key")?;
+        let p = crate::partitioner::partition_for_key(&key, self.tasks_total()?);
+        Ok((key, p))
+    }
+
+    fn tasks_total(&self) -> Result<u32, ApiError> {
+        self.serving
+            .with_status(|s| s.tasks_total)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| ApiError::Unavailable("the job is starting".into()))
+    }
+
+    /// Why task `p` cannot answer now, if it cannot.
+    fn check_running(&self, p: u32) -> Result<(), ApiError> {
+        self.serving.with_status(|s| {
+            if s.running(p) {
+                return Ok(());
+            }
+            let name = task_name(&self.serving.job().name, p);
+            let why = match (s.phase, s.tasks.get(&p)) {
+                (Phase::Starting, _) => "the job is starting".to_string(),
+                (Phase::Stopping, _) => "the job is stopping".to_string(),
+                (_, None) => format!(
+                    "task `{name}` does not run in this process (process {} of {})",
+                    self.process.id, self.process.count
+                ),
+                (_, Some(t)) => format!("task `{name}` is {}", t.state.as_str()),
+            };
+            Err(ApiError::Unavailable(why))
+        })
+    }
+
+    /// Asks the run loop for `op` on `store` of task `p`; the answer comes through the
+    /// returned channel (see [`reply`]).
+    fn send_read(
+        &self,
+        p: u32,
+        store: &str,
+        op: ReadOp,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>, ApiError> {
+        self.check_running(p)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let request = Request::Read {
+            task: p,
+            store: store.to_string(),
+            op,
+            reply,
+        };
+        if !self.serving.send(request) {
+            return Err(ApiError::Unavailable(
+                "too many reads are waiting for the job, or it stopped".into(),
+            ));
+        }
+        Ok(rx)
+    }
+
+    /// [`send_read`](Self::send_read) and wait for the answer.
+    async fn read(&self, p: u32, store: &str, op: ReadOp) -> Result<ReadAnswer, ApiError> {
+        reply(self.send_read(p, store, op)?).await
+    }
+
+    fn writes(&self, store: &str) -> Result<&Writes, ApiError> {
+        self.store(store)?;
+        let job = self.serving.job();
+        match &self.writes {
+            Some(w) if w.store == store => Ok(w),
+            Some(w) => Err(ApiError::MethodNotAllowed(format!(
+                "store `{store}` is read-only: the key-value service of job `{}` writes store `{}`",
+                job.name, w.store
+            ))),
+            None => Err(ApiError::MethodNotAllowed(format!(
+                "store `{store}` is read-only: job `{}` is not a key-value service (writes need `gregor serve`)",
+                job.name
+            ))),
+        }
+    }
+
+    /// Appends `records` durably, then waits until their tasks applied them.
+    async fn write(&self, w: &Writes, records: Vec<WriteRecord>) -> Result<(), ApiError> {
+        let ready = self.serving.with_status(JobStatus::ready);
+        if !ready {
+            return Err(ApiError::Unavailable(
+                "the job is not ready (starting, restoring or stopping); nothing was written"
+                    .into(),
+            ));
+        }
+        let started = std::time::Instant::now();
+        let ends = w.writer.append(records).await?;
+        tracing::debug!("write durable after {:?}", started.elapsed());
+        for (tp, end) in ends {
+            if !self.serving.processed(&tp, end, APPLY_TIMEOUT).await {
+                return Err(ApiError::Unavailable(format!(
+                    "the write is durable in {tp} but its task did not apply it within {} s",
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        tracing::debug!("write applied after {:?}", started.elapsed());
+        Ok(())
+    }
+}
+
+/// The run loop's answer to a read, or 503 if it does not come in [`READ_TIMEOUT`].
+async fn reply(
+    rx: tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>,
+) -> Result<ReadAnswer, ApiError> {
+    match tokio::time::timeout(READ_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer?),
+        Ok(Err(_)) => Err(ApiError::Unavailable("the job stopped".into())),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the job did not answer within {} s",
+            READ_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn entry_json(cfg: &StoreConfig, key: &[u8], value: &[u8]) -> Result<Value, ApiError> {
+    Ok(json!({
+        "key": render::to_json(cfg.key_serde, key, "key")?,
+        "value": render::to_json(cfg.value_serde, value, "value")?,
+    }))
+}
+
+async fn get_key(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((store, text)) = path?;
+    let (key, p) = app.key_and_partition(&store, &text)?;
+    match app.read(p, &store, ReadOp::Get(key.clone())).await? {
+        ReadAnswer::Value(Some(v)) => {
+            Ok(Json(entry_json(app.store(&store)?, &key, &v)?).into_response())
+        }
+        ReadAnswer::Value(None) => Err(ApiError::NotFound(format!(
+            "no key {text:?} in store `{store}`"
+        ))),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn key_meta(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((store, text)) = path?;
+    let (_, p) = app.key_and_partition(&store, &text)?;
+    let owner = p % app.process.count.max(1);
+    let http = (owner == app.process.id).then(|| app.addr.clone());
+    Ok(Json(json!({
+        "store": store,
+        "partition": p,
+        "task": task_name(&app.serving.job().name, p),
+        "process": {"id": owner, "http": http},
+    }))
+    .into_response())
+}
+
+async fn range(
+    State(app): AppState,
+    store: Result<Path<String>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(store) = store?;
+    let Query(params) = query?;
+    let cfg = app.store(&store)?;
+    for k in params.keys() {
+        if !["from", "to", "prefix", "limit", "cursor"].contains(&k.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown parameter `{k}` (range takes from, to, prefix, limit, cursor)"
+            )));
+        }
+    }
+    let param = |k: &str| params.get(k).filter(|v| !v.is_empty());
+    let limit = match param("limit") {
+        None => DEFAULT_RANGE_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_RANGE_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit {l:?} must be a number from 1 to {MAX_RANGE_LIMIT}"
+                ))
+            })?,
+    };
+    let key_param = |k: &str| -> Result<Option<Vec<u8>>, ApiError> {
+        param(k)
+            .map(|t| render::key_from_url(cfg.key_serde, t, k))
+            .transpose()
+            .map_err(ApiError::from)
+    };
+    let (lo, hi) = match key_param("prefix")? {
+        Some(prefix) => {
+            if param("from").is_some() || param("to").is_some() {
+                return Err(ApiError::BadRequest(
+                    "prefix cannot be combined with from or to".into(),
+                ));
+            }
+            let hi = crate::store::prefix_successor(&prefix);
+            (prefix, hi)
+        }
+        None => (key_param("from")?.unwrap_or_default(), key_param("to")?),
+    };
+    let after = param("cursor")
+        .map(|c| render::decode_cursor(c))
+        .transpose()?;
+    let tasks: Vec<u32> = app
+        .serving
+        .with_status(|s| s.tasks.keys().copied().collect());
+    if tasks.is_empty() {
+        return Err(ApiError::Unavailable(
+            "no task runs in this process yet".into(),
+        ));
+    }
+    let mut pending = Vec::new();
+    for &t in &tasks {
+        let mut from = lo.clone();
+        if let Some((ct, ck)) = &after {
+            // Entries are ordered by (key, task): past the cursor means a greater key, or the
+            // same key in a later task.
+            let mut start = ck.clone();
+            if t <= *ct {
+                start.push(0);
+            }
+            from = from.max(start);
+        }
+        if hi.as_ref().is_some_and(|h| from >= *h) {
+            continue;
+        }
+        let op = ReadOp::Scan {
+            from,
+            to: hi.clone(),
+            limit: limit + 1,
+        };
+        pending.push((t, app.send_read(t, &store, op)?));
+    }
+    let mut merged: Vec<(Vec<u8>, u32, Vec<u8>)> = Vec::new();
+    for (t, answer) in pending {
+        match reply(answer).await? {
+            ReadAnswer::Entries(entries) => {
+                merged.extend(entries.into_iter().map(|(k, v)| (k, t, v)));
+            }
+            other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+    merged.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let cursor = if merged.len() > limit {
+        merged.truncate(limit);
+        merged.last().map(|(k, t, _)| render::encode_cursor(*t, k))
+    } else {
+        None
+    };
+    let entries = merged
+        .iter()
+        .map(|(k, _, v)| entry_json(cfg, k, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"entries": entries, "cursor": cursor})).into_response())
+}
+
+async fn job(State(app): AppState) -> Response {
+    let job = app.serving.job();
+    let status = app.serving.status();
+    let tasks: Vec<Value> = status
+        .tasks
+        .iter()
+        .map(|(&p, t)| {
+            let checkpoint = t.checkpoint.as_ref().map(|cp| {
+                let inputs: BTreeMap<String, u64> = cp
+                    .inputs
+                    .iter()
+                    .flat_map(|(topic, parts)| {
+                        parts.iter().map(move |(part, o)| (format!("{topic}/{part}"), *o))
+                    })
+                    .collect();
+                let changelogs: BTreeMap<String, u64> = cp
+                    .changelogs
+                    .iter()
+                    .filter_map(|(store, o)| {
+                        let topic = job.stores.get(store)?.changelog.as_ref()?;
+                        Some((format!("{topic}/{p}"), *o))
+                    })
+                    .collect();
+                json!({"inputs": inputs, "changelogs": changelogs})
+            });
+            json!({
+                "task": t.name,
+                "partition": p,
+                "state": t.state.as_str(),
+                "restore": t.restore.map(|(records, total)| json!({"records": records, "total": total})),
+                "checkpoint": checkpoint,
+            })
+        })
+        .collect();
+    let stores: Vec<Value> = job
+        .stores
+        .iter()
+        .map(|(name, s)| {
+            json!({"name": name, "key_serde": s.key_serde.as_str(), "value_serde": s.value_serde.as_str()})
+        })
+        .collect();
+    Json(json!({
+        "job": job.name,
+        "process": {"id": app.process.id, "processes": app.process.count},
+        "tasks": tasks,
+        "stores": stores,
+    }))
+    .into_response()
+}
+
+async fn health(State(app): AppState) -> Response {
+    let status = app.serving.status();
+    if status.ready() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let state = match status.phase {
+        Phase::Stopping => "stopping",
+        Phase::Starting => "starting",
+        _ => "restoring",
+    };
+    let running = status
+        .tasks
+        .values()
+        .filter(|t| t.state == super::TaskState::Running)
+        .count();
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": state, "tasks": {"running": running, "total": status.tasks.len()}})),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    r
+}
+
+async fn metrics(State(app): AppState) -> Response {
+    let text = app.metrics.as_ref().map(|m| m()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The value of a `PUT` body, checked against the store's serde and limits.
+fn put_record(
+    app: &App,
+    store: &str,
+    key: Vec<u8>,
+    value: Vec<u8>,
+) -> Result<WriteRecord, ApiError> {
+    let cfg = app.store(store)?;
+    let m = Mutation::put(key, value);
+    cfg.limits
+        .check(store, &m)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((m.key, m.value))
+}
+
+async fn put_key(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((store, text)) = path?;
+    let w = app.writes(&store)?;
+    let key = app.key(&store, &text, "key")?;
+    let body = body?;
+    let value = render::value_from_body(app.store(&store)?.value_serde, &body)?;
+    let record = put_record(&app, &store, key, value)?;
+    app.write(w, vec![record]).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_key(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((store, text)) = path?;
+    let w = app.writes(&store)?;
+    let key = app.key(&store, &text, "key")?;
+    app.write(w, vec![(key, None)]).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The records of a batch body, every op checked before any is returned.
+fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>, ApiError> {
+    let cfg = app.store(store)?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    let shape = || {
+        ApiError::BadRequest(r#"a batch is {"ops": [{"op": "put", "key": K, "value": V}, {"op": "delete", "key": K}, ...]}"#.into())
+    };
+    let obj = v.as_object().ok_or_else(shape)?;
+    if obj.keys().any(|k| k != "ops") {
+        return Err(shape());
+    }
+    let ops = obj.get("ops").and_then(Value::as_array).ok_or_else(shape)?;
+    let mut records = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let at = |m: String| ApiError::BadRequest(format!("ops[{i}]: {m}"));
+        let o = op
+            .as_object()
+            .ok_or_else(|| at("not a JSON object".into()))?;
+        let kind = o.get("op").and_then(Value::as_str);
+        let allowed: &[&str] = match kind {
+            Some("put") => &["op", "key", "value"],
+            Some("delete") => &["op", "key"],
+            _ => return Err(at(r#""op" must be "put" or "delete""#.into())),
+        };
+        if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(at(format!("unexpected field `{k}`")));
+        }
+        let key_json = o.get("key").ok_or_else(|| at("missing \"key\"".into()))?;
+        let key =
+            render::from_json(cfg.key_serde, key_json, "key").map_err(|e| at(e.to_string()))?;
+        cfg.limits
+            .check_key(store, &key)
+            .map_err(|e| at(e.to_string()))?;
+        if kind == Some("put") {
+            let value_json = o
+                .get("value")
+                .ok_or_else(|| at("missing \"value\"".into()))?;
+            let value = render::from_json(cfg.value_serde, value_json, "value")
+                .map_err(|e| at(e.to_string()))?;
+            records.push(put_record(app, store, key, value).map_err(|e| at(e.to_string()))?);
+        } else {
+            records.push((key, None));
+        }
+    }
+    Ok(records)
+}
+
+async fn batch(
+    State(app): AppState,
+    store: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(store) = store?;
+    let w = app.writes(&store)?;
+    let records = batch_records(&app, &store, &body?)?;
+    let n = records.len();
+    if n > 0 {
+        app.write(w, records).await?;
+    }
+    Ok(Json(json!({"applied": n})).into_response())
+}

@@ -1,0 +1,457 @@
+//! Serving a job's stores over HTTP (the contract is `docs/http-api.md`; the design is
+//! `docs/design.md`, "Serving").
+//!
+//! The HTTP handlers never touch a store. A read is a [`query::Request`] sent into a bounded
+//! channel that the container's run loop drains between batches: it is answered from the
+//! owning task's own store stack, write-back cache included, on the task's thread, so it
+//! sees every write the task made before it and never an older value.
+//!
+//! - this module: [`Serving`], what the container and the HTTP server share: the request
+//!   channel, the job's status ([`JobStatus`]: tasks restoring / running, restore progress,
+//!   checkpoints) and each input partition's processed position (so a write can wait until
+//!   its task applied it); [`ServeLink`], the container's end of it;
+//! - [`query`]: the read requests and how the task thread answers them;
+//! - [`render`]: keys and values to and from URLs and JSON through the store's serdes;
+//! - [`write`](mod@write): the key-value service's writer (appends to the input topic, group commit);
+//! - [`http`]: the axum server, its routes and error replies.
+
+pub mod http;
+pub mod query;
+pub mod render;
+pub mod write;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::backend::TopicPartition;
+use crate::checkpoint::Checkpoint;
+use crate::runtime::JobConfig;
+
+pub use http::{HttpOptions, HttpServer, ProcessInfo, ServeError};
+pub use query::{QueryError, ReadAnswer, ReadOp, Request};
+pub use write::{KvWriter, WriteError};
+
+/// Read requests that may wait for the run loop; more are answered 503 at once.
+pub const REQUEST_QUEUE: usize = 4096;
+
+/// Where the job as a whole stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Checking topics; the tasks are not known yet.
+    Starting,
+    /// Opening (restoring) the tasks of this process.
+    Restoring,
+    /// The run loop runs: tasks answer reads.
+    Running,
+    /// The run loop ended: tasks are closing.
+    Stopping,
+}
+
+/// Where one task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Assigned to this process, waiting to be opened or restoring its stores.
+    Restoring,
+    /// Open and processing: reads are answered.
+    Running,
+    /// Closed (the job is stopping).
+    Stopped,
+}
+
+impl TaskState {
+    /// The name used in `/v1/job`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Restoring => "restoring",
+            TaskState::Running => "running",
+            TaskState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One task's status, as `/v1/job` shows it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TaskStatus {
+    /// The task's name (`<job>.partition-<P>`).
+    pub name: String,
+    /// Its state.
+    pub state: TaskState,
+    /// While restoring: changelog records replayed so far and to replay in all (summed over
+    /// its stores as each store's replay starts).
+    pub restore: Option<(u64, u64)>,
+    /// Its last checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// What the container publishes about the job for the HTTP server.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// Where the job stands.
+    pub phase: Phase,
+    /// The job's task count, once the container has read its inputs.
+    pub tasks_total: Option<u32>,
+    /// The tasks of this process by partition.
+    pub tasks: BTreeMap<u32, TaskStatus>,
+}
+
+impl JobStatus {
+    /// Whether every task of this process runs (the process is ready).
+    pub fn ready(&self) -> bool {
+        self.phase == Phase::Running
+            && !self.tasks.is_empty()
+            && self.tasks.values().all(|t| t.state == TaskState::Running)
+    }
+
+    /// Whether task `p` runs in this process.
+    pub fn running(&self, p: u32) -> bool {
+        self.phase == Phase::Running
+            && self
+                .tasks
+                .get(&p)
+                .is_some_and(|t| t.state == TaskState::Running)
+    }
+}
+
+/// What the container and the HTTP server of one process share. Cheap to clone.
+#[derive(Clone)]
+pub struct Serving {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    job: Arc<JobConfig>,
+    catch_up: bool,
+    status: RwLock<JobStatus>,
+    requests: SyncSender<Request>,
+    receiver: Mutex<Option<Receiver<Request>>>,
+    positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Serving {
+    /// Serving for `job` (nothing open yet: every read is a 503 until the container runs).
+    ///
+    /// With `catch_up`, a task answers reads (and counts as ready) only once it has processed
+    /// its inputs up to where they ended when it was opened: what the key-value service
+    /// needs, since writes acknowledged before a restart sit in the input past the
+    /// checkpoint. Without it (an ordinary job), a task answers as soon as it runs, from the
+    /// state it has reached.
+    pub fn new(job: JobConfig, catch_up: bool) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(REQUEST_QUEUE);
+        Serving {
+            inner: Arc::new(Shared {
+                job: Arc::new(job),
+                catch_up,
+                status: RwLock::new(JobStatus {
+                    phase: Phase::Starting,
+                    tasks_total: None,
+                    tasks: BTreeMap::new(),
+                }),
+                requests: tx,
+                receiver: Mutex::new(Some(rx)),
+                positions: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The job served.
+    pub fn job(&self) -> &JobConfig {
+        &self.inner.job
+    }
+
+    /// A copy of the job's status.
+    pub fn status(&self) -> JobStatus {
+        self.inner
+            .status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the status without copying it.
+    pub fn with_status<R>(&self, f: impl FnOnce(&JobStatus) -> R) -> R {
+        f(&self.inner.status.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut JobStatus)) {
+        f(&mut self.inner.status.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The container's end: the request receiver. `None` if it was taken already (one
+    /// container per [`Serving`]).
+    pub fn link(&self) -> Option<ServeLink> {
+        lock(&self.inner.receiver).take().map(|rx| ServeLink {
+            serving: self.clone(),
+            rx,
+            published: BTreeMap::new(),
+            senders: BTreeMap::new(),
+            ready: BTreeSet::new(),
+        })
+    }
+
+    /// Queues a request for the run loop; `false` if the queue is full or the container is
+    /// gone.
+    pub fn send(&self, request: Request) -> bool {
+        match self.inner.requests.try_send(request) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Wakes an idle run loop (new input was appended).
+    pub fn wake(&self) {
+        let _ = self.inner.requests.try_send(Request::Wake);
+    }
+
+    fn position_sender(&self, tp: &TopicPartition) -> Arc<tokio::sync::watch::Sender<u64>> {
+        Arc::clone(
+            lock(&self.inner.positions)
+                .entry(tp.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::watch::Sender::new(0))),
+        )
+    }
+
+    /// Waits until the task consuming `tp` has processed every record below `end`; `false`
+    /// after `timeout`.
+    pub async fn processed(&self, tp: &TopicPartition, end: u64, timeout: Duration) -> bool {
+        let mut rx = self.position_sender(tp).subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|&pos| pos >= end)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// The container's end of a [`Serving`]: it answers read requests and publishes where its
+/// tasks are.
+pub struct ServeLink {
+    serving: Serving,
+    rx: Receiver<Request>,
+    /// The highest position published per input partition. A task whose position is below
+    /// it (rolled back to its checkpoint, replaying) answers reads with 503 until it is back:
+    /// a write acknowledged as applied must never look undone.
+    published: BTreeMap<TopicPartition, u64>,
+    senders: BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>,
+    /// Tasks that answer reads (open, and caught up where the job asks for it).
+    ready: BTreeSet<u32>,
+}
+
+/// How the container lets a request reach a task's store.
+pub(crate) trait TaskStores {
+    /// The store stack of `store` in task `task`, if the task can answer exactly now.
+    fn store(
+        &mut self,
+        task: u32,
+        store: &str,
+        published: &BTreeMap<TopicPartition, u64>,
+    ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError>;
+}
+
+impl ServeLink {
+    /// The shared side.
+    pub fn serving(&self) -> &Serving {
+        &self.serving
+    }
+
+    /// Task `p` (named `name`) is being opened, or reopened after a rollback: it answers no
+    /// read until [`publish_task`](Self::publish_task) finds it ready.
+    pub(crate) fn task_opening(&mut self, p: u32, name: &str) {
+        self.ready.remove(&p);
+        self.serving.task_restoring(p, name);
+    }
+
+    /// Publishes where open task `p` is: `positions` (input partition, next offset to
+    /// process); `caught_up` if it has processed its inputs to where they ended when it was
+    /// opened. A task becomes ready (running, answering reads) here.
+    pub(crate) fn publish_task<'t>(
+        &mut self,
+        p: u32,
+        positions: impl Iterator<Item = (&'t TopicPartition, u64)>,
+        caught_up: bool,
+        checkpoint: Option<&Checkpoint>,
+    ) {
+        for (tp, next) in positions {
+            self.publish(tp, next);
+        }
+        if !self.ready.contains(&p) && (caught_up || !self.serving.inner.catch_up) {
+            self.ready.insert(p);
+            self.serving.task_checkpoint(p, checkpoint, true);
+        }
+    }
+
+    /// Publishes that input partition `tp` is processed up to (not including) `next`.
+    fn publish(&mut self, tp: &TopicPartition, next: u64) {
+        match self.published.get_mut(tp) {
+            Some(p) if *p >= next => return,
+            Some(p) => *p = next,
+            None => {
+                self.published.insert(tp.clone(), next);
+            }
+        }
+        if !self.senders.contains_key(tp) {
+            let s = self.serving.position_sender(tp);
+            self.senders.insert(tp.clone(), s);
+        }
+        if let Some(s) = self.senders.get(tp) {
+            s.send_if_modified(|v| {
+                let changed = *v < next;
+                *v = (*v).max(next);
+                changed
+            });
+        }
+    }
+
+    /// Answers queued requests, at most `max`. With `wait`, first waits that long for one
+    /// (the run loop's idle wait). Returns how many reads were answered.
+    pub(crate) fn answer(
+        &self,
+        wait: Option<Duration>,
+        max: usize,
+        tasks: &mut dyn TaskStores,
+    ) -> usize {
+        let mut answered = 0;
+        if let Some(w) = wait {
+            match self.rx.recv_timeout(w) {
+                Ok(r) => answered += self.answer_one(r, tasks),
+                Err(_) => return 0,
+            }
+        }
+        while answered < max {
+            match self.rx.try_recv() {
+                Ok(r) => answered += self.answer_one(r, tasks),
+                Err(_) => break,
+            }
+        }
+        answered
+    }
+
+    fn answer_one(&self, request: Request, tasks: &mut dyn TaskStores) -> usize {
+        let Request::Read {
+            task,
+            store,
+            op,
+            reply,
+        } = request
+        else {
+            return 0;
+        };
+        if reply.is_closed() {
+            return 0; // the client gave up
+        }
+        let answer = if self.ready.contains(&task) {
+            tasks
+                .store(task, &store, &self.published)
+                .and_then(|s| query::run(&op, s).map_err(QueryError::from))
+        } else {
+            Err(QueryError::Unavailable {
+                task,
+                why: "is not ready (restoring, or catching up with its input)",
+            })
+        };
+        let _ = reply.send(answer);
+        1
+    }
+}
+
+/// Status updates the container makes.
+impl Serving {
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.update(|s| {
+            s.phase = phase;
+            if phase == Phase::Stopping {
+                for t in s.tasks.values_mut() {
+                    t.state = TaskState::Stopped;
+                }
+            }
+        });
+    }
+
+    /// The job has `total` tasks; those in `assigned` run here, named by `name`.
+    pub(crate) fn set_tasks(&self, total: u32, assigned: &[u32], name: impl Fn(u32) -> String) {
+        self.update(|s| {
+            s.phase = Phase::Restoring;
+            s.tasks_total = Some(total);
+            for &p in assigned {
+                s.tasks.entry(p).or_insert_with(|| TaskStatus {
+                    name: name(p),
+                    state: TaskState::Restoring,
+                    restore: None,
+                    checkpoint: None,
+                });
+            }
+        });
+    }
+
+    /// Task `p` is being opened (or reopened after a rollback).
+    pub(crate) fn task_restoring(&self, p: u32, name: &str) {
+        self.update(|s| {
+            let t = s.tasks.entry(p).or_insert_with(|| TaskStatus {
+                name: name.to_string(),
+                state: TaskState::Restoring,
+                restore: None,
+                checkpoint: None,
+            });
+            t.state = TaskState::Restoring;
+            t.restore = Some((0, 0));
+        });
+    }
+
+    /// Task `p` has `checkpoint`; with `running`, it answers reads from now on.
+    pub(crate) fn task_checkpoint(&self, p: u32, checkpoint: Option<&Checkpoint>, running: bool) {
+        self.update(|s| {
+            if let Some(t) = s.tasks.get_mut(&p) {
+                t.checkpoint = checkpoint.cloned();
+                if running {
+                    t.state = TaskState::Running;
+                    t.restore = None;
+                }
+            }
+        });
+    }
+}
+
+/// Restore progress that also updates a task's status, for `/v1/job`.
+pub(crate) struct StatusProgress<'a> {
+    /// The progress display being wrapped.
+    pub(crate) inner: &'a mut dyn crate::restore::RestoreProgress,
+    /// Where the status goes.
+    pub(crate) serving: &'a Serving,
+    /// The task's partition.
+    pub(crate) task: u32,
+}
+
+impl StatusProgress<'_> {
+    fn add(&self, records: u64, total: u64) {
+        self.serving.update(|s| {
+            if let Some(t) = s.tasks.get_mut(&self.task) {
+                let (r, n) = t.restore.unwrap_or((0, 0));
+                t.restore = Some((r + records, n + total));
+            }
+        });
+    }
+}
+
+impl crate::restore::RestoreProgress for StatusProgress<'_> {
+    fn start(&mut self, store: &str, records: u64) {
+        self.inner.start(store, records);
+        self.add(0, records);
+    }
+
+    fn advance(&mut self, records: u64, bytes: u64) {
+        self.inner.advance(records, bytes);
+        self.add(records, 0);
+    }
+
+    fn finish(&mut self, stats: &crate::restore::RestoreStats) {
+        self.inner.finish(stats);
+    }
+}

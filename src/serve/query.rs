@@ -1,0 +1,123 @@
+//! Read requests from the HTTP server to the run loop, and how the task thread answers them:
+//! a point lookup or a bounded scan of one task's store stack (through its write-back cache).
+
+use crate::store::{Entry, KeyValueStore, StoreError};
+
+/// Largest number of entries one range request may ask of a task.
+pub const MAX_RANGE_LIMIT: usize = 1000;
+
+/// A request to the run loop.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Request {
+    /// Read store `store` of the task of partition `task`.
+    Read {
+        /// The task's partition.
+        task: u32,
+        /// The store.
+        store: String,
+        /// What to read.
+        op: ReadOp,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Result<ReadAnswer, QueryError>>,
+    },
+    /// New input was appended: an idle loop looks for it at once.
+    Wake,
+}
+
+/// What to read, in serialized keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadOp {
+    /// The value under a key.
+    Get(Vec<u8>),
+    /// Up to `limit` entries with `from <= key` (and `key < to` if given), in key order.
+    Scan {
+        /// First key (inclusive).
+        from: Vec<u8>,
+        /// End key (exclusive).
+        to: Option<Vec<u8>>,
+        /// Most entries returned (at most [`MAX_RANGE_LIMIT`] + 1).
+        limit: usize,
+    },
+}
+
+/// The answer to a [`ReadOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadAnswer {
+    /// The value, if the key is there.
+    Value(Option<Vec<u8>>),
+    /// The entries found.
+    Entries(Vec<Entry>),
+}
+
+/// A read could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The task is not open in this process, restoring, or replaying after a rollback.
+    #[error("task of partition {task} {why}")]
+    Unavailable {
+        /// The task's partition.
+        task: u32,
+        /// Why.
+        why: &'static str,
+    },
+    /// The task has no such store.
+    #[error("no store `{0}`")]
+    NoStore(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs `op` on `store` (on the task's thread).
+pub fn run(op: &ReadOp, store: &mut dyn KeyValueStore) -> Result<ReadAnswer, StoreError> {
+    match op {
+        ReadOp::Get(key) => store.get(key).map(ReadAnswer::Value),
+        ReadOp::Scan { from, to, limit } => {
+            let limit = (*limit).min(MAX_RANGE_LIMIT + 1);
+            let entries = store
+                .scan(from, to.as_deref())?
+                .take(limit)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ReadAnswer::Entries(entries))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Limits;
+    use crate::store::memory::MemoryEngine;
+
+    #[test]
+    fn scans_are_bounded_and_ordered() {
+        let mut s = MemoryEngine::new("s", Limits::default());
+        for i in 0..20u8 {
+            s.put(&[b'k', i], &[i]).unwrap();
+        }
+        let op = ReadOp::Scan {
+            from: vec![b'k', 5],
+            to: Some(vec![b'k', 15]),
+            limit: 3,
+        };
+        let ReadAnswer::Entries(e) = run(&op, &mut s).unwrap() else {
+            panic!("entries expected");
+        };
+        assert_eq!(
+            e.iter().map(|(k, _)| k[1]).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        assert_eq!(
+            run(&ReadOp::Get(vec![b'k', 9]), &mut s).unwrap(),
+            ReadAnswer::Value(Some(vec![9]))
+        );
+        assert_eq!(
+            run(&ReadOp::Get(b"nope".to_vec()), &mut s).unwrap(),
+            ReadAnswer::Value(None)
+        );
+    }
+}
