@@ -19,3 +19,13 @@ use std::sync::{Mutex, MutexGuard};
 pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Read-locks `m`, recovering the guard if an earlier holder panicked (see the module doc).
+pub(crate) fn read<T: ?Sized>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Write-locks `m`, recovering the guard if an earlier holder panicked (see the module doc).
+pub(crate) fn write<T: ?Sized>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

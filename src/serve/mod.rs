@@ -133,9 +133,7 @@ struct Shared {
     positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl Serving {
     /// Serving for `job` (nothing open yet: every read is a 503 until the container runs).
@@ -170,20 +168,16 @@ impl Serving {
 
     /// A copy of the job's status.
     pub fn status(&self) -> JobStatus {
-        self.inner
-            .status
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.inner.status).clone()
     }
 
     /// Reads the status without copying it.
     pub fn with_status<R>(&self, f: impl FnOnce(&JobStatus) -> R) -> R {
-        f(&self.inner.status.read().unwrap_or_else(|p| p.into_inner()))
+        f(&crate::sync::read(&self.inner.status))
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut JobStatus)) {
-        f(&mut self.inner.status.write().unwrap_or_else(|p| p.into_inner()))
+        f(&mut crate::sync::write(&self.inner.status))
     }
 
     /// The container's end: the request receiver. `None` if it was taken already (one
