@@ -1,0 +1,130 @@
+"""Fixtures: a real ``gregor serve`` process for the session.
+
+The binary is ``$GREGOR_BIN``, else ``target/release/gregor`` under the repository root. It is
+started on a free loopback port with a fresh state directory, and must answer ``GET /health``
+with 200 before a deadline (``$GREGOR_SERVE_START_TIMEOUT`` seconds, 60 by default). A missing
+binary or a server that does not come up FAILS the tests that use it (never skips them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running ``gregor serve``."""
+
+    base_url: str
+    state_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def gregor_bin() -> Path:
+    env = os.environ.get("GREGOR_BIN")
+    path = Path(env) if env else REPO_ROOT / "target" / "release" / "gregor"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        how = (
+            "$GREGOR_BIN"
+            if env
+            else "target/release/gregor (set GREGOR_BIN, or build it: cargo build --release -p gregor-cli)"
+        )
+        pytest.fail(f"the gregor binary is missing: {path} does not exist or is not executable ({how})")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    binary = gregor_bin()
+    deadline_s = float(os.environ.get("GREGOR_SERVE_START_TIMEOUT", "60"))
+    tmp = Path(tempfile.mkdtemp(prefix="gregor-client-tests-"))
+    state_dir = tmp / "state"
+    log = tmp / "serve.log"
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    cmd = [str(binary), "--state-dir", str(state_dir), "serve", "--http", addr]
+    env = dict(os.environ)
+    env.setdefault("GREGOR_LOG", "warn")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    srv = Server(base_url=f"http://{addr}", state_dir=state_dir, log=log, process=proc)
+    try:
+        deadline = time.monotonic() + deadline_s
+        last = "no answer yet"
+        while True:
+            code = proc.poll()
+            if code is not None:
+                pytest.fail(
+                    f"`{' '.join(cmd)}` exited with status {code} before answering GET /health:\n"
+                    f"{srv.log_tail()}"
+                )
+            try:
+                r = httpx.get(f"{srv.base_url}/health", timeout=2.0)
+                if r.status_code == 200:
+                    break
+                last = f"HTTP {r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as e:
+                last = f"{type(e).__name__}: {e}"
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"`{' '.join(cmd)}` did not answer GET /health with 200 within {deadline_s:.0f}s "
+                    f"(last: {last}); its output:\n{srv.log_tail()}"
+                )
+            time.sleep(0.1)
+        yield srv
+    finally:
+        _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def base_url(server: Server) -> str:
+    if server.process.poll() is not None:
+        pytest.fail(f"gregor serve died (status {server.process.returncode}):\n{server.log_tail()}")
+    return server.base_url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A prefix no other test uses: the tests share one server."""
+    return f"t-{uuid.uuid4().hex[:12]}-"
