@@ -63,6 +63,17 @@ def free_port() -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), so no server outlives a killed test run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -86,7 +97,9 @@ def server() -> Iterator[Server]:
     env = dict(os.environ)
     env.setdefault("GREGOR_LOG", "warn")
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        )
     srv = Server(base_url=f"http://{addr}", state_dir=state_dir, log=log, process=proc)
     try:
         deadline = time.monotonic() + deadline_s
