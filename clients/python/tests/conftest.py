@@ -52,7 +52,9 @@ def gregor_bin() -> Path:
             if env
             else "target/release/gregor (set GREGOR_BIN, or build it: cargo build --release -p gregor-cli)"
         )
-        pytest.fail(f"the gregor binary is missing: {path} does not exist or is not executable ({how})")
+        pytest.fail(
+            f"the gregor binary is missing: {path} does not exist or is not executable ({how})", pytrace=False
+        )
     return path
 
 
@@ -109,7 +111,8 @@ def server() -> Iterator[Server]:
             if code is not None:
                 pytest.fail(
                     f"`{' '.join(cmd)}` exited with status {code} before answering GET /health:\n"
-                    f"{srv.log_tail()}"
+                    f"{srv.log_tail()}",
+                    pytrace=False,
                 )
             try:
                 r = httpx.get(f"{srv.base_url}/health", timeout=2.0)
@@ -121,7 +124,8 @@ def server() -> Iterator[Server]:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"`{' '.join(cmd)}` did not answer GET /health with 200 within {deadline_s:.0f}s "
-                    f"(last: {last}); its output:\n{srv.log_tail()}"
+                    f"(last: {last}); its output:\n{srv.log_tail()}",
+                    pytrace=False,
                 )
             time.sleep(0.1)
         yield srv
@@ -133,7 +137,9 @@ def server() -> Iterator[Server]:
 @pytest.fixture
 def base_url(server: Server) -> str:
     if server.process.poll() is not None:
-        pytest.fail(f"gregor serve died (status {server.process.returncode}):\n{server.log_tail()}")
+        pytest.fail(
+            f"gregor serve died (status {server.process.returncode}):\n{server.log_tail()}", pytrace=False
+        )
     return server.base_url
 
 
