@@ -443,3 +443,19 @@ def test_async_range() -> None:
             return [(e.key, e.value) async for e in c.range(page_size=1).entries()]
 
     assert asyncio.run(main()) == [("a", "1"), ("b", "2")]
+
+
+def test_empty_key_is_refused_before_sending() -> None:
+    fake = FakeServer(lambda r: httpx.Response(204))
+    with fake.client() as c:
+        with pytest.raises(ValueError):
+            c.put("", "v")
+        with pytest.raises(ValueError):
+            c.get("")
+    assert fake.api_requests() == []
+
+
+def test_base64_without_padding_is_accepted() -> None:
+    fake = FakeServer(lambda r: httpx.Response(200, json={"key": "k", "value": "YQ"}))
+    with fake.client() as c:
+        assert c.get_bytes("k") == b"a"

@@ -81,8 +81,14 @@ def key_text(serde: Serde, key: object) -> str:
 
 
 def key_segment(serde: Serde, key: object) -> str:
-    """The key as one percent-encoded URL path segment (``/`` included is encoded)."""
-    return quote(key_text(serde, key), safe="")
+    """The key as one percent-encoded URL path segment (``/`` included is encoded).
+
+    An empty key (``""``, ``b""``) renders as an empty segment, which the API cannot route
+    (``/keys/`` is another path): refused with ``ValueError``."""
+    text = key_text(serde, key)
+    if not text:
+        raise ValueError("an empty key cannot be addressed in a URL path (GET/PUT/DELETE .../keys/{key})")
+    return quote(text, safe="")
 
 
 def prefix_text(serde: Serde, prefix: object) -> str:
@@ -115,7 +121,8 @@ def _b64decode(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise ValueError(f"{what}: expected a base64 string, got {type(text).__name__}")
     try:
-        return base64.b64decode(text, validate=True)
+        # Lenient about missing padding; strict about the alphabet.
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError(f"{what}: not standard base64 ({e})") from e
 
