@@ -212,11 +212,12 @@ def test_range_arguments() -> None:
             c.range(prefix="a", from_="b")
     with fake.client(store="nums") as c:
         list(c.range(from_=1, to=2**64 - 1))
-        with pytest.raises(ValueError):
-            list(c.range(prefix=1))
+    with fake.client(store="blobs") as c:
+        list(c.range(prefix=b"\xfb\xff"))
     assert [r.url.query for r in fake.api_requests()] == [
         b"from=a%20b&to=z",
         b"from=1&to=18446744073709551615",
+        b"prefix=-_8",
     ]
 
 

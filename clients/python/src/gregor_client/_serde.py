@@ -92,17 +92,10 @@ def key_segment(serde: Serde, key: object) -> str:
 
 
 def prefix_text(serde: Serde, prefix: object) -> str:
-    """A range ``prefix`` (a prefix of the serialized key) as its query value.
-
-    ``string``: a str; ``bytes``/``postcard``: bytes (base64url); ``json``: a str, the start
-    of the keys' JSON text. Integer keys serialize to fixed-width binary, so a prefix of them
-    means nothing decimal: refused (use ``from_``/``to``)."""
-    if serde in ("u64", "i64"):
-        raise ValueError(f"`prefix` is not supported for `{serde}` keys: use from_= and to=")
-    if serde == "json":
-        if not isinstance(prefix, str):
-            raise TypeError("a `json` key prefix is a str (the start of the keys' JSON text)")
-        return prefix
+    """A range ``prefix`` as its query value: rendered like a key. It selects the keys whose
+    serialized bytes start with the prefix's serialized bytes: a true prefix for ``string``
+    and ``bytes`` keys; for ``u64``/``i64`` (fixed 8 bytes) and ``json`` keys (a whole JSON
+    value) it selects only keys serializing to the same bytes, so use ``from_``/``to`` there."""
     return key_text(serde, prefix)
 
 
