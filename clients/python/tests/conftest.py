@@ -86,15 +86,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    binary = gregor_bin()
-    deadline_s = float(os.environ.get("GREGOR_SERVE_START_TIMEOUT", "60"))
-    tmp = Path(tempfile.mkdtemp(prefix="gregor-client-tests-"))
+def _start(binary: Path, tmp: Path, attempt: int, deadline_s: float) -> tuple[Server | None, str]:
+    """Starts ``gregor serve`` on a free port and waits for ``GET /health`` to be 200: the
+    server, or ``None`` and why not (the process is stopped then)."""
     state_dir = tmp / "state"
-    log = tmp / "serve.log"
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
+    log = tmp / f"serve-{attempt}.log"
+    addr = f"127.0.0.1:{free_port()}"
     cmd = [str(binary), "--state-dir", str(state_dir), "serve", "--http", addr]
     env = dict(os.environ)
     env.setdefault("GREGOR_LOG", "warn")
@@ -103,34 +100,49 @@ def server() -> Iterator[Server]:
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
     srv = Server(base_url=f"http://{addr}", state_dir=state_dir, log=log, process=proc)
+    deadline = time.monotonic() + deadline_s
+    last = "no answer yet"
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return None, (
+                f"`{' '.join(cmd)}` exited with status {code} before answering GET /health:\n{srv.log_tail()}"
+            )
+        try:
+            r = httpx.get(f"{srv.base_url}/health", timeout=2.0)
+            if r.status_code == 200:
+                return srv, ""
+            last = f"HTTP {r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            _stop(proc)
+            return None, (
+                f"`{' '.join(cmd)}` did not answer GET /health with 200 within {deadline_s:.0f}s "
+                f"(last: {last}); its output:\n{srv.log_tail()}"
+            )
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    binary = gregor_bin()
+    deadline_s = float(os.environ.get("GREGOR_SERVE_START_TIMEOUT", "60"))
+    tmp = Path(tempfile.mkdtemp(prefix="gregor-client-tests-"))
+    srv: Server | None = None
     try:
-        deadline = time.monotonic() + deadline_s
-        last = "no answer yet"
-        while True:
-            code = proc.poll()
-            if code is not None:
-                pytest.fail(
-                    f"`{' '.join(cmd)}` exited with status {code} before answering GET /health:\n"
-                    f"{srv.log_tail()}",
-                    pytrace=False,
-                )
-            try:
-                r = httpx.get(f"{srv.base_url}/health", timeout=2.0)
-                if r.status_code == 200:
-                    break
-                last = f"HTTP {r.status_code} {r.text[:200]}"
-            except httpx.HTTPError as e:
-                last = f"{type(e).__name__}: {e}"
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"`{' '.join(cmd)}` did not answer GET /health with 200 within {deadline_s:.0f}s "
-                    f"(last: {last}); its output:\n{srv.log_tail()}",
-                    pytrace=False,
-                )
-            time.sleep(0.1)
+        for attempt in range(3):
+            srv, why = _start(binary, tmp, attempt, deadline_s)
+            # Another process may take the free port between our probe and the server's
+            # bind: try another port then.
+            if srv is not None or "cannot listen" not in why:
+                break
+        if srv is None:
+            pytest.fail(why, pytrace=False)
         yield srv
     finally:
-        _stop(proc)
+        if srv is not None:
+            _stop(srv.process)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
