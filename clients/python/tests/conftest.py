@@ -86,13 +86,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
 
 
-def _start(binary: Path, tmp: Path, attempt: int, deadline_s: float) -> tuple[Server | None, str]:
-    """Starts ``gregor serve`` on a free port and waits for ``GET /health`` to be 200: the
-    server, or ``None`` and why not (the process is stopped then)."""
+def _start(
+    binary: Path, tmp: Path, attempt: int, deadline_s: float, args: list[str]
+) -> tuple[Server | None, str]:
+    """Starts ``gregor ARGS --http ADDR`` on a free port and waits for ``GET /health`` to be
+    200: the server, or ``None`` and why not (the process is stopped then)."""
     state_dir = tmp / "state"
-    log = tmp / f"serve-{attempt}.log"
+    log = tmp / f"gregor-{attempt}.log"
     addr = f"127.0.0.1:{free_port()}"
-    cmd = [str(binary), "--state-dir", str(state_dir), "serve", "--http", addr]
+    cmd = [str(binary), "--state-dir", str(state_dir), *args, "--http", addr]
     env = dict(os.environ)
     env.setdefault("GREGOR_LOG", "warn")
     with open(log, "wb") as out:
@@ -124,21 +126,43 @@ def _start(binary: Path, tmp: Path, attempt: int, deadline_s: float) -> tuple[Se
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+def start_gregor(tmp: Path, args: list[str]) -> Server:
+    """``gregor --state-dir TMP/state ARGS --http 127.0.0.1:PORT`` answering ``GET /health``
+    with 200; the test fails (never skips) when it does not come up. Stop it with
+    :func:`stop`."""
     binary = gregor_bin()
     deadline_s = float(os.environ.get("GREGOR_SERVE_START_TIMEOUT", "60"))
+    why = ""
+    for attempt in range(3):
+        srv, why = _start(binary, tmp, attempt, deadline_s, args)
+        # Another process may take the free port between our probe and the server's bind:
+        # try another port then.
+        if srv is not None:
+            return srv
+        if "cannot listen" not in why:
+            break
+    pytest.fail(why, pytrace=False)
+
+
+def run_gregor(tmp: Path, args: list[str], stdin: bytes = b"") -> None:
+    """Runs ``gregor --state-dir TMP/state ARGS`` to completion; fails the test if it fails."""
+    cmd = [str(gregor_bin()), "--state-dir", str(tmp / "state"), *args]
+    r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)
+    if r.returncode != 0:
+        pytest.fail(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
+
+
+def stop(srv: Server) -> None:
+    _stop(srv.process)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """``gregor serve`` with a fresh state directory, for the whole session."""
     tmp = Path(tempfile.mkdtemp(prefix="gregor-client-tests-"))
     srv: Server | None = None
     try:
-        for attempt in range(3):
-            srv, why = _start(binary, tmp, attempt, deadline_s)
-            # Another process may take the free port between our probe and the server's
-            # bind: try another port then.
-            if srv is not None or "cannot listen" not in why:
-                break
-        if srv is None:
-            pytest.fail(why, pytrace=False)
+        srv = start_gregor(tmp, ["serve"])
         yield srv
     finally:
         if srv is not None:

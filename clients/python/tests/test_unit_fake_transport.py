@@ -460,3 +460,28 @@ def test_base64_without_padding_is_accepted() -> None:
     fake = FakeServer(lambda r: httpx.Response(200, json={"key": "k", "value": "YQ"}))
     with fake.client() as c:
         assert c.get_bytes("k") == b"a"
+
+
+def test_base_url_without_scheme_is_http() -> None:
+    seen: list[str] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        seen.append(str(r.url))
+        return httpx.Response(204)
+
+    with Client(
+        "127.0.0.1:8080", key_serde="string", value_serde="bytes", transport=httpx.MockTransport(handler)
+    ) as c:
+        c.delete("k")
+    assert seen == ["http://127.0.0.1:8080/v1/stores/kv/keys/k"]
+
+
+def test_async_serdes_are_looked_up_once_by_concurrent_calls() -> None:
+    fake = FakeServer(lambda r: httpx.Response(204))
+
+    async def main() -> None:
+        async with fake.async_client() as c:
+            await asyncio.gather(*(c.put(f"k{i}", "v") for i in range(10)))
+
+    asyncio.run(main())
+    assert [r.url.path for r in fake.requests].count("/v1/job") == 1

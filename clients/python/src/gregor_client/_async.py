@@ -32,7 +32,8 @@ class AsyncClient:
             await kv.delete("key1")
 
     Args:
-        base_url: the process's HTTP address, ``http://host:port``.
+        base_url: the process's HTTP address, ``http://host:port`` (``host:port`` alone
+            means ``http://host:port``).
         store: the store the key methods act on (``kv``, the store of ``gregor serve``, by
             default).
         key_serde, value_serde: the store's serdes (``string``, ``bytes``, ``u64``, ``i64``,
@@ -70,8 +71,9 @@ class AsyncClient:
     ) -> None:
         self._core = Core(store, key_serde, value_serde, retries, backoff, max_backoff)
         self._timeout = _core.to_httpx_timeout(timeout, httpx.Timeout(None))
+        self._serdes_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=self._timeout, headers=headers, transport=transport
+            base_url=_core.base_url(base_url), timeout=self._timeout, headers=headers, transport=transport
         )
 
     @property
@@ -117,8 +119,12 @@ class AsyncClient:
         ks, vs = self._core.key_serde, self._core.value_serde
         if ks is not None and vs is not None:
             return ks, vs
-        body = _core.json_body(await self._send(_core.JOB, timeout, retries))
-        return self._core.learn_serdes(body)
+        async with self._serdes_lock:  # one lookup, however many calls wait for it
+            ks, vs = self._core.key_serde, self._core.value_serde
+            if ks is not None and vs is not None:
+                return ks, vs
+            body = _core.json_body(await self._send(_core.JOB, timeout, retries))
+            return self._core.learn_serdes(body)
 
     async def _key_serde(self, timeout: CallTimeout, retries: int | None) -> Serde:
         return self._core.key_serde or (await self.serdes(timeout=timeout, retries=retries))[0]

@@ -40,6 +40,11 @@ TimeoutArg = Union[float, httpx.Timeout, None]
 CallTimeout = Union[float, httpx.Timeout, None, _Unset]
 
 
+def base_url(url: str) -> str:
+    """``url`` with ``http://`` when it has no scheme (``127.0.0.1:8080``)."""
+    return url if "://" in url else f"http://{url}"
+
+
 def to_httpx_timeout(t: CallTimeout, default: httpx.Timeout) -> httpx.Timeout:
     if t is UNSET:
         return default

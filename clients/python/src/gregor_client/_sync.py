@@ -31,7 +31,8 @@ class Client:
             kv.delete("key1")
 
     Args:
-        base_url: the process's HTTP address, ``http://host:port``.
+        base_url: the process's HTTP address, ``http://host:port`` (``host:port`` alone
+            means ``http://host:port``).
         store: the store the key methods act on (``kv``, the store of ``gregor serve``, by
             default).
         key_serde, value_serde: the store's serdes (``string``, ``bytes``, ``u64``, ``i64``,
@@ -70,7 +71,7 @@ class Client:
         self._core = Core(store, key_serde, value_serde, retries, backoff, max_backoff)
         self._timeout = _core.to_httpx_timeout(timeout, httpx.Timeout(None))
         self._http = httpx.Client(
-            base_url=base_url, timeout=self._timeout, headers=headers, transport=transport
+            base_url=_core.base_url(base_url), timeout=self._timeout, headers=headers, transport=transport
         )
 
     @property
