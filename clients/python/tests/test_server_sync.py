@@ -249,3 +249,32 @@ def test_connection_refused_is_retried_then_connection_failed() -> None:
 def test_server_still_serves(kv: Client, unique: str) -> None:
     kv.put(unique + "last", "still here")
     assert kv.get(unique + "last") == "still here"
+
+
+def test_dot_keys_and_odd_characters(kv: Client, unique: str) -> None:
+    # "." and ".." alone would be dot segments of the URL path.
+    for key in [".", "..", "...", unique + "\x00nul", unique + "tab\there", unique + "😀"]:
+        kv.put(key, f"value of {key!r}")
+        assert kv.get(key) == f"value of {key!r}"
+        kv.delete(key)
+        with pytest.raises(NotFound):
+            kv.get(key)
+
+
+def test_a_key_too_long_for_a_url_is_a_value_error(kv: Client) -> None:
+    with pytest.raises(ValueError):
+        kv.put("k" * 70_000, "v")
+
+
+def test_key_over_the_store_limit_is_bad_request_in_a_batch(kv: Client, unique: str) -> None:
+    # 64 KiB keys do not fit a URL; a batch carries them in JSON.
+    with pytest.raises(BadRequest) as e:
+        kv.batch([Put(unique + "k" * 70_000, "v")])
+    assert "limit" in e.value.message.lower()
+
+
+def test_large_batch(kv: Client, unique: str) -> None:
+    n = 2000
+    assert kv.batch(Put(f"{unique}{i:05d}", str(i)) for i in range(n)) == n
+    got = [(e.key, e.value) for e in kv.range(prefix=unique, page_size=1000).entries()]
+    assert got == [(f"{unique}{i:05d}", str(i)) for i in range(n)]

@@ -105,6 +105,8 @@ class AsyncClient:
                 )
             except httpx.TransportError as e:
                 outcome = e
+            except httpx.InvalidURL as e:  # a key too long for a URL, for one
+                raise ValueError(f"{req.method} {req.path[:100]}...: {e}") from e
             delay = _core.retry_delay(req, outcome, attempt, n, self._core.policy)
             if delay is None:
                 return _core.finish(req, outcome)

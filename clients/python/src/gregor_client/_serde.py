@@ -88,6 +88,9 @@ def key_segment(serde: Serde, key: object) -> str:
     text = key_text(serde, key)
     if not text:
         raise ValueError("an empty key cannot be addressed in a URL path (GET/PUT/DELETE .../keys/{key})")
+    if text in (".", ".."):
+        # Dot segments would be removed from the path (RFC 3986 §5.2.4) before sending.
+        return text.replace(".", "%2E")
     return quote(text, safe="")
 
 
