@@ -67,7 +67,9 @@ def free_port() -> int:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the test process dies, even by SIGKILL
-    (Linux's PR_SET_PDEATHSIG), so no server outlives a killed test run."""
+    (Linux's PR_SET_PDEATHSIG), so no server outlives a killed test run. PR_SET_PDEATHSIG
+    fires when the *thread* that started the child ends: start servers from the main
+    thread."""
     try:
         import ctypes
 
@@ -87,13 +89,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _start(
-    binary: Path, tmp: Path, attempt: int, deadline_s: float, args: list[str]
+    binary: Path, tmp: Path, attempt: int, deadline_s: float, args: list[str], addr: str | None
 ) -> tuple[Server | None, str]:
     """Starts ``gregor ARGS --http ADDR`` on a free port and waits for ``GET /health`` to be
     200: the server, or ``None`` and why not (the process is stopped then)."""
     state_dir = tmp / "state"
     log = tmp / f"gregor-{attempt}.log"
-    addr = f"127.0.0.1:{free_port()}"
+    addr = addr or f"127.0.0.1:{free_port()}"
     cmd = [str(binary), "--state-dir", str(state_dir), *args, "--http", addr]
     env = dict(os.environ)
     env.setdefault("GREGOR_LOG", "warn")
@@ -126,20 +128,20 @@ def _start(
         time.sleep(0.1)
 
 
-def start_gregor(tmp: Path, args: list[str]) -> Server:
-    """``gregor --state-dir TMP/state ARGS --http 127.0.0.1:PORT`` answering ``GET /health``
-    with 200; the test fails (never skips) when it does not come up. Stop it with
-    :func:`stop`."""
+def start_gregor(tmp: Path, args: list[str], addr: str | None = None) -> Server:
+    """``gregor --state-dir TMP/state ARGS --http ADDR`` answering ``GET /health`` with 200;
+    the test fails (never skips) when it does not come up. ``ADDR`` is ``addr``, else
+    127.0.0.1 on a free port. Stop it with :func:`stop`."""
     binary = gregor_bin()
     deadline_s = float(os.environ.get("GREGOR_SERVE_START_TIMEOUT", "60"))
     why = ""
     for attempt in range(3):
-        srv, why = _start(binary, tmp, attempt, deadline_s, args)
+        srv, why = _start(binary, tmp, attempt, deadline_s, args, addr)
         # Another process may take the free port between our probe and the server's bind:
         # try another port then.
         if srv is not None:
             return srv
-        if "cannot listen" not in why:
+        if addr is not None or "cannot listen" not in why:
             break
     pytest.fail(why, pytrace=False)
 
