@@ -655,3 +655,90 @@ fn a_task_error_stops_the_run_without_committing_and_a_restart_reprocesses() {
         "no message counted twice"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+
+/// Counts into `counts`, sends `key -> count` to `out` (all partitions of the output are
+/// shared by every task, placed by key), and records the thread it ran on.
+struct PoolCounter {
+    threads: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+}
+
+impl StreamTask for PoolCounter {
+    fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
+        let n = count_in(ctx, msg.key)?;
+        ctx.send("out", msg.key, Some(n.to_string().as_bytes()))?;
+        self.threads
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id());
+        Ok(())
+    }
+}
+
+/// `job.container.thread.pool.size`: tasks run on several threads, and the results are the
+/// same as on one: exact counts, every output record once, per key in order, every output
+/// partition fully committed (commits stay one task at a time).
+#[test]
+fn a_thread_pool_processes_tasks_in_parallel_with_the_same_results() {
+    let msgs = keyed(6000, "k-");
+    let want = expected_counts(&msgs);
+    for pool in [1usize, 3, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        create_topic(state.root(), "in", 6);
+        create_topic(state.root(), "out", 8);
+        produce(state.root(), "in", &msgs);
+        let j = job(&format!(
+            "[job]\nname = \"pool\"\ntask = \"t\"\ninputs = [\"in\"]\noutputs = [\"out\"]\n\
+             commit.ms = 5\ncontainer.thread.pool.size = {pool}\n\n[stores.counts]\n\
+             key.serde = \"string\"\nvalue.serde = \"u64\"\nchangelog = \"counts-changelog\"\n"
+        ));
+        assert_eq!(j.thread_pool_size, pool);
+        let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let t = threads.clone();
+        let factory: TaskFactory = Box::new(move |_| Box::new(PoolCounter { threads: t.clone() }));
+        let stats = run(&state, &j, factory, true).unwrap();
+        assert_eq!(stats.processed, 6000, "pool {pool}");
+        let used = threads.lock().unwrap().len();
+        if pool == 1 {
+            assert_eq!(used, 1, "one thread");
+        } else {
+            assert!(used > 1, "pool {pool}: tasks ran on {used} thread(s)");
+        }
+        assert_eq!(counts(&state, &j, "counts", 6), want, "pool {pool}");
+        let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for p in 0..8 {
+            let records = read_all(state.root(), "out", p);
+            assert_eq!(marker(state.root(), "out", p), Some(records.len() as u64));
+            for r in records {
+                out.entry(String::from_utf8(r.key).unwrap())
+                    .or_default()
+                    .push(
+                        String::from_utf8(r.value.unwrap())
+                            .unwrap()
+                            .parse()
+                            .unwrap(),
+                    );
+            }
+        }
+        for (k, &n) in &want {
+            assert_eq!(
+                out[k],
+                (1..=n).collect::<Vec<_>>(),
+                "pool {pool}: output of {k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn thread_pool_size_is_checked() {
+    let e = JobConfig::from_toml_str(
+        "<test job>",
+        "[job]\nname = \"j\"\ntask = \"t\"\ninputs = [\"in\"]\ncontainer.thread.pool.size = 0\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("job.container.thread.pool.size"), "{e}");
+}

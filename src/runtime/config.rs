@@ -11,6 +11,7 @@
 //! changelog.cleanup.ms = 300000  # compact changelogs this often (after a commit)
 //! changelog.segment.bytes = 134217728  # segment size of changelogs the job creates
 //! log.fsync = true            # fsync changelogs and outputs the job creates on commit
+//! container.thread.pool.size = 2  # threads processing tasks (default: the machine's cores)
 //!
 //! [stores.counts]
 //! engine = "rocksdb"
@@ -40,6 +41,14 @@ use crate::config::{ConfigError, FlatConfig};
 use crate::log::validate_topic_name;
 use crate::statedir::validate_name;
 use crate::store::config::StoreConfig;
+
+/// Largest `job.container.thread.pool.size`.
+pub const MAX_THREAD_POOL_SIZE: u64 = 256;
+
+/// Default `job.container.thread.pool.size`: the number of cores the process may use.
+pub fn default_thread_pool_size() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
 
 /// Default `job.changelog.cleanup.ms`: five minutes.
 pub const DEFAULT_CHANGELOG_CLEANUP_MS: u64 = 5 * 60 * 1000;
@@ -159,6 +168,10 @@ pub struct JobConfig {
     pub outputs: Vec<String>,
     /// `job.commit.ms`: commit interval.
     pub commit_ms: u64,
+    /// `job.container.thread.pool.size` (Samza's name): threads that process the process's
+    /// tasks, each task on one thread at a time (default: the cores the process may use;
+    /// 1 processes every task on the container's own thread).
+    pub thread_pool_size: usize,
     /// `job.window.ms`: window interval, if the task has a window.
     pub window_ms: Option<u64>,
     /// `embedded.changelog.cleanup.ms`: how often the embedded log compacts changelogs (right
@@ -254,6 +267,9 @@ impl JobConfig {
             .take_u64_in("job.commit.ms", 1..=MAX_COMMIT_MS)?
             .unwrap_or(DEFAULT_COMMIT_MS);
         let window_ms = c.take_u64_in("job.window.ms", 1..=MAX_WINDOW_MS)?;
+        let thread_pool_size = c
+            .take_u64_in("job.container.thread.pool.size", 1..=MAX_THREAD_POOL_SIZE)?
+            .map_or_else(default_thread_pool_size, |n| n as usize);
         let system = match c.take_str("job.system")?.as_deref() {
             None | Some("embedded") => System::Embedded,
             Some("kafka") => System::Kafka,
@@ -378,6 +394,7 @@ impl JobConfig {
             inputs,
             outputs,
             commit_ms,
+            thread_pool_size,
             window_ms,
             changelog_cleanup_ms,
             changelog_segment_bytes,

@@ -1,5 +1,6 @@
-//! The container: runs the tasks of a job it is given, in one thread, one task per input
-//! partition, over a [`Backend`].
+//! The container: runs the tasks of a job it is given, one task per input partition, over a
+//! [`Backend`]; batches of different tasks are processed in parallel on
+//! `job.container.thread.pool.size` threads, each task on one thread at a time.
 //!
 //! Start-up: check inputs, make sure changelog and output topics exist, recover the outputs
 //! (the backend drops output no checkpoint covers, where it can), then open each assigned
@@ -11,9 +12,11 @@
 //! closed ([`Container::close_task`]: `close`, a final commit, stores closed). Tasks can be
 //! opened and closed at any time, so a coordinator can move them.
 //!
-//! The commit protocol itself is [`TaskStorage::commit`]'s; tasks commit one at a time (so on
-//! the embedded log the tail of an output partition only ever belongs to the task
-//! committing).
+//! The commit protocol itself is [`TaskStorage::commit`]'s; tasks commit one at a time, on
+//! the container's thread, between rounds of parallel processing (output is appended only at
+//! commit, so on the embedded log the tail of an output partition only ever belongs to the
+//! task committing, and the output ends its checkpoint records are exactly what it and the
+//! tasks before it committed). Windows, HTTP reads and rollbacks run there too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -684,17 +687,21 @@ impl<'a> Container<'a> {
         if let Some(link) = &self.serving {
             link.serving().set_phase(Phase::Running);
         }
+        let threads = job.thread_pool_size.max(1);
         loop {
             let mut progressed = 0u64;
             let mut poisoned = Vec::new();
-            for (&p, run) in self.tasks.iter_mut() {
-                match process_batch(run, job, &self.on_process_error)? {
+            let ends = process_round(&mut self.tasks, job, &self.on_process_error, threads);
+            for (p, end) in ends {
+                let run = self.tasks.get_mut(&p).expect("a task of this round");
+                match end? {
                     BatchEnd::Processed(n) => progressed += n,
                     BatchEnd::Poisoned(x) => {
                         poisoned.push((p, x));
                         continue;
                     }
                 }
+                // Commits run here, one task at a time (see the module doc).
                 if run.coordinator.commit {
                     run.coordinator.commit = false;
                     commit_task(run)?;
@@ -836,6 +843,53 @@ fn with_ctx<R>(
         now_ms: now_ms(),
     };
     f(&mut *run.task, &mut ctx)
+}
+
+/// Processes one batch of every open task, on up to `threads` threads (each task on one
+/// thread; the tasks are dealt round-robin, the container's own thread taking a share), and
+/// returns each task's outcome in partition order. With one thread, or one task, no thread
+/// is started.
+fn process_round(
+    tasks: &mut BTreeMap<u32, TaskRun>,
+    job: &JobConfig,
+    policy: &ProcessErrorPolicy,
+    threads: usize,
+) -> Vec<(u32, Result<BatchEnd, RuntimeError>)> {
+    let threads = threads.min(tasks.len());
+    if threads <= 1 {
+        return tasks
+            .iter_mut()
+            .map(|(&p, run)| (p, process_batch(run, job, policy)))
+            .collect();
+    }
+    let mut shares: Vec<Vec<(u32, &mut TaskRun)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, (&p, run)) in tasks.iter_mut().enumerate() {
+        shares[i % threads].push((p, run));
+    }
+    let work = |share: Vec<(u32, &mut TaskRun)>| -> Vec<(u32, Result<BatchEnd, RuntimeError>)> {
+        share
+            .into_iter()
+            .map(|(p, run)| (p, process_batch(run, job, policy)))
+            .collect()
+    };
+    let mut ends = std::thread::scope(|scope| {
+        let mut shares = shares.into_iter();
+        let own = shares.next().unwrap_or_default();
+        let handles: Vec<_> = shares
+            .map(|share| scope.spawn(move || work(share)))
+            .collect();
+        let mut ends = work(own);
+        for h in handles {
+            match h.join() {
+                Ok(e) => ends.extend(e),
+                // A task panicked: let the panic go on, as it would on one thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        ends
+    });
+    ends.sort_by_key(|(p, _)| *p);
+    ends
 }
 
 /// Processes up to one batch from each input of `run`; returns the number of messages, or
