@@ -742,3 +742,89 @@ fn thread_pool_size_is_checked() {
     .to_string();
     assert!(e.contains("job.container.thread.pool.size"), "{e}");
 }
+
+/// Records the restore progress calls it gets, and the threads they came from.
+#[derive(Default)]
+struct ProgressLog {
+    started: u64,
+    grown: u64,
+    advanced: u64,
+    finished: usize,
+    threads: std::collections::HashSet<std::thread::ThreadId>,
+}
+
+struct SharedLog(Arc<Mutex<ProgressLog>>);
+
+impl gregor::restore::RestoreProgress for SharedLog {
+    fn start(&mut self, _store: &str, records: u64) {
+        let mut l = self.0.lock().unwrap();
+        l.started += records;
+        l.threads.insert(std::thread::current().id());
+    }
+    fn advance(&mut self, records: u64, _bytes: u64) {
+        self.0.lock().unwrap().advanced += records;
+    }
+    fn finish(&mut self, _stats: &gregor::restore::RestoreStats) {
+        self.0.lock().unwrap().finished += 1;
+    }
+    fn grow(&mut self, records: u64) {
+        let mut l = self.0.lock().unwrap();
+        l.grown += records;
+        l.threads.insert(std::thread::current().id());
+    }
+}
+
+/// Issue 12 part 4: the tasks' stores restore in parallel at start-up (up to
+/// `job.container.thread.pool.size` at once), their progress summed on one display; the
+/// restored state is exact.
+#[test]
+fn tasks_restore_in_parallel_with_their_progress_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    create_topic(state.root(), "in", 4);
+    let msgs = keyed(20_000, "key-");
+    produce(state.root(), "in", &msgs);
+    let text = "[job]\nname = \"par\"\ntask = \"t\"\ninputs = [\"in\"]\ncommit.ms = 3600000\n\
+                container.thread.pool.size = 4\n\n[stores.counts]\nkey.serde = \"string\"\n\
+                value.serde = \"u64\"\nchangelog = \"counts-changelog\"\n";
+    let j = job(text);
+    struct Count;
+    impl StreamTask for Count {
+        fn process(
+            &mut self,
+            msg: &Envelope<'_>,
+            ctx: &mut TaskContext<'_>,
+        ) -> Result<(), TaskError> {
+            count_in(ctx, msg.key).map(|_| ())
+        }
+    }
+    let count: TaskFactory = Box::new(|_| Box::new(Count));
+    run(&state, &j, count, true).unwrap();
+    // The local stores are lost: every task restores in full from its changelog.
+    std::fs::remove_dir_all(state.root().join("tasks/par.partition-0/stores")).unwrap();
+    std::fs::remove_dir_all(state.root().join("tasks/par.partition-1/stores")).unwrap();
+    std::fs::remove_dir_all(state.root().join("tasks/par.partition-2/stores")).unwrap();
+    std::fs::remove_dir_all(state.root().join("tasks/par.partition-3/stores")).unwrap();
+    let log = Arc::new(Mutex::new(ProgressLog::default()));
+    let opts = RunOptions {
+        until_end: true,
+        progress: Box::new(SharedLog(log.clone())),
+        ..RunOptions::new()
+    };
+    let count: TaskFactory = Box::new(|_| Box::new(Count));
+    let stats = run_job(&state, &j, &count, opts).unwrap();
+    let restored: u64 = stats.restores.iter().map(|r| r.records).sum();
+    assert_eq!(stats.restores.len(), 4);
+    assert!(restored > 0);
+    let l = log.lock().unwrap();
+    assert_eq!(l.started + l.grown, restored, "totals summed");
+    assert_eq!(l.advanced, restored, "progress summed");
+    assert!(l.finished >= 1);
+    assert!(
+        l.threads.len() > 1,
+        "restores ran on {} thread(s)",
+        l.threads.len()
+    );
+    drop(l);
+    assert_eq!(counts(&state, &j, "counts", 4), expected_counts(&msgs));
+}

@@ -39,6 +39,12 @@ impl RestoreProgress for BarProgress {
         }
     }
 
+    fn grow(&mut self, records: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc_length(records);
+        }
+    }
+
     fn finish(&mut self, stats: &RestoreStats) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
@@ -64,7 +70,7 @@ impl RestoreProgress for BarProgress {
 }
 
 /// The progress display fitting stderr.
-pub fn for_stderr() -> Box<dyn RestoreProgress> {
+pub fn for_stderr() -> Box<dyn RestoreProgress + Send> {
     if std::io::stderr().is_terminal() {
         Box::new(BarProgress {
             bar: None,

@@ -73,6 +73,83 @@ pub trait RestoreProgress {
     fn advance(&mut self, records: u64, bytes: u64);
     /// The restore of the store finished.
     fn finish(&mut self, stats: &RestoreStats);
+    /// Another restore running alongside the one started (several tasks opened at once, see
+    /// [`ParallelProgress`]) adds about `records` records to the total. The default ignores
+    /// it.
+    fn grow(&mut self, records: u64) {
+        let _ = records;
+    }
+}
+
+/// Several restores running at once (tasks opened in parallel) shown as one on a display
+/// made for one: the first `start` starts it, each later one grows its total while any runs,
+/// every `advance` adds to it, and it finishes with the last restore (the others' summaries
+/// are logged). Hand each thread a [`handle`](Self::handle).
+pub struct ParallelProgress<'a> {
+    state: std::sync::Mutex<ParallelState<'a>>,
+}
+
+struct ParallelState<'a> {
+    inner: &'a mut (dyn RestoreProgress + Send),
+    running: usize,
+}
+
+impl<'a> ParallelProgress<'a> {
+    /// Restores shown on `inner`.
+    pub fn new(inner: &'a mut (dyn RestoreProgress + Send)) -> Self {
+        ParallelProgress {
+            state: std::sync::Mutex::new(ParallelState { inner, running: 0 }),
+        }
+    }
+
+    /// A progress for one thread's restores.
+    pub fn handle(&self) -> ParallelHandle<'_, 'a> {
+        ParallelHandle { shared: self }
+    }
+}
+
+/// One thread's view of a [`ParallelProgress`].
+pub struct ParallelHandle<'p, 'a> {
+    shared: &'p ParallelProgress<'a>,
+}
+
+impl RestoreProgress for ParallelHandle<'_, '_> {
+    fn start(&mut self, store: &str, records: u64) {
+        let mut s = crate::sync::lock(&self.shared.state);
+        if s.running == 0 {
+            s.inner.start(store, records);
+        } else {
+            s.inner.grow(records);
+        }
+        s.running += 1;
+    }
+
+    fn advance(&mut self, records: u64, bytes: u64) {
+        crate::sync::lock(&self.shared.state)
+            .inner
+            .advance(records, bytes);
+    }
+
+    fn finish(&mut self, stats: &RestoreStats) {
+        let mut s = crate::sync::lock(&self.shared.state);
+        s.running = s.running.saturating_sub(1);
+        if s.running == 0 {
+            s.inner.finish(stats);
+        } else if stats.records > 0 || stats.truncated > 0 || stats.wiped.is_some() {
+            tracing::info!(
+                store = %stats.store,
+                kind = ?stats.kind,
+                records = stats.records,
+                truncated = stats.truncated,
+                "restored in {:.2}s",
+                stats.elapsed.as_secs_f64()
+            );
+        }
+    }
+
+    fn grow(&mut self, records: u64) {
+        crate::sync::lock(&self.shared.state).inner.grow(records);
+    }
 }
 
 /// Progress as periodic `tracing` log lines (every 5 s) and a summary line: the default when
@@ -124,6 +201,10 @@ impl RestoreProgress for LogProgress {
                 self.bytes as f64 / 1e6 / secs
             );
         }
+    }
+
+    fn grow(&mut self, records: u64) {
+        self.total += records;
     }
 
     fn finish(&mut self, stats: &RestoreStats) {

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod plan;
 
 pub use exec::{
-    ChangelogAccess, LogProgress, NoProgress, RestoreError, RestoreProgress, RestoreStats, execute,
+    ChangelogAccess, LogProgress, NoProgress, ParallelHandle, ParallelProgress, RestoreError,
+    RestoreProgress, RestoreStats, execute,
 };
 pub use plan::{Action, LocalStore, PlanError, RestoreInputs, RestoreKind, RestorePlan};

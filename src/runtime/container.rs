@@ -90,8 +90,9 @@ pub struct RunOptions {
     pub until_end: bool,
     /// Set to stop the container (commit, close, return).
     pub stop: Arc<AtomicBool>,
-    /// Restore progress display.
-    pub progress: Box<dyn RestoreProgress>,
+    /// Restore progress display (tasks restored in parallel show as one, see
+    /// [`crate::restore::ParallelProgress`]).
+    pub progress: Box<dyn RestoreProgress + Send>,
     /// The partitions (tasks) this process runs; `None`: all of them.
     pub assignment: Option<BTreeSet<u32>>,
 }
@@ -316,9 +317,7 @@ fn run_container(
     if let Some(link) = link {
         c.serve(link, &assigned);
     }
-    for &p in &assigned {
-        stats.restores.extend(c.open_task(p, &mut *opts.progress)?);
-    }
+    stats.restores = c.open_tasks(&assigned, &mut *opts.progress)?;
     stats.tasks = assigned.len() as u32;
     stats.restore_elapsed = restore_started.elapsed();
     let started = Instant::now();
@@ -545,79 +544,119 @@ impl<'a> Container<'a> {
         p: u32,
         progress: &mut dyn RestoreProgress,
     ) -> Result<Vec<RestoreStats>, RuntimeError> {
-        let name = task_name(&self.job.name, p);
-        let ctx = TaskStorageContext {
-            backend: Arc::clone(&self.backend),
-            state: self.state,
-            task: &name,
-            changelog_partition: p,
-        };
         if let Some(link) = self.serving.as_mut() {
-            link.task_opening(p, &name);
+            link.task_opening(p, &task_name(&self.job.name, p));
         }
-        let serving = self.serving.as_ref().map(|l| l.serving().clone());
-        let (storage, restored) = match &serving {
-            None => TaskStorage::open(&ctx, &self.job.stores, progress)?,
-            Some(serving) => {
-                open_delay_failpoint();
-                let mut progress = StatusProgress {
-                    inner: progress,
-                    serving,
-                    task: p,
-                };
-                TaskStorage::open(&ctx, &self.job.stores, &mut progress)?
+        let (run, restored) = self.opener().prepare(p, progress)?;
+        self.install_task(run)?;
+        Ok(restored)
+    }
+
+    /// Opens the tasks of `partitions` as [`open_task`](Self::open_task) does, restoring up
+    /// to `job.container.thread.pool.size` of them at once (their progress summed on
+    /// `progress`); then commits their first checkpoints and calls `init`, one task at a
+    /// time, in partition order.
+    pub fn open_tasks(
+        &mut self,
+        partitions: &[u32],
+        progress: &mut (dyn RestoreProgress + Send),
+    ) -> Result<Vec<RestoreStats>, RuntimeError> {
+        let threads = self.job.thread_pool_size.min(partitions.len());
+        if threads <= 1 {
+            let mut restored = Vec::new();
+            for &p in partitions {
+                restored.extend(self.open_task(p, progress)?);
             }
-        };
-        let mut cursors = Vec::new();
-        for (t, &np) in &self.input_partitions {
-            if p >= np {
-                continue;
-            }
-            let tp = TopicPartition::new(t.clone(), p);
-            cursors.push(Cursor::open(
-                &*self.backend,
-                &name,
-                tp,
-                storage.checkpoint(),
-            )?);
+            return Ok(restored);
         }
-        let inputs: Vec<TopicPartition> = cursors.iter().map(|c| c.tp.clone()).collect();
-        let covered = storage.checkpoint_covers(&inputs);
-        let mut run = TaskRun {
-            name: name.clone(),
-            partition: p,
-            task: (self.factory)(&name),
-            storage,
-            cursors,
-            collector: Collector {
-                partitions: self
-                    .output_partitions
-                    .iter()
-                    .filter(|(t, _)| self.job.outputs.contains(t))
-                    .map(|(t, &n)| (t.clone(), n))
-                    .collect(),
-                pending: Vec::new(),
-            },
-            coordinator: Coordinator::default(),
-            skips: BTreeMap::new(),
-            skipped: 0,
-            serving,
-        };
+        if let Some(link) = self.serving.as_mut() {
+            for &p in partitions {
+                link.task_opening(p, &task_name(&self.job.name, p));
+            }
+        }
+        let opener = self.opener();
+        let shared = crate::restore::ParallelProgress::new(progress);
+        let mut shares: Vec<Vec<u32>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, &p) in partitions.iter().enumerate() {
+            shares[i % threads].push(p);
+        }
+        type Prepared = (u32, Result<(TaskRun, Vec<RestoreStats>), RuntimeError>);
+        let mut prepared: Vec<Prepared> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    let (opener, shared) = (&opener, &shared);
+                    scope.spawn(move || {
+                        let mut progress = shared.handle();
+                        let mut out = Vec::new();
+                        for p in share {
+                            let r = opener.prepare(p, &mut progress);
+                            let failed = r.is_err();
+                            out.push((p, r));
+                            if failed {
+                                break;
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(out) => all.extend(out),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            all
+        });
+        prepared.sort_by_key(|(p, _)| *p);
+        let mut restored = Vec::new();
+        let mut runs = Vec::new();
+        for (_, r) in prepared {
+            let (run, stats) = r?;
+            runs.push(run);
+            restored.extend(stats);
+        }
+        for run in runs {
+            self.install_task(run)?;
+        }
+        Ok(restored)
+    }
+
+    /// What opening a task needs of the container, shareable between threads.
+    fn opener(&self) -> Opener<'_> {
+        Opener {
+            backend: &self.backend,
+            state: self.state,
+            job: self.job,
+            factory: self.factory,
+            input_partitions: &self.input_partitions,
+            output_partitions: &self.output_partitions,
+            serving: self.serving.as_ref().map(|l| l.serving().clone()),
+        }
+    }
+
+    /// The second half of opening a task, on the container's thread: its first checkpoint
+    /// if it has none covering its inputs, `init`, then it runs.
+    fn install_task(&mut self, mut run: TaskRun) -> Result<(), RuntimeError> {
         set_crash_failpoint(&mut run.storage);
-        if !covered {
+        let inputs: Vec<TopicPartition> = run.cursors.iter().map(|c| c.tp.clone()).collect();
+        if !run.storage.checkpoint_covers(&inputs) {
             // A first checkpoint before any processing: from now on the checkpoint is the
             // single truth about what this task has committed (without it, a crash before
             // the first commit would make the next restore trust uncommitted changelog
             // records). It also seals what restore trimmed.
             commit_task(&mut run)?;
         }
+        let name = run.name.clone();
         with_ctx(&mut run, self.job, |task, ctx| task.init(ctx))
             .map_err(task_err(&name, "init".into()))?;
         if let Some(s) = &run.serving {
-            s.task_checkpoint(p, run.storage.checkpoint(), false);
+            s.task_checkpoint(run.partition, run.storage.checkpoint(), false);
         }
-        self.tasks.insert(p, run);
-        Ok(restored)
+        self.tasks.insert(run.partition, run);
+        Ok(())
     }
 
     /// Closes the task of partition `p`: `close`, a final commit, its stores closed.
@@ -781,6 +820,82 @@ impl Container<'_> {
             );
         }
         link.answer(idle, MAX_READS_PER_ROUND, &mut OpenTasks(&mut self.tasks));
+    }
+}
+
+/// What opening a task needs of the container: shared by the threads that restore tasks in
+/// parallel ([`Container::open_tasks`]).
+struct Opener<'a> {
+    backend: &'a Arc<dyn Backend>,
+    state: &'a StateDir,
+    job: &'a JobConfig,
+    factory: &'a TaskFactory,
+    input_partitions: &'a BTreeMap<String, u32>,
+    output_partitions: &'a BTreeMap<String, u32>,
+    serving: Option<Serving>,
+}
+
+impl Opener<'_> {
+    /// The first half of opening the task of partition `p`: its storage restored to its
+    /// checkpoint, its inputs positioned there, its task object made.
+    fn prepare(
+        &self,
+        p: u32,
+        progress: &mut dyn RestoreProgress,
+    ) -> Result<(TaskRun, Vec<RestoreStats>), RuntimeError> {
+        let name = task_name(&self.job.name, p);
+        let ctx = TaskStorageContext {
+            backend: Arc::clone(self.backend),
+            state: self.state,
+            task: &name,
+            changelog_partition: p,
+        };
+        let (storage, restored) = match &self.serving {
+            None => TaskStorage::open(&ctx, &self.job.stores, progress)?,
+            Some(serving) => {
+                open_delay_failpoint();
+                let mut progress = StatusProgress {
+                    inner: progress,
+                    serving,
+                    task: p,
+                };
+                TaskStorage::open(&ctx, &self.job.stores, &mut progress)?
+            }
+        };
+        let mut cursors = Vec::new();
+        for (t, &np) in self.input_partitions {
+            if p >= np {
+                continue;
+            }
+            let tp = TopicPartition::new(t.clone(), p);
+            cursors.push(Cursor::open(
+                &**self.backend,
+                &name,
+                tp,
+                storage.checkpoint(),
+            )?);
+        }
+        let run = TaskRun {
+            name: name.clone(),
+            partition: p,
+            task: (self.factory)(&name),
+            storage,
+            cursors,
+            collector: Collector {
+                partitions: self
+                    .output_partitions
+                    .iter()
+                    .filter(|(t, _)| self.job.outputs.contains(t))
+                    .map(|(t, &n)| (t.clone(), n))
+                    .collect(),
+                pending: Vec::new(),
+            },
+            coordinator: Coordinator::default(),
+            skips: BTreeMap::new(),
+            skipped: 0,
+            serving: self.serving.clone(),
+        };
+        Ok((run, restored))
     }
 }
 

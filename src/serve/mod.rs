@@ -445,6 +445,10 @@ impl crate::restore::RestoreProgress for StatusProgress<'_> {
         self.add(records, 0);
     }
 
+    fn grow(&mut self, records: u64) {
+        self.inner.grow(records);
+    }
+
     fn finish(&mut self, stats: &crate::restore::RestoreStats) {
         self.inner.finish(stats);
     }
