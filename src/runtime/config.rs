@@ -20,6 +20,9 @@
 //! changelog = "counts-changelog"
 //! # guarantee = "at-least-once"  # the opt-in for a RocksDB store without a changelog
 //!
+//! [stores.users]              # a side input: every task reads the whole topic
+//! side.inputs = ["users"]
+//!
 //! [task]                      # free-form settings for the task itself
 //! top.n = 10
 //!
@@ -48,6 +51,15 @@ pub const MAX_THREAD_POOL_SIZE: u64 = 256;
 /// Default `job.container.thread.pool.size`: the number of cores the process may use.
 pub fn default_thread_pool_size() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// A store filled from side-input topics (`stores.<name>.side.inputs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideInputStore {
+    /// The topics, read whole (every partition).
+    pub topics: Vec<String>,
+    /// The store's settings (engine, serdes, cache; no changelog).
+    pub config: StoreConfig,
 }
 
 /// Default `job.changelog.cleanup.ms`: five minutes.
@@ -183,7 +195,11 @@ pub struct JobConfig {
     /// `embedded.log.fsync`: fsync changelog and output topics the job creates on every
     /// commit (default true; false trades durability against a machine crash for speed).
     pub log_fsync: bool,
-    /// `stores.<name>.*`.
+    /// Stores with `stores.<name>.side.inputs` (Samza's name): filled from every partition
+    /// of those topics, readable by every task of the process, read-only to them. Not in
+    /// [`stores`](Self::stores). See [`crate::runtime::side_input`].
+    pub side_inputs: BTreeMap<String, SideInputStore>,
+    /// `stores.<name>.*`: the tasks' own stores.
     pub stores: BTreeMap<String, StoreConfig>,
     /// `task.*`, keys without the `task.` prefix.
     pub task_config: BTreeMap<String, toml::Value>,
@@ -325,10 +341,50 @@ impl JobConfig {
             });
         }
         let mut stores = BTreeMap::new();
+        let mut side_inputs = BTreeMap::new();
         for store in c.children("stores") {
             validate_name("store", &store)
                 .map_err(|e| invalid(&format!("stores.{store}"), e.to_string()))?;
+            let key = format!("stores.{store}.side.inputs");
+            if let Some(topics) = c.take_str_list(&key)? {
+                if topics.is_empty() {
+                    return Err(invalid(&key, "names no topic".into()));
+                }
+                for t in &topics {
+                    validate_topic_name(t).map_err(|e| invalid(&key, e.to_string()))?;
+                    if inputs.contains(t) || outputs.contains(t) {
+                        return Err(invalid(
+                            &key,
+                            format!(
+                                "topic `{t}` is already an input or output of this job; a \
+                                 side input is read whole by every task, an input is split \
+                                 among them"
+                            ),
+                        ));
+                    }
+                }
+                side_inputs.insert(store.clone(), topics);
+            }
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
+        }
+        // Side-input stores are kept apart from the tasks' own stores.
+        let side_inputs: BTreeMap<String, SideInputStore> = side_inputs
+            .into_iter()
+            .map(|(store, topics): (String, Vec<String>)| {
+                let config = stores.remove(&store).expect("parsed with its side inputs");
+                (store, SideInputStore { topics, config })
+            })
+            .collect();
+        for (store, side) in &side_inputs {
+            if side.config.changelog.is_some() {
+                return Err(invalid(
+                    &format!("stores.{store}.changelog"),
+                    format!(
+                        "store `{store}` is filled from its side inputs, which are its source \
+                         of truth: it has no changelog (remove stores.{store}.changelog)"
+                    ),
+                ));
+            }
         }
         check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
         let dead_letter = c.take_str("job.dead.letter.topic")?;
@@ -405,6 +461,7 @@ impl JobConfig {
             kafka,
             on_process_error,
             http_listen,
+            side_inputs,
         })
     }
 

@@ -35,6 +35,7 @@ use crate::task_storage::{OutputRecord, TaskStorage, TaskStorageContext};
 use super::config::JobConfig;
 use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
+use super::side_input::SideInputs;
 use super::task::{
     Collector, Coordinator, Envelope, OutgoingMessage, StreamTask, TaskContext, TaskError,
     TaskFactory,
@@ -149,6 +150,8 @@ struct TaskRun {
     skipped: u64,
     /// Where its checkpoints are published, when the job is served over HTTP.
     serving: Option<Serving>,
+    /// Its read-only views of the side-input stores.
+    side: BTreeMap<String, crate::runtime::side_input::SideHandle>,
 }
 
 /// A message whose processing failed under a skipping [`ProcessErrorPolicy`].
@@ -211,6 +214,12 @@ pub fn claim_job_roles(
     claims.extend(job.inputs.iter().map(|t| RoleClaim::new(t, Role::Input)));
     claims.extend(job.outputs.iter().map(|t| RoleClaim::new(t, Role::Output)));
     claims.extend(dead_letter.map(|t| RoleClaim::new(t, Role::Output)));
+    claims.extend(
+        job.side_inputs
+            .values()
+            .flat_map(|s| &s.topics)
+            .map(|t| RoleClaim::new(t, Role::Input)),
+    );
     for (store, cfg) in &job.stores {
         if let Some(cl) = &cfg.changelog {
             claims.push(RoleClaim::new(
@@ -350,6 +359,8 @@ pub struct Container<'a> {
     skipped: u64,
     /// The HTTP server's reads and the status it shows, when the job is served.
     serving: Option<ServeLink>,
+    /// The side-input stores, bootstrapped at start.
+    side: Option<SideInputs>,
 }
 
 impl<'a> Container<'a> {
@@ -495,6 +506,12 @@ impl<'a> Container<'a> {
                     .join(","),
             ))?;
         }
+        // Side inputs are bootstrapped before any task opens (see `side_input`).
+        let side = if job.side_inputs.is_empty() {
+            None
+        } else {
+            Some(SideInputs::bootstrap(&*backend, state, job)?.0)
+        };
         Ok(Container {
             backend,
             state,
@@ -507,6 +524,7 @@ impl<'a> Container<'a> {
             on_process_error,
             skipped: 0,
             serving: None,
+            side,
         })
     }
 
@@ -634,6 +652,7 @@ impl<'a> Container<'a> {
             input_partitions: &self.input_partitions,
             output_partitions: &self.output_partitions,
             serving: self.serving.as_ref().map(|l| l.serving().clone()),
+            side: self.side.as_ref().map(|s| s.views()).unwrap_or_default(),
         }
     }
 
@@ -753,6 +772,11 @@ impl<'a> Container<'a> {
                 progressed += 1;
             }
             stats.processed += progressed;
+            // New side-input records, visible to the tasks from the next round on.
+            let side_applied = match self.side.as_mut() {
+                Some(side) => side.poll()?,
+                None => 0,
+            };
             if let Some(w) = window_every
                 && last_window.elapsed() >= w
             {
@@ -787,7 +811,7 @@ impl<'a> Container<'a> {
                 return Ok(());
             }
             self.serve_reads(None);
-            if progressed == 0 {
+            if progressed == 0 && side_applied == 0 {
                 // Idle: wait for input, answering reads at once as they come.
                 self.serve_reads(Some(IDLE_WAIT));
                 for run in self.tasks.values_mut() {
@@ -833,6 +857,7 @@ struct Opener<'a> {
     input_partitions: &'a BTreeMap<String, u32>,
     output_partitions: &'a BTreeMap<String, u32>,
     serving: Option<Serving>,
+    side: crate::runtime::side_input::SideViews,
 }
 
 impl Opener<'_> {
@@ -894,6 +919,7 @@ impl Opener<'_> {
             skips: BTreeMap::new(),
             skipped: 0,
             serving: self.serving.clone(),
+            side: self.side.handles(),
         };
         Ok((run, restored))
     }
@@ -952,6 +978,7 @@ fn with_ctx<R>(
         task: &run.name,
         partition: run.partition,
         stores: run.storage.stores(),
+        side: &mut run.side,
         collector: &mut run.collector,
         coordinator: &mut run.coordinator,
         config: job,
@@ -1023,6 +1050,7 @@ fn process_batch(
         collector,
         coordinator,
         skips,
+        side,
         ..
     } = run;
     let stores = storage.stores();
@@ -1073,6 +1101,7 @@ fn process_batch(
                 task: name,
                 partition: *partition,
                 stores: &mut *stores,
+                side: &mut *side,
                 collector: &mut *collector,
                 coordinator: &mut *coordinator,
                 config: job,

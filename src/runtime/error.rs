@@ -37,6 +37,15 @@ pub enum RuntimeError {
         #[source]
         source: BackendError,
     },
+    /// A side-input store could not be built or updated.
+    #[error("side-input store `{store}`: {source}")]
+    SideInput {
+        /// The store.
+        store: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::store::StoreError>,
+    },
     /// The dead-letter topic cannot be used.
     #[error("dead-letter topic `{topic}`: {reason}")]
     DeadLetter {

@@ -4,7 +4,8 @@
 //!   [`builtin`]: tasks runnable by name.
 //! - [`container`]: start-up, opening and closing tasks, the run loop; `input` (a task's
 //!   position in an input partition) is its private helper; [`committed`]: the embedded
-//!   log's read-committed markers; [`error`]: [`RuntimeError`].
+//!   log's read-committed markers; [`error`]: [`RuntimeError`]; [`side_input`]: stores
+//!   every task reads, filled from whole topics.
 
 pub mod builtin;
 pub mod committed;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 mod input;
+pub mod side_input;
 pub mod task;
 
 pub use config::JobConfig;

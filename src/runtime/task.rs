@@ -116,6 +116,7 @@ pub struct TaskContext<'a> {
     pub(crate) task: &'a str,
     pub(crate) partition: u32,
     pub(crate) stores: &'a mut BTreeMap<String, TaskStore>,
+    pub(crate) side: &'a mut BTreeMap<String, super::side_input::SideHandle>,
     pub(crate) collector: &'a mut Collector,
     pub(crate) coordinator: &'a mut Coordinator,
     pub(crate) config: &'a JobConfig,
@@ -181,19 +182,36 @@ impl<'a> TaskContext<'a> {
         &mut self,
         name: &str,
     ) -> Result<Store<K, V, &mut dyn KeyValueStore>, TaskError> {
+        if !self.stores.contains_key(name)
+            && self.side.contains_key(name)
+            && let Some(side) = self.config.side_inputs.get(name)
+        {
+            let (k, v) = (side.config.key_serde, side.config.value_serde);
+            let h = self.side.get_mut(name).expect("checked above");
+            return Ok(Store::new(h as &mut dyn KeyValueStore, k, v)?);
+        }
         let s = self.task_store(name)?;
         let (k, v) = (s.config().key_serde, s.config().value_serde);
         Ok(Store::new(s.stack(), k, v)?)
     }
 
-    /// The bytes-level stack of store `name`.
+    /// The bytes-level stack of store `name` (a side-input store: its read-only view).
     pub fn raw_store(&mut self, name: &str) -> Result<&mut dyn KeyValueStore, TaskError> {
+        if !self.stores.contains_key(name) && self.side.contains_key(name) {
+            return Ok(self.side.get_mut(name).expect("checked above"));
+        }
         Ok(self.task_store(name)?.stack())
     }
 
     fn task_store(&mut self, name: &str) -> Result<&mut TaskStore, TaskError> {
         if !self.stores.contains_key(name) {
-            let known = self.stores.keys().cloned().collect::<Vec<_>>().join(", ");
+            let known = self
+                .stores
+                .keys()
+                .chain(self.side.keys())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(Box::new(ContextError::NoStore {
                 task: self.task.to_string(),
                 store: name.to_string(),

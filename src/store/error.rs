@@ -105,6 +105,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A write to a store its user may only read (a side-input store, filled from its topics).
+    #[error("store `{store}` is read-only: {why}")]
+    ReadOnly {
+        /// Store name.
+        store: String,
+        /// Why, and where its contents come from.
+        why: String,
+    },
 }
 
 /// Result alias for store operations.
