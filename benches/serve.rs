@@ -146,6 +146,7 @@ fn served(state: &StateDir, until_end: bool, read: bool, max: usize) -> (RunStat
             process: ProcessInfo { id: 0, count: 1 },
             metrics: None,
             writes: None,
+            auth_token: None,
         },
     )
     .unwrap();

@@ -88,6 +88,11 @@ pub fn start_http(
             process,
             metrics: Some(install_metrics()?),
             writes,
+            // The environment wins, so a token need not be written into a job file.
+            auth_token: std::env::var("GREGOR_HTTP_AUTH_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| serving.job().http_auth_token.clone()),
         },
     )?;
     eprintln!("http: listening on {}", server.local_addr());

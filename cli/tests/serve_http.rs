@@ -143,7 +143,12 @@ fn serve_reads_writes_pages_and_explains_errors() {
     // Oversized values are refused naming the size and the limit, and not written.
     let big = vec![b'x'; 1024 * 1024 + 1];
     let r = s.put(&key_path("kv", "big"), &big);
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "payload_too_large"),
+        "{}",
+        r.body
+    );
     assert!(
         r.message().contains("1048577") && r.message().contains("1048576"),
         "{}",
@@ -517,4 +522,99 @@ fn kill9_loses_no_acknowledged_write() {
         total_acked >= rounds,
         "only {total_acked} writes acknowledged"
     );
+}
+
+/// `http.auth.token` (here through `GREGOR_HTTP_AUTH_TOKEN`): every request but `/health`
+/// needs the bearer token (401 with `WWW-Authenticate` otherwise, nothing written); and a
+/// client that never finishes its request neither blocks other clients nor the server.
+#[test]
+fn a_token_guards_reads_and_writes_and_slow_clients_block_nobody() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-token-for-the-test";
+    let s = Server::start(
+        dir.path(),
+        &["serve", "--http", "127.0.0.1:0"],
+        &[("GREGOR_HTTP_AUTH_TOKEN", token)],
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = |p: &str| format!("{}{p}", s.base);
+    // Health is open (load balancers probe it).
+    let t = std::time::Instant::now();
+    loop {
+        let r = agent.get(url("/health")).call().unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (method, path) in [
+        ("PUT", "/v1/stores/kv/keys/a"),
+        ("GET", "/v1/stores/kv/keys/a"),
+        ("GET", "/v1/job"),
+        ("GET", "/metrics"),
+    ] {
+        for auth in [None, Some("Bearer wrong-token-of-some-length")] {
+            let mut req = ureq::http::Request::builder().method(method).uri(url(path));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let r = agent.run(req.body(b"v".to_vec()).unwrap()).unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        }
+    }
+    let bearer = format!("Bearer {token}");
+    let r = agent
+        .put(url("/v1/stores/kv/keys/a"))
+        .header("Authorization", &bearer)
+        .send(&b"v1"[..])
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut r = agent
+        .get(url("/v1/stores/kv/keys/a"))
+        .header("Authorization", &bearer)
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.body_mut().read_to_string().unwrap().contains(&b64(b"v1")));
+
+    // Slow clients: half-sent headers and a body that never comes; others are served.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"GET /v1/stores/kv/keys/a HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+        } else {
+            c.write_all(
+                format!(
+                    "PUT /v1/stores/kv/keys/a HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nContent-Length: 1000\r\n\r\npartial"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        }
+        stalled.push(c);
+    }
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = agent
+            .get(url("/v1/stores/kv/keys/a"))
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a read waited behind slow clients"
+        );
+    }
+    drop(stalled);
+    s.stop();
 }

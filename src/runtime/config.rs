@@ -28,6 +28,7 @@
 //!
 //! [http]                      # optional: serve the stores over HTTP (docs/http-api.md)
 //! listen = "127.0.0.1:8080"
+//! # auth.token = "..."        # require `Authorization: Bearer <token>` (or GREGOR_HTTP_AUTH_TOKEN)
 //! ```
 //!
 //! Unknown keys under `job` and `stores`, values of the wrong type and numbers outside their
@@ -213,6 +214,10 @@ pub struct JobConfig {
     /// `http.listen`: where `gregor run` serves the job's stores over HTTP (`IP:PORT`);
     /// `None`: no HTTP server.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// `http.auth.token`: when set, HTTP requests (all but `GET /health`) need
+    /// `Authorization: Bearer <token>`; the environment variable `GREGOR_HTTP_AUTH_TOKEN`
+    /// overrides it.
+    pub http_auth_token: Option<String>,
 }
 
 /// `job.system`: the backend a job runs on.
@@ -436,6 +441,13 @@ impl JobConfig {
                 )
             })?),
         };
+        let http_auth_token = c.take_str("http.auth.token")?;
+        if http_auth_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "http.auth.token",
+                "is shorter than 16 characters; use a long random token".into(),
+            ));
+        }
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
             if let Some(v) = c.take_raw(&key) {
@@ -461,6 +473,7 @@ impl JobConfig {
             kafka,
             on_process_error,
             http_listen,
+            http_auth_token,
             side_inputs,
         })
     }

@@ -35,6 +35,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// How long a client may take to send its whole request (a slow or abandoned client gets
+/// 408; others are served meanwhile).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `range` entries per page when `limit` is not given.
 pub const DEFAULT_RANGE_LIMIT: usize = 100;
 /// The `Retry-After` of a 503, in seconds.
@@ -71,6 +74,16 @@ pub enum ApiError {
     /// 405 `method_not_allowed`.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 413 `payload_too_large`: a key or value over the store's limits, a body over the
+    /// server's.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 401 `unauthorized`: `http.auth.token` is set and the request does not carry it.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 408 `request_timeout`: the client did not send its request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 503 `unavailable`, with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
@@ -85,6 +98,9 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -146,7 +162,7 @@ impl From<QueryRejection> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BadRequest(format!(
+            ApiError::PayloadTooLarge(format!(
                 "request body larger than the server's limit of {MAX_BODY_BYTES} bytes"
             ))
         } else {
@@ -188,6 +204,9 @@ pub struct HttpOptions {
     pub metrics: Option<MetricsRender>,
     /// Writes, for a key-value service (`gregor serve`); without them writes are 405.
     pub writes: Option<Writes>,
+    /// `http.auth.token`: when set, every request but `GET /health` must carry
+    /// `Authorization: Bearer <token>` (401 otherwise).
+    pub auth_token: Option<String>,
 }
 
 /// A running HTTP server; dropping it stops it.
@@ -228,6 +247,7 @@ struct App {
     addr: String,
     metrics: Option<MetricsRender>,
     writes: Option<Writes>,
+    auth_token: Option<String>,
 }
 
 type AppState = State<Arc<App>>;
@@ -247,6 +267,7 @@ pub fn start(serving: Serving, opts: HttpOptions) -> Result<HttpServer, ServeErr
         addr: addr.to_string(),
         metrics: opts.metrics,
         writes: opts.writes,
+        auth_token: opts.auth_token,
     });
     let router = router(app);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -280,6 +301,48 @@ pub fn start(serving: Serving, opts: HttpOptions) -> Result<HttpServer, ServeErr
     })
 }
 
+/// Every request passes here: the bearer token when one is configured (all but
+/// `GET /health`, which load balancers probe), and a deadline for the whole request, so a
+/// slow or abandoned client gets 408 and holds nothing (each connection is its own task, so
+/// others are served meanwhile).
+async fn guard(
+    State(app): AppState,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &app.auth_token
+        && req.uri().path() != "/health"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut r = ApiError::Unauthorized(
+                "this server needs `Authorization: Bearer <token>` (http.auth.token)".into(),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::RequestTimeout(format!(
+            "the request was not completed within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(
@@ -297,6 +360,10 @@ fn router(app: Arc<App>) -> Router {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            guard,
+        ))
         .with_state(app)
 }
 
@@ -318,7 +385,7 @@ impl App {
         let key = render::key_from_url(cfg.key_serde, text, what)?;
         cfg.limits
             .check_key(store, &key)
-            .map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))?;
+            .map_err(|e| limit_error(format!("{what}: {e}"), &e))?;
         Ok(key)
     }
 
@@ -676,8 +743,19 @@ fn put_record(
     let m = Mutation::put(key, value);
     cfg.limits
         .check(store, &m)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| limit_error(e.to_string(), &e))?;
     Ok((m.key, m.value))
+}
+
+/// A store limit broken: 413 for a key or value too large, 400 otherwise (an empty key).
+fn limit_error(message: String, e: &crate::store::StoreError) -> ApiError {
+    use crate::store::StoreError;
+    match e {
+        StoreError::KeyTooLarge { .. } | StoreError::ValueTooLarge { .. } => {
+            ApiError::PayloadTooLarge(message)
+        }
+        _ => ApiError::BadRequest(message),
+    }
 }
 
 async fn put_key(
@@ -739,14 +817,17 @@ fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>
             render::from_json(cfg.key_serde, key_json, "key").map_err(|e| at(e.to_string()))?;
         cfg.limits
             .check_key(store, &key)
-            .map_err(|e| at(e.to_string()))?;
+            .map_err(|e| limit_error(format!("ops[{i}]: {e}"), &e))?;
         if kind == Some("put") {
             let value_json = o
                 .get("value")
                 .ok_or_else(|| at("missing \"value\"".into()))?;
             let value = render::from_json(cfg.value_serde, value_json, "value")
                 .map_err(|e| at(e.to_string()))?;
-            records.push(put_record(app, store, key, value).map_err(|e| at(e.to_string()))?);
+            records.push(put_record(app, store, key, value).map_err(|e| match e {
+                ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(format!("ops[{i}]: {m}")),
+                e => at(e.to_string()),
+            })?);
         } else {
             records.push((key, None));
         }
