@@ -180,3 +180,42 @@ pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
 pub(super) fn file_id(_path: &Path) -> Option<(u64, u64)> {
     None
 }
+
+/// Runs `f` on every item on a few threads (file work is mostly waiting on the disk: reads,
+/// copies, fsyncs). The error returned is the one of the lowest index, so "the first bad
+/// file" is the same as in a sequential pass; after an error no new item is started.
+pub(super) fn par_each<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<(), SnapshotError> + Sync,
+) -> Result<(), SnapshotError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let errors = std::sync::Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4)
+        .min(items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while !failed.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { break };
+                    if let Err(e) = f(item) {
+                        failed.store(true, Ordering::SeqCst);
+                        crate::sync::lock(&errors).push((i, e));
+                    }
+                }
+            });
+        }
+    });
+    let mut errors = errors
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    errors.sort_by_key(|(i, _)| *i);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -149,8 +149,6 @@ impl SnapshotError {
 /// and returns the manifest. The error names the first bad or missing file.
 pub fn verify(dir: &std::path::Path) -> Result<SnapshotManifest, SnapshotError> {
     let manifest = read_manifest(dir)?;
-    for f in &manifest.files {
-        files::check(dir, f)?;
-    }
+    files::par_each(&manifest.files, |f| files::check(dir, f))?;
     Ok(manifest)
 }

@@ -96,7 +96,8 @@ pub fn restore(
     crate::fsutil::write_atomic(&marker, snapshot.display().to_string().as_bytes())
         .map_err(SnapshotError::io("cannot write", &marker))?;
 
-    let (mut linked_files, mut copied_files) = (0u64, 0u64);
+    // Directories first (one thread), then the files on a few.
+    let mut jobs = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
         let rel = relative(&f.path).ok_or_else(|| SnapshotError::Manifest {
             path: snapshot.join(super::MANIFEST_FILE),
@@ -106,13 +107,19 @@ pub fn restore(
         if let Some(parent) = dst.parent() {
             files::mkdirs(parent)?;
         }
-        if !opts.copy_all && f.path.ends_with(".sst") && files::link(&src, &dst)? {
-            linked_files += 1;
-        } else {
-            files::copy(&src, &dst)?;
-            copied_files += 1;
-        }
+        jobs.push((src, dst, !opts.copy_all && f.path.ends_with(".sst")));
     }
+    let linked = std::sync::atomic::AtomicU64::new(0);
+    files::par_each(&jobs, |(src, dst, may_link)| {
+        if *may_link && files::link(src, dst)? {
+            linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        } else {
+            files::copy(src, dst)
+        }
+    })?;
+    let linked_files = linked.into_inner();
+    let copied_files = jobs.len() as u64 - linked_files;
     files::fsync_dirs(root)?;
     std::fs::remove_file(&marker).map_err(SnapshotError::io("cannot remove", &marker))?;
     crate::fsutil::fsync_dir(root).map_err(SnapshotError::io("cannot fsync", root))?;
