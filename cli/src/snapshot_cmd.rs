@@ -108,26 +108,12 @@ pub fn run(state_dir: &Path, cmd: SnapshotCmd) -> Result<i32> {
                 ),
                 None => String::new(),
             };
-            println!(
-                "snapshot {}: job `{}`, {} tasks, {} files, {} bytes{shared}",
-                dir.display(),
-                m.job,
-                m.tasks.len(),
-                m.files.len(),
-                m.bytes()
-            );
+            println!("{}{shared}", summary(&dir, m));
             Ok(0)
         }
         SnapshotCmd::Verify { dir } => match snapshot::verify(&dir) {
             Ok(m) => {
-                println!(
-                    "snapshot {}: job `{}`, {} tasks, {} files, {} bytes: every size and checksum matches",
-                    dir.display(),
-                    m.job,
-                    m.tasks.len(),
-                    m.files.len(),
-                    m.bytes()
-                );
+                println!("{}: every size and checksum matches", summary(&dir, &m));
                 Ok(0)
             }
             Err(e) => {
@@ -193,6 +179,18 @@ pub fn restore(
         r.linked_files
     );
     Ok(r)
+}
+
+/// `snapshot DIR: job `J`, N tasks, N files, N bytes`.
+fn summary(dir: &Path, m: &snapshot::SnapshotManifest) -> String {
+    format!(
+        "snapshot {}: job `{}`, {} tasks, {} files, {} bytes",
+        dir.display(),
+        m.job,
+        m.tasks.len(),
+        m.files.len(),
+        m.bytes()
+    )
 }
 
 fn opt(o: Option<u64>) -> String {
