@@ -24,6 +24,8 @@
 //! - [`runtime`]: job config, the task API, the container, built-in tasks.
 //! - [`serve`]: the HTTP server: reads of any job's stores, the key-value service's writes,
 //!   job status and metrics.
+//! - [`snapshot`]: consistent snapshots (backups) of a stopped job's state, verified by
+//!   checksums, incremental, and restored into a new state directory.
 //! - [`partitioner`]: Kafka's murmur2 partitioner.
 //! - [`statedir`]: the state directory layout and its lock.
 //! - [`config`]: flat Samza-style config read from TOML.
@@ -49,6 +51,7 @@ pub mod restore;
 pub mod runtime;
 pub mod serde;
 pub mod serve;
+pub mod snapshot;
 pub mod statedir;
 pub mod store;
 mod sync;

@@ -9,11 +9,18 @@
 //!   tasks/<task>/stores/<store>/store.json      the store's manifest (engine, serdes, limits)
 //!   tasks/<task>/stores/<store>/OFFSET          changelog offset of the last commit
 //!   tasks/<task>/stores/<store>/data/           engine files (RocksDB)
+//!   RESTORING-SNAPSHOT                          a snapshot restore into this directory is
+//!                                               under way or was interrupted (see
+//!                                               [`crate::snapshot::restore`])
 //! ```
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+/// The file in a state directory saying a snapshot restore into it has not finished: every
+/// open but [`StateDir::open_for_restore`] refuses the directory while it exists.
+pub const RESTORE_MARKER: &str = "RESTORING-SNAPSHOT";
 
 /// Extra attempts (20 ms apart) to take a lock that is held.
 const LOCK_RETRIES: u32 = 5;
@@ -37,6 +44,14 @@ pub enum StateDirError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// A snapshot restore into the directory did not finish.
+    #[error(
+        "state directory {path} holds an unfinished snapshot restore ({RESTORE_MARKER}); run `gregor snapshot restore SNAPSHOT --state-dir {path}` again, or delete the directory"
+    )]
+    RestoreIncomplete {
+        /// The directory.
+        path: String,
     },
     /// A task or store name that cannot be a directory name.
     #[error(
@@ -95,8 +110,21 @@ pub fn checkpoint_file(root: &Path, task: &str) -> PathBuf {
 }
 
 impl StateDir {
-    /// Opens (creating if needed) and locks the state directory at `root`.
+    /// Opens (creating if needed) and locks the state directory at `root`. A directory with
+    /// an unfinished snapshot restore ([`RESTORE_MARKER`]) is refused.
     pub fn open(root: &Path) -> Result<Self, StateDirError> {
+        let dir = Self::open_for_restore(root)?;
+        if root.join(RESTORE_MARKER).exists() {
+            return Err(StateDirError::RestoreIncomplete {
+                path: root.display().to_string(),
+            });
+        }
+        Ok(dir)
+    }
+
+    /// Opens and locks the state directory at `root` like [`StateDir::open`], even if a
+    /// snapshot restore into it did not finish: for the restore itself.
+    pub fn open_for_restore(root: &Path) -> Result<Self, StateDirError> {
         let io_err = |source| StateDirError::Io {
             path: root.display().to_string(),
             source,

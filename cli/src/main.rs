@@ -10,6 +10,7 @@ mod kafka_topic;
 mod progress;
 mod run_cmd;
 mod serve_cmd;
+mod snapshot_cmd;
 mod store_cmd;
 mod topic;
 
@@ -55,6 +56,9 @@ enum Command {
     /// A job's tasks: print their checkpoints, reset them to start from scratch.
     #[command(subcommand)]
     Job(job_cmd::JobCmd),
+    /// Consistent snapshots (backups) of a stopped job's state: create, verify, restore.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCmd),
     /// Create, inspect, produce to and consume from topics: the state directory's embedded
     /// log, or a Kafka cluster with --kafka BOOTSTRAP.
     Topic(TopicArgs),
@@ -76,6 +80,10 @@ enum Command {
         /// one, printed as `http: listening on ADDR`); overrides the job's `http.listen`.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
+        /// Restore this snapshot (`gregor snapshot create`) into the state directory, which
+        /// must be empty, before starting: the job resumes at the snapshot's commits.
+        #[arg(long, value_name = "DIR")]
+        from_snapshot: Option<PathBuf>,
     },
     /// Run the key-value service: a job of the `kv` task whose stores are read AND written
     /// over HTTP (writes go through its input topic). Without a job file, a ready-made one.
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Store(cmd) => store_cmd::run(&cli.state_dir, cmd),
         Command::Job(cmd) => job_cmd::run(&cli.state_dir, cmd),
+        Command::Snapshot(cmd) => snapshot_cmd::run(&cli.state_dir, cmd),
         Command::Topic(TopicArgs { kafka, cmd }) => match kafka.settings() {
             Err(e) => Err(e),
             Ok(Some(settings)) => kafka_topic::run(settings, cmd),
@@ -111,6 +120,7 @@ fn main() -> ExitCode {
             processor_id,
             processors,
             http,
+            from_snapshot,
         } => run_cmd::run(
             &cli.state_dir,
             &job,
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
                 count: processors,
             },
             http,
+            from_snapshot.as_deref(),
         ),
         Command::Serve(args) => serve_cmd::run(&cli.state_dir, args),
         Command::Demo(args) => demo::run(&cli.state_dir, args),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
+use gregor::restore::RestoreKind;
 use gregor::runtime::config::System;
 use gregor::runtime::{JobConfig, RunOptions, RunStats, builtin, run_job_on, run_job_serving};
 use gregor::serve::{ProcessInfo, Serving};
@@ -41,6 +42,23 @@ pub fn print_stats(stats: &RunStats) {
         stats.commits,
         stats.restore_elapsed.as_secs_f64()
     );
+    let count = |kind| stats.restores.iter().filter(|r| r.kind == kind).count();
+    let records = |kind| {
+        stats
+            .restores
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.records)
+            .sum::<u64>()
+    };
+    eprintln!(
+        "restore: {} stores up to date, {} delta ({} records replayed), {} full ({} records replayed)",
+        count(RestoreKind::UpToDate),
+        count(RestoreKind::Delta),
+        records(RestoreKind::Delta),
+        count(RestoreKind::Full),
+        records(RestoreKind::Full)
+    );
 }
 
 /// Which share of a job's tasks this process runs.
@@ -59,6 +77,7 @@ pub fn run(
     until_end: bool,
     procs: Processors,
     http: Option<SocketAddr>,
+    from_snapshot: Option<&Path>,
 ) -> Result<i32> {
     let job = JobConfig::from_file(job_file)?;
     let factory = builtin::factory(&job.task).ok_or_else(|| {
@@ -77,7 +96,20 @@ pub fn run(
             procs.count - 1
         );
     }
-    let state = StateDir::open(state_dir)?;
+    let state = match from_snapshot {
+        None => StateDir::open(state_dir)?,
+        Some(snapshot) => {
+            if job.system == System::Kafka {
+                bail!(
+                    "{}: --from-snapshot: snapshots are built for embedded jobs only so far",
+                    job_file.display()
+                );
+            }
+            let state = StateDir::open_for_restore(state_dir)?;
+            crate::snapshot_cmd::restore(&state, snapshot, false, Some(&job.name))?;
+            state
+        }
+    };
     let mut opts = RunOptions {
         until_end,
         stop: stop_on_signal()?,
