@@ -43,3 +43,4 @@ pub mod serde;
 pub mod statedir;
 pub mod store;
 pub mod task_storage;
+pub mod telemetry;

@@ -169,6 +169,12 @@ pub struct JobConfig {
     pub log_fsync: bool,
     /// `stores.<name>.*`.
     pub stores: BTreeMap<String, StoreConfig>,
+    /// `job.cache.max.bytes`: the memory all store caches of the process share (default
+    /// 256 MiB); each store's cache gets at most an even share of it.
+    pub cache_max_bytes: usize,
+    /// `metrics.recording.level` (Kafka Streams' name): `info` (default) or `debug`, which
+    /// adds per-operation latency histograms to every store (a clock read per operation).
+    pub metrics_recording_level: RecordingLevel,
     /// `task.*`, keys without the `task.` prefix.
     pub task_config: BTreeMap<String, toml::Value>,
     /// `job.system`: where topics, changelogs and checkpoints live.
@@ -178,6 +184,28 @@ pub struct JobConfig {
     /// `job.process.error` (`fail` (default) | `skip` | `dead-letter`, the latter with
     /// `job.dead.letter.topic`): what happens to a message whose processing fails.
     pub on_process_error: super::container::ProcessErrorPolicy,
+}
+
+/// `metrics.recording.level`: which metrics are recorded (after Kafka Streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecordingLevel {
+    /// Counters and gauges (the default): no clock read per store operation.
+    #[default]
+    Info,
+    /// Also latency histograms per store operation.
+    Debug,
+}
+
+impl RecordingLevel {
+    /// Parses a config value (`info`, `debug`; case-insensitive as in Kafka Streams).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(RecordingLevel::Info),
+            "debug" => Some(RecordingLevel::Debug),
+            _ => None,
+        }
+    }
 }
 
 /// `job.system`: the backend a job runs on.
@@ -308,6 +336,25 @@ impl JobConfig {
                 .map_err(|e| invalid(&format!("stores.{store}"), e.to_string()))?;
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
+        let cache_max_bytes = c
+            .take_u64_in(
+                "job.cache.max.bytes",
+                0..=crate::store::config::MAX_CACHE_BYTES,
+            )?
+            .map_or(crate::store::cached::DEFAULT_PROCESS_CACHE_MAX_BYTES, |v| {
+                v as usize
+            });
+        let metrics_recording_level = c
+            .take_parsed(
+                "metrics.recording.level",
+                "info, debug",
+                RecordingLevel::parse,
+            )?
+            .unwrap_or_default();
+        for s in stores.values_mut() {
+            s.process_cache_max_bytes = cache_max_bytes;
+            s.latency_histograms = metrics_recording_level == RecordingLevel::Debug;
+        }
         check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
         let dead_letter = c.take_str("job.dead.letter.topic")?;
         let on_process_error = match (c.take_str("job.process.error")?.as_deref(), dead_letter) {
@@ -368,6 +415,8 @@ impl JobConfig {
             changelog_segment_bytes,
             log_fsync,
             stores,
+            cache_max_bytes,
+            metrics_recording_level,
             task_config,
             system,
             kafka,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
 use crate::changelog::{SharedChangelog, now_ms};
+use crate::telemetry::StoreLabels;
 
 /// Appends every write to a changelog partition, then applies it to the engine.
 pub struct LoggedStore {
@@ -19,6 +20,8 @@ pub struct LoggedStore {
     changelog: SharedChangelog,
     limits: Limits,
     poisoned: Option<String>,
+    records: metrics::Counter,
+    bytes: metrics::Counter,
 }
 
 impl LoggedStore {
@@ -29,7 +32,17 @@ impl LoggedStore {
             changelog,
             limits,
             poisoned: None,
+            records: metrics::Counter::noop(),
+            bytes: metrics::Counter::noop(),
         }
+    }
+
+    /// Counts the records and bytes sent to the changelog under `labels`.
+    pub fn with_metrics(mut self, labels: &StoreLabels) -> Self {
+        let l = labels.labels();
+        self.records = metrics::counter!(crate::telemetry::CHANGELOG_RECORDS, l.clone());
+        self.bytes = metrics::counter!(crate::telemetry::CHANGELOG_BYTES, l);
+        self
     }
 
     /// The changelog this layer appends to.
@@ -64,6 +77,13 @@ impl LoggedStore {
     }
 
     fn log_batch(&mut self, batch: &[Mutation]) -> Result<u64> {
+        self.records.increment(batch.len() as u64);
+        self.bytes.increment(
+            batch
+                .iter()
+                .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>() as u64,
+        );
         let mut log = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
         log.append_batch(now_ms(), batch)
             .map_err(|source| StoreError::Changelog {
@@ -80,6 +100,10 @@ impl KeyValueStore for LoggedStore {
 
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.engine.get(key)
+    }
+
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        self.engine.get_with(key, f)
     }
 
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! Store<K, V>   typed facade (serdes)                       typed.rs
-//!  └ Metered    counters + latency histograms               metered.rs
-//!     └ Cached  write-back LRU with a dirty list             cached.rs
+//!  └ Metered    counters (+ latency histograms if enabled)  metered.rs
+//!     └ Cached  write-back LRU bounded in bytes, dirty       cached.rs
+//!               entries deduplicated until the commit
 //!        └ Logged  one changelog record per put/delete      logged.rs
 //!           └ Engine  RocksDB | Memory                      rocks.rs, memory.rs
 //! ```
@@ -86,6 +87,15 @@ pub trait KeyValueStore: Send {
 
     /// The value under `key`, if any.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Hands the value under `key` (or `None`) to `f`, borrowed where the layer holds it
+    /// (the cache, the memory engine, a pinned RocksDB read): a typed read decodes from it
+    /// without an owned copy.
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let v = self.get(key)?;
+        f(v.as_deref());
+        Ok(())
+    }
 
     /// The values under `keys`, in the same order (`None` where missing).
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {

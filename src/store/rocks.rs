@@ -300,6 +300,12 @@ impl KeyValueStore for RocksEngine {
         self.rocks(self.db.get(key))
     }
 
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let v = self.rocks(self.db.get_pinned(key))?;
+        f(v.as_deref());
+        Ok(())
+    }
+
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         self.db
             .multi_get(keys)
