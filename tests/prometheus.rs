@@ -212,7 +212,10 @@ fn a_jobs_metrics_render_for_prometheus_and_pass_promtool() {
         0.0
     );
     // Only gregor's names, all of them valid and documented.
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let name = line.split(['{', ' ']).next().unwrap();
         assert!(name.starts_with("gregor_"), "{line}");
         assert!(
@@ -221,5 +224,8 @@ fn a_jobs_metrics_render_for_prometheus_and_pass_promtool() {
         );
     }
     let (ok, out) = promtool_check(&text);
-    assert!(ok, "promtool check metrics failed:\n{out}\n--- text:\n{text}");
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{out}\n--- text:\n{text}"
+    );
 }
