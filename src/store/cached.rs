@@ -12,10 +12,11 @@
 //!   (changelog records sent, then one engine batch carrying the changelog end they reach), so
 //!   the logged layer's ordering holds whatever triggers it.
 //! - Reads hit the cache first; misses (including "no such key") are cached clean. A miss
-//!   costs one hash computation and one table probe before the read below, one copy of the key
-//!   and none of the value for the entry it caches (the owned value read below is kept, and
-//!   readers get it borrowed through [`get_with`](KeyValueStore::get_with) or one copy through
-//!   `get`).
+//!   costs one hash computation and one table probe before the read below, and one copy of
+//!   the key for the entry it caches; an entry is one cache line holding keys and values of
+//!   up to 22 bytes inline (longer ones on the heap, the value read below kept as it is), and
+//!   readers get the value borrowed through [`get_with`](KeyValueStore::get_with) or one copy
+//!   through `get`.
 //! - Ranges, `all` and snapshots flush the dirty list first, so they always see the newest
 //!   writes, deletes included.
 //!
@@ -41,8 +42,9 @@ use crate::telemetry::StoreLabels;
 pub const DEFAULT_CACHE_MAX_BYTES: usize = 32 << 20;
 /// Default `job.cache.max.bytes`: 256 MiB for all the caches of a process together.
 pub const DEFAULT_PROCESS_CACHE_MAX_BYTES: usize = 256 << 20;
-/// Bytes counted per cache entry on top of its key and value: the entry itself, its hash
-/// table slot and the allocator's headers of the key and value buffers.
+/// Bytes counted per cache entry besides keys and values longer than 22 bytes (shorter ones
+/// are stored inside the entry): the entry itself (64), its hash table slot (5) and room for
+/// the allocator's headers of heap keys and values (32).
 pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Node>() + std::mem::size_of::<u32>() + 1 + 32;
 
 const NIL: u32 = u32::MAX;
@@ -119,19 +121,93 @@ impl Default for CacheSettings {
     }
 }
 
+/// Bytes stored inline in a [`Slot`] up to this length (no heap allocation, no extra cache
+/// miss to reach them).
+const INLINE: usize = 22;
+
+/// A key or value: inline when short, else on the heap; or missing (a value only).
+#[derive(Clone)]
+enum Slot {
+    /// No value: the key is deleted or known to be missing.
+    Missing,
+    /// Up to [`INLINE`] bytes.
+    Inline { len: u8, data: [u8; INLINE] },
+    /// Longer.
+    Heap(Box<[u8]>),
+}
+
+impl Slot {
+    fn new(bytes: &[u8]) -> Slot {
+        if bytes.len() <= INLINE {
+            let mut data = [0u8; INLINE];
+            data[..bytes.len()].copy_from_slice(bytes);
+            Slot::Inline {
+                len: bytes.len() as u8,
+                data,
+            }
+        } else {
+            Slot::Heap(bytes.into())
+        }
+    }
+
+    fn from_vec(v: Vec<u8>) -> Slot {
+        if v.len() <= INLINE {
+            Slot::new(&v)
+        } else {
+            Slot::Heap(v.into_boxed_slice())
+        }
+    }
+
+    fn of(v: Option<&[u8]>) -> Slot {
+        v.map_or(Slot::Missing, Slot::new)
+    }
+
+    fn of_vec(v: Option<Vec<u8>>) -> Slot {
+        v.map_or(Slot::Missing, Slot::from_vec)
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        match self {
+            Slot::Missing => None,
+            Slot::Inline { len, data } => Some(&data[..*len as usize]),
+            Slot::Heap(b) => Some(b),
+        }
+    }
+
+    /// Replaces the bytes, reusing a heap buffer of the same length.
+    fn set(&mut self, v: Option<&[u8]>) {
+        match (&mut *self, v) {
+            (Slot::Heap(b), Some(v)) if b.len() == v.len() => b.copy_from_slice(v),
+            (_, v) => *self = Slot::of(v),
+        }
+    }
+
+    /// Heap bytes held (0 inline).
+    fn heap(&self) -> usize {
+        match self {
+            Slot::Heap(b) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// One cache entry: one cache line, key and short values inline.
+#[repr(align(64))]
 struct Node {
-    key: Box<[u8]>,
-    /// The newest value, or `None` if the key is deleted or known to be missing.
-    value: Option<Vec<u8>>,
-    hash: u64,
+    key: Slot,
+    value: Slot,
     prev: u32,
     next: u32,
     dirty: bool,
 }
 
 impl Node {
+    fn key(&self) -> &[u8] {
+        self.key.get().unwrap_or_default()
+    }
+
     fn bytes(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, |v| v.capacity()) + ENTRY_OVERHEAD
+        self.key.heap() + self.value.heap() + ENTRY_OVERHEAD
     }
 }
 
@@ -151,6 +227,9 @@ pub struct CachedStore {
     tail: u32,
     len: usize,
     bytes: usize,
+    /// The entry found or inserted last: a put right after a get of the same key (a
+    /// read-modify-write) finds it without hashing.
+    last: u32,
     /// Dirty entries in the order they first became dirty since the last flush.
     dirty: Vec<u32>,
     dirty_bytes: usize,
@@ -208,6 +287,7 @@ impl CachedStore {
             tail: NIL,
             len: 0,
             bytes: 0,
+            last: NIL,
             dirty: Vec::new(),
             dirty_bytes: 0,
             hits: 0,
@@ -282,8 +362,13 @@ impl CachedStore {
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let nodes = &self.nodes;
         self.table
-            .find(hash, |&i| &*nodes[i as usize].key == key)
+            .find(hash, |&i| nodes[i as usize].key() == key)
             .copied()
+    }
+
+    /// The entry of `key` if it is the one used last (no hashing needed).
+    fn find_last(&self, key: &[u8]) -> Option<u32> {
+        (self.last != NIL && self.nodes[self.last as usize].key() == key).then_some(self.last)
     }
 
     fn unlink(&mut self, i: u32) {
@@ -333,11 +418,10 @@ impl CachedStore {
     }
 
     /// Inserts a new entry (the key is not cached) as most recently used.
-    fn insert(&mut self, hash: u64, key: Box<[u8]>, value: Option<Vec<u8>>, dirty: bool) -> u32 {
+    fn insert(&mut self, hash: u64, key: Slot, value: Slot, dirty: bool) -> u32 {
         let node = Node {
             key,
             value,
-            hash,
             prev: NIL,
             next: NIL,
             dirty,
@@ -353,10 +437,11 @@ impl CachedStore {
                 (self.nodes.len() - 1) as u32
             }
         };
-        let nodes = &self.nodes;
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
         self.table
-            .insert_unique(hash, i, |&j| nodes[j as usize].hash);
+            .insert_unique(hash, i, |&j| hasher.hash_one(nodes[j as usize].key()));
         self.push_front(i);
+        self.last = i;
         self.len += 1;
         self.add_bytes(size);
         if dirty {
@@ -370,14 +455,17 @@ impl CachedStore {
     fn remove(&mut self, i: u32) {
         debug_assert!(!self.nodes[i as usize].dirty);
         self.unlink(i);
-        let hash = self.nodes[i as usize].hash;
+        let hash = self.hash(self.nodes[i as usize].key());
         if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
             e.remove();
         }
+        if self.last == i {
+            self.last = NIL;
+        }
         let n = &mut self.nodes[i as usize];
         let size = n.bytes();
-        n.key = Box::default();
-        n.value = None;
+        n.key = Slot::Missing;
+        n.value = Slot::Missing;
         self.sub_bytes(size);
         self.len -= 1;
         self.free.push(i);
@@ -435,46 +523,59 @@ impl CachedStore {
 
     /// Writes `key -> value` (borrowed; copied only where the cache needs its own copy).
     fn write_ref(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        let hash = self.hash(key);
-        match self.find(hash, key) {
-            Some(i) => {
+        let found = match self.find_last(key) {
+            Some(i) => Ok(i),
+            None => {
+                let hash = self.hash(key);
+                self.find(hash, key).ok_or(hash)
+            }
+        };
+        let (bytes, dirty_bytes) = (self.bytes, self.dirty_bytes);
+        match found {
+            Ok(i) => {
                 let n = &mut self.nodes[i as usize];
                 let old_size = n.bytes();
-                match (&mut n.value, value) {
-                    (Some(buf), Some(v)) => {
-                        // Reuse the cached buffer: no allocation when the value fits.
-                        buf.clear();
-                        buf.extend_from_slice(v);
-                    }
-                    (slot, v) => *slot = v.map(<[u8]>::to_vec),
-                }
+                // Short values are stored inline, longer ones reuse a buffer of the same
+                // length: no allocation for a counter's rewrite.
+                n.value.set(value);
                 self.mark_dirty(i, old_size);
                 self.touch(i);
             }
-            None => {
-                self.insert(hash, key.into(), value.map(<[u8]>::to_vec), true);
+            Err(hash) => {
+                self.insert(hash, Slot::new(key), Slot::of(value), true);
             }
         }
-        self.evict()?;
-        self.check_dirty()
+        self.bounds_after_write(bytes, dirty_bytes)
+    }
+
+    /// Enforces the bounds after a write, if it grew the cache or its dirty bytes (a
+    /// rewrite in place, the common case, checks nothing).
+    fn bounds_after_write(&mut self, bytes: usize, dirty_bytes: usize) -> Result<()> {
+        if self.bytes > bytes || self.settings.max_entries.is_some() {
+            self.evict()?;
+        }
+        if self.dirty_bytes > dirty_bytes || self.settings.write_batch_size.is_some() {
+            self.check_dirty()?;
+        }
+        Ok(())
     }
 
     /// Writes `key -> value`, owned.
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+        let (bytes, dirty_bytes) = (self.bytes, self.dirty_bytes);
         let hash = self.hash(&key);
         match self.find(hash, &key) {
             Some(i) => {
                 let old_size = self.nodes[i as usize].bytes();
-                self.nodes[i as usize].value = value;
+                self.nodes[i as usize].value = Slot::of_vec(value);
                 self.mark_dirty(i, old_size);
                 self.touch(i);
             }
             None => {
-                self.insert(hash, key.into_boxed_slice(), value, true);
+                self.insert(hash, Slot::from_vec(key), Slot::of_vec(value), true);
             }
         }
-        self.evict()?;
-        self.check_dirty()
+        self.bounds_after_write(bytes, dirty_bytes)
     }
 
     /// Writes every dirty entry below as one batch.
@@ -487,8 +588,8 @@ impl CachedStore {
             let n = &mut self.nodes[i as usize];
             n.dirty = false;
             batch.push(Mutation {
-                key: n.key.to_vec(),
-                value: n.value.clone(),
+                key: n.key().to_vec(),
+                value: n.value.get().map(<[u8]>::to_vec),
             });
         }
         self.dirty_bytes = 0;
@@ -499,8 +600,11 @@ impl CachedStore {
     /// the key's hash, computed once by the caller.
     fn miss(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
         self.misses += 1;
-        let value = self.inner.get(key)?;
-        let i = self.insert(hash, key.into(), value, false);
+        // Borrowed from below (a pinned RocksDB read): short values are copied inline, longer
+        // ones once into the entry.
+        let mut value = Slot::Missing;
+        self.inner.get_with(key, &mut |v| value = Slot::of(v))?;
+        let i = self.insert(hash, Slot::new(key), value, false);
         self.evict()?;
         Ok(i)
     }
@@ -529,7 +633,7 @@ impl KeyValueStore for CachedStore {
             }
             None => self.miss(hash, key)?,
         };
-        Ok(self.nodes[i as usize].value.clone())
+        Ok(self.nodes[i as usize].value.get().map(<[u8]>::to_vec))
     }
 
     fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
@@ -542,7 +646,7 @@ impl KeyValueStore for CachedStore {
             }
             None => self.miss(hash, key)?,
         };
-        f(self.nodes[i as usize].value.as_deref());
+        f(self.nodes[i as usize].value.get());
         Ok(())
     }
 
