@@ -35,7 +35,7 @@ use std::sync::{Arc, OnceLock};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::{KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result};
+use super::{KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, MutationRef, Result};
 use crate::telemetry::StoreLabels;
 
 /// Default `stores.<name>.cache.max.bytes`: 32 MiB per store.
@@ -578,22 +578,31 @@ impl CachedStore {
         self.bounds_after_write(bytes, dirty_bytes)
     }
 
-    /// Writes every dirty entry below as one batch.
+    /// Writes every dirty entry below as one batch, by reference (no copies of keys and
+    /// values: they go from the entries to the changelog and the engine batch).
     fn flush_dirty(&mut self) -> Result<()> {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let mut batch = Vec::with_capacity(self.dirty.len());
+        let nodes = &self.nodes;
+        let batch: Vec<MutationRef<'_>> = self
+            .dirty
+            .iter()
+            .map(|&i| {
+                let n = &nodes[i as usize];
+                MutationRef {
+                    key: n.key(),
+                    value: n.value.get(),
+                }
+            })
+            .collect();
+        let r = self.inner.write_batch_refs(&batch);
+        drop(batch);
         for i in self.dirty.drain(..) {
-            let n = &mut self.nodes[i as usize];
-            n.dirty = false;
-            batch.push(Mutation {
-                key: n.key().to_vec(),
-                value: n.value.get().map(<[u8]>::to_vec),
-            });
+            self.nodes[i as usize].dirty = false;
         }
         self.dirty_bytes = 0;
-        self.inner.write_batch(batch)
+        r
     }
 
     /// The read-through of a miss: reads `key` below and caches the value clean; `hash` is

@@ -67,4 +67,11 @@ impl Limits {
     pub fn check_batch(&self, store: &str, batch: &[Mutation]) -> Result<()> {
         batch.iter().try_for_each(|m| self.check(store, m))
     }
+
+    /// [`check_batch`](Self::check_batch) for writes by reference.
+    pub fn check_refs(&self, store: &str, batch: &[super::MutationRef<'_>]) -> Result<()> {
+        batch
+            .iter()
+            .try_for_each(|m| self.check_ref(store, m.key, m.value))
+    }
 }

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
+use super::{
+    Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, MutationRef, Result, StoreError,
+};
 use crate::changelog::{SharedChangelog, now_ms};
 use crate::telemetry::StoreLabels;
 
@@ -76,16 +78,16 @@ impl LoggedStore {
         r
     }
 
-    fn log_batch(&mut self, batch: &[Mutation]) -> Result<u64> {
+    fn log_batch(&mut self, batch: &[MutationRef<'_>]) -> Result<u64> {
         self.records.increment(batch.len() as u64);
         self.bytes.increment(
             batch
                 .iter()
-                .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len))
+                .map(|m| m.key.len() + m.value.map_or(0, <[u8]>::len))
                 .sum::<usize>() as u64,
         );
         let mut log = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
-        log.append_batch(now_ms(), batch)
+        log.append_refs(now_ms(), batch)
             .map_err(|source| StoreError::Changelog {
                 store: self.engine.name().to_string(),
                 source,
@@ -116,9 +118,23 @@ impl KeyValueStore for LoggedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let end = self.log_batch(&batch);
+        let refs: Vec<MutationRef<'_>> = batch.iter().map(MutationRef::from).collect();
+        let end = self.log_batch(&refs);
+        drop(refs);
         let end = self.poison(end)?;
         let r = self.engine.write_logged(batch, end);
+        self.poison(r)
+    }
+
+    fn write_batch_refs(&mut self, batch: &[MutationRef<'_>]) -> Result<()> {
+        self.check_poisoned()?;
+        self.limits.check_refs(self.engine.name(), batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let end = self.log_batch(batch);
+        let end = self.poison(end)?;
+        let r = self.engine.write_logged_refs(batch, end);
         self.poison(r)
     }
 

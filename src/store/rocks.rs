@@ -19,7 +19,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
+use super::{
+    Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, MutationRef, Result, StoreError,
+};
 
 const META_CF: &str = "gregor-meta";
 const OFFSET_KEY: &[u8] = b"changelog.end";
@@ -359,6 +361,23 @@ impl KeyValueStore for RocksEngine {
 }
 
 impl Engine for RocksEngine {
+    fn write_logged_refs(&mut self, batch: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.limits.check_refs(&self.name, batch)?;
+        let mut wb = WriteBatch::default();
+        for m in batch {
+            match m.value {
+                Some(v) => wb.put(m.key, v),
+                None => wb.delete(m.key),
+            }
+        }
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family is created on open");
+        wb.put_cf(meta, OFFSET_KEY, changelog_end.to_be_bytes());
+        self.rocks(self.db.write_opt(wb, &self.write_opts))
+    }
+
     fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
         let mut wb = self.batch_of(batch);
