@@ -6,7 +6,8 @@
 //! uniform (the default job), 1M distinct keys (every event a new key), 100k keys with a Zipf
 //! distribution (s = 1.1). Each runs with the default store config (the byte-sized cache
 //! flushed at commit); the first input also with Samza's old cache settings
-//! (`object.cache.size = 1000`, `write.batch.size = 500`) for comparison. Events/s of the job
+//! (`object.cache.size = 1000`, `write.batch.size = 500`) for comparison, and the distinct
+//! keys with a 4 MiB cache per store (state larger than the cache). Events/s of the job
 //! count processing only (after stores are opened), as `RunStats::elapsed` does.
 //!
 //! A counting global allocator reports allocations per event of the whole `run_job` (open,
@@ -15,7 +16,7 @@
 //!
 //! `cargo bench --bench runtime` (1M events, best of 3 rounds) or
 //! `cargo bench --bench runtime -- --quick` (200k events, one round). `RUNTIME_BENCH_ONLY=N`
-//! runs only configuration N (0..=3).
+//! runs only configuration N (0..=4).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -240,10 +241,15 @@ fn main() {
     );
 
     let mut results = Vec::new();
-    let configs: [(&str, Keys, &str); 4] = [
+    let configs: [(&str, Keys, &str); 5] = [
         ("defaults, 100k keys uniform", Keys::Uniform(KEYS), ""),
         ("defaults, 1M distinct keys", Keys::Distinct, ""),
         ("defaults, 100k keys Zipf s=1.1", Keys::Zipf(KEYS, 1.1), ""),
+        (
+            "1M distinct keys, cache.max.bytes = 4 MiB (state ~6x the cache)",
+            Keys::Distinct,
+            "cache.max.bytes = 4194304",
+        ),
         (
             "Samza's old cache (object.cache.size = 1000, write.batch.size = 500), 100k keys uniform",
             Keys::Uniform(KEYS),

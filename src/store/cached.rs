@@ -605,6 +605,20 @@ impl CachedStore {
         r
     }
 
+    /// The entry of `key` for a read: a hit, or the read-through of a miss.
+    fn lookup(&mut self, key: &[u8]) -> Result<u32> {
+        let hash = self.hash(key);
+        match self.find(hash, key) {
+            Some(i) => {
+                self.hits += 1;
+                self.touch(i);
+                self.last = i;
+                Ok(i)
+            }
+            None => self.miss(hash, key),
+        }
+    }
+
     /// The read-through of a miss: reads `key` below and caches the value clean; `hash` is
     /// the key's hash, computed once by the caller.
     fn miss(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
@@ -633,28 +647,12 @@ impl KeyValueStore for CachedStore {
     }
 
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let hash = self.hash(key);
-        let i = match self.find(hash, key) {
-            Some(i) => {
-                self.hits += 1;
-                self.touch(i);
-                i
-            }
-            None => self.miss(hash, key)?,
-        };
+        let i = self.lookup(key)?;
         Ok(self.nodes[i as usize].value.get().map(<[u8]>::to_vec))
     }
 
     fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
-        let hash = self.hash(key);
-        let i = match self.find(hash, key) {
-            Some(i) => {
-                self.hits += 1;
-                self.touch(i);
-                i
-            }
-            None => self.miss(hash, key)?,
-        };
+        let i = self.lookup(key)?;
         f(self.nodes[i as usize].value.get());
         Ok(())
     }

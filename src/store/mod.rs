@@ -245,7 +245,10 @@ pub trait Engine: KeyValueStore {
 
     /// [`write_logged`](Self::write_logged) from borrowed bytes (the default copies them).
     fn write_logged_refs(&mut self, batch: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
-        self.write_logged(batch.iter().map(|m| m.to_mutation()).collect(), changelog_end)
+        self.write_logged(
+            batch.iter().map(|m| m.to_mutation()).collect(),
+            changelog_end,
+        )
     }
 
     /// The changelog end recorded by the last [`write_logged`](Self::write_logged) that is

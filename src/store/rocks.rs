@@ -250,12 +250,12 @@ impl RocksEngine {
         })
     }
 
-    fn batch_of(&self, batch: Vec<Mutation>) -> WriteBatch {
+    fn batch_of<'a>(batch: impl IntoIterator<Item = MutationRef<'a>>) -> WriteBatch {
         let mut wb = WriteBatch::default();
         for m in batch {
             match m.value {
-                Some(v) => wb.put(&m.key, &v),
-                None => wb.delete(&m.key),
+                Some(v) => wb.put(m.key, v),
+                None => wb.delete(m.key),
             }
         }
         wb
@@ -318,7 +318,7 @@ impl KeyValueStore for RocksEngine {
 
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
-        let wb = self.batch_of(batch);
+        let wb = Self::batch_of(batch.iter().map(MutationRef::from));
         self.rocks(self.db.write_opt(wb, &self.write_opts))
     }
 
@@ -363,13 +363,7 @@ impl KeyValueStore for RocksEngine {
 impl Engine for RocksEngine {
     fn write_logged_refs(&mut self, batch: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
         self.limits.check_refs(&self.name, batch)?;
-        let mut wb = WriteBatch::default();
-        for m in batch {
-            match m.value {
-                Some(v) => wb.put(m.key, v),
-                None => wb.delete(m.key),
-            }
-        }
+        let mut wb = Self::batch_of(batch.iter().copied());
         let meta = self
             .db
             .cf_handle(META_CF)
@@ -379,14 +373,8 @@ impl Engine for RocksEngine {
     }
 
     fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
-        self.limits.check_batch(&self.name, &batch)?;
-        let mut wb = self.batch_of(batch);
-        let meta = self
-            .db
-            .cf_handle(META_CF)
-            .expect("meta column family is created on open");
-        wb.put_cf(meta, OFFSET_KEY, changelog_end.to_be_bytes());
-        self.rocks(self.db.write_opt(wb, &self.write_opts))
+        let refs: Vec<MutationRef<'_>> = batch.iter().map(MutationRef::from).collect();
+        self.write_logged_refs(&refs, changelog_end)
     }
 
     fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {

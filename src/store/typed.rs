@@ -124,14 +124,7 @@ where
     /// from the store's copy where the serde reads borrowed bytes (`u64`, `json`, ...), or
     /// taken owned without a copy (`bytes`, `string`).
     pub fn get(&mut self, key: &K) -> Result<Option<V>> {
-        let Store {
-            inner,
-            keys,
-            values,
-        } = self;
-        with_buf(&KEY_BUF, |k| {
-            keys.encode_into(key, k)
-                .map_err(|e| serde_err(inner.name(), "encode", "key", e))?;
+        self.with_key(key, |inner, values, k| {
             let decoded = if values.prefers_owned() {
                 inner.get(k)?.map(|v| values.decode_owned(v))
             } else {
@@ -167,14 +160,7 @@ where
 
     /// Stores `value` under `key` (encoded into reused buffers: no allocation here).
     pub fn put(&mut self, key: &K, value: &V) -> Result<()> {
-        let Store {
-            inner,
-            keys,
-            values,
-        } = self;
-        with_buf(&KEY_BUF, |k| {
-            keys.encode_into(key, k)
-                .map_err(|e| serde_err(inner.name(), "encode", "key", e))?;
+        self.with_key(key, |inner, values, k| {
             with_buf(&VALUE_BUF, |v| {
                 values
                     .encode_into(value, v)
@@ -200,11 +186,25 @@ where
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &K) -> Result<()> {
-        let Store { inner, keys, .. } = self;
+        self.with_key(key, |inner, _, k| inner.delete(k))
+    }
+
+    /// Encodes `key` into this thread's reused key buffer and runs `f` with the stack, the
+    /// value serde and the encoded key.
+    fn with_key<R>(
+        &mut self,
+        key: &K,
+        f: impl FnOnce(&mut S::Target, &dyn Serde<V>, &[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let Store {
+            inner,
+            keys,
+            values,
+        } = self;
         with_buf(&KEY_BUF, |k| {
             keys.encode_into(key, k)
                 .map_err(|e| serde_err(inner.name(), "encode", "key", e))?;
-            inner.delete(k)
+            f(inner, &**values, k)
         })
     }
 
