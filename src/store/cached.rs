@@ -1,4 +1,4 @@
-//! The write-back cache layer: an LRU of recently used entries bounded in bytes, whose dirty
+//! The write-back cache layer: recently used entries bounded in bytes, whose dirty
 //! entries are deduplicated until the task commits (after Kafka Streams' record cache and
 //! Samza's `CachedStore`).
 //!
@@ -25,7 +25,9 @@
 //! an even share of the process's [`CacheBudget`] (`job.cache.max.bytes` divided by the number
 //! of caches open in the process, recomputed as stores open and close); on top of that the
 //! budget's total is never exceeded by more than the entry being inserted: a cache that would
-//! pass it evicts its own least recently used entries first. Samza's `object.cache.size`
+//! pass it evicts its own entries first. Eviction follows CLOCK (second chance), an
+//! approximation of least-recently-used: a read or write marks its entry, the hand evicts the
+//! first unmarked entry it reaches and unmarks the ones it passes. Samza's `object.cache.size`
 //! (entries), when set, bounds the entry count as well.
 
 use std::hash::BuildHasher;
@@ -196,9 +198,11 @@ impl Slot {
 struct Node {
     key: Slot,
     value: Slot,
-    prev: u32,
-    next: u32,
+    /// Whether the slot holds an entry (free slots are reused).
+    live: bool,
     dirty: bool,
+    /// Used since the clock hand last passed (CLOCK's second chance).
+    referenced: bool,
 }
 
 impl Node {
@@ -211,7 +215,9 @@ impl Node {
     }
 }
 
-/// A write-back LRU cache over another store, bounded in bytes.
+/// A write-back cache over another store, bounded in bytes, evicting in CLOCK order (an
+/// approximation of least-recently-used that marks an entry on use instead of relinking it,
+/// so a hit touches no other entry's memory).
 pub struct CachedStore {
     inner: Box<dyn KeyValueStore>,
     limits: Limits,
@@ -221,10 +227,8 @@ pub struct CachedStore {
     table: HashTable<u32>,
     nodes: Vec<Node>,
     free: Vec<u32>,
-    /// Most recently used.
-    head: u32,
-    /// Least recently used.
-    tail: u32,
+    /// The CLOCK hand: the next slot eviction looks at.
+    hand: usize,
     len: usize,
     bytes: usize,
     /// The entry found or inserted last: a put right after a get of the same key (a
@@ -283,8 +287,7 @@ impl CachedStore {
             table: HashTable::new(),
             nodes: Vec::new(),
             free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            hand: 0,
             len: 0,
             bytes: 0,
             last: NIL,
@@ -371,40 +374,10 @@ impl CachedStore {
         (self.last != NIL && self.nodes[self.last as usize].key() == key).then_some(self.last)
     }
 
-    fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
-            let n = &self.nodes[i as usize];
-            (n.prev, n.next)
-        };
-        match prev {
-            NIL => self.head = next,
-            p => self.nodes[p as usize].next = next,
-        }
-        match next {
-            NIL => self.tail = prev,
-            n => self.nodes[n as usize].prev = prev,
-        }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        let old = self.head;
-        {
-            let n = &mut self.nodes[i as usize];
-            n.prev = NIL;
-            n.next = old;
-        }
-        match old {
-            NIL => self.tail = i,
-            o => self.nodes[o as usize].prev = i,
-        }
-        self.head = i;
-    }
-
+    /// Marks entry `i` used (and the one a following write looks at first).
     fn touch(&mut self, i: u32) {
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
-        }
+        self.nodes[i as usize].referenced = true;
+        self.last = i;
     }
 
     fn add_bytes(&mut self, n: usize) {
@@ -417,14 +390,14 @@ impl CachedStore {
         self.budget.used.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// Inserts a new entry (the key is not cached) as most recently used.
+    /// Inserts a new entry (the key is not cached), marked used.
     fn insert(&mut self, hash: u64, key: Slot, value: Slot, dirty: bool) -> u32 {
         let node = Node {
             key,
             value,
-            prev: NIL,
-            next: NIL,
+            live: true,
             dirty,
+            referenced: true,
         };
         let size = node.bytes();
         let i = match self.free.pop() {
@@ -440,7 +413,6 @@ impl CachedStore {
         let (nodes, hasher) = (&self.nodes, &self.hasher);
         self.table
             .insert_unique(hash, i, |&j| hasher.hash_one(nodes[j as usize].key()));
-        self.push_front(i);
         self.last = i;
         self.len += 1;
         self.add_bytes(size);
@@ -454,7 +426,6 @@ impl CachedStore {
     /// Removes entry `i` (which must be clean).
     fn remove(&mut self, i: u32) {
         debug_assert!(!self.nodes[i as usize].dirty);
-        self.unlink(i);
         let hash = self.hash(self.nodes[i as usize].key());
         if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
             e.remove();
@@ -466,14 +437,16 @@ impl CachedStore {
         let size = n.bytes();
         n.key = Slot::Missing;
         n.value = Slot::Missing;
+        n.live = false;
         self.sub_bytes(size);
         self.len -= 1;
         self.free.push(i);
     }
 
-    /// Evicts least recently used entries until the cache is within its bounds, keeping the
-    /// most recently used entry (the one just written or read). A dirty entry about to be
-    /// evicted first makes the whole dirty list go below, in order.
+    /// Evicts entries in CLOCK order until the cache is within its bounds: the hand skips
+    /// (and unmarks) entries used since it last passed, and never takes `self.last` (the
+    /// entry just written or read). A dirty entry about to be evicted first makes the whole
+    /// dirty list go below, in order.
     fn evict(&mut self) -> Result<()> {
         let limit = self.limit_bytes();
         let total = self.budget.total();
@@ -481,11 +454,23 @@ impl CachedStore {
         while self.len > 1
             && (self.bytes > limit || self.len > max_entries || self.budget.used() > total)
         {
-            let victim = self.tail;
-            if self.nodes[victim as usize].dirty {
+            if self.hand >= self.nodes.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            let n = &mut self.nodes[i];
+            if !n.live || i as u32 == self.last {
+                continue;
+            }
+            if n.referenced {
+                n.referenced = false;
+                continue;
+            }
+            if n.dirty {
                 self.flush_dirty()?;
             }
-            self.remove(victim);
+            self.remove(i as u32);
             self.evictions += 1;
         }
         Ok(())
@@ -612,7 +597,6 @@ impl CachedStore {
             Some(i) => {
                 self.hits += 1;
                 self.touch(i);
-                self.last = i;
                 Ok(i)
             }
             None => self.miss(hash, key),
