@@ -198,12 +198,19 @@ impl Slot {
 struct Node {
     key: Slot,
     value: Slot,
+    /// The key's hash (the table grows and entries leave without hashing keys again).
+    hash: u64,
     /// Whether the slot holds an entry (free slots are reused).
     live: bool,
     dirty: bool,
     /// Used since the clock hand last passed (CLOCK's second chance).
     referenced: bool,
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Node>() == 64,
+    "an entry is one cache line"
+);
 
 impl Node {
     fn key(&self) -> &[u8] {
@@ -395,6 +402,7 @@ impl CachedStore {
         let node = Node {
             key,
             value,
+            hash,
             live: true,
             dirty,
             referenced: true,
@@ -410,9 +418,9 @@ impl CachedStore {
                 (self.nodes.len() - 1) as u32
             }
         };
-        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        let nodes = &self.nodes;
         self.table
-            .insert_unique(hash, i, |&j| hasher.hash_one(nodes[j as usize].key()));
+            .insert_unique(hash, i, |&j| nodes[j as usize].hash);
         self.last = i;
         self.len += 1;
         self.add_bytes(size);
@@ -426,7 +434,7 @@ impl CachedStore {
     /// Removes entry `i` (which must be clean).
     fn remove(&mut self, i: u32) {
         debug_assert!(!self.nodes[i as usize].dirty);
-        let hash = self.hash(self.nodes[i as usize].key());
+        let hash = self.nodes[i as usize].hash;
         if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
             e.remove();
         }

@@ -6,7 +6,7 @@
 //! ```text
 //! Store<K, V>   typed facade (serdes)                       typed.rs
 //!  └ Metered    counters (+ latency histograms if enabled)  metered.rs
-//!     └ Cached  write-back LRU bounded in bytes, dirty       cached.rs
+//!     └ Cached  write-back cache bounded in bytes, dirty     cached.rs
 //!               entries deduplicated until the commit
 //!        └ Logged  one changelog record per put/delete      logged.rs
 //!           └ Engine  RocksDB | Memory                      rocks.rs, memory.rs
@@ -108,8 +108,8 @@ impl Mutation {
 /// - After an I/O failure a store may refuse every later write ([`StoreError::Poisoned`]):
 ///   it never acknowledges a write it could not make durable.
 ///
-/// Methods take `&mut self`: a store belongs to one task, and even reads move entries in the
-/// cache's LRU order.
+/// Methods take `&mut self`: a store belongs to one task, and even reads change the cache
+/// (they mark entries used, and a miss caches what it read).
 pub trait KeyValueStore: Send {
     /// The store's name, used in errors and metrics.
     fn name(&self) -> &str;
