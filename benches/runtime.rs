@@ -12,7 +12,8 @@
 //!
 //! A counting global allocator reports allocations per event of the whole `run_job` (open,
 //! processing, commits, close) and of the HashMap counter; peak RSS (`VmHWM`, reset through
-//! `/proc/self/clear_refs` before each job) is reported per run.
+//! `/proc/self/clear_refs` before each job) is reported per run, with the most bytes the
+//! store caches held at once (`CacheBudget::peak`), checked against their bound.
 //!
 //! `cargo bench --bench runtime` (1M events, best of 3 rounds) or
 //! `cargo bench --bench runtime -- --quick` (200k events, one round). `RUNTIME_BENCH_ONLY=N`
@@ -28,6 +29,7 @@ use gregor::log::{LogDir, PartitionReader, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::{JobConfig, RunOptions, builtin, run_job};
 use gregor::statedir::StateDir;
+use gregor::store::cached::CacheBudget;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -195,6 +197,8 @@ fn job(cache: &str) -> JobConfig {
 }
 
 struct JobRun {
+    /// The most bytes the store caches held at once, and their bound.
+    cache_peak: (usize, usize),
     processing: Duration,
     total: Duration,
     events: u64,
@@ -214,10 +218,28 @@ fn count_job(state_dir: &Path, cache: &str) -> JobRun {
         ..RunOptions::new()
     };
     let reset = reset_peak_rss();
+    // The caches' own bound: each store's share of job.cache.max.bytes, at most its
+    // cache.max.bytes (4 tasks x 1 store), plus one entry each.
+    let store = &job.stores["counts"];
+    let caches = PARTITIONS as usize;
+    let bound = caches
+        * (store
+            .cache_max_bytes
+            .min(job.cache_max_bytes / caches)
+            + gregor::store::cached::ENTRY_OVERHEAD
+            + 64);
+    let budget = CacheBudget::process(job.cache_max_bytes);
+    budget.reset_peak();
     let a0 = allocs();
     let stats = run_job(&state, &job, &factory, opts).unwrap();
     let allocs = allocs() - a0;
+    let peak = budget.peak();
+    assert!(
+        peak <= bound,
+        "the caches held {peak} bytes, over their bound of {bound}"
+    );
     JobRun {
+        cache_peak: (peak, bound),
         processing: stats.elapsed,
         total: started.elapsed(),
         events: stats.processed,
@@ -275,13 +297,15 @@ fn main() {
             assert_eq!(run.events, events, "the job processed every event");
             let (j, h) = (rate(run.events, run.processing), rate(hm_events, hm));
             println!(
-                "{label} [round {round}]: count job {j:.0} events/s ({:.3}s processing, {:.3}s with open/close, {} commits, {:.2} allocations/event, peak RSS {}); HashMap {h:.0} events/s ({:.3}s, {hm_keys} keys, {:.2} allocations/event); ratio {:.3}",
+                "{label} [round {round}]: count job {j:.0} events/s ({:.3}s processing, {:.3}s with open/close, {} commits, {:.2} allocations/event, peak RSS {}, caches at most {:.1} MiB of their {:.1} MiB bound); HashMap {h:.0} events/s ({:.3}s, {hm_keys} keys, {:.2} allocations/event); ratio {:.3}",
                 run.processing.as_secs_f64(),
                 run.total.as_secs_f64(),
                 run.commits,
                 run.allocs as f64 / run.events as f64,
                 run.peak_rss_kib
                     .map_or("unknown".to_string(), |k| format!("{} MiB", k / 1024)),
+                run.cache_peak.0 as f64 / (1 << 20) as f64,
+                run.cache_peak.1 as f64 / (1 << 20) as f64,
                 hm.as_secs_f64(),
                 hm_allocs as f64 / hm_events as f64,
                 j / h

@@ -58,6 +58,7 @@ const NIL: u32 = u32::MAX;
 pub struct CacheBudget {
     total: AtomicUsize,
     used: AtomicUsize,
+    peak: AtomicUsize,
     caches: AtomicUsize,
 }
 
@@ -67,6 +68,7 @@ impl CacheBudget {
         Arc::new(CacheBudget {
             total: AtomicUsize::new(total),
             used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             caches: AtomicUsize::new(0),
         })
     }
@@ -88,6 +90,17 @@ impl CacheBudget {
     /// Bytes held by all the caches of this budget now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes all the caches of this budget held at once since the last
+    /// [`reset_peak`](Self::reset_peak) (benchmarks check it against the bounds).
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new [`peak`](Self::peak) from what is held now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.used(), Ordering::Relaxed);
     }
 
     /// Caches open on this budget.
@@ -388,11 +401,18 @@ impl CachedStore {
     }
 
     fn add_bytes(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.bytes += n;
-        self.budget.used.fetch_add(n, Ordering::Relaxed);
+        let used = self.budget.used.fetch_add(n, Ordering::Relaxed) + n;
+        self.budget.peak.fetch_max(used, Ordering::Relaxed);
     }
 
     fn sub_bytes(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.bytes -= n;
         self.budget.used.fetch_sub(n, Ordering::Relaxed);
     }
@@ -763,6 +783,7 @@ mod tests {
             assert!(budget.used() <= 400 * entry + 2 * entry);
         }
         assert!(a.bytes() <= 201 * entry && b.bytes() <= 201 * entry);
+        assert!(budget.peak() >= budget.used() && budget.peak() <= 402 * entry);
         drop(b);
         assert_eq!(budget.caches(), 1);
         assert_eq!(budget.used(), a.bytes());
