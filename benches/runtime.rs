@@ -223,9 +223,7 @@ fn count_job(state_dir: &Path, cache: &str) -> JobRun {
     let store = &job.stores["counts"];
     let caches = PARTITIONS as usize;
     let bound = caches
-        * (store
-            .cache_max_bytes
-            .min(job.cache_max_bytes / caches)
+        * (store.cache_max_bytes.min(job.cache_max_bytes / caches)
             + gregor::store::cached::ENTRY_OVERHEAD
             + 64);
     let budget = CacheBudget::process(job.cache_max_bytes);

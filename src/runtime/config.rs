@@ -530,6 +530,46 @@ mod tests {
             .to_string()
     }
 
+    /// `job.cache.max.bytes` and `metrics.recording.level` reach every store; defaults are
+    /// the fast path (256 MiB shared, no latency histograms); bad values name key and file.
+    #[test]
+    fn cache_budget_and_recording_level() {
+        let j = JobConfig::from_toml_str("count.toml", GOOD).unwrap();
+        assert_eq!(j.cache_max_bytes, 256 << 20);
+        assert_eq!(j.metrics_recording_level, RecordingLevel::Info);
+        let s = &j.stores["counts"];
+        assert_eq!(
+            (s.process_cache_max_bytes, s.latency_histograms, s.cached()),
+            (256 << 20, false, true)
+        );
+        let text = GOOD.replace(
+            "window.ms = 10000",
+            "window.ms = 10000\ncache.max.bytes = 1048576\n[metrics]\nrecording.level = \"DEBUG\"",
+        );
+        let j = JobConfig::from_toml_str("count.toml", &text).unwrap();
+        let s = &j.stores["counts"];
+        assert_eq!(j.metrics_recording_level, RecordingLevel::Debug);
+        assert_eq!(
+            (s.process_cache_max_bytes, s.latency_histograms),
+            (1 << 20, true)
+        );
+        let e = refused(&GOOD.replace(
+            "window.ms = 10000",
+            "window.ms = 10000\n[metrics]\nrecording.level = \"trace\"",
+        ));
+        assert!(
+            e.contains("metrics.recording.level")
+                && e.contains("info, debug")
+                && e.contains("count.toml"),
+            "{e}"
+        );
+        let e = refused(&GOOD.replace("window.ms = 10000", "cache.max.bytes = -1"));
+        assert!(
+            e.contains("job.cache.max.bytes") && e.contains("between 0 and 1099511627776"),
+            "{e}"
+        );
+    }
+
     /// Issue 11 #9: a store without a changelog is refused unless the job opts in to
     /// at-least-once; a memory store without one is refused outright.
     #[test]
