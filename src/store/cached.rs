@@ -50,6 +50,9 @@ pub const DEFAULT_PROCESS_CACHE_MAX_BYTES: usize = 256 << 20;
 pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Node>() + std::mem::size_of::<u32>() + 1 + 32;
 
 const NIL: u32 = u32::MAX;
+/// The most entries a cache reserves room for when it opens (its table then takes ~1.3 MiB;
+/// the entries themselves are only reserved address space until used).
+const MAX_RESERVED_ENTRIES: usize = 1 << 17;
 
 /// The memory shared by every cache of a process (`job.cache.max.bytes`): each cache gets
 /// an even share as its limit (capped by its own `cache.max.bytes`), and the bytes all of
@@ -298,14 +301,19 @@ impl CachedStore {
         budget: Arc<CacheBudget>,
     ) -> Self {
         budget.caches.fetch_add(1, Ordering::Relaxed);
+        // Room for as many entries as the limit allows (at most 128k), so the table rarely grows
+        // (and rehashes) while the cache fills; the entries' memory is only reserved.
+        let room = (settings.max_bytes.min(budget.share()) / ENTRY_OVERHEAD)
+            .min(settings.max_entries.unwrap_or(usize::MAX))
+            .min(MAX_RESERVED_ENTRIES);
         CachedStore {
             inner,
             limits,
             settings,
             budget,
             hasher: DefaultHashBuilder::default(),
-            table: HashTable::new(),
-            nodes: Vec::new(),
+            table: HashTable::with_capacity(room),
+            nodes: Vec::with_capacity(room),
             free: Vec::new(),
             hand: 0,
             len: 0,
