@@ -5,8 +5,9 @@
 //! - Writes go into the cache; a key joins the dirty list once, however often it is
 //!   rewritten before the next flush, so a commit sends one changelog record and one engine
 //!   write per key changed, not per write.
-//! - Dirty entries are written below as one batch at [`flush`](KeyValueStore::flush) (the
-//!   task's commit), and earlier only when a bound forces it: the dirty entries' bytes pass
+//! - Dirty entries are written below as one batch, in key order, at
+//!   [`flush`](KeyValueStore::flush) (the task's commit), and earlier only when a bound forces
+//!   it: the dirty entries' bytes pass
 //!   half of the cache's byte limit, the dirty list reaches `write.batch.size` (when set), or
 //!   a dirty entry is about to be evicted. An early flush is an ordinary `write_batch` below
 //!   (changelog records sent, then one engine batch carrying the changelog end they reach), so
@@ -606,7 +607,7 @@ impl CachedStore {
             return Ok(());
         }
         let nodes = &self.nodes;
-        let batch: Vec<MutationRef<'_>> = self
+        let mut batch: Vec<MutationRef<'_>> = self
             .dirty
             .iter()
             .map(|&i| {
@@ -617,6 +618,10 @@ impl CachedStore {
                 }
             })
             .collect();
+        // In key order (each key is in the batch once, so the order does not change what the
+        // batch means): RocksDB's memtable inserts sorted keys several times faster, each
+        // insert starting from where the previous one ended.
+        batch.sort_unstable_by(|a, b| a.key.cmp(b.key));
         let r = self.inner.write_batch_refs(&batch);
         drop(batch);
         for i in self.dirty.drain(..) {

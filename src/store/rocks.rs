@@ -250,8 +250,15 @@ impl RocksEngine {
         })
     }
 
-    fn batch_of<'a>(batch: impl IntoIterator<Item = MutationRef<'a>>) -> WriteBatch {
-        let mut wb = WriteBatch::default();
+    /// A write batch of `batch`, its buffer sized up front (a batch of a commit can hold
+    /// hundreds of thousands of entries; growing it by doubling copied it over and over).
+    fn batch_of<'a>(batch: impl ExactSizeIterator<Item = MutationRef<'a>> + Clone) -> WriteBatch {
+        // Per entry: a tag, two varint lengths (at most 5 bytes each), key and value.
+        let bytes: usize = batch
+            .clone()
+            .map(|m| 11 + m.key.len() + m.value.map_or(0, <[u8]>::len))
+            .sum();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 64);
         for m in batch {
             match m.value {
                 Some(v) => wb.put(m.key, v),
