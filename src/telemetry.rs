@@ -217,6 +217,11 @@ pub fn task_labels(task: &str) -> Vec<Label> {
     l
 }
 
+/// The counter of messages task `task` skipped ([`SKIPPED_MESSAGES`]).
+pub fn skipped_messages(task: &str) -> metrics::Counter {
+    metrics::counter!(SKIPPED_MESSAGES, task_labels(task))
+}
+
 /// The labels of one store's metrics, resolved once when the store opens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreLabels {

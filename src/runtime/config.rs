@@ -170,7 +170,7 @@ pub struct JobConfig {
     /// `stores.<name>.*`.
     pub stores: BTreeMap<String, StoreConfig>,
     /// `job.cache.max.bytes`: the memory all store caches of the process share (default
-    /// 256 MiB); each store's cache gets at most an even share of it.
+    /// 256 MiB); each store's cache gets at most an even share of it; 0 disables the caches.
     pub cache_max_bytes: usize,
     /// `metrics.recording.level` (Kafka Streams' name): `info` (default) or `debug`, which
     /// adds per-operation latency histograms to every store (a clock read per operation).
@@ -353,6 +353,10 @@ impl JobConfig {
             .unwrap_or_default();
         for s in stores.values_mut() {
             s.process_cache_max_bytes = cache_max_bytes;
+            if cache_max_bytes == 0 {
+                // No memory for caches: every store writes through.
+                s.cache_max_bytes = 0;
+            }
             s.latency_histograms = metrics_recording_level == RecordingLevel::Debug;
         }
         check_topic_roles(&inputs, &outputs, &stores).map_err(|(key, m)| invalid(&key, m))?;
@@ -563,6 +567,9 @@ mod tests {
                 && e.contains("count.toml"),
             "{e}"
         );
+        let off = GOOD.replace("window.ms = 10000", "cache.max.bytes = 0");
+        let j = JobConfig::from_toml_str("count.toml", &off).unwrap();
+        assert!(!j.stores["counts"].cached(), "0 disables the caches");
         let e = refused(&GOOD.replace("window.ms = 10000", "cache.max.bytes = -1"));
         assert!(
             e.contains("job.cache.max.bytes") && e.contains("between 0 and 1099511627776"),

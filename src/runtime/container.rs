@@ -895,11 +895,7 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
             passed += 1;
             false
         });
-        metrics::counter!(
-            crate::telemetry::SKIPPED_MESSAGES,
-            crate::telemetry::task_labels(name)
-        )
-        .increment(passed);
+        crate::telemetry::skipped_messages(name).increment(passed);
         run.skipped += passed;
     }
     Ok(())
