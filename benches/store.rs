@@ -7,19 +7,19 @@
 //!   gregor's default block cache, bloom filter and compression), then a flush;
 //! - (b) gregor stack puts (RocksEngine + CachedStore with default sizes + MeteredStore +
 //!   typed `Store<Vec<u8>, Vec<u8>>`, as `StoreConfig::default()` assembles it), then flush;
-//! - (c) random gets of keys not recently touched (every stack get is a cache miss) on both;
+//! - (c) random gets on both, each key read once, by a stack reopened after the puts (an
+//!   empty cache), so every stack get is a cache miss;
 //! - (d) gets of a hot set that fits in the cache, on both (stack gets are cache hits);
 //! - (e) a full scan on both.
 //!
 //! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
 
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gregor::serde::SerdeName;
 use gregor::store::KeyValueStore;
-use gregor::store::cached::{CachedStore, DEFAULT_OBJECT_CACHE_SIZE};
+use gregor::store::cached::{CacheBudget, CacheSettings, CachedStore};
 use gregor::store::config::StoreConfig;
 use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{Compression, RocksEngine, RocksOptions};
@@ -34,6 +34,8 @@ const VALUE_BYTES: usize = 100;
 const SEED: u64 = 0x5eed_2026;
 /// Rounds of each read measurement; the best round is reported (the machine is shared).
 const ROUNDS: usize = 5;
+/// Keys of the hot set read over and over (cache hits).
+const HOT_KEYS: usize = 500;
 /// Slices the puts are split into, alternating raw and stack.
 const CHUNKS: usize = 10;
 
@@ -238,24 +240,27 @@ fn main() {
         stack_flush.as_secs_f64() * 1e3
     );
 
-    // (c) random gets on keys not recently touched: a random permutation of every key but the
-    // last 2 cache-fulls written, so each stack get misses the cache (a key read in one round
-    // was evicted by the thousands read after it before the next round reads it again).
-    let mut cold: Vec<usize> = (0..n - 2 * DEFAULT_OBJECT_CACHE_SIZE).collect();
+    // (c) random gets: the stack is reopened (its cache starts empty) and every key is read
+    // once over the rounds, in random order, each round its own slice of keys, so every stack
+    // get misses the cache (the default cache, 32 MiB, would hold most of the keys).
+    drop(stack);
+    let mut stack = open_stack(&dir.path().join("stack"), false);
+    let mut cold: Vec<usize> = (0..n).collect();
     cold.shuffle(&mut rng);
-    let per_round = cold.len();
+    let per_round = cold.len() / ROUNDS;
+    let slices: Vec<&[usize]> = cold.chunks(per_round).take(ROUNDS).collect();
     let (raw_miss, stack_miss) = paired(
-        |_| {
+        |r| {
             let t = Instant::now();
-            for &i in &cold {
+            for &i in slices[r] {
                 let v = raw.get(&keys[i]).expect("raw get");
                 assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
             }
             t.elapsed()
         },
-        |_| {
+        |r| {
             let t = Instant::now();
-            for &i in &cold {
+            for &i in slices[r] {
                 let v = stack.get(&keys[i]).expect("stack get");
                 assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
             }
@@ -271,9 +276,7 @@ fn main() {
     });
 
     // (d) a hot set of half a cache, read over and over; stack gets hit the cache.
-    let hot: Vec<usize> = (0..DEFAULT_OBJECT_CACHE_SIZE / 2)
-        .map(|_| rng.gen_range(0..n))
-        .collect();
+    let hot: Vec<usize> = (0..HOT_KEYS).map(|_| rng.gen_range(0..n)).collect();
     let hot_ops = n;
     let hot_seq: Vec<usize> = (0..hot_ops)
         .map(|_| hot[rng.gen_range(0..hot.len())])
@@ -386,11 +389,11 @@ fn main() {
     println!();
     println!(
         "raw puts: WAL on, one `put` per key; stack puts: WAL off (gregor default, the changelog is the durability), \
-         cache batches of {} mutations",
-        gregor::store::cached::DEFAULT_WRITE_BATCH_SIZE
+         default cache ({} MiB, dirty entries written below at the flush or past half of it)",
+        gregor::store::cached::DEFAULT_CACHE_MAX_BYTES >> 20
     );
     println!(
-        "reads: best of {ROUNDS} interleaved rounds; a miss round reads every cold key once, in random order, so every stack get misses the cache"
+        "reads: best of {ROUNDS} interleaved rounds; miss rounds each read their own slice of the keys once, in random order, on a reopened stack, so every stack get misses the cache"
     );
     println!(
         "metrics: no recorder installed (the metered layer's counters and histograms are no-ops)"
@@ -399,15 +402,20 @@ fn main() {
 
     // Where a cache-miss get spends its time: reopen the stack's database and add one layer
     // at a time, each measured right after a raw round on the same keys.
-    let sample = &cold[..cold.len().min(200_000)];
-    let raw_round = || {
+    // Each layer set gets its own keys, each round its own slice, so the cache never hits.
+    let per_round = (n / (4 * ROUNDS)).min(40_000);
+    let sample_of = |step: usize, round: usize| {
+        let at = (step * ROUNDS + round) * per_round;
+        &cold[at..at + per_round]
+    };
+    let raw_round = |sample: &[usize]| {
         let t = Instant::now();
         for &i in sample {
             raw.get(&keys[i]).expect("raw get");
         }
         t.elapsed()
     };
-    let ns = |d: Duration| d.as_nanos() as f64 / sample.len() as f64;
+    let ns = |d: Duration| d.as_nanos() as f64 / per_round as f64;
     let config = StoreConfig::default();
     let path = dir.path().join("stack");
     let mut layers: Box<dyn KeyValueStore> = Box::new(
@@ -415,8 +423,7 @@ fn main() {
     );
     println!();
     println!(
-        "cache-miss get cost by layer ({} gets, best of {ROUNDS}; raw measured alongside):",
-        sample.len()
+        "cache-miss get cost by layer ({per_round} gets, best of {ROUNDS}; raw measured alongside on the same keys):"
     );
     println!("| layers | ns/get | raw ns/get |");
     println!("|---|---:|---:|");
@@ -424,12 +431,11 @@ fn main() {
         match step {
             0 => {}
             1 => {
-                let size = NonZeroUsize::new(config.object_cache_size).expect("default cache");
-                layers = Box::new(CachedStore::new(
+                layers = Box::new(CachedStore::sized(
                     layers,
                     config.limits,
-                    size,
-                    config.write_batch_size,
+                    CacheSettings::default(),
+                    CacheBudget::new(config.process_cache_max_bytes),
                 ));
             }
             2 => layers = Box::new(MeteredStore::new(layers)),
@@ -437,8 +443,9 @@ fn main() {
         }
         let (mut best, mut best_raw) = (Duration::MAX, Duration::MAX);
         if step < 3 {
-            for _ in 0..ROUNDS {
-                best_raw = best_raw.min(raw_round());
+            for round in 0..ROUNDS {
+                let sample = sample_of(step, round);
+                best_raw = best_raw.min(raw_round(sample));
                 let t = Instant::now();
                 for &i in sample {
                     layers.get(&keys[i]).expect("get");
@@ -448,8 +455,9 @@ fn main() {
         } else {
             let mut typed: Stack =
                 Store::new(layers, SerdeName::Bytes, SerdeName::Bytes).expect("typed");
-            for _ in 0..ROUNDS {
-                best_raw = best_raw.min(raw_round());
+            for round in 0..ROUNDS {
+                let sample = sample_of(step, round);
+                best_raw = best_raw.min(raw_round(sample));
                 let t = Instant::now();
                 for &i in sample {
                     typed.get(&keys[i]).expect("get");

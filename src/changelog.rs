@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{BackendError, RecordSink, TopicPartition};
-use crate::store::Mutation;
+use crate::store::{Mutation, MutationRef};
 
 /// A task's record sink, shared by its stores' logged layers and its commit.
 pub type SharedSink = Arc<Mutex<Box<dyn RecordSink>>>;
@@ -66,9 +66,26 @@ impl Changelog {
         timestamp: i64,
         batch: &[Mutation],
     ) -> Result<u64, BackendError> {
+        self.append(timestamp, batch.iter().map(MutationRef::from))
+    }
+
+    /// [`append_batch`](Self::append_batch) from borrowed bytes.
+    pub fn append_refs(
+        &mut self,
+        timestamp: i64,
+        batch: &[MutationRef<'_>],
+    ) -> Result<u64, BackendError> {
+        self.append(timestamp, batch.iter().copied())
+    }
+
+    fn append<'a>(
+        &mut self,
+        timestamp: i64,
+        batch: impl Iterator<Item = MutationRef<'a>>,
+    ) -> Result<u64, BackendError> {
         let mut sink = crate::sync::lock(&self.sink);
         for m in batch {
-            sink.send(&self.tp, timestamp, &m.key, m.value.as_deref())?;
+            sink.send(&self.tp, timestamp, m.key, m.value)?;
             self.next += 1;
         }
         sink.flush_to_os()?;

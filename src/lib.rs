@@ -56,3 +56,4 @@ pub mod statedir;
 pub mod store;
 mod sync;
 pub mod task_storage;
+pub mod telemetry;

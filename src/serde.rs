@@ -143,6 +143,22 @@ pub trait Serde<T>: Send + Sync {
     fn encode(&self, value: &T) -> Result<Vec<u8>, SerdeError>;
     /// Bytes back to a value; malformed input is an error, never a panic.
     fn decode(&self, bytes: &[u8]) -> Result<T, SerdeError>;
+    /// Appends `value`'s bytes to `out` (the typed store encodes into reused buffers; the
+    /// default calls [`encode`](Self::encode)).
+    fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        out.extend_from_slice(&self.encode(value)?);
+        Ok(())
+    }
+    /// Owned bytes back to a value; serdes whose value is the bytes (`bytes`, `string`) take
+    /// them without a copy. The default calls [`decode`](Self::decode).
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<T, SerdeError> {
+        self.decode(&bytes)
+    }
+    /// Whether [`decode_owned`](Self::decode_owned) saves a copy over `decode`, so a typed
+    /// read should ask the store for an owned value rather than a borrowed one.
+    fn prefers_owned(&self) -> bool {
+        false
+    }
 }
 
 /// The `bytes` serde.
@@ -191,6 +207,16 @@ impl Serde<Vec<u8>> for BytesSerde {
     fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, SerdeError> {
         Ok(bytes.to_vec())
     }
+    fn encode_into(&self, value: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        out.extend_from_slice(value);
+        Ok(())
+    }
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<Vec<u8>, SerdeError> {
+        Ok(bytes)
+    }
+    fn prefers_owned(&self) -> bool {
+        true
+    }
 }
 
 impl Serde<String> for StringSerde {
@@ -201,10 +227,20 @@ impl Serde<String> for StringSerde {
         Ok(value.as_bytes().to_vec())
     }
     fn decode(&self, bytes: &[u8]) -> Result<String, SerdeError> {
-        String::from_utf8(bytes.to_vec()).map_err(|e| SerdeError {
+        self.decode_owned(bytes.to_vec())
+    }
+    fn encode_into(&self, value: &String, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        out.extend_from_slice(value.as_bytes());
+        Ok(())
+    }
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<String, SerdeError> {
+        String::from_utf8(bytes).map_err(|e| SerdeError {
             serde: "string",
             message: format!("invalid UTF-8: {e}"),
         })
+    }
+    fn prefers_owned(&self) -> bool {
+        true
     }
 }
 
@@ -225,6 +261,10 @@ impl Serde<u64> for U64Serde {
     fn decode(&self, bytes: &[u8]) -> Result<u64, SerdeError> {
         Ok(u64::from_be_bytes(eight("u64", bytes)?))
     }
+    fn encode_into(&self, value: &u64, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        out.extend_from_slice(&value.to_be_bytes());
+        Ok(())
+    }
 }
 
 impl Serde<i64> for I64Serde {
@@ -236,6 +276,10 @@ impl Serde<i64> for I64Serde {
     }
     fn decode(&self, bytes: &[u8]) -> Result<i64, SerdeError> {
         Ok((u64::from_be_bytes(eight("i64", bytes)?) ^ (1 << 63)) as i64)
+    }
+    fn encode_into(&self, value: &i64, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        out.extend_from_slice(&((*value as u64) ^ (1 << 63)).to_be_bytes());
+        Ok(())
     }
 }
 
@@ -251,6 +295,12 @@ impl<T: Serialize + DeserializeOwned> Serde<T> for JsonSerde<T> {
     }
     fn decode(&self, bytes: &[u8]) -> Result<T, SerdeError> {
         serde_json::from_slice(bytes).map_err(|e| SerdeError {
+            serde: "json",
+            message: e.to_string(),
+        })
+    }
+    fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), SerdeError> {
+        serde_json::to_writer(out, value).map_err(|e| SerdeError {
             serde: "json",
             message: e.to_string(),
         })

@@ -36,6 +36,7 @@ use crate::store::config::{EngineKind, StoreConfig};
 use crate::store::logged::LoggedStore;
 use crate::store::stack::{self, Manifest};
 use crate::store::{Engine, KeyValueStore, Mutation, StoreError};
+use crate::telemetry::{self, StoreLabels};
 
 /// Opening, restoring or committing a task's storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +207,45 @@ pub struct TaskStorage {
     stores: BTreeMap<String, TaskStore>,
     checkpoint: Option<Checkpoint>,
     failpoint: Option<Box<dyn FnMut(CommitStep) + Send>>,
+    meters: TaskMeters,
+}
+
+/// A task's commit and input-lag metrics, resolved once when the task opens.
+struct TaskMeters {
+    labels: Vec<metrics::Label>,
+    commits: metrics::Counter,
+    commit_duration: metrics::Histogram,
+    lag: BTreeMap<TopicPartition, metrics::Gauge>,
+}
+
+impl TaskMeters {
+    fn new(task: &str) -> Self {
+        let labels = telemetry::task_labels(task);
+        TaskMeters {
+            commits: metrics::counter!(telemetry::COMMITS, labels.clone()),
+            commit_duration: metrics::histogram!(telemetry::COMMIT_DURATION, labels.clone()),
+            labels,
+            lag: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the lag of each input partition: its end (as the backend knows it now) minus
+    /// the task's next offset. Best effort: an end that cannot be read leaves the gauge.
+    fn input_lag(&mut self, backend: &dyn Backend, inputs: &BTreeMap<TopicPartition, u64>) {
+        for (tp, &next) in inputs {
+            let Ok(offsets) = backend.offsets(tp) else {
+                continue;
+            };
+            let labels = &self.labels;
+            let gauge = self.lag.entry(tp.clone()).or_insert_with(|| {
+                let mut l = labels.clone();
+                l.push(metrics::Label::new("topic", tp.topic.clone()));
+                l.push(metrics::Label::new("partition", tp.partition.to_string()));
+                metrics::gauge!(telemetry::INPUT_LAG, l)
+            });
+            gauge.set(offsets.end.saturating_sub(next) as f64);
+        }
+    }
 }
 
 /// A point inside [`TaskStorage::commit`] where a crash test can stop it (see
@@ -253,6 +293,7 @@ impl TaskStorage {
                 stores,
                 checkpoint,
                 failpoint: None,
+                meters: TaskMeters::new(ctx.task),
             },
             stats,
         ))
@@ -308,6 +349,7 @@ impl TaskStorage {
         inputs: &BTreeMap<TopicPartition, u64>,
         outputs: Vec<OutputRecord>,
     ) -> Result<&Checkpoint, TaskStoreError> {
+        let started = std::time::Instant::now();
         let backend_err = |source| TaskStoreError::Backend {
             task: self.task.clone(),
             source,
@@ -386,7 +428,11 @@ impl TaskStorage {
                 stack::write_offset_file(&store.name, &store.dir, end)?;
             }
         }
-        metrics::counter!("job.commits").increment(1);
+        self.meters.commits.increment(1);
+        self.meters
+            .commit_duration
+            .record(started.elapsed().as_secs_f64());
+        self.meters.input_lag(&*self.backend, inputs);
         self.checkpoint = Some(cp);
         Ok(self.checkpoint.as_ref().expect("just set"))
     }
@@ -651,7 +697,8 @@ fn open_store(
     }
 
     let Some(topic) = &config.changelog else {
-        let stack = stack::add_layers(engine, config);
+        let labels = StoreLabels::of_task(ctx.task, name);
+        let stack = stack::add_layers_labelled(engine, config, &labels);
         return Ok((
             TaskStore {
                 name: name.to_string(),
@@ -747,7 +794,9 @@ fn open_store(
         backend,
         changelog: &mut changelog,
     };
-    let stats = restore::execute(&plan, &mut *engine, access, progress)?;
+    let labels = StoreLabels::of_task(ctx.task, name);
+    let mut metered = MeteredProgress::new(progress, &labels);
+    let stats = restore::execute(&plan, &mut *engine, access, &mut metered)?;
     if plan.kind != restore::RestoreKind::UpToDate {
         // The engine now holds (flushed) exactly `plan.target`; an older OFFSET file ahead
         // of it (a crash between OFFSET and checkpoint) would make every later open rebuild
@@ -755,8 +804,9 @@ fn open_store(
         stack::write_offset_file(name, &dir, plan.target)?;
     }
     let changelog = Arc::new(Mutex::new(changelog));
-    let logged = LoggedStore::new(engine, Arc::clone(&changelog), config.limits);
-    let stack = stack::add_layers(Box::new(logged), config);
+    let logged =
+        LoggedStore::new(engine, Arc::clone(&changelog), config.limits).with_metrics(&labels);
+    let stack = stack::add_layers_labelled(Box::new(logged), config, &labels);
     Ok((
         TaskStore {
             name: name.to_string(),
@@ -767,6 +817,59 @@ fn open_store(
         },
         Some(stats),
     ))
+}
+
+/// Restore progress passed on to the display, and recorded as the restore metrics of one
+/// store (progress ratio while it runs; records, bytes, truncated records and seconds when
+/// it finishes).
+struct MeteredProgress<'a> {
+    inner: &'a mut dyn RestoreProgress,
+    labels: Vec<metrics::Label>,
+    progress: metrics::Gauge,
+    total: u64,
+    done: u64,
+}
+
+impl<'a> MeteredProgress<'a> {
+    fn new(inner: &'a mut dyn RestoreProgress, labels: &StoreLabels) -> Self {
+        let labels = labels.labels();
+        let progress = metrics::gauge!(telemetry::RESTORE_PROGRESS, labels.clone());
+        MeteredProgress {
+            inner,
+            labels,
+            progress,
+            total: 0,
+            done: 0,
+        }
+    }
+}
+
+impl RestoreProgress for MeteredProgress<'_> {
+    fn start(&mut self, store: &str, records: u64) {
+        (self.total, self.done) = (records, 0);
+        self.progress.set(if records == 0 { 1.0 } else { 0.0 });
+        self.inner.start(store, records);
+    }
+
+    fn advance(&mut self, records: u64, bytes: u64) {
+        self.done += records;
+        if self.total > 0 {
+            self.progress
+                .set((self.done as f64 / self.total as f64).min(1.0));
+        }
+        self.inner.advance(records, bytes);
+    }
+
+    fn finish(&mut self, stats: &RestoreStats) {
+        let l = &self.labels;
+        metrics::counter!(telemetry::RESTORE_RECORDS, l.clone()).increment(stats.records);
+        metrics::counter!(telemetry::RESTORE_BYTES, l.clone()).increment(stats.bytes);
+        metrics::counter!(telemetry::RESTORE_TRUNCATED_RECORDS, l.clone())
+            .increment(stats.truncated);
+        metrics::gauge!(telemetry::RESTORE_DURATION, l.clone()).set(stats.elapsed.as_secs_f64());
+        self.progress.set(1.0);
+        self.inner.finish(stats);
+    }
 }
 
 /// Opens the engine and describes what it holds for the planner. A RocksDB store with a

@@ -32,8 +32,8 @@ type DamageFn = Box<dyn Fn(&Env, &Path)>;
 fn config(cache: usize) -> StoreConfig {
     StoreConfig {
         changelog: Some(CHANGELOG.into()),
-        object_cache_size: cache,
-        write_batch_size: 8,
+        object_cache_size: Some(cache),
+        write_batch_size: Some(8),
         ..StoreConfig::default()
     }
 }

@@ -1,6 +1,7 @@
 //! The metered layer really counts: each test builds a stack inside
 //! `metrics::with_local_recorder` with a `DebuggingRecorder`, runs a known sequence of
-//! operations and checks the `<store>.*` counters and histograms it recorded.
+//! operations and checks the `gregor_store_*` counters and histograms it recorded, by
+//! their `store` and `operation` labels (names in `gregor::telemetry`).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -12,31 +13,67 @@ use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{RocksEngine, RocksOptions};
 use gregor::store::stack::add_layers;
 use gregor::store::{KeyValueStore, Limits};
+use gregor::telemetry::{self as t, StoreLabels};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-/// What a recorder saw: counters by name, and the number of samples of each histogram.
+/// A metric's name and labels as `name{k=v,...}`, labels sorted.
+fn key_of(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    format!("{name}{{{}}}", l.join(","))
+}
+
+/// What a recorder saw: counters by name and labels, and the samples of each histogram.
 #[derive(Debug, Default)]
 struct Seen {
     counters: HashMap<String, u64>,
     histogram_samples: HashMap<String, usize>,
 }
 
+/// `<store>.<what>` as the test names it, mapped to a metric name and labels: `gets`, `puts`,
+/// `deletes`, `ranges`, `alls`, `flushes`, `snapshots` are operations; `bytes-read` and
+/// `bytes-written` the byte counters; `<op>-seconds` the latency histograms.
+fn metric(name: &str) -> String {
+    let (store, what) = name.split_once('.').expect("store.what");
+    let op = |op| key_of(t::STORE_OPERATIONS, &[("store", store), ("operation", op)]);
+    match what {
+        "gets" => op("get"),
+        "puts" => op("put"),
+        "deletes" => op("delete"),
+        "ranges" => op("range"),
+        "alls" => op("all"),
+        "flushes" => op("flush"),
+        "snapshots" => op("snapshot"),
+        "bytes-read" => key_of(t::STORE_READ_BYTES, &[("store", store)]),
+        "bytes-written" => key_of(t::STORE_WRITTEN_BYTES, &[("store", store)]),
+        w => {
+            let op = w.strip_suffix("-seconds").expect("a latency histogram");
+            key_of(
+                t::STORE_OPERATION_DURATION,
+                &[("store", store), ("operation", op)],
+            )
+        }
+    }
+}
+
 impl Seen {
     fn counter(&self, name: &str) -> u64 {
-        *self.counters.get(name).unwrap_or_else(|| {
+        let key = metric(name);
+        *self.counters.get(&key).unwrap_or_else(|| {
             panic!(
-                "counter {name} was never registered; saw {:?}",
+                "counter {key} was never registered; saw {:?}",
                 self.counters
             )
         })
     }
 
     fn samples(&self, name: &str) -> usize {
+        let key = metric(name);
         *self
             .histogram_samples
-            .get(name)
-            .unwrap_or_else(|| panic!("histogram {name} was never registered"))
+            .get(&key)
+            .unwrap_or_else(|| panic!("histogram {key} was never registered"))
     }
 }
 
@@ -47,7 +84,8 @@ fn record(f: impl FnOnce()) -> Seen {
     metrics::with_local_recorder(&recorder, f);
     let mut seen = Seen::default();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let name = key.key().name().to_string();
+        let labels: Vec<(&str, &str)> = key.key().labels().map(|l| (l.key(), l.value())).collect();
+        let name = key_of(key.key().name(), &labels);
         match (key.kind(), value) {
             (MetricKind::Counter, DebugValue::Counter(n)) => {
                 seen.counters.insert(name, n);
@@ -61,11 +99,13 @@ fn record(f: impl FnOnce()) -> Seen {
     seen
 }
 
+/// A metered memory store with latency histograms on (`metrics.recording.level = debug`).
 fn metered_memory(name: &str) -> Box<dyn KeyValueStore> {
-    Box::new(MeteredStore::new(Box::new(MemoryEngine::new(
-        name,
-        Limits::default(),
-    ))))
+    Box::new(MeteredStore::with_labels(
+        Box::new(MemoryEngine::new(name, Limits::default())),
+        &StoreLabels::store(name),
+        true,
+    ))
 }
 
 /// Single-key operations: each get/put/delete counts once; bytes written are key + value of
@@ -98,10 +138,10 @@ fn single_operations_are_counted() {
     assert_eq!(seen.counter("clicks.alls"), 1);
     assert_eq!(seen.counter("clicks.flushes"), 1);
     assert_eq!(seen.counter("clicks.snapshots"), 1);
-    assert_eq!(seen.samples("clicks.put-ns"), 3);
-    assert_eq!(seen.samples("clicks.get-ns"), 2);
-    assert_eq!(seen.samples("clicks.delete-ns"), 2);
-    assert_eq!(seen.samples("clicks.flush-ns"), 1);
+    assert_eq!(seen.samples("clicks.put-seconds"), 3);
+    assert_eq!(seen.samples("clicks.get-seconds"), 2);
+    assert_eq!(seen.samples("clicks.delete-seconds"), 2);
+    assert_eq!(seen.samples("clicks.flush-seconds"), 1);
 }
 
 /// Batches count per entry: `put_all` of 3 entries is 3 puts, `delete_all` of 2 keys is 2
@@ -173,9 +213,11 @@ fn refused_writes_are_not_counted() {
             max_value_bytes: 4,
             ..Limits::default()
         };
-        let mut s: Box<dyn KeyValueStore> = Box::new(MeteredStore::new(Box::new(
-            MemoryEngine::new("strict", limits),
-        )));
+        let mut s: Box<dyn KeyValueStore> = Box::new(MeteredStore::with_labels(
+            Box::new(MemoryEngine::new("strict", limits)),
+            &StoreLabels::store("strict"),
+            true,
+        ));
         s.put(b"ok", b"1234").unwrap();
         assert!(s.put(b"", b"x").is_err());
         assert!(s.put(b"big", b"12345").is_err());
@@ -191,7 +233,7 @@ fn refused_writes_are_not_counted() {
     assert_eq!(seen.counter("strict.puts"), 1);
     assert_eq!(seen.counter("strict.deletes"), 0);
     assert_eq!(seen.counter("strict.bytes-written"), 6);
-    assert_eq!(seen.samples("strict.put-ns"), 1);
+    assert_eq!(seen.samples("strict.put-seconds"), 1);
 }
 
 /// The metered layer sits on top of the cache: every call is counted even when the cache
@@ -202,8 +244,8 @@ fn counts_through_config_built_stack_over_cache_and_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     let seen = record(|| {
         let config = StoreConfig {
-            object_cache_size: 10,
-            write_batch_size: 4,
+            object_cache_size: Some(10),
+            write_batch_size: Some(4),
             ..StoreConfig::default()
         };
         let engine =
@@ -259,4 +301,55 @@ fn each_store_has_its_own_counters() {
     assert_eq!(seen.counter("alpha.gets"), 0);
     assert_eq!(seen.counter("beta.gets"), 1);
     assert_eq!(seen.counter("beta.bytes-written"), 4 * 3);
+}
+
+/// Without `metrics.recording.level = debug` no latency histogram is registered (and no clock
+/// is read per operation); the counters are the same.
+#[test]
+fn latency_histograms_are_off_by_default() {
+    let seen = record(|| {
+        let mut s: Box<dyn KeyValueStore> = Box::new(MeteredStore::new(Box::new(
+            MemoryEngine::new("plain", Limits::default()),
+        )));
+        s.put(b"k", b"v").unwrap();
+        s.get(b"k").unwrap();
+        s.flush().unwrap();
+    });
+    assert_eq!(seen.counter("plain.puts"), 1);
+    assert_eq!(seen.counter("plain.gets"), 1);
+    assert!(
+        seen.histogram_samples.is_empty(),
+        "histograms registered: {:?}",
+        seen.histogram_samples
+    );
+}
+
+/// The cache's hits and misses are exported (at the flush), labelled with the store, and a
+/// task's store is labelled with its job and task.
+#[test]
+fn cache_hits_and_misses_are_exported_with_job_and_task() {
+    let seen = record(|| {
+        let config = StoreConfig::default();
+        let labels = StoreLabels::of_task("clicks.partition-2", "views");
+        let mut s = gregor::store::stack::add_layers_labelled(
+            Box::new(MemoryEngine::new("views", Limits::default())),
+            &config,
+            &labels,
+        );
+        s.put(b"a", b"1").unwrap();
+        s.get(b"a").unwrap(); // hit
+        s.get(b"b").unwrap(); // miss
+        s.get(b"b").unwrap(); // hit (a cached miss)
+        s.flush().unwrap();
+    });
+    let l = [
+        ("job", "clicks"),
+        ("task", "clicks.partition-2"),
+        ("store", "views"),
+    ];
+    assert_eq!(seen.counters[&key_of(t::STORE_CACHE_HITS, &l)], 2);
+    assert_eq!(seen.counters[&key_of(t::STORE_CACHE_MISSES, &l)], 1);
+    let mut gets = l.to_vec();
+    gets.push(("operation", "get"));
+    assert_eq!(seen.counters[&key_of(t::STORE_OPERATIONS, &gets)], 3);
 }

@@ -53,7 +53,8 @@ struct Spec {
     engine: EngineKind,
     /// Writes go through the logged layer into an in-memory changelog.
     logged: bool,
-    /// `(object cache entries, write batch size)`, or no cache.
+    /// `(object cache entries, write batch size)` (Samza's bounds), or `(0, bytes)` for a
+    /// cache bounded in bytes only (the default kind), or no cache.
     cache: Option<(usize, usize)>,
     metered: bool,
     /// A deliberately broken layer on top, to check that the suite catches it (see the
@@ -113,9 +114,20 @@ impl Harness {
             *self.sink.borrow_mut() = Some(sink);
             s = Box::new(LoggedStore::new(engine, changelog, self.limits));
         }
-        if let Some((size, batch)) = self.spec.cache {
-            let size = NonZeroUsize::new(size).expect("cache size > 0");
-            s = Box::new(CachedStore::new(s, self.limits, size, batch));
+        match self.spec.cache {
+            Some((0, bytes)) => {
+                let settings = gregor::store::cached::CacheSettings {
+                    max_bytes: bytes,
+                    ..Default::default()
+                };
+                let budget = gregor::store::cached::CacheBudget::new(usize::MAX);
+                s = Box::new(CachedStore::sized(s, self.limits, settings, budget));
+            }
+            Some((size, batch)) => {
+                let size = NonZeroUsize::new(size).expect("cache size > 0");
+                s = Box::new(CachedStore::new(s, self.limits, size, batch));
+            }
+            None => {}
         }
         if self.spec.metered {
             s = Box::new(MeteredStore::new(s));
@@ -1247,11 +1259,15 @@ macro_rules! logged_combination {
     };
 }
 
-/// Default cache sizes (`object.cache.size` 1000, `write.batch.size` 500).
-const DEFAULT_CACHE: Option<(usize, usize)> = Some((
-    gregor::store::cached::DEFAULT_OBJECT_CACHE_SIZE,
-    gregor::store::cached::DEFAULT_WRITE_BATCH_SIZE,
-));
+/// Samza's cache sizes (`object.cache.size` 1000, `write.batch.size` 500).
+const DEFAULT_CACHE: Option<(usize, usize)> = Some((1000, 500));
+/// The default kind of cache, bounded in bytes (`cache.max.bytes`), its dirty entries held
+/// until the flush: the default size (holds everything a test writes).
+const BYTE_CACHE: Option<(usize, usize)> =
+    Some((0, gregor::store::cached::DEFAULT_CACHE_MAX_BYTES));
+/// A byte-sized cache of a few entries: evictions and early dirty flushes all the time.
+const TINY_BYTE_CACHE: Option<(usize, usize)> =
+    Some((0, 4 * (gregor::store::cached::ENTRY_OVERHEAD + 16)));
 /// A cache so small that dirty entries are evicted and batches flushed all the time.
 const TINY_CACHE: Option<(usize, usize)> = Some((3, 2));
 
@@ -1264,6 +1280,8 @@ combination!(memory memory_cached, crate::DEFAULT_CACHE, false);
 combination!(memory memory_cached_metered, crate::DEFAULT_CACHE, true);
 combination!(memory memory_tiny_cache, crate::TINY_CACHE, false);
 combination!(memory memory_tiny_cache_metered, crate::TINY_CACHE, true);
+combination!(memory memory_byte_cache, crate::BYTE_CACHE, false);
+combination!(memory memory_tiny_byte_cache_metered, crate::TINY_BYTE_CACHE, true);
 combination!(rocks rocks, None, false;
     engine_write_logged_records_changelog_end,
     engine_wipe_removes_everything,
@@ -1275,6 +1293,8 @@ combination!(rocks rocks_cached, crate::DEFAULT_CACHE, false);
 combination!(rocks rocks_cached_metered, crate::DEFAULT_CACHE, true);
 combination!(rocks rocks_tiny_cache, crate::TINY_CACHE, false);
 combination!(rocks rocks_tiny_cache_metered, crate::TINY_CACHE, true);
+combination!(rocks rocks_byte_cache_metered, crate::BYTE_CACHE, true);
+combination!(rocks rocks_tiny_byte_cache, crate::TINY_BYTE_CACHE, false);
 // The logged layer over the in-memory backend (a unit-test fake of the changelog; the real
 // backends are proven by the restore, kill -9 and runtime tests).
 logged_combination!(Memory memory_logged, None);
@@ -1282,6 +1302,9 @@ logged_combination!(Memory memory_logged_tiny_cache, crate::TINY_CACHE);
 logged_combination!(Rocks rocks_logged, crate::DEFAULT_CACHE;
     reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything);
 logged_combination!(Rocks rocks_logged_tiny_cache, crate::TINY_CACHE);
+logged_combination!(Rocks rocks_logged_byte_cache, crate::BYTE_CACHE;
+    reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything);
+logged_combination!(Memory memory_logged_tiny_byte_cache, crate::TINY_BYTE_CACHE);
 
 // ---------------------------------------------------------------------------------------
 // The suite bites: each deliberately broken layer must make the matching test fail.

@@ -83,8 +83,9 @@ impl World {
             config: StoreConfig {
                 engine,
                 changelog: Some(CHANGELOG.into()),
-                object_cache_size: 8,
-                write_batch_size: 4,
+                // A byte-sized cache of about 8 entries: evictions and early flushes of
+                // dirty entries happen between commits.
+                cache_max_bytes: 8 * (gregor::store::cached::ENTRY_OVERHEAD + 16),
                 ..StoreConfig::default()
             },
         }

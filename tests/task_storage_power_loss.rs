@@ -208,8 +208,7 @@ fn store_config(engine: EngineKind) -> BTreeMap<String, StoreConfig> {
         StoreConfig {
             engine,
             changelog: Some(CHANGELOG.into()),
-            object_cache_size: 8,
-            write_batch_size: 4,
+            cache_max_bytes: 8 * (gregor::store::cached::ENTRY_OVERHEAD + 16),
             ..StoreConfig::default()
         },
     )])

@@ -77,13 +77,11 @@ const JOB: &str = r#"
         key.serde = "string"
         value.serde = "u64"
         changelog = "page-views-changelog"
-        object.cache.size = 10000
 
         [stores.user-views]
         key.serde = "string"
         value.serde = "u64"
         changelog = "user-views-changelog"
-        object.cache.size = 10000
 
         [task]
         top.n = 5

@@ -60,6 +60,7 @@ pub fn install_metrics() -> Result<MetricsRender> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus metrics recorder")?;
+    gregor::telemetry::describe();
     let upkeep = handle.clone();
     // Histograms buffer samples until upkeep: without it they grow when nobody scrapes.
     std::thread::Builder::new()

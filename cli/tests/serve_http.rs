@@ -216,6 +216,16 @@ fn serve_reads_writes_pages_and_explains_errors() {
     let m = s.get("/metrics");
     assert_eq!(m.status, 200);
     assert!(m.body.contains("# TYPE"), "{}", m.body);
+    // Requests by route and status: the PUTs above, the 413 among them.
+    assert!(
+        m.body
+            .lines()
+            .any(|l| l.starts_with("gregor_http_requests_total")
+                && l.contains(r#"route="/v1/stores/{store}/keys/{key}""#)
+                && l.contains(r#"status="413""#)),
+        "{}",
+        m.body
+    );
     s.stop();
 }
 

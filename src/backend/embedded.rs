@@ -104,11 +104,12 @@ struct Inner {
 
 type SharedPartition = Arc<Mutex<Partition>>;
 
-fn log_err(tp: &TopicPartition) -> impl FnOnce(LogError) -> BackendError + use<> {
-    let context = format!("topic {tp}");
+/// The error mapping for an operation on `tp`; its context is formatted only when an error
+/// happens (sends and reads call this once per record or batch).
+fn log_err(tp: &TopicPartition) -> impl FnOnce(LogError) -> BackendError + use<'_> {
     move |e| match e {
         LogError::TopicNotFound(topic) => BackendError::TopicNotFound { topic },
-        e => BackendError::fatal(context, e),
+        e => BackendError::fatal(format!("topic {tp}"), e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Running a [`RestorePlan`]: truncate the changelog, wipe the engine, replay records in
 //! large batches straight into the engine (below the cache and logged layers), reporting
-//! progress as it goes. Metrics per store: `<store>.restore-records`, `.restore-bytes`,
-//! `.restore-truncated-records` (counters) and `.restore-seconds` (gauge).
+//! progress as it goes. The restore metrics (`gregor_restore_*`, see [`crate::telemetry`])
+//! are recorded by the task's storage, which knows the task, around [`execute`].
 
 use std::time::{Duration, Instant};
 
@@ -304,10 +304,6 @@ pub fn execute(
         }
     }
     stats.elapsed = started.elapsed();
-    metrics::counter!(format!("{store}.restore-records")).increment(stats.records);
-    metrics::counter!(format!("{store}.restore-bytes")).increment(stats.bytes);
-    metrics::counter!(format!("{store}.restore-truncated-records")).increment(stats.truncated);
-    metrics::gauge!(format!("{store}.restore-seconds")).set(stats.elapsed.as_secs_f64());
     progress.finish(&stats);
     Ok(stats)
 }

@@ -22,8 +22,8 @@ pub const NAMES: [&str; 4] = ["count", "wordcount", "pageviews", "kv"];
 pub fn factory(name: &str) -> Option<TaskFactory> {
     let f: TaskFactory = match name {
         "count" => Box::new(|_| Box::new(Count::default())),
-        "wordcount" => Box::new(|_| Box::new(WordCount)),
-        "pageviews" => Box::new(|_| Box::new(PageViews)),
+        "wordcount" => Box::new(|_| Box::new(WordCount::default())),
+        "pageviews" => Box::new(|_| Box::new(PageViews::default())),
         "kv" => Box::new(|_| Box::new(Kv::default())),
         _ => return None,
     };
@@ -79,11 +79,19 @@ impl StreamTask for Kv {
     }
 }
 
-fn increment(ctx: &mut TaskContext<'_>, store: &str, key: &str) -> Result<u64, TaskError> {
+/// Adds one to the count of `key` in `store`; `buf` is a reused key buffer (no allocation
+/// per call once it is large enough).
+fn increment(
+    ctx: &mut TaskContext<'_>,
+    store: &str,
+    key: &str,
+    buf: &mut String,
+) -> Result<u64, TaskError> {
     let mut s = ctx.store::<String, u64>(store)?;
-    let key = key.to_string();
-    let n = s.get(&key)?.unwrap_or(0) + 1;
-    s.put(&key, &n)?;
+    buf.clear();
+    buf.push_str(key);
+    let n = s.get(buf)?.unwrap_or(0) + 1;
+    s.put(buf, &n)?;
     Ok(n)
 }
 
@@ -94,6 +102,8 @@ pub struct Count {
     store: Option<String>,
     /// `job.outputs`, read in `init`.
     outputs: Vec<String>,
+    /// The key, reused from message to message.
+    key: String,
 }
 
 impl StreamTask for Count {
@@ -108,6 +118,7 @@ impl StreamTask for Count {
             ctx,
             self.store.as_deref().unwrap_or("counts"),
             &String::from_utf8_lossy(msg.key),
+            &mut self.key,
         )?;
         if !self.outputs.is_empty() {
             let value = n.to_string();
@@ -120,20 +131,26 @@ impl StreamTask for Count {
 }
 
 /// Counts words in message values.
-pub struct WordCount;
+#[derive(Debug, Default)]
+pub struct WordCount {
+    key: String,
+}
 
 impl StreamTask for WordCount {
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
-        let text = String::from_utf8_lossy(msg.value.unwrap_or_default()).into_owned();
+        let text = String::from_utf8_lossy(msg.value.unwrap_or_default());
         for word in text.split_whitespace() {
-            increment(ctx, "counts", word)?;
+            increment(ctx, "counts", word, &mut self.key)?;
         }
         Ok(())
     }
 }
 
 /// Counts page views per page and per user; emits the top pages every window.
-pub struct PageViews;
+#[derive(Debug, Default)]
+pub struct PageViews {
+    key: String,
+}
 
 /// The `n` entries with the highest counts (ties by key), highest first.
 pub fn top_n(entries: impl IntoIterator<Item = (String, u64)>, n: usize) -> Vec<(String, u64)> {
@@ -145,7 +162,7 @@ pub fn top_n(entries: impl IntoIterator<Item = (String, u64)>, n: usize) -> Vec<
 
 impl StreamTask for PageViews {
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
-        let value = String::from_utf8_lossy(msg.value.unwrap_or_default()).into_owned();
+        let value = String::from_utf8_lossy(msg.value.unwrap_or_default());
         let Some((user, page)) = value.split_once('\t') else {
             return Err(format!(
                 "page view {:?} at offset {} is not `user<TAB>page`",
@@ -153,8 +170,8 @@ impl StreamTask for PageViews {
             )
             .into());
         };
-        increment(ctx, "page-views", page)?;
-        increment(ctx, "user-views", user)?;
+        increment(ctx, "page-views", page, &mut self.key)?;
+        increment(ctx, "user-views", user, &mut self.key)?;
         Ok(())
     }
 

@@ -202,6 +202,12 @@ pub struct JobConfig {
     pub side_inputs: BTreeMap<String, SideInputStore>,
     /// `stores.<name>.*`: the tasks' own stores.
     pub stores: BTreeMap<String, StoreConfig>,
+    /// `job.cache.max.bytes`: the memory all store caches of the process share (default
+    /// 256 MiB); each store's cache gets at most an even share of it; 0 disables the caches.
+    pub cache_max_bytes: usize,
+    /// `metrics.recording.level` (Kafka Streams' name): `info` (default) or `debug`, which
+    /// adds per-operation latency histograms to every store (a clock read per operation).
+    pub metrics_recording_level: RecordingLevel,
     /// `task.*`, keys without the `task.` prefix.
     pub task_config: BTreeMap<String, toml::Value>,
     /// `job.system`: where topics, changelogs and checkpoints live.
@@ -218,6 +224,28 @@ pub struct JobConfig {
     /// `Authorization: Bearer <token>`; the environment variable `GREGOR_HTTP_AUTH_TOKEN`
     /// overrides it.
     pub http_auth_token: Option<String>,
+}
+
+/// `metrics.recording.level`: which metrics are recorded (after Kafka Streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecordingLevel {
+    /// Counters and gauges (the default): no clock read per store operation.
+    #[default]
+    Info,
+    /// Also latency histograms per store operation.
+    Debug,
+}
+
+impl RecordingLevel {
+    /// Parses a config value (`info`, `debug`; case-insensitive as in Kafka Streams).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(RecordingLevel::Info),
+            "debug" => Some(RecordingLevel::Debug),
+            _ => None,
+        }
+    }
 }
 
 /// `job.system`: the backend a job runs on.
@@ -372,6 +400,29 @@ impl JobConfig {
             }
             stores.insert(store.clone(), StoreConfig::from_flat(&store, &mut c)?);
         }
+        let cache_max_bytes = c
+            .take_u64_in(
+                "job.cache.max.bytes",
+                0..=crate::store::config::MAX_CACHE_BYTES,
+            )?
+            .map_or(crate::store::cached::DEFAULT_PROCESS_CACHE_MAX_BYTES, |v| {
+                v as usize
+            });
+        let metrics_recording_level = c
+            .take_parsed(
+                "metrics.recording.level",
+                "info, debug",
+                RecordingLevel::parse,
+            )?
+            .unwrap_or_default();
+        for s in stores.values_mut() {
+            s.process_cache_max_bytes = cache_max_bytes;
+            if cache_max_bytes == 0 {
+                // No memory for caches: every store writes through.
+                s.cache_max_bytes = 0;
+            }
+            s.latency_histograms = metrics_recording_level == RecordingLevel::Debug;
+        }
         // Side-input stores are kept apart from the tasks' own stores.
         let side_inputs: BTreeMap<String, SideInputStore> = side_inputs
             .into_iter()
@@ -468,6 +519,8 @@ impl JobConfig {
             changelog_segment_bytes,
             log_fsync,
             stores,
+            cache_max_bytes,
+            metrics_recording_level,
             task_config,
             system,
             kafka,
@@ -582,6 +635,49 @@ mod tests {
         JobConfig::from_toml_str("count.toml", text)
             .expect_err(text)
             .to_string()
+    }
+
+    /// `job.cache.max.bytes` and `metrics.recording.level` reach every store; defaults are
+    /// the fast path (256 MiB shared, no latency histograms); bad values name key and file.
+    #[test]
+    fn cache_budget_and_recording_level() {
+        let j = JobConfig::from_toml_str("count.toml", GOOD).unwrap();
+        assert_eq!(j.cache_max_bytes, 256 << 20);
+        assert_eq!(j.metrics_recording_level, RecordingLevel::Info);
+        let s = &j.stores["counts"];
+        assert_eq!(
+            (s.process_cache_max_bytes, s.latency_histograms, s.cached()),
+            (256 << 20, false, true)
+        );
+        let text = GOOD.replace(
+            "window.ms = 10000",
+            "window.ms = 10000\ncache.max.bytes = 1048576\n[metrics]\nrecording.level = \"DEBUG\"",
+        );
+        let j = JobConfig::from_toml_str("count.toml", &text).unwrap();
+        let s = &j.stores["counts"];
+        assert_eq!(j.metrics_recording_level, RecordingLevel::Debug);
+        assert_eq!(
+            (s.process_cache_max_bytes, s.latency_histograms),
+            (1 << 20, true)
+        );
+        let e = refused(&GOOD.replace(
+            "window.ms = 10000",
+            "window.ms = 10000\n[metrics]\nrecording.level = \"trace\"",
+        ));
+        assert!(
+            e.contains("metrics.recording.level")
+                && e.contains("info, debug")
+                && e.contains("count.toml"),
+            "{e}"
+        );
+        let off = GOOD.replace("window.ms = 10000", "cache.max.bytes = 0");
+        let j = JobConfig::from_toml_str("count.toml", &off).unwrap();
+        assert!(!j.stores["counts"].cached(), "0 disables the caches");
+        let e = refused(&GOOD.replace("window.ms = 10000", "cache.max.bytes = -1"));
+        assert!(
+            e.contains("job.cache.max.bytes") && e.contains("between 0 and 1099511627776"),
+            "{e}"
+        );
     }
 
     /// Issue 11 #9: a store without a changelog is refused unless the job opts in to

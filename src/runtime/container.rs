@@ -74,7 +74,7 @@ pub enum ProcessErrorPolicy {
     #[default]
     Fail,
     /// Skip the message: log it (task, topic, partition, offset, error) as a warning and
-    /// count it in the metric `job.skipped-messages`.
+    /// count it in the metric `gregor_skipped_messages_total`.
     Skip,
     /// Skip the message as [`Skip`](Self::Skip) does, and send it to this topic, through the
     /// task's output path (so exactly once, at the task's next commit): the original key, and
@@ -1244,7 +1244,7 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
             passed += 1;
             false
         });
-        metrics::counter!("job.skipped-messages").increment(passed);
+        crate::telemetry::skipped_messages(name).increment(passed);
         run.skipped += passed;
     }
     Ok(())

@@ -16,7 +16,7 @@ mod input;
 pub mod side_input;
 pub mod task;
 
-pub use config::JobConfig;
+pub use config::{JobConfig, RecordingLevel};
 pub use container::{
     Container, ProcessErrorPolicy, RunOptions, RunStats, claim_job_roles, embedded_backend,
     run_job, run_job_on, run_job_on_with, run_job_serving, run_job_with, task_name,

@@ -338,6 +338,25 @@ async fn guard(
     }
 }
 
+/// Counts every routed request and its time, by route pattern and status
+/// ([`crate::telemetry::HTTP_REQUESTS`], [`crate::telemetry::HTTP_REQUEST_DURATION`]).
+async fn record_metrics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = std::time::Instant::now();
+    let r = next.run(req).await;
+    let labels = [
+        ("route", route),
+        ("status", r.status().as_u16().to_string()),
+    ];
+    metrics::counter!(crate::telemetry::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::telemetry::HTTP_REQUEST_DURATION, &labels)
+        .record(started.elapsed().as_secs_f64());
+    r
+}
+
 /// Compares two secrets in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -359,6 +378,7 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
+        .route_layer(axum::middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cached::{DEFAULT_OBJECT_CACHE_SIZE, DEFAULT_WRITE_BATCH_SIZE};
+use super::cached::{DEFAULT_CACHE_MAX_BYTES, DEFAULT_PROCESS_CACHE_MAX_BYTES};
 use super::limits::Limits;
 use super::rocks::{Compression, RocksOptions};
 use crate::config::{ConfigError, FlatConfig};
@@ -91,10 +91,27 @@ pub struct StoreConfig {
     pub guarantee: Guarantee,
     /// Key and value size limits (`max.value.bytes`, default 1 MiB; keys are at most 64 KiB).
     pub limits: Limits,
-    /// `object.cache.size`: entries in the write-back cache; 0 disables the cache.
-    pub object_cache_size: usize,
-    /// `write.batch.size`: dirty entries written below in one batch.
-    pub write_batch_size: usize,
+    /// `cache.max.bytes`: the most memory the store's write-back cache holds (default 32 MiB;
+    /// 0 disables the cache). Dirty entries are written below at the commit, or earlier when
+    /// they pass half of it.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: usize,
+    /// `object.cache.size` (Samza): if set, the most entries the cache holds as well; 0
+    /// disables the cache.
+    #[serde(default)]
+    pub object_cache_size: Option<usize>,
+    /// `write.batch.size` (Samza): if set, dirty entries are also written below as soon as
+    /// this many are dirty.
+    #[serde(default)]
+    pub write_batch_size: Option<usize>,
+    /// `job.cache.max.bytes`, copied from the job: the memory all the caches of the process
+    /// share (each store's cache is limited to an even share of it).
+    #[serde(default = "default_process_cache_max_bytes")]
+    pub process_cache_max_bytes: usize,
+    /// `metrics.recording.level = "debug"`, copied from the job: per-operation latency
+    /// histograms (a clock read per operation). Off by default.
+    #[serde(default)]
+    pub latency_histograms: bool,
     /// `rocksdb.*` options.
     pub rocksdb: RocksOptions,
 }
@@ -108,10 +125,29 @@ impl Default for StoreConfig {
             changelog: None,
             guarantee: Guarantee::ExactlyOnce,
             limits: Limits::default(),
-            object_cache_size: DEFAULT_OBJECT_CACHE_SIZE,
-            write_batch_size: DEFAULT_WRITE_BATCH_SIZE,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            object_cache_size: None,
+            write_batch_size: None,
+            process_cache_max_bytes: DEFAULT_PROCESS_CACHE_MAX_BYTES,
+            latency_histograms: false,
             rocksdb: RocksOptions::default(),
         }
+    }
+}
+
+fn default_cache_max_bytes() -> usize {
+    DEFAULT_CACHE_MAX_BYTES
+}
+
+fn default_process_cache_max_bytes() -> usize {
+    DEFAULT_PROCESS_CACHE_MAX_BYTES
+}
+
+impl StoreConfig {
+    /// Whether the store gets a write-back cache (`cache.max.bytes` and `object.cache.size`
+    /// not 0).
+    pub fn cached(&self) -> bool {
+        self.cache_max_bytes > 0 && self.object_cache_size != Some(0)
     }
 }
 
@@ -125,6 +161,8 @@ pub const MAX_MAX_VALUE_BYTES: u64 = (crate::log::record::MAX_PAYLOAD_LEN
 /// Largest `object.cache.size` and `write.batch.size` (entries): the cache allocates its
 /// table up front, so a typo of a few zeros must not take the machine's memory.
 pub const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// Largest `cache.max.bytes` and `job.cache.max.bytes`: 1 TiB.
+pub const MAX_CACHE_BYTES: u64 = 1 << 40;
 /// Largest `rocksdb.block.cache.size` (bytes): 1 TiB.
 pub const MAX_BLOCK_CACHE_BYTES: u64 = 1 << 40;
 /// Smallest and largest `rocksdb.write.buffer.size` (bytes): 64 KiB (RocksDB's own minimum)
@@ -178,12 +216,17 @@ impl StoreConfig {
                 )?
                 .unwrap_or_default(),
             limits,
+            cache_max_bytes: config
+                .take_u64_in(&k("cache.max.bytes"), 0..=MAX_CACHE_BYTES)?
+                .map_or(d.cache_max_bytes, |v| v as usize),
             object_cache_size: config
                 .take_u64_in(&k("object.cache.size"), 0..=MAX_CACHE_ENTRIES)?
-                .map_or(d.object_cache_size, |v| v as usize),
+                .map(|v| v as usize),
             write_batch_size: config
                 .take_u64_in(&k("write.batch.size"), 1..=MAX_CACHE_ENTRIES)?
-                .map_or(d.write_batch_size, |v| v as usize),
+                .map(|v| v as usize),
+            process_cache_max_bytes: d.process_cache_max_bytes,
+            latency_histograms: false,
             rocksdb: RocksOptions {
                 block_cache_size: config
                     .take_u64_in(&k("rocksdb.block.cache.size"), 0..=MAX_BLOCK_CACHE_BYTES)?
@@ -245,7 +288,8 @@ mod tests {
             (SerdeName::String, SerdeName::U64)
         );
         assert_eq!(s.changelog.as_deref(), Some("counts-changelog"));
-        assert_eq!(s.object_cache_size, 0);
+        assert_eq!(s.object_cache_size, Some(0));
+        assert!(!s.cached());
         assert_eq!(s.rocksdb.compression, Compression::Zstd);
         assert!(s.rocksdb.wal_enabled);
     }
@@ -329,6 +373,12 @@ mod tests {
                 "between 1 and 10000000",
             ),
             ("max.value.bytes", "0", "between 1 and"),
+            ("cache.max.bytes", "-1", "between 0 and 1099511627776"),
+            (
+                "cache.max.bytes",
+                "2000000000000",
+                "between 0 and 1099511627776",
+            ),
             ("max.value.bytes", "67108864", "between 1 and 67043304"),
         ] {
             let e = store_with(key, value).expect_err(&format!("{key} = {value} accepted"));
@@ -359,7 +409,18 @@ mod tests {
                 <= crate::log::record::MAX_PAYLOAD_LEN
         );
         let s = store_with("object.cache.size", "0").unwrap();
-        assert_eq!(s.object_cache_size, 0);
+        assert_eq!(s.object_cache_size, Some(0));
+        assert!(!s.cached());
+        let s = store_with("cache.max.bytes", "0").unwrap();
+        assert!(!s.cached());
+        let s = store_with("cache.max.bytes", "1048576").unwrap();
+        assert_eq!((s.cache_max_bytes, s.cached()), (1 << 20, true));
+        let d = store_with("max.value.bytes", "10").unwrap();
+        assert_eq!(
+            (d.cache_max_bytes, d.object_cache_size, d.write_batch_size),
+            (DEFAULT_CACHE_MAX_BYTES, None, None),
+            "the default cache is sized in bytes, flushed at commit"
+        );
     }
 
     #[test]

@@ -10,8 +10,11 @@
 
 use std::sync::Arc;
 
-use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
+use super::{
+    Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, MutationRef, Result, StoreError,
+};
 use crate::changelog::{SharedChangelog, now_ms};
+use crate::telemetry::StoreLabels;
 
 /// Appends every write to a changelog partition, then applies it to the engine.
 pub struct LoggedStore {
@@ -19,6 +22,8 @@ pub struct LoggedStore {
     changelog: SharedChangelog,
     limits: Limits,
     poisoned: Option<String>,
+    records: metrics::Counter,
+    bytes: metrics::Counter,
 }
 
 impl LoggedStore {
@@ -29,7 +34,17 @@ impl LoggedStore {
             changelog,
             limits,
             poisoned: None,
+            records: metrics::Counter::noop(),
+            bytes: metrics::Counter::noop(),
         }
+    }
+
+    /// Counts the records and bytes sent to the changelog under `labels`.
+    pub fn with_metrics(mut self, labels: &StoreLabels) -> Self {
+        let l = labels.labels();
+        self.records = metrics::counter!(crate::telemetry::CHANGELOG_RECORDS, l.clone());
+        self.bytes = metrics::counter!(crate::telemetry::CHANGELOG_BYTES, l);
+        self
     }
 
     /// The changelog this layer appends to.
@@ -63,9 +78,16 @@ impl LoggedStore {
         r
     }
 
-    fn log_batch(&mut self, batch: &[Mutation]) -> Result<u64> {
+    fn log_batch(&mut self, batch: &[MutationRef<'_>]) -> Result<u64> {
+        self.records.increment(batch.len() as u64);
+        self.bytes.increment(
+            batch
+                .iter()
+                .map(|m| m.key.len() + m.value.map_or(0, <[u8]>::len))
+                .sum::<usize>() as u64,
+        );
         let mut log = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
-        log.append_batch(now_ms(), batch)
+        log.append_refs(now_ms(), batch)
             .map_err(|source| StoreError::Changelog {
                 store: self.engine.name().to_string(),
                 source,
@@ -82,6 +104,10 @@ impl KeyValueStore for LoggedStore {
         self.engine.get(key)
     }
 
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        self.engine.get_with(key, f)
+    }
+
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         self.engine.get_all(keys)
     }
@@ -92,9 +118,23 @@ impl KeyValueStore for LoggedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let end = self.log_batch(&batch);
+        let refs: Vec<MutationRef<'_>> = batch.iter().map(MutationRef::from).collect();
+        let end = self.log_batch(&refs);
+        drop(refs);
         let end = self.poison(end)?;
         let r = self.engine.write_logged(batch, end);
+        self.poison(r)
+    }
+
+    fn write_batch_refs(&mut self, batch: &[MutationRef<'_>]) -> Result<()> {
+        self.check_poisoned()?;
+        self.limits.check_refs(self.engine.name(), batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let end = self.log_batch(batch);
+        let end = self.poison(end)?;
+        let r = self.engine.write_logged_refs(batch, end);
         self.poison(r)
     }
 

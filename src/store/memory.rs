@@ -65,6 +65,11 @@ impl KeyValueStore for MemoryEngine {
         Ok(self.map.get(key).cloned())
     }
 
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        f(self.map.get(key).map(Vec::as_slice));
+        Ok(())
+    }
+
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
         self.apply(batch);

@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! Store<K, V>   typed facade (serdes)                       typed.rs
-//!  └ Metered    counters + latency histograms               metered.rs
-//!     └ Cached  write-back LRU with a dirty list             cached.rs
+//!  └ Metered    counters (+ latency histograms if enabled)  metered.rs
+//!     └ Cached  write-back cache bounded in bytes, dirty     cached.rs
+//!               entries deduplicated until the commit
 //!        └ Logged  one changelog record per put/delete      logged.rs
 //!           └ Engine  RocksDB | Memory                      rocks.rs, memory.rs
 //! ```
@@ -45,6 +46,35 @@ pub struct Mutation {
     pub value: Option<Vec<u8>>,
 }
 
+/// One write by reference: what a cache flushing its dirty entries hands down, so the bytes
+/// go to the changelog and the engine without being copied into owned [`Mutation`]s first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MutationRef<'a> {
+    /// The key written.
+    pub key: &'a [u8],
+    /// The new value, or `None` for a delete.
+    pub value: Option<&'a [u8]>,
+}
+
+impl MutationRef<'_> {
+    /// An owned copy.
+    pub fn to_mutation(self) -> Mutation {
+        Mutation {
+            key: self.key.to_vec(),
+            value: self.value.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl<'a> From<&'a Mutation> for MutationRef<'a> {
+    fn from(m: &'a Mutation) -> Self {
+        MutationRef {
+            key: &m.key,
+            value: m.value.as_deref(),
+        }
+    }
+}
+
 impl Mutation {
     /// A put of `value` under `key`.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
@@ -78,14 +108,23 @@ impl Mutation {
 /// - After an I/O failure a store may refuse every later write ([`StoreError::Poisoned`]):
 ///   it never acknowledges a write it could not make durable.
 ///
-/// Methods take `&mut self`: a store belongs to one task, and even reads move entries in the
-/// cache's LRU order.
+/// Methods take `&mut self`: a store belongs to one task, and even reads change the cache
+/// (they mark entries used, and a miss caches what it read).
 pub trait KeyValueStore: Send {
     /// The store's name, used in errors and metrics.
     fn name(&self) -> &str;
 
     /// The value under `key`, if any.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Hands the value under `key` (or `None`) to `f`, borrowed where the layer holds it
+    /// (the cache, the memory engine, a pinned RocksDB read): a typed read decodes from it
+    /// without an owned copy.
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let v = self.get(key)?;
+        f(v.as_deref());
+        Ok(())
+    }
 
     /// The values under `keys`, in the same order (`None` where missing).
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -94,6 +133,12 @@ pub trait KeyValueStore: Send {
 
     /// Applies `batch` in order; every mutation is validated before any is applied.
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()>;
+
+    /// [`write_batch`](Self::write_batch) from borrowed bytes. The default copies them into
+    /// owned mutations; the logged layer and RocksDB write them without copies.
+    fn write_batch_refs(&mut self, batch: &[MutationRef<'_>]) -> Result<()> {
+        self.write_batch(batch.iter().map(|m| m.to_mutation()).collect())
+    }
 
     /// Stores `value` under `key`, replacing any previous value.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -197,6 +242,14 @@ pub trait Engine: KeyValueStore {
     /// Applies `batch` and records `changelog_end` (the offset after the last changelog
     /// record the engine now reflects) in the same atomic write.
     fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()>;
+
+    /// [`write_logged`](Self::write_logged) from borrowed bytes (the default copies them).
+    fn write_logged_refs(&mut self, batch: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.write_logged(
+            batch.iter().map(|m| m.to_mutation()).collect(),
+            changelog_end,
+        )
+    }
 
     /// The changelog end recorded by the last [`write_logged`](Self::write_logged) that is
     /// durable in the engine, or `None` if there is none.

@@ -19,7 +19,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
+use super::{
+    Engine, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, MutationRef, Result, StoreError,
+};
 
 const META_CF: &str = "gregor-meta";
 const OFFSET_KEY: &[u8] = b"changelog.end";
@@ -263,12 +265,19 @@ impl RocksEngine {
         })
     }
 
-    fn batch_of(&self, batch: Vec<Mutation>) -> WriteBatch {
-        let mut wb = WriteBatch::default();
+    /// A write batch of `batch`, its buffer sized up front (a batch of a commit can hold
+    /// hundreds of thousands of entries; growing it by doubling copied it over and over).
+    fn batch_of<'a>(batch: impl ExactSizeIterator<Item = MutationRef<'a>> + Clone) -> WriteBatch {
+        // Per entry: a tag, two varint lengths (at most 5 bytes each), key and value.
+        let bytes: usize = batch
+            .clone()
+            .map(|m| 11 + m.key.len() + m.value.map_or(0, <[u8]>::len))
+            .sum();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 64);
         for m in batch {
             match m.value {
-                Some(v) => wb.put(&m.key, &v),
-                None => wb.delete(&m.key),
+                Some(v) => wb.put(m.key, v),
+                None => wb.delete(m.key),
             }
         }
         wb
@@ -315,6 +324,12 @@ impl KeyValueStore for RocksEngine {
         self.rocks(self.db.get(key))
     }
 
+    fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let v = self.rocks(self.db.get_pinned(key))?;
+        f(v.as_deref());
+        Ok(())
+    }
+
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         self.db
             .multi_get(keys)
@@ -325,7 +340,7 @@ impl KeyValueStore for RocksEngine {
 
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
         self.limits.check_batch(&self.name, &batch)?;
-        let wb = self.batch_of(batch);
+        let wb = Self::batch_of(batch.iter().map(MutationRef::from));
         self.rocks(self.db.write_opt(wb, &self.write_opts))
     }
 
@@ -369,15 +384,20 @@ impl KeyValueStore for RocksEngine {
 }
 
 impl Engine for RocksEngine {
-    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
-        self.limits.check_batch(&self.name, &batch)?;
-        let mut wb = self.batch_of(batch);
+    fn write_logged_refs(&mut self, batch: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.limits.check_refs(&self.name, batch)?;
+        let mut wb = Self::batch_of(batch.iter().copied());
         let meta = self
             .db
             .cf_handle(META_CF)
             .expect("meta column family is created on open");
         wb.put_cf(meta, OFFSET_KEY, changelog_end.to_be_bytes());
         self.rocks(self.db.write_opt(wb, &self.write_opts))
+    }
+
+    fn write_logged(&mut self, batch: Vec<Mutation>, changelog_end: u64) -> Result<()> {
+        let refs: Vec<MutationRef<'_>> = batch.iter().map(MutationRef::from).collect();
+        self.write_logged_refs(&refs, changelog_end)
     }
 
     fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {

@@ -1,17 +1,17 @@
 //! Opening a store on disk: its manifest, its engine, and the layers config asks for.
 
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::cached::CachedStore;
+use super::cached::{CacheBudget, CacheSettings, CachedStore};
 use super::config::{EngineKind, StoreConfig};
 use super::memory::MemoryEngine;
 use super::metered::MeteredStore;
 use super::rocks::RocksEngine;
 use super::{Engine, KeyValueStore, Result, StoreError};
 use crate::checked_file::{self, CheckedFileError};
+use crate::telemetry::StoreLabels;
 
 /// The manifest file in a store directory.
 pub const MANIFEST_FILE: &str = "store.json";
@@ -149,16 +149,37 @@ pub fn open_engine(name: &str, dir: &Path, config: &StoreConfig) -> Result<Box<d
     })
 }
 
-/// Adds the cache (unless `object.cache.size` is 0) and the metrics layer above `inner`.
+/// Adds the cache (unless `cache.max.bytes` or `object.cache.size` is 0) and the metrics
+/// layer above `inner`, with metrics labelled with the store name only.
 pub fn add_layers(inner: Box<dyn KeyValueStore>, config: &StoreConfig) -> Box<dyn KeyValueStore> {
-    let inner: Box<dyn KeyValueStore> = match NonZeroUsize::new(config.object_cache_size) {
-        Some(size) => Box::new(CachedStore::new(
-            inner,
-            config.limits,
-            size,
-            config.write_batch_size,
-        )),
-        None => inner,
+    let labels = StoreLabels::store(inner.name());
+    add_layers_labelled(inner, config, &labels)
+}
+
+/// [`add_layers`] with metrics labelled `labels` (a task's store: job, task, store).
+///
+/// The cache is bounded by `cache.max.bytes` and by an even share of the process's
+/// `job.cache.max.bytes` ([`CacheBudget::process`]); Samza's `object.cache.size` and
+/// `write.batch.size`, when set, bound its entries and dirty entries as well.
+pub fn add_layers_labelled(
+    inner: Box<dyn KeyValueStore>,
+    config: &StoreConfig,
+    labels: &StoreLabels,
+) -> Box<dyn KeyValueStore> {
+    let inner: Box<dyn KeyValueStore> = if config.cached() {
+        let settings = CacheSettings {
+            max_bytes: config.cache_max_bytes,
+            max_entries: config.object_cache_size,
+            write_batch_size: config.write_batch_size,
+        };
+        let budget = CacheBudget::process(config.process_cache_max_bytes);
+        Box::new(CachedStore::sized(inner, config.limits, settings, budget).with_metrics(labels))
+    } else {
+        inner
     };
-    Box::new(MeteredStore::new(inner))
+    Box::new(MeteredStore::with_labels(
+        inner,
+        labels,
+        config.latency_histograms,
+    ))
 }

@@ -5,6 +5,7 @@
 //! it (`Store<K, V, &mut dyn KeyValueStore>`, how tasks get typed access to their stores;
 //! the built-in serdes are zero-sized, so making one costs no allocation).
 
+use std::cell::Cell;
 use std::ops::DerefMut;
 
 use super::{KeyValueStore, KvSnapshot, Mutation, Result, StoreError};
@@ -16,6 +17,28 @@ pub struct Store<K, V, S = Box<dyn KeyValueStore>> {
     inner: S,
     keys: Box<dyn Serde<K>>,
     values: Box<dyn Serde<V>>,
+}
+
+thread_local! {
+    /// Reused encode buffers (key, value) of the typed reads and writes of this thread, so a
+    /// `get` or `put` allocates nothing to encode. Taken out while in use (a nested use, if
+    /// any, simply allocates).
+    static KEY_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static VALUE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable buffer `buf`, emptied.
+fn with_buf<R>(
+    buf: &'static std::thread::LocalKey<Cell<Vec<u8>>>,
+    f: impl FnOnce(&mut Vec<u8>) -> R,
+) -> R {
+    let mut b = buf.take();
+    b.clear();
+    let r = f(&mut b);
+    if b.capacity() <= 64 << 10 {
+        buf.set(b);
+    }
+    r
 }
 
 fn serde_err(store: &str, action: &'static str, what: &'static str, e: SerdeError) -> StoreError {
@@ -36,9 +59,9 @@ where
     /// Wraps `inner`, using the serdes named `key_serde` / `value_serde`. Fails if `K` or `V`
     /// cannot use the named serde (e.g. `u64` keys with `key.serde = "string"`).
     pub fn new(inner: S, key_serde: SerdeName, value_serde: SerdeName) -> Result<Self> {
-        let name = inner.name().to_string();
+        // Built only on error: a task makes a `Store` per message.
         let mismatch = |what: &str, serde: SerdeName, ty: &str| StoreError::Config {
-            store: name.clone(),
+            store: inner.name().to_string(),
             reason: format!("{what}.serde = \"{serde}\" cannot encode the Rust type {ty}"),
         };
         let keys = K::serde(key_serde)
@@ -97,17 +120,22 @@ where
         Ok((k, v))
     }
 
-    /// The value under `key`.
+    /// The value under `key`. The key is encoded into a reused buffer; the value is decoded
+    /// from the store's copy where the serde reads borrowed bytes (`u64`, `json`, ...), or
+    /// taken owned without a copy (`bytes`, `string`).
     pub fn get(&mut self, key: &K) -> Result<Option<V>> {
-        let k = self.ek(key)?;
-        match self.inner.get(&k)? {
-            None => Ok(None),
-            Some(v) => self
-                .values
-                .decode(&v)
-                .map(Some)
-                .map_err(|e| serde_err(self.inner.name(), "decode", "value", e)),
-        }
+        self.with_key(key, |inner, values, k| {
+            let decoded = if values.prefers_owned() {
+                inner.get(k)?.map(|v| values.decode_owned(v))
+            } else {
+                let mut out = None;
+                inner.get_with(k, &mut |v| out = v.map(|v| values.decode(v)))?;
+                out
+            };
+            decoded
+                .transpose()
+                .map_err(|e| serde_err(inner.name(), "decode", "value", e))
+        })
     }
 
     /// The values under `keys`, in order.
@@ -130,10 +158,16 @@ where
             .collect()
     }
 
-    /// Stores `value` under `key`.
+    /// Stores `value` under `key` (encoded into reused buffers: no allocation here).
     pub fn put(&mut self, key: &K, value: &V) -> Result<()> {
-        let (k, v) = (self.ek(key)?, self.ev(value)?);
-        self.inner.put(&k, &v)
+        self.with_key(key, |inner, values, k| {
+            with_buf(&VALUE_BUF, |v| {
+                values
+                    .encode_into(value, v)
+                    .map_err(|e| serde_err(inner.name(), "encode", "value", e))?;
+                inner.put(k, v)
+            })
+        })
     }
 
     /// Stores every entry; nothing is written if any entry fails to encode or breaks a limit.
@@ -152,8 +186,26 @@ where
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &K) -> Result<()> {
-        let k = self.ek(key)?;
-        self.inner.delete(&k)
+        self.with_key(key, |inner, _, k| inner.delete(k))
+    }
+
+    /// Encodes `key` into this thread's reused key buffer and runs `f` with the stack, the
+    /// value serde and the encoded key.
+    fn with_key<R>(
+        &mut self,
+        key: &K,
+        f: impl FnOnce(&mut S::Target, &dyn Serde<V>, &[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let Store {
+            inner,
+            keys,
+            values,
+        } = self;
+        with_buf(&KEY_BUF, |k| {
+            keys.encode_into(key, k)
+                .map_err(|e| serde_err(inner.name(), "encode", "key", e))?;
+            f(inner, &**values, k)
+        })
     }
 
     /// Removes every key in `keys`.

@@ -179,13 +179,13 @@ pub fn model(seed: u64, n: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     m
 }
 
-/// The store's configuration: a small cache so evictions and batch flushes happen.
+/// The store's configuration: a small byte-sized cache (16 KiB, about 100 entries) so
+/// evictions and early flushes of dirty entries (past half of it) happen between commits.
 pub fn store_config(engine: EngineKind) -> StoreConfig {
     StoreConfig {
         engine,
         changelog: Some(CHANGELOG.to_string()),
-        object_cache_size: 64,
-        write_batch_size: 16,
+        cache_max_bytes: 16 << 10,
         ..StoreConfig::default()
     }
 }
