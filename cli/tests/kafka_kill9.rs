@@ -304,7 +304,9 @@ fn kill_loop(rng: &mut StdRng, min_kills: u32, mut spawn: impl FnMut(u32) -> Chi
         );
         let mut child = spawn(kills);
         let wait = if kills < min_kills {
-            Duration::from_millis(rng.gen_range(300..2500))
+            // Short enough that the job (faster since the byte-sized cache and the thread pool)
+            // is killed at least `min_kills` times before a run gets to the end.
+            Duration::from_millis(rng.gen_range(150..1500))
         } else {
             Duration::from_secs(600)
         };
