@@ -87,6 +87,20 @@ fn raw_consume(s: &KafkaSettings, topic: &str) -> (u64, u64, f64) {
     (n, bytes, t.elapsed().as_secs_f64())
 }
 
+/// With `PERF_CTL_FIFO` set (`perf record --control=fifo:PATH -D -1 ...`), profiles one
+/// phase only, `PERF_PHASE` (`restore`, the default; `raw`; `reader`): sends `cmd`
+/// ("enable" / "disable") to perf around it.
+fn perf_control(phase: &str, cmd: &str) {
+    let wanted = std::env::var("PERF_PHASE").unwrap_or_else(|_| "restore".into());
+    if let Some(path) = std::env::var_os("PERF_CTL_FIFO")
+        && wanted == phase
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        writeln!(f, "{cmd}").unwrap();
+    }
+}
+
 fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
     let s = settings(kafka, "bench");
     kafka.create_topic(&s.checkpoint_topic, 1, true);
@@ -124,14 +138,19 @@ fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
     let (raw_n, raw_bytes, raw1) = raw_consume(&s, "bench-changelog");
     assert_eq!(raw_n, n);
     std::fs::remove_dir_all(state.task_dir("bench.partition-0").join("stores")).unwrap();
+    perf_control("restore", "enable");
     let (mut storage, restore_secs) = open(&backend, &state, &config);
+    perf_control("restore", "disable");
     let restored = storage.store("s").unwrap().stack().all().unwrap().count() as u64;
     assert!(
         restored > n * 99 / 100 && restored <= n,
         "restored {restored} of {n}"
     );
+    perf_control("raw", "enable");
     let (_, _, raw2) = raw_consume(&s, "bench-changelog");
+    perf_control("raw", "disable");
     // gregor's reader alone (what restore reads through), no engine.
+    perf_control("reader", "enable");
     let t = Instant::now();
     let mut reader = backend
         .open_reader(&TopicPartition::new("bench-changelog", 0), 0)
@@ -145,6 +164,7 @@ fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
         seen += b.len() as u64;
     }
     let reader_secs = t.elapsed().as_secs_f64();
+    perf_control("reader", "disable");
     assert_eq!(seen, n);
     println!(
         "gregor's Kafka reader alone: {seen} records in {reader_secs:.3}s ({:.0} records/s)",
@@ -268,5 +288,7 @@ fn main() {
     );
     let mut kafka = Kafka09::start();
     restore_vs_raw(&mut kafka, n);
-    count_job(&mut kafka, n);
+    if !std::env::args().any(|a| a == "--restore-only") {
+        count_job(&mut kafka, n);
+    }
 }

@@ -45,8 +45,13 @@ impl Limits {
 
     /// Checks one mutation.
     pub fn check(&self, store: &str, m: &Mutation) -> Result<()> {
-        self.check_key(store, &m.key)?;
-        if let Some(v) = &m.value
+        self.check_ref(store, &m.key, m.value.as_deref())
+    }
+
+    /// Checks one write given by reference (`value: None` for a delete).
+    pub fn check_ref(&self, store: &str, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.check_key(store, key)?;
+        if let Some(v) = value
             && v.len() > self.max_value_bytes
         {
             return Err(StoreError::ValueTooLarge {
@@ -61,5 +66,12 @@ impl Limits {
     /// Checks a whole batch; the first offending mutation is reported.
     pub fn check_batch(&self, store: &str, batch: &[Mutation]) -> Result<()> {
         batch.iter().try_for_each(|m| self.check(store, m))
+    }
+
+    /// [`check_batch`](Self::check_batch) for writes by reference.
+    pub fn check_refs(&self, store: &str, batch: &[super::MutationRef<'_>]) -> Result<()> {
+        batch
+            .iter()
+            .try_for_each(|m| self.check_ref(store, m.key, m.value))
     }
 }

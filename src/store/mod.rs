@@ -45,6 +45,35 @@ pub struct Mutation {
     pub value: Option<Vec<u8>>,
 }
 
+/// One write by reference: what a cache flushing its dirty entries hands down, so the bytes
+/// go to the changelog and the engine without being copied into owned [`Mutation`]s first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MutationRef<'a> {
+    /// The key written.
+    pub key: &'a [u8],
+    /// The new value, or `None` for a delete.
+    pub value: Option<&'a [u8]>,
+}
+
+impl MutationRef<'_> {
+    /// An owned copy.
+    pub fn to_mutation(self) -> Mutation {
+        Mutation {
+            key: self.key.to_vec(),
+            value: self.value.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl<'a> From<&'a Mutation> for MutationRef<'a> {
+    fn from(m: &'a Mutation) -> Self {
+        MutationRef {
+            key: &m.key,
+            value: m.value.as_deref(),
+        }
+    }
+}
+
 impl Mutation {
     /// A put of `value` under `key`.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
@@ -207,6 +236,15 @@ pub trait Engine: KeyValueStore {
     /// sorted SST file). The default is [`write_logged`](Self::write_logged).
     fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {
         self.write_logged(entries, changelog_end)
+    }
+
+    /// [`bulk_load`](Self::bulk_load) from borrowed bytes (a full restore hands over slices
+    /// of the buffer it read the changelog into). The default copies them.
+    fn bulk_load_refs(&mut self, entries: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.bulk_load(
+            entries.iter().map(|m| m.to_mutation()).collect(),
+            changelog_end,
+        )
     }
 
     /// Removes every entry and the recorded changelog end.
