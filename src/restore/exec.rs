@@ -631,3 +631,54 @@ fn finish_replay(engine: &mut dyn Engine, to: u64) -> Result<(), RestoreError> {
         .map_err(RestoreError::Store)?;
     engine.flush().map_err(RestoreError::Store)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Keys chosen so that the prefix shortcut must not decide alone: zero padding, exactly
+    /// 16 bytes, longer keys sharing their first 16 bytes, the empty key.
+    #[test]
+    fn newest_per_key_sorts_bytewise_and_keeps_the_newest() {
+        let p16 = b"0123456789abcdef";
+        let writes: Vec<(Vec<u8>, Option<&[u8]>)> = vec![
+            (b"ab".to_vec(), Some(b"1")),
+            (b"ab\0".to_vec(), Some(b"2")),
+            ([&p16[..], b"Y"].concat(), Some(b"3")),
+            ([&p16[..], b"X"].concat(), Some(b"4")),
+            (p16.to_vec(), Some(b"5")),
+            (p16[..15].to_vec(), None),
+            ([&p16[..15], b"\0"].concat(), Some(b"6")),
+            (b"ab".to_vec(), Some(b"7")),
+            ([&p16[..], b"Y"].concat(), None),
+            (Vec::new(), Some(b"8")),
+            (p16[..15].to_vec(), Some(b"9")),
+            (b"ab\0".to_vec(), None),
+        ];
+        let mut chunk = RecordBatch::new();
+        for (i, (k, v)) in writes.iter().enumerate() {
+            chunk.push(100 + i as u64, 0, k, *v);
+        }
+        let mut expected: BTreeMap<Vec<u8>, Option<&[u8]>> = BTreeMap::new();
+        for (k, v) in &writes {
+            expected.insert(k.clone(), *v);
+        }
+        for drop_tombstones in [false, true] {
+            let order = newest_per_key(&chunk, drop_tombstones);
+            let mut sorted = SortedChunk::default();
+            sorted.fill(&chunk, &order);
+            let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = sorted
+                .refs()
+                .iter()
+                .map(|m| (m.key.to_vec(), m.value.map(<[u8]>::to_vec)))
+                .collect();
+            let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = expected
+                .iter()
+                .filter(|(_, v)| !drop_tombstones || v.is_some())
+                .map(|(k, v)| (k.clone(), v.map(<[u8]>::to_vec)))
+                .collect();
+            assert_eq!(got, want, "drop_tombstones: {drop_tombstones}");
+        }
+    }
+}
