@@ -67,7 +67,6 @@ fn open(backend: &Arc<dyn Backend>, state: &StateDir, config: &StoreConfig) -> (
 const BULK_SETTINGS: &[(&str, &str)] = &[
     ("fetch.message.max.bytes", "8388608"),
     ("queued.min.messages", "1000000"),
-    ("fetch.wait.max.ms", "100"),
 ];
 
 /// What a plain consumer did.

@@ -24,10 +24,8 @@ const GAP_GRACE: Duration = Duration::from_secs(1);
 /// instead of 1 MiB (fewer round trips to the broker, which serves one fetch at a time per
 /// connection), and a prefetch queue that does not stop at 100k messages, so librdkafka
 /// keeps fetching while the restore sorts and builds files (the queue stays bounded by
-/// `queued.max.messages.kbytes`, 64 MiB by default); at the end of the partition, the broker
-/// holds a fetch for 100 ms instead of 500 before answering that nothing more is there (a
-/// restore whose last offsets were compacted away reads to the end). Measured in
-/// `benches/kafka.rs` (`docs/BENCHMARKS.md`); 32 MiB fetches were slower.
+/// `queued.max.messages.kbytes`, 64 MiB by default). Measured in `benches/kafka.rs`
+/// (`docs/BENCHMARKS.md`): 32 MiB fetches were slower, and so was `fetch.wait.max.ms=100`.
 const BULK_SETTINGS: &[(&str, &str, &[&str])] = &[
     (
         "fetch.message.max.bytes",
@@ -39,7 +37,6 @@ const BULK_SETTINGS: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("queued.min.messages", "1000000", &[]),
-    ("fetch.wait.max.ms", "100", &[]),
 ];
 
 /// Errors no retry can fix: the position is gone (retention) or the request is wrong.
