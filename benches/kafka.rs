@@ -5,19 +5,25 @@
 //!    100-byte values) written through a RocksDB store and committed; the local store is
 //!    deleted and reopened: a full restore from Kafka through `TaskStorage::open` (sorted SST
 //!    ingestion). Baseline: a plain librdkafka consumer reading the same partition from
-//!    offset 0 to its end (copying nothing). Goal: restore >= 0.8x the raw consumer.
+//!    offset 0 to its end (copying nothing), with librdkafka's default settings and, second
+//!    baseline, with the settings gregor's bulk reader adds (8 MiB fetches, deep prefetch
+//!    queue); gregor's readers alone. Goal: restore >= 0.8x the raw consumer. Best of two
+//!    runs for each baseline and for the restore (`-- --restore-runs N` for more restores).
 //! 2. **Count job on Kafka vs on the embedded log.** The built-in `count` job over the same M
 //!    events (100k keys, 4 partitions, murmur2) on each backend; events/s of processing.
 //!
 //! `cargo bench --bench kafka` (N = 1M, M = 1M) or `cargo bench --bench kafka -- --quick`
-//! (N = M = 200k). Needs the brokers installed by `.ci/brokers`.
+//! (N = M = 200k); `-- --restore-only` skips the count job. Needs the brokers installed by
+//! `.ci/brokers`. Profiling one phase: `mkfifo /tmp/ctl; PERF_CTL_FIFO=/tmp/ctl
+//! PERF_PHASE=restore perf record --control=fifo:/tmp/ctl -D -1 -- BENCH_BINARY --bench`
+//! (phases: `restore`, `raw`, `reader`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
-use gregor::backend::{Backend, TopicPartition};
+use gregor::backend::{Backend, RecordBatch, TopicPartition};
 use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
 use gregor::restore::NoProgress;
@@ -56,11 +62,33 @@ fn open(backend: &Arc<dyn Backend>, state: &StateDir, config: &StoreConfig) -> (
     (storage, t.elapsed().as_secs_f64())
 }
 
-/// A plain consumer reading `topic`/0 from offset 0 to its end; returns (records, bytes, s).
-fn raw_consume(s: &KafkaSettings, topic: &str) -> (u64, u64, f64) {
+/// The consumer settings gregor's bulk (restore) reader adds to librdkafka's defaults
+/// (`src/backend/kafka/reader.rs`), for the second baseline.
+const BULK_SETTINGS: &[(&str, &str)] = &[
+    ("fetch.message.max.bytes", "8388608"),
+    ("queued.min.messages", "1000000"),
+];
+
+/// What a plain consumer did.
+struct Raw {
+    records: u64,
+    bytes: u64,
+    /// Seconds until the end-of-partition event (what "reading to its end" costs a consumer
+    /// that does not know where the end is).
+    to_eof: f64,
+    /// Seconds until the last record arrived.
+    to_last: f64,
+}
+
+/// A plain consumer (librdkafka's defaults plus `extra`) reading `topic`/0 from offset 0 to
+/// its end.
+fn raw_consume(s: &KafkaSettings, topic: &str, extra: &[(&str, &str)]) -> Raw {
     let mut cc = ClientConfig::new();
     for (k, v) in &s.client {
         cc.set(k, v);
+    }
+    for (k, v) in extra {
+        cc.set(*k, *v);
     }
     cc.set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
@@ -71,20 +99,55 @@ fn raw_consume(s: &KafkaSettings, topic: &str) -> (u64, u64, f64) {
     tpl.add_partition_offset(topic, 0, Offset::Offset(0))
         .unwrap();
     consumer.assign(&tpl).unwrap();
-    let (mut n, mut bytes) = (0u64, 0u64);
+    let (mut records, mut bytes, mut last) = (0u64, 0u64, t);
     loop {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
-                n += 1;
+                records += 1;
                 bytes +=
                     (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
+                last = Instant::now();
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => panic!("{e}"),
             None => {}
         }
     }
-    (n, bytes, t.elapsed().as_secs_f64())
+    Raw {
+        records,
+        bytes,
+        to_eof: t.elapsed().as_secs_f64(),
+        to_last: (last - t).as_secs_f64(),
+    }
+}
+
+/// Reads `tp` from 0 to its end with `read` (a batch per call, 0 at the end); returns
+/// (records, seconds to the end, seconds to the last record).
+fn read_all(mut read: impl FnMut() -> usize) -> (u64, f64, f64) {
+    let t = Instant::now();
+    let (mut seen, mut last) = (0u64, t);
+    loop {
+        let n = read();
+        if n == 0 {
+            return (seen, t.elapsed().as_secs_f64(), (last - t).as_secs_f64());
+        }
+        seen += n as u64;
+        last = Instant::now();
+    }
+}
+
+/// With `PERF_CTL_FIFO` set (`perf record --control=fifo:PATH -D -1 ...`), profiles one
+/// phase only, `PERF_PHASE` (`restore`, the default; `raw`; `reader`): sends `cmd`
+/// ("enable" / "disable") to perf around it.
+fn perf_control(phase: &str, cmd: &str) {
+    let wanted = std::env::var("PERF_PHASE").unwrap_or_else(|_| "restore".into());
+    if let Some(path) = std::env::var_os("PERF_CTL_FIFO")
+        && wanted == phase
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        writeln!(f, "{cmd}").unwrap();
+    }
 }
 
 fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
@@ -120,52 +183,95 @@ fn restore_vs_raw(kafka: &mut Kafka09, n: u64) {
         n as f64 / fill
     );
 
-    // Raw consumer first and again after the restore (page cache warm for both; best of 2).
-    let (raw_n, raw_bytes, raw1) = raw_consume(&s, "bench-changelog");
-    assert_eq!(raw_n, n);
-    std::fs::remove_dir_all(state.task_dir("bench.partition-0").join("stores")).unwrap();
-    let (mut storage, restore_secs) = open(&backend, &state, &config);
-    let restored = storage.store("s").unwrap().stack().all().unwrap().count() as u64;
-    assert!(
-        restored > n * 99 / 100 && restored <= n,
-        "restored {restored} of {n}"
-    );
-    let (_, _, raw2) = raw_consume(&s, "bench-changelog");
-    // gregor's reader alone (what restore reads through), no engine.
-    let t = Instant::now();
-    let mut reader = backend
-        .open_reader(&TopicPartition::new("bench-changelog", 0), 0)
-        .unwrap();
-    let mut seen = 0u64;
-    loop {
-        let b = reader.next_batch(8192).unwrap();
-        if b.is_empty() {
-            break;
-        }
-        seen += b.len() as u64;
+    // Raw consumers first and again after the restore (page cache warm for all; best of 2).
+    let raw1 = raw_consume(&s, "bench-changelog", &[]);
+    let tuned1 = raw_consume(&s, "bench-changelog", BULK_SETTINGS);
+    assert_eq!(raw1.records, n);
+    // Full restores (the local store deleted each time), best of `runs`.
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--restore-runs")
+        .nth(1)
+        .map_or(2, |v| v.parse().expect("--restore-runs N"));
+    let mut restores = Vec::new();
+    let mut restored = 0;
+    for _ in 0..runs {
+        std::fs::remove_dir_all(state.task_dir("bench.partition-0").join("stores")).unwrap();
+        perf_control("restore", "enable");
+        let (mut storage, secs) = open(&backend, &state, &config);
+        perf_control("restore", "disable");
+        restored = storage.store("s").unwrap().stack().all().unwrap().count() as u64;
+        assert!(
+            restored > n * 99 / 100 && restored <= n,
+            "restored {restored} of {n}"
+        );
+        restores.push(secs);
     }
-    let reader_secs = t.elapsed().as_secs_f64();
+    let restore_secs = restores.iter().copied().fold(f64::INFINITY, f64::min);
+    perf_control("raw", "enable");
+    let raw2 = raw_consume(&s, "bench-changelog", &[]);
+    let tuned2 = raw_consume(&s, "bench-changelog", BULK_SETTINGS);
+    perf_control("raw", "disable");
+    // gregor's readers alone, no engine: the bulk reader into one reused buffer (what a full
+    // restore reads through), and the input reader handing out owned records.
+    let tp = TopicPartition::new("bench-changelog", 0);
+    perf_control("reader", "enable");
+    let mut reader = backend.open_bulk_reader(&tp, 0).unwrap();
+    let mut batch = RecordBatch::new();
+    let (seen, bulk_eof, bulk_last) = read_all(|| {
+        batch.clear();
+        reader.read_into(&mut batch, 8192).unwrap()
+    });
+    perf_control("reader", "disable");
     assert_eq!(seen, n);
+    let mut reader = backend.open_reader(&tp, 0).unwrap();
+    let (seen, input_eof, input_last) = read_all(|| reader.next_batch(8192).unwrap().len());
+    assert_eq!(seen, n);
+
+    let best = |a: &Raw, b: &Raw| (a.to_eof.min(b.to_eof), a.to_last.min(b.to_last));
+    let (raw, raw_last) = best(&raw1, &raw2);
+    let (tuned, tuned_last) = best(&tuned1, &tuned2);
+    let mb = raw1.bytes as f64 / 1e6;
+    let rate = |secs: f64| n as f64 / secs;
     println!(
-        "gregor's Kafka reader alone: {seen} records in {reader_secs:.3}s ({:.0} records/s)",
-        n as f64 / reader_secs
+        "raw consumer: {n} records, {mb:.1} MB to the end-of-partition event in {raw:.3}s ({:.0} records/s, {:.1} MB/s; runs {:.3}s, {:.3}s); last record after {raw_last:.3}s",
+        rate(raw),
+        mb / raw,
+        raw1.to_eof,
+        raw2.to_eof
     );
-    let raw = raw1.min(raw2);
-    let mb = raw_bytes as f64 / 1e6;
     println!(
-        "raw consumer: {raw_n} records, {mb:.1} MB in {raw:.3}s ({:.0} records/s, {:.1} MB/s; runs {raw1:.3}s, {raw2:.3}s)",
-        raw_n as f64 / raw,
-        mb / raw
+        "raw consumer with the bulk reader's settings: {tuned:.3}s ({:.0} records/s; runs {:.3}s, {:.3}s); last record after {tuned_last:.3}s",
+        rate(tuned),
+        tuned1.to_eof,
+        tuned2.to_eof
     );
     println!(
-        "full restore from Kafka: {restored} keys in {restore_secs:.3}s ({:.0} records/s, {:.1} MB/s)",
-        n as f64 / restore_secs,
-        mb / restore_secs
+        "gregor's Kafka bulk reader alone (read_into, restore's reader): {bulk_eof:.3}s ({:.0} records/s; {:.3}x raw); last record after {bulk_last:.3}s",
+        rate(bulk_eof),
+        raw / bulk_eof
+    );
+    println!(
+        "gregor's Kafka input reader alone (next_batch): {input_eof:.3}s ({:.0} records/s; {:.3}x raw); last record after {input_last:.3}s",
+        rate(input_eof),
+        raw / input_eof
+    );
+    println!(
+        "full restore from Kafka: {restored} keys in {restore_secs:.3}s ({:.0} records/s, {:.1} MB/s; runs {})",
+        rate(restore_secs),
+        mb / restore_secs,
+        restores
+            .iter()
+            .map(|s| format!("{s:.3}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let ratio = raw / restore_secs;
     println!(
-        "restore / raw consumer (speed ratio): {ratio:.3} (goal >= 0.8: {})",
-        if ratio >= 0.8 { "met" } else { "NOT met" }
+        "restore / raw consumer (speed ratio): {ratio:.3} (goal >= 0.8: {}); vs the raw consumer's last record: {:.3}; vs the raw consumer with the same settings: {:.3} (its last record: {:.3})",
+        if ratio >= 0.8 { "met" } else { "NOT met" },
+        raw_last / restore_secs,
+        tuned / restore_secs,
+        tuned_last / restore_secs
     );
 }
 
@@ -268,5 +374,7 @@ fn main() {
     );
     let mut kafka = Kafka09::start();
     restore_vs_raw(&mut kafka, n);
-    count_job(&mut kafka, n);
+    if !std::env::args().any(|a| a == "--restore-only") {
+        count_job(&mut kafka, n);
+    }
 }

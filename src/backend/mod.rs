@@ -25,12 +25,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod batch;
 pub mod embedded;
 mod error;
 pub mod kafka;
 pub mod memory;
 pub mod roles;
 
+pub use batch::{RecordBatch, RecordRef};
 pub use error::{BackendError, BoxError, ErrorClass};
 
 use crate::checkpoint::Checkpoint;
@@ -100,6 +102,18 @@ pub trait LogReader: Send {
     /// gaps after compaction). Empty when the reader is at the end.
     fn next_batch(&mut self, max: usize) -> Result<Vec<Record>>;
 
+    /// Like [`next_batch`](Self::next_batch) (the same records), but appends them to
+    /// `batch`, their keys and values copied once into its buffer: no allocation per record.
+    /// Returns how many were appended; 0 when the reader is at the end. The default copies
+    /// from [`next_batch`](Self::next_batch).
+    fn read_into(&mut self, batch: &mut RecordBatch, max: usize) -> Result<usize> {
+        let records = self.next_batch(max)?;
+        for r in &records {
+            batch.push(r.offset, r.timestamp, &r.key, r.value.as_deref());
+        }
+        Ok(records.len())
+    }
+
     /// The offset the next record read will have at least (after the last record returned).
     fn position(&self) -> u64;
 
@@ -157,6 +171,14 @@ pub trait Backend: Send + Sync {
 
     /// A reader of `tp` positioned at `from`.
     fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>>;
+
+    /// A reader of `tp` positioned at `from` for reading a large range once, to its end or
+    /// close to it (a full restore): the backend may tune it for throughput over latency
+    /// (Kafka: larger fetches, a deeper prefetch queue). The default is
+    /// [`open_reader`](Self::open_reader).
+    fn open_bulk_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
+        self.open_reader(tp, from)
+    }
 
     /// The record sink of task `task`.
     fn open_sink(&self, task: &str) -> Result<Box<dyn RecordSink>>;

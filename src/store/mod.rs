@@ -262,6 +262,15 @@ pub trait Engine: KeyValueStore {
         self.write_logged(entries, changelog_end)
     }
 
+    /// [`bulk_load`](Self::bulk_load) from borrowed bytes (a full restore hands over slices
+    /// of the buffer it read the changelog into). The default copies them.
+    fn bulk_load_refs(&mut self, entries: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.bulk_load(
+            entries.iter().map(|m| m.to_mutation()).collect(),
+            changelog_end,
+        )
+    }
+
     /// Removes every entry and the recorded changelog end.
     fn wipe(&mut self) -> Result<()>;
 

@@ -401,9 +401,14 @@ impl Engine for RocksEngine {
     }
 
     fn bulk_load(&mut self, entries: Vec<Mutation>, changelog_end: u64) -> Result<()> {
-        self.limits.check_batch(&self.name, &entries)?;
+        let refs: Vec<MutationRef<'_>> = entries.iter().map(MutationRef::from).collect();
+        self.bulk_load_refs(&refs, changelog_end)
+    }
+
+    fn bulk_load_refs(&mut self, entries: &[MutationRef<'_>], changelog_end: u64) -> Result<()> {
+        self.limits.check_refs(&self.name, entries)?;
         if entries.is_empty() {
-            return self.write_logged(entries, changelog_end);
+            return self.write_logged(Vec::new(), changelog_end);
         }
         debug_assert!(
             entries.windows(2).all(|w| w[0].key < w[1].key),
@@ -488,7 +493,7 @@ impl Engine for RocksEngine {
 fn write_sst(
     opts: &Options,
     path: &Path,
-    entries: &[Mutation],
+    entries: &[MutationRef<'_>],
 ) -> std::result::Result<(), rocksdb::Error> {
     if entries.is_empty() {
         return Ok(());
@@ -496,9 +501,9 @@ fn write_sst(
     let mut writer = SstFileWriter::create(opts);
     writer.open(path)?;
     for m in entries {
-        match &m.value {
-            Some(v) => writer.put(&m.key, v)?,
-            None => writer.delete(&m.key)?,
+        match m.value {
+            Some(v) => writer.put(m.key, v)?,
+            None => writer.delete(m.key)?,
         }
     }
     writer.finish()

@@ -461,6 +461,14 @@ impl Backend for KafkaBackend {
         )?))
     }
 
+    fn open_bulk_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
+        Ok(Box::new(reader::KafkaReader::open_bulk(
+            &self.inner.settings,
+            tp,
+            from,
+        )?))
+    }
+
     fn open_sink(&self, task: &str) -> Result<Box<dyn RecordSink>> {
         Ok(Box::new(sink::KafkaSink::open(&self.inner.settings, task)?))
     }

@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
 use super::{KafkaSettings, kafka_err};
-use crate::backend::{LogReader, Record, Result, TopicPartition};
+use crate::backend::{LogReader, Record, RecordBatch, Result, TopicPartition};
 
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(200);
@@ -18,6 +18,26 @@ const GIVE_UP: Duration = Duration::from_secs(300);
 /// How long the high watermark found at the end of a partition must stay unread before the
 /// reader takes the offsets below it as gaps (compacted away) and moves past them.
 const GAP_GRACE: Duration = Duration::from_secs(1);
+
+/// Consumer settings of a bulk reader (a full restore), each applied unless the user set it
+/// (or a setting it must agree with, listed after it): fetches of 8 MiB per partition
+/// instead of 1 MiB (fewer round trips to the broker, which serves one fetch at a time per
+/// connection), and a prefetch queue that does not stop at 100k messages, so librdkafka
+/// keeps fetching while the restore sorts and builds files (the queue stays bounded by
+/// `queued.max.messages.kbytes`, 64 MiB by default). Measured in `benches/kafka.rs`
+/// (`docs/BENCHMARKS.md`): 32 MiB fetches were slower, and so was `fetch.wait.max.ms=100`.
+const BULK_SETTINGS: &[(&str, &str, &[&str])] = &[
+    (
+        "fetch.message.max.bytes",
+        "8388608",
+        &[
+            "max.partition.fetch.bytes",
+            "fetch.max.bytes",
+            "receive.message.max.bytes",
+        ],
+    ),
+    ("queued.min.messages", "1000000", &[]),
+];
 
 /// Errors no retry can fix: the position is gone (retention) or the request is wrong.
 fn is_permanent(e: &KafkaError) -> bool {
@@ -48,12 +68,41 @@ pub(super) struct KafkaReader {
 }
 
 impl KafkaReader {
+    /// A reader of `tp` from `from`.
     pub(super) fn open(settings: &KafkaSettings, tp: &TopicPartition, from: u64) -> Result<Self> {
+        Self::open_with(settings, tp, from, false)
+    }
+
+    /// A reader of `tp` from `from` tuned for throughput ([`BULK_SETTINGS`]).
+    pub(super) fn open_bulk(
+        settings: &KafkaSettings,
+        tp: &TopicPartition,
+        from: u64,
+    ) -> Result<Self> {
+        Self::open_with(settings, tp, from, true)
+    }
+
+    fn open_with(
+        settings: &KafkaSettings,
+        tp: &TopicPartition,
+        from: u64,
+        bulk: bool,
+    ) -> Result<Self> {
         let mut cc = settings.client_config();
         cc.set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
+        if bulk {
+            for (key, value, related) in BULK_SETTINGS {
+                let user_set = std::iter::once(key)
+                    .chain(related.iter())
+                    .any(|k| settings.client.contains_key(*k));
+                if !user_set {
+                    cc.set(*key, *value);
+                }
+            }
+        }
         let consumer: BaseConsumer = cc
             .create()
             .map_err(|e| kafka_err(format!("creating a consumer of {tp}"), e))?;
@@ -86,15 +135,23 @@ impl KafkaReader {
     }
 }
 
-impl LogReader for KafkaReader {
-    fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
-        let mut batch = Vec::new();
+impl KafkaReader {
+    /// Reads up to `max` records from the position, handing each to `emit` as (offset,
+    /// timestamp, key, value) borrowed from the consumer's message; returns how many. Reads
+    /// nothing (0) at the end of the partition. Records below the position (Kafka may hand
+    /// back a whole compressed batch before it) are skipped.
+    fn read_with(
+        &mut self,
+        max: usize,
+        mut emit: impl FnMut(u64, i64, &[u8], Option<&[u8]>),
+    ) -> Result<usize> {
+        let mut n = 0usize;
         let started = Instant::now();
         let mut warned = started;
-        while batch.len() < max {
+        while n < max {
             // Once something was read, or the end was reached, only take what is there
             // (unless records may be on their way, see `pending_end`).
-            let timeout = if batch.is_empty() && (!self.at_end || self.pending_end.is_some()) {
+            let timeout = if n == 0 && (!self.at_end || self.pending_end.is_some()) {
                 POLL
             } else {
                 Duration::ZERO
@@ -109,12 +166,13 @@ impl LogReader for KafkaReader {
                         continue;
                     }
                     self.position = offset + 1;
-                    batch.push(Record {
+                    emit(
                         offset,
-                        timestamp: m.timestamp().to_millis().unwrap_or(0),
-                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                        value: m.payload().map(<[u8]>::to_vec),
-                    });
+                        m.timestamp().to_millis().unwrap_or(0),
+                        m.key().unwrap_or_default(),
+                        m.payload(),
+                    );
+                    n += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     self.at_end = true;
@@ -142,7 +200,7 @@ impl LogReader for KafkaReader {
                         warned = Instant::now();
                     }
                 }
-                None if !batch.is_empty() => break,
+                None if n > 0 => break,
                 None if self.at_end => {
                     if let Some((high, since)) = self.pending_end
                         && since.elapsed() >= GAP_GRACE
@@ -165,7 +223,28 @@ impl LogReader for KafkaReader {
                 }
             }
         }
-        Ok(batch)
+        Ok(n)
+    }
+}
+
+impl LogReader for KafkaReader {
+    fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        self.read_with(max, |offset, timestamp, key, value| {
+            records.push(Record {
+                offset,
+                timestamp,
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            });
+        })?;
+        Ok(records)
+    }
+
+    fn read_into(&mut self, batch: &mut RecordBatch, max: usize) -> Result<usize> {
+        self.read_with(max, |offset, timestamp, key, value| {
+            batch.push(offset, timestamp, key, value);
+        })
     }
 
     fn position(&self) -> u64 {
