@@ -16,7 +16,8 @@
 //! store caches held at once (`CacheBudget::peak`), checked against their bound.
 //!
 //! `cargo bench --bench runtime` (1M events, best of 3 rounds) or
-//! `cargo bench --bench runtime -- --quick` (200k events, one round). `RUNTIME_BENCH_ONLY=N`
+//! `cargo bench --bench runtime -- --quick` (200k events, one round). `RUNTIME_BENCH_POOL=N`
+//! sets the thread pool size (`job.container.thread.pool.size`; default the cores). `RUNTIME_BENCH_ONLY=N`
 //! runs only configuration N (0..=4).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -177,6 +178,10 @@ fn hashmap_count(state: &Path) -> (Duration, u64, usize, u64) {
 }
 
 fn job(cache: &str) -> JobConfig {
+    // `RUNTIME_BENCH_POOL=N` sets `job.container.thread.pool.size` (default: the cores).
+    let pool = std::env::var("RUNTIME_BENCH_POOL")
+        .map(|n| format!("container.thread.pool.size = {n}"))
+        .unwrap_or_default();
     let text = format!(
         r#"
         [job]
@@ -184,6 +189,7 @@ fn job(cache: &str) -> JobConfig {
         task = "count"
         inputs = ["in"]
         commit.ms = 1000
+        {pool}
 
         [stores.counts]
         engine = "rocksdb"
