@@ -49,14 +49,15 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
-    /// An error from RocksDB.
+    /// An error from RocksDB. Its type stays inside the engine (`store::rocks`): nothing
+    /// above the engine names `rocksdb::Error`.
     #[error("store `{store}`: RocksDB: {source}")]
     Rocks {
         /// Store name.
         store: String,
         /// The RocksDB error.
         #[source]
-        source: rocksdb::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A file-system error.
     #[error("store `{store}`: {context} {}: {source}", path.display())]

@@ -163,7 +163,7 @@ impl RocksEngine {
             .get_options_from_string("avoid_flush_during_shutdown=true")
             .map_err(|source| StoreError::Rocks {
                 store: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_opts.clone()),
@@ -172,7 +172,7 @@ impl RocksEngine {
         let db =
             DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|source| StoreError::Rocks {
                 store: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!opts.wal_enabled);
@@ -200,9 +200,9 @@ impl RocksEngine {
         opts: &RocksOptions,
     ) -> Result<Self> {
         let name = name.into();
-        let rocks_err = |source| StoreError::Rocks {
+        let rocks_err = |source: rocksdb::Error| StoreError::Rocks {
             store: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut base_opts = opts.db_options();
         base_opts.create_if_missing(false);
@@ -244,9 +244,9 @@ impl RocksEngine {
     /// the database holds on disk, which is what survives a crash (the last explicit flush,
     /// a commit's), plus the write-ahead log where it is enabled.
     pub fn checkpoint_to(&self, dir: &Path) -> Result<()> {
-        let rocks_err = |source| StoreError::Rocks {
+        let rocks_err = |source: rocksdb::Error| StoreError::Rocks {
             store: self.name.clone(),
-            source,
+            source: Box::new(source),
         };
         rocksdb::checkpoint::Checkpoint::new(&*self.db)
             .and_then(|c| c.create_checkpoint_with_log_size(dir, u64::MAX))
@@ -261,7 +261,7 @@ impl RocksEngine {
     fn rocks<T>(&self, r: std::result::Result<T, rocksdb::Error>) -> Result<T> {
         r.map_err(|source| StoreError::Rocks {
             store: self.name.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -310,7 +310,7 @@ fn scan_db<'a>(
         r.map(|(k, v)| (k.into_vec(), v.into_vec()))
             .map_err(|source| StoreError::Rocks {
                 store: store.clone(),
-                source,
+                source: Box::new(source),
             })
     }))
 }
@@ -521,7 +521,7 @@ impl KvSnapshot for RocksSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.snap.get(key).map_err(|source| StoreError::Rocks {
             store: self.name.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
