@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use gregor::log::{IoHooks, NoHooks, Partition, Record, TRUNCATE_INTENT_FILE, TopicConfig};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-const PAGE: usize = 4096;
+#[path = "support/crash_image.rs"]
+mod crash_image;
 
 #[derive(Default)]
 struct Durable {
@@ -73,48 +74,8 @@ impl IoHooks for Recorder {
 
 /// Builds a crash image of `dir` in `out`.
 fn crash_image(dir: &Path, durable: &Durable, out: &Path, rng: &mut StdRng) {
-    let now: BTreeSet<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| name(&e.unwrap().path()))
-        .collect();
-    let dentries = durable.entries.clone().unwrap_or_default();
-    for n in now.union(&dentries) {
-        let present = now.contains(n);
-        let entry_durable = dentries.contains(n);
-        let exists = match (present, entry_durable) {
-            (true, true) => true,
-            // Created or removed since the directory's last fsync: either way.
-            _ => rng.gen_bool(0.5),
-        };
-        if !exists {
-            continue;
-        }
-        let old = durable.files.get(n).cloned().unwrap_or_default();
-        let cur = if present {
-            fs::read(dir.join(n)).unwrap()
-        } else {
-            old.clone()
-        };
-        let lo = old.len().min(cur.len());
-        let hi = old.len().max(cur.len());
-        let len = if hi > lo { rng.gen_range(lo..=hi) } else { hi };
-        let mut img = vec![0u8; len];
-        for page in 0..len.div_ceil(PAGE) {
-            // Past the fsynced bytes a page reached the disk (true) or was lost (zeros).
-            let reached = rng.gen_bool(0.5);
-            for i in page * PAGE..((page + 1) * PAGE).min(len) {
-                img[i] = if i < old.len() {
-                    // Bytes an fsync covered are on the disk exactly as fsynced.
-                    old[i]
-                } else if reached {
-                    cur.get(i).copied().unwrap_or(0)
-                } else {
-                    0
-                };
-            }
-        }
-        fs::write(out.join(n), img).unwrap();
-    }
+    let entries = durable.entries.clone().unwrap_or_default();
+    crash_image::dir_image(dir, out, &|n| durable.files.get(n).cloned(), &entries, rng);
 }
 
 fn cfg() -> TopicConfig {

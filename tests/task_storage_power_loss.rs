@@ -35,7 +35,8 @@ use gregor::task_storage::{CommitStep, TaskStorage, TaskStorageContext};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const PAGE: usize = 4096;
+#[path = "support/crash_image.rs"]
+mod crash_image;
 const TASK: &str = "job.partition-0";
 const STORE: &str = "s";
 const CHANGELOG: &str = "s-changelog";
@@ -149,57 +150,16 @@ fn crash_image(src: &Path, dst: &Path, durable: &Durable, rng: &mut StdRng) -> b
 }
 
 fn partition_image(dir: &Path, out: &Path, durable: &Durable, rng: &mut StdRng) -> bool {
-    let mut lost = false;
-    let now: BTreeSet<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    let dentries = durable.dirs.get(dir).cloned().unwrap_or_default();
-    for n in now.union(&dentries) {
-        let path = dir.join(n);
-        let present = now.contains(n);
-        let exists = if present && dentries.contains(n) {
-            true
-        } else {
-            // Created or removed since the directory's last fsync: either way.
-            rng.gen_bool(0.5)
-        };
-        if !exists {
-            lost |= present
-                && !fs::read(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-                    .is_empty();
-            continue;
-        }
-        let old = durable.files.get(&path).cloned().unwrap_or_default();
-        let cur = if present {
-            fs::read(&path).unwrap()
-        } else {
-            old.clone()
-        };
-        let lo = old.len().min(cur.len());
-        let hi = old.len().max(cur.len());
-        let len = if hi > lo { rng.gen_range(lo..=hi) } else { hi };
-        let mut img = vec![0u8; len];
-        for page in 0..len.div_ceil(PAGE) {
-            let reached = rng.gen_bool(0.5);
-            for i in page * PAGE..((page + 1) * PAGE).min(len) {
-                img[i] = if i < old.len() {
-                    old[i]
-                } else if reached {
-                    cur.get(i).copied().unwrap_or(0)
-                } else {
-                    0
-                };
-            }
-        }
-        // More than a sync marker's worth (the newest marker is never fsynced itself).
-        let differing =
-            img.iter().zip(&cur).filter(|(a, b)| a != b).count() + img.len().abs_diff(cur.len());
-        lost |= differing > 100;
-        fs::write(out.join(n), img).unwrap();
-    }
-    lost
+    let entries = durable.dirs.get(dir).cloned().unwrap_or_default();
+    let loss = crash_image::dir_image(
+        dir,
+        out,
+        &|n| durable.files.get(&dir.join(n)).cloned(),
+        &entries,
+        rng,
+    );
+    // More than a sync marker's worth (the newest marker is never fsynced itself).
+    loss.dropped || loss.max_changed > 100
 }
 
 fn store_config(engine: EngineKind) -> BTreeMap<String, StoreConfig> {
