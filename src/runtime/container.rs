@@ -510,7 +510,7 @@ impl<'a> Container<'a> {
         let side = if job.side_inputs.is_empty() {
             None
         } else {
-            Some(SideInputs::bootstrap(&*backend, state, job)?.0)
+            Some(SideInputs::bootstrap(&*backend, state, job)?)
         };
         Ok(Container {
             backend,

@@ -53,22 +53,18 @@ pub struct SideInputs {
 
 impl SideInputs {
     /// Rebuilds every side-input store of `job` under `<state>/side-inputs/<store>` from its
-    /// topics up to the ends they have now (see the module doc). Returns the stores and the
-    /// number of records applied.
+    /// topics up to the ends they have now (see the module doc).
     pub fn bootstrap(
         backend: &dyn Backend,
         state: &StateDir,
         job: &JobConfig,
-    ) -> Result<(Self, u64), RuntimeError> {
-        let mut stores = Vec::new();
-        let mut applied = 0;
-        for (name, side) in &job.side_inputs {
-            let (mut store, n) = bootstrap_store(backend, state, name, side)?;
-            applied += n;
-            store.topics.clone_from(&side.topics);
-            stores.push(store);
-        }
-        Ok((SideInputs { stores }, applied))
+    ) -> Result<Self, RuntimeError> {
+        let stores = job
+            .side_inputs
+            .iter()
+            .map(|(name, side)| bootstrap_store(backend, state, name, side))
+            .collect::<Result<_, _>>()?;
+        Ok(SideInputs { stores })
     }
 
     /// Applies what was appended to the side-input topics since the last poll (at most
@@ -115,7 +111,7 @@ fn bootstrap_store(
     state: &StateDir,
     name: &str,
     side: &SideInputStore,
-) -> Result<(SideStore, u64), RuntimeError> {
+) -> Result<SideStore, RuntimeError> {
     let dir = state.root().join(SIDE_INPUTS_DIR).join(name);
     // Rebuilt from the topics at every start: whatever an earlier run left is dropped.
     if dir.exists() {
@@ -157,15 +153,12 @@ fn bootstrap_store(
     }
     crate::sync::lock(&store).flush().map_err(store_err(name))?;
     tracing::info!(store = name, records = applied, "side input bootstrapped");
-    Ok((
-        SideStore {
-            name: name.to_string(),
-            topics: Vec::new(),
-            store,
-            sources,
-        },
-        applied,
-    ))
+    Ok(SideStore {
+        name: name.to_string(),
+        topics: side.topics.clone(),
+        store,
+        sources,
+    })
 }
 
 fn apply(
