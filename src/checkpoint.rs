@@ -21,6 +21,21 @@ pub struct Checkpoint {
     /// commit (used to drop uncommitted output after a crash).
     #[serde(default)]
     pub outputs: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Who wrote it, when a coordinator assigns the job's tasks to processes (absent
+    /// otherwise): lets anyone check that no two processes committed a task under one job
+    /// model version, and that a task's checkpoints never go back to an older version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<CheckpointOwner>,
+}
+
+/// The process that wrote a checkpoint and the job model version under which it ran the
+/// task (see [`crate::coordinator`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOwner {
+    /// The process (its member id in the coordinator).
+    pub member: String,
+    /// The job model version that assigned the task to it.
+    pub generation: u64,
 }
 
 /// A checkpoint file could not be read or written.

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, BackendError, TopicPartition, TopicRole, TopicSpec};
 use crate::changelog::{Changelog, SharedChangelog, SharedSink};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointOwner};
 use crate::restore::{
     self, ChangelogAccess, LocalStore, RestoreError, RestoreInputs, RestoreProgress, RestoreStats,
 };
@@ -71,6 +71,16 @@ pub enum TaskStoreError {
     /// A bad task or store name.
     #[error(transparent)]
     Name(#[from] StateDirError),
+    /// The process may no longer commit the task (its coordinator lease lapsed: another
+    /// process may own the task by now). Nothing was checkpointed; what the task did since
+    /// its last commit is discarded by whoever restores it next.
+    #[error("task `{task}`: fenced, not committed: {reason}")]
+    Fenced {
+        /// Task name.
+        task: String,
+        /// Why (from the coordinator).
+        reason: String,
+    },
     /// The task has no checkpoint but one of its stores holds state: started, it would
     /// process its inputs again from the beginning on top of that state.
     #[error(
@@ -208,7 +218,15 @@ pub struct TaskStorage {
     checkpoint: Option<Checkpoint>,
     failpoint: Option<Box<dyn FnMut(CommitStep) + Send>>,
     meters: TaskMeters,
+    /// Stamped on every checkpoint this storage writes (see [`Self::set_owner`]).
+    owner: Option<CheckpointOwner>,
+    /// Asked right before each checkpoint write (see [`Self::set_fence`]).
+    fence: Option<CommitFence>,
 }
+
+/// Asked right before a checkpoint is written: `Err(reason)` refuses the commit (the process
+/// may no longer own the task). Shared by the tasks of a process.
+pub type CommitFence = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A task's commit and input-lag metrics, resolved once when the task opens.
 struct TaskMeters {
@@ -294,6 +312,8 @@ impl TaskStorage {
                 checkpoint,
                 failpoint: None,
                 meters: TaskMeters::new(ctx.task),
+                owner: None,
+                fence: None,
             },
             stats,
         ))
@@ -304,6 +324,20 @@ impl TaskStorage {
     /// crash in that window through the production commit).
     pub fn set_failpoint(&mut self, hook: Box<dyn FnMut(CommitStep) + Send>) {
         self.failpoint = Some(hook);
+    }
+
+    /// Stamps `owner` (process and job model version) on every checkpoint written from now
+    /// on.
+    pub fn set_owner(&mut self, owner: Option<CheckpointOwner>) {
+        self.owner = owner;
+    }
+
+    /// Asks `fence` right before every checkpoint write from now on; when it refuses, the
+    /// commit fails with [`TaskStoreError::Fenced`] and writes no checkpoint (the changelog
+    /// and output records already flushed lie past the checkpoint: the next restore trims
+    /// them).
+    pub fn set_fence(&mut self, fence: Option<CommitFence>) {
+        self.fence = fence;
     }
 
     /// The task's name.
@@ -410,6 +444,17 @@ impl TaskStorage {
                 .entry(tp.topic.clone())
                 .or_default()
                 .insert(tp.partition, end);
+        }
+        if let Some(owner) = &self.owner {
+            cp.owner = Some(owner.clone());
+        }
+        if let Some(fence) = &self.fence
+            && let Err(reason) = fence()
+        {
+            return Err(TaskStoreError::Fenced {
+                task: self.task.clone(),
+                reason,
+            });
         }
         self.backend
             .write_checkpoint(&self.task, &cp)

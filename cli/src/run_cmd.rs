@@ -122,6 +122,20 @@ pub fn run(
             "{source}: --processors needs a Kafka job (job.system = \"kafka\"); an embedded job runs in one process, which owns its state directory"
         );
     }
+    let dynamic = matches!(
+        job.coordinator,
+        gregor::runtime::config::CoordinatorConfig::ZooKeeper(_)
+    );
+    if dynamic && procs.count > 1 {
+        bail!(
+            "{source}: --processors is for job.coordinator = \"static\"; with \"zookeeper\" every process just runs `gregor run` and the leader assigns the tasks"
+        );
+    }
+    if dynamic && until_end {
+        bail!(
+            "{source}: --until-end needs job.coordinator = \"static\": under \"zookeeper\" tasks move between processes, so no process knows when the whole job is caught up"
+        );
+    }
     let backend = backend_for(&state, &job, &source, |_| Ok(()))?;
     if procs.count > 1 {
         // Tasks t with t mod N == I; the task count is known once the inputs are.

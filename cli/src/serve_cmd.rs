@@ -97,6 +97,7 @@ pub fn start_http(
         },
     )?;
     eprintln!("http: listening on {}", server.local_addr());
+    serving.set_advertised(server.local_addr().to_string());
     Ok(server)
 }
 

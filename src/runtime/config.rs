@@ -12,6 +12,13 @@
 //! changelog.segment.bytes = 134217728  # segment size of changelogs the job creates
 //! log.fsync = true            # fsync changelogs and outputs the job creates on commit
 //! container.thread.pool.size = 2  # threads processing tasks (default: the machine's cores)
+//! coordinator = "zookeeper"   # "static" (default) | "zookeeper": who runs which task
+//! debounce.time.ms = 2000     # zookeeper: membership quiet this long before a new job model
+//!
+//! [zookeeper]                 # with job.coordinator = "zookeeper" (Kafka jobs only)
+//! connect = "127.0.0.1:2181"  # host:port[,host:port...]
+//! session.timeout.ms = 10000
+//! root = "/gregor"            # the job's nodes live under <root>/<job name>
 //!
 //! [stores.counts]
 //! engine = "rocksdb"
@@ -45,6 +52,9 @@ use crate::config::{ConfigError, FlatConfig};
 use crate::log::validate_topic_name;
 use crate::statedir::validate_name;
 use crate::store::config::StoreConfig;
+
+/// Largest `job.standby.replicas`.
+pub const MAX_STANDBY_REPLICAS: u64 = 8;
 
 /// Largest `job.container.thread.pool.size`.
 pub const MAX_THREAD_POOL_SIZE: u64 = 256;
@@ -224,6 +234,38 @@ pub struct JobConfig {
     /// `Authorization: Bearer <token>`; the environment variable `GREGOR_HTTP_AUTH_TOKEN`
     /// overrides it.
     pub http_auth_token: Option<String>,
+    /// `job.coordinator`: who decides which process runs which task.
+    pub coordinator: CoordinatorConfig,
+    /// `job.standby.replicas`: standby copies of each task's state besides the active one.
+    pub standby_replicas: u32,
+}
+
+/// `job.coordinator`: how a job's processes share its tasks.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub enum CoordinatorConfig {
+    /// Fixed: all tasks in one process, or process I of N runs the tasks `t mod N == I`
+    /// (`gregor run --processors N --processor-id I`).
+    #[default]
+    Static,
+    /// Apache ZooKeeper: processes join and leave, a leader assigns the tasks
+    /// ([`crate::coordinator::zookeeper`]).
+    ZooKeeper(ZooKeeperConfig),
+}
+
+/// `[zookeeper]`: where the ZooKeeper coordinator keeps the job's membership and model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZooKeeperConfig {
+    /// `zookeeper.connect`: `host:port[,host:port...]`.
+    pub connect: String,
+    /// `zookeeper.session.timeout.ms` (default 10 s): a process silent this long is gone;
+    /// it stops processing after half of it without an answer from ZooKeeper.
+    pub session_timeout_ms: u64,
+    /// `zookeeper.root` (default `/gregor`): the job's nodes live under `<root>/<job>`.
+    pub root: String,
+    /// `job.debounce.time.ms` (Samza's name; default 2 s): the leader publishes a new job
+    /// model once membership has not changed for this long.
+    pub debounce_ms: u64,
 }
 
 /// `metrics.recording.level`: which metrics are recorded (after Kafka Streams).
@@ -499,6 +541,76 @@ impl JobConfig {
                 "is shorter than 16 characters; use a long random token".into(),
             ));
         }
+        let coordinator_kind = c.take_str("job.coordinator")?;
+        let debounce_ms = c.take_u64_in("job.debounce.time.ms", 0..=MAX_COMMIT_MS)?;
+        let standby_replicas = c
+            .take_u64_in("job.standby.replicas", 0..=MAX_STANDBY_REPLICAS)?
+            .unwrap_or(0) as u32;
+        let zk_connect = c.take_str("zookeeper.connect")?;
+        let zk_session = c.take_u64_in("zookeeper.session.timeout.ms", 1000..=600_000)?;
+        let zk_root = c.take_str("zookeeper.root")?;
+        let coordinator = match coordinator_kind.as_deref() {
+            None | Some("static") => {
+                for (key, set) in [
+                    ("zookeeper.connect", zk_connect.is_some()),
+                    ("zookeeper.session.timeout.ms", zk_session.is_some()),
+                    ("zookeeper.root", zk_root.is_some()),
+                    ("job.debounce.time.ms", debounce_ms.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            key,
+                            "is only used with job.coordinator = \"zookeeper\"".into(),
+                        ));
+                    }
+                }
+                CoordinatorConfig::Static
+            }
+            Some("zookeeper") => {
+                if system != System::Kafka {
+                    return Err(invalid(
+                        "job.coordinator",
+                        "\"zookeeper\" needs job.system = \"kafka\": processes on several \
+                         machines share a job's state through Kafka (an embedded job runs in the \
+                         one process that owns its state directory)"
+                            .into(),
+                    ));
+                }
+                let Some(connect) = zk_connect else {
+                    return Err(ConfigError::Missing {
+                        file: source.clone(),
+                        key: "zookeeper.connect".into(),
+                    });
+                };
+                let root = zk_root.unwrap_or_else(|| "/gregor".into());
+                if !root.starts_with('/') || root.ends_with('/') || root.contains("//") {
+                    return Err(invalid(
+                        "zookeeper.root",
+                        format!("\"{root}\" is not a ZooKeeper path (e.g. \"/gregor\")"),
+                    ));
+                }
+                CoordinatorConfig::ZooKeeper(ZooKeeperConfig {
+                    connect,
+                    session_timeout_ms: zk_session.unwrap_or(10_000),
+                    root,
+                    debounce_ms: debounce_ms.unwrap_or(2_000),
+                })
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "job.coordinator",
+                    format!("must be \"static\" or \"zookeeper\", found \"{other}\""),
+                ));
+            }
+        };
+        if standby_replicas > 0 {
+            return Err(invalid(
+                "job.standby.replicas",
+                "standby replicas are not built yet (the job model places them, no process \
+                 runs them); use 0"
+                    .into(),
+            ));
+        }
         let mut task_config = BTreeMap::new();
         for key in c.keys_with_prefix("task.") {
             if let Some(v) = c.take_raw(&key) {
@@ -528,6 +640,8 @@ impl JobConfig {
             http_listen,
             http_auth_token,
             side_inputs,
+            coordinator,
+            standby_replicas,
         })
     }
 

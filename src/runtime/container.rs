@@ -27,12 +27,19 @@ use crate::backend::embedded::{EmbeddedBackend, EmbeddedSettings, TopicOverrides
 use crate::backend::roles::{Role, RoleClaim};
 use crate::backend::{Backend, TopicPartition, TopicRole, TopicSpec};
 use crate::changelog::now_ms;
+use crate::checkpoint::CheckpointOwner;
+use crate::coordinator::zookeeper::{JoinInfo, ZooKeeperCoordinator};
+use crate::coordinator::{
+    Coordinator as JobCoordinator, CoordinatorError, Directive, StaticCoordinator,
+};
 use crate::restore::{RestoreProgress, RestoreStats};
 use crate::serve::{Phase, QueryError, ServeLink, Serving, StatusProgress, TaskStores};
 use crate::statedir::StateDir;
-use crate::task_storage::{OutputRecord, TaskStorage, TaskStorageContext};
+use crate::task_storage::{
+    CommitFence, OutputRecord, TaskStorage, TaskStorageContext, TaskStoreError,
+};
 
-use super::config::JobConfig;
+use super::config::{CoordinatorConfig, JobConfig};
 use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
 use super::side_input::SideInputs;
@@ -320,9 +327,39 @@ fn run_container(
     let mut c = Container::start_with(backend, state, job, factory, on_process_error)?;
     let restore_started = Instant::now();
     let mut stats = RunStats::default();
-    let assigned: Vec<u32> = (0..c.n_tasks)
-        .filter(|p| opts.assignment.as_ref().is_none_or(|a| a.contains(p)))
-        .collect();
+    // Static: open the assigned tasks now (in parallel). A dynamic coordinator's tasks are
+    // opened by the run loop as its directives say.
+    let (mut coordinator, assigned): (Box<dyn JobCoordinator>, Vec<u32>) = match &job.coordinator {
+        CoordinatorConfig::ZooKeeper(zk) => {
+            if opts.until_end {
+                return Err(RuntimeError::Coordinator(CoordinatorError::Unsupported(
+                    "running until the inputs end (--until-end) needs job.coordinator = \"static\": \
+                     under ZooKeeper tasks move between processes"
+                        .into(),
+                )));
+            }
+            let info = JoinInfo {
+                host: host_name(),
+                http: link.as_ref().and_then(|l| l.serving().advertised()),
+                holds: local_tasks(state, &job.name),
+            };
+            let zk = ZooKeeperCoordinator::join(
+                zk,
+                &job.name,
+                c.n_tasks,
+                job.standby_replicas as usize,
+                info,
+            )?;
+            (Box::new(zk), Vec::new())
+        }
+        _ => {
+            let assigned: Vec<u32> = (0..c.n_tasks)
+                .filter(|p| opts.assignment.as_ref().is_none_or(|a| a.contains(p)))
+                .collect();
+            let coordinator = StaticCoordinator::new(assigned.iter().copied().collect());
+            (Box::new(coordinator), assigned)
+        }
+    };
     if let Some(link) = link {
         c.serve(link, &assigned);
     }
@@ -330,18 +367,53 @@ fn run_container(
     stats.tasks = assigned.len() as u32;
     stats.restore_elapsed = restore_started.elapsed();
     let started = Instant::now();
-    let looped = c.run_loop(&mut opts, &mut stats);
+    let looped = c.run_loop(&mut opts, &mut stats, &mut *coordinator);
     if let Some(link) = &c.serving {
         link.serving().set_phase(Phase::Stopping);
     }
     looped?;
-    for p in assigned {
-        c.close_task(p)?;
-        stats.commits += 1;
+    let open: Vec<u32> = c.tasks.keys().copied().collect();
+    for p in open {
+        match c.close_task(p) {
+            Ok(()) => stats.commits += 1,
+            Err(e) if is_fenced(&e) => {
+                // The lease lapsed on the way out: drop the rest without committing.
+                c.fence_all(&e.to_string());
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
+    coordinator.leave();
     stats.skipped = c.skipped;
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+/// Whether `e` is a commit refused because the process may no longer own its task.
+fn is_fenced(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::Store(TaskStoreError::Fenced { .. }))
+}
+
+/// This machine's host name (for the coordinator; replicas go to different hosts).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The tasks of `job` that have local state under `state` (a directory under `tasks/`).
+fn local_tasks(state: &StateDir, job: &str) -> BTreeSet<u32> {
+    let prefix = format!("{job}.partition-");
+    state
+        .tasks()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t.strip_prefix(&prefix)?.parse().ok())
+        .collect()
 }
 
 /// The tasks of one job in this process.
@@ -361,6 +433,9 @@ pub struct Container<'a> {
     serving: Option<ServeLink>,
     /// The side-input stores, bootstrapped at start.
     side: Option<SideInputs>,
+    /// For tasks opened from now on: the owner stamped on their checkpoints and the fence
+    /// asked before each (from the coordinator's last `Run`).
+    claim: Option<(Option<CheckpointOwner>, CommitFence)>,
 }
 
 impl<'a> Container<'a> {
@@ -525,6 +600,7 @@ impl<'a> Container<'a> {
             skipped: 0,
             serving: None,
             side,
+            claim: None,
         })
     }
 
@@ -660,6 +736,10 @@ impl<'a> Container<'a> {
     /// if it has none covering its inputs, `init`, then it runs.
     fn install_task(&mut self, mut run: TaskRun) -> Result<(), RuntimeError> {
         set_crash_failpoint(&mut run.storage);
+        if let Some((owner, fence)) = &self.claim {
+            run.storage.set_owner(owner.clone());
+            run.storage.set_fence(Some(Arc::clone(fence)));
+        }
         let inputs: Vec<TopicPartition> = run.cursors.iter().map(|c| c.tp.clone()).collect();
         if !run.storage.checkpoint_covers(&inputs) {
             // A first checkpoint before any processing: from now on the checkpoint is the
@@ -685,9 +765,104 @@ impl<'a> Container<'a> {
         };
         with_ctx(&mut run, self.job, |task, ctx| task.close(ctx))
             .map_err(task_err(&run.name, "close".into()))?;
-        commit_task(&mut run)?;
+        if let Some(link) = self.serving.as_mut() {
+            link.task_closed(p);
+        }
+        if let Err(e) = commit_task(&mut run) {
+            // Not committed: drop it as a crash would (the next restore discards the rest).
+            let _ = run.storage.close();
+            return Err(e);
+        }
         self.skipped += run.skipped;
         run.storage.close()?;
+        Ok(())
+    }
+
+    /// Drops every open task *without committing* (the coordinator says another process
+    /// may own them by now): what they did since their last commit is discarded by the
+    /// next restore, wherever it runs.
+    fn fence_all(&mut self, reason: &str) {
+        let tasks = std::mem::take(&mut self.tasks);
+        if tasks.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "fenced: dropping tasks {:?} without committing: {reason}",
+            tasks.keys().collect::<Vec<_>>()
+        );
+        for (p, run) in tasks {
+            if let Some(link) = self.serving.as_mut() {
+                link.task_closed(p);
+            }
+            if let Err(e) = run.storage.close() {
+                tracing::warn!(task = %run.name, "closing a fenced task: {e}");
+            }
+        }
+    }
+
+    /// Asks the coordinator what to do and does it: release (commit and close) tasks that
+    /// moved away, open the tasks gained once every process released them, or drop
+    /// everything when fenced.
+    fn coordinate(
+        &mut self,
+        coordinator: &mut dyn JobCoordinator,
+        progress: &mut (dyn RestoreProgress + Send),
+        stats: &mut RunStats,
+    ) -> Result<(), RuntimeError> {
+        let open: BTreeSet<u32> = self.tasks.keys().copied().collect();
+        match coordinator.poll(&open)? {
+            Directive::Continue => {}
+            Directive::Release { version, keep } => {
+                let started = Instant::now();
+                let lost: Vec<u32> = open.difference(&keep).copied().collect();
+                for &p in &lost {
+                    match self.close_task(p) {
+                        Ok(()) => stats.commits += 1,
+                        Err(e) if is_fenced(&e) => {
+                            self.fence_all(&e.to_string());
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                tracing::info!(
+                    job = %self.job.name,
+                    "job model {version}: released tasks {lost:?} (committed and closed in {} ms)",
+                    started.elapsed().as_millis()
+                );
+                coordinator.released(version)?;
+            }
+            Directive::Run { version, active } => {
+                let started = Instant::now();
+                let gained: Vec<u32> = active.difference(&open).copied().collect();
+                self.claim = Some((coordinator.owner(version), coordinator.fence()));
+                if let Some(link) = &self.serving {
+                    let job = &self.job.name;
+                    link.serving()
+                        .set_tasks(self.n_tasks, &gained, |p| task_name(job, p));
+                }
+                let restores = match self.open_tasks(&gained, progress) {
+                    Err(e) if is_fenced(&e) => {
+                        self.fence_all(&e.to_string());
+                        return Ok(());
+                    }
+                    r => r?,
+                };
+                let records: u64 = restores.iter().map(|r| r.records).sum();
+                tracing::info!(
+                    job = %self.job.name,
+                    "job model {version}: running tasks {:?}; opened {gained:?} in {} ms ({records} changelog records restored)",
+                    active,
+                    started.elapsed().as_millis()
+                );
+                stats.tasks += gained.len() as u32;
+                stats.restores.extend(restores);
+                let mut holds = local_tasks(self.state, &self.job.name);
+                holds.extend(&active);
+                coordinator.holds(&holds);
+            }
+            Directive::Fence { reason } => self.fence_all(&reason),
+        }
         Ok(())
     }
 
@@ -734,6 +909,7 @@ impl<'a> Container<'a> {
         &mut self,
         opts: &mut RunOptions,
         stats: &mut RunStats,
+        coordinator: &mut dyn JobCoordinator,
     ) -> Result<(), RuntimeError> {
         let job = self.job;
         let commit_every = Duration::from_millis(job.commit_ms);
@@ -747,8 +923,10 @@ impl<'a> Container<'a> {
         }
         let threads = job.thread_pool_size.max(1);
         loop {
+            self.coordinate(coordinator, &mut *opts.progress, stats)?;
             let mut progressed = 0u64;
             let mut poisoned = Vec::new();
+            let mut fenced: Option<String> = None;
             let ends = process_round(&mut self.tasks, job, &self.on_process_error, threads);
             for (p, end) in ends {
                 let run = self.tasks.get_mut(&p).expect("a task of this round");
@@ -760,12 +938,19 @@ impl<'a> Container<'a> {
                     }
                 }
                 // Commits run here, one task at a time (see the module doc).
-                if run.coordinator.commit {
+                if run.coordinator.commit && fenced.is_none() {
                     run.coordinator.commit = false;
-                    commit_task(run)?;
-                    stats.commits += 1;
+                    match commit_task(run) {
+                        Ok(()) => stats.commits += 1,
+                        Err(e) if is_fenced(&e) => fenced = Some(e.to_string()),
+                        Err(e) => return Err(e),
+                    }
                 }
                 stop_requested |= run.coordinator.shutdown;
+            }
+            if let Some(reason) = fenced.take() {
+                self.fence_all(&reason);
+                continue;
             }
             for (p, x) in poisoned {
                 self.roll_back_task(p, x, &mut *opts.progress)?;
@@ -791,12 +976,22 @@ impl<'a> Container<'a> {
             if last_commit.elapsed() >= commit_every {
                 let clean = last_cleanup.elapsed() >= cleanup_every;
                 for run in self.tasks.values_mut() {
-                    commit_task(run)?;
-                    stats.commits += 1;
+                    match commit_task(run) {
+                        Ok(()) => stats.commits += 1,
+                        Err(e) if is_fenced(&e) => {
+                            fenced = Some(e.to_string());
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     if clean {
                         // Right after the commit everything in the changelogs is committed.
                         run.storage.clean_changelogs(now_ms())?;
                     }
+                }
+                if let Some(reason) = fenced.take() {
+                    self.fence_all(&reason);
+                    continue;
                 }
                 if clean {
                     last_cleanup = Instant::now();

@@ -91,6 +91,9 @@ pub enum RuntimeError {
     /// A store failed to open, restore or commit.
     #[error(transparent)]
     Store(#[from] TaskStoreError),
+    /// The coordinator failed, or cannot run the job as asked.
+    #[error(transparent)]
+    Coordinator(#[from] crate::coordinator::CoordinatorError),
     /// The task returned an error.
     #[error("task `{task}` failed in {during}: {source}")]
     Task {

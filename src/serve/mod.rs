@@ -131,6 +131,8 @@ struct Shared {
     requests: SyncSender<Request>,
     receiver: Mutex<Option<Receiver<Request>>>,
     positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
+    /// Where the HTTP server listens (told to the job's other processes).
+    advertised: Mutex<Option<String>>,
 }
 
 use crate::sync::lock;
@@ -157,8 +159,20 @@ impl Serving {
                 requests: tx,
                 receiver: Mutex::new(Some(rx)),
                 positions: Mutex::new(BTreeMap::new()),
+                advertised: Mutex::new(None),
             }),
         }
+    }
+
+    /// Records where the HTTP server listens (`host:port`), which the coordinator tells
+    /// the job's other processes.
+    pub fn set_advertised(&self, address: String) {
+        *lock(&self.inner.advertised) = Some(address);
+    }
+
+    /// Where the HTTP server listens, if recorded.
+    pub fn advertised(&self) -> Option<String> {
+        lock(&self.inner.advertised).clone()
     }
 
     /// The job served.
@@ -261,6 +275,14 @@ impl ServeLink {
     pub(crate) fn task_opening(&mut self, p: u32, name: &str) {
         self.ready.remove(&p);
         self.serving.task_restoring(p, name);
+    }
+
+    /// Task `p` was closed here (its coordinator moved it to another process).
+    pub(crate) fn task_closed(&mut self, p: u32) {
+        self.ready.remove(&p);
+        self.serving.update(|s| {
+            s.tasks.remove(&p);
+        });
     }
 
     /// Publishes where open task `p` is: `positions` (input partition, next offset to

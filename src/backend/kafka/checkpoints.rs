@@ -1,6 +1,8 @@
 //! Checkpoints in a compacted Kafka topic with one partition: key = task name, value = the
-//! checkpoint as JSON. Read once (the whole topic, newest value per task) and cached; every
-//! write is acknowledged before it returns.
+//! checkpoint as JSON. Every read first reads what was appended since the last one (the
+//! whole topic the first time; newest value per task), because other processes of the job
+//! write checkpoints too: a task that moves here must see its last owner's checkpoint.
+//! Every write is acknowledged before it returns.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,7 +18,14 @@ use crate::checkpoint::Checkpoint;
 pub(super) struct CheckpointTopic {
     settings: KafkaSettings,
     producer: BaseProducer,
-    cache: Mutex<Option<BTreeMap<String, Checkpoint>>>,
+    cache: Mutex<Cache>,
+}
+
+/// The newest checkpoint per task, as read up to `next`.
+#[derive(Default)]
+struct Cache {
+    checkpoints: BTreeMap<String, Checkpoint>,
+    next: u64,
 }
 
 impl CheckpointTopic {
@@ -30,7 +39,7 @@ impl CheckpointTopic {
         Ok(CheckpointTopic {
             settings: settings.clone(),
             producer,
-            cache: Mutex::new(None),
+            cache: Mutex::new(Cache::default()),
         })
     }
 
@@ -38,20 +47,20 @@ impl CheckpointTopic {
         TopicPartition::new(self.settings.checkpoint_topic.clone(), 0)
     }
 
-    fn load(&self) -> Result<BTreeMap<String, Checkpoint>> {
+    /// Reads what was appended since `cache.next` into `cache`.
+    fn refresh(&self, cache: &mut Cache) -> Result<()> {
         let tp = self.tp();
-        let mut all = BTreeMap::new();
-        let mut reader = KafkaReader::open(&self.settings, &tp, 0)?;
-        loop {
+        let mut reader = KafkaReader::open(&self.settings, &tp, cache.next)?;
+        // Up to the end as it is now: other processes keep appending, so "until nothing
+        // more arrives" might never come.
+        let target = reader.high_watermark()?;
+        while reader.position() < target {
             let batch = reader.next_batch(1024)?;
-            if batch.is_empty() {
-                break;
-            }
             for r in batch {
                 let task = String::from_utf8_lossy(&r.key).into_owned();
                 match r.value {
                     None => {
-                        all.remove(&task);
+                        cache.checkpoints.remove(&task);
                     }
                     Some(v) => {
                         let cp: Checkpoint = serde_json::from_slice(&v).map_err(|e| {
@@ -63,20 +72,19 @@ impl CheckpointTopic {
                                 format!("not a valid checkpoint: {e}"),
                             )
                         })?;
-                        all.insert(task, cp);
+                        cache.checkpoints.insert(task, cp);
                     }
                 }
             }
         }
-        Ok(all)
+        cache.next = cache.next.max(reader.position());
+        Ok(())
     }
 
     pub(super) fn read(&self, task: &str) -> Result<Option<Checkpoint>> {
         let mut cache = crate::sync::lock(&self.cache);
-        if cache.is_none() {
-            *cache = Some(self.load()?);
-        }
-        Ok(cache.as_ref().and_then(|c| c.get(task).cloned()))
+        self.refresh(&mut cache)?;
+        Ok(cache.checkpoints.get(task).cloned())
     }
 
     pub(super) fn write(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
@@ -99,8 +107,9 @@ impl CheckpointTopic {
                     .unwrap_or(300_000),
             ))
             .map_err(|e| kafka_err(format!("task `{task}`: writing its checkpoint to {tp}"), e))?;
+        // The next refresh reads this record again, in log order with the others.
         crate::sync::lock(&self.cache)
-            .get_or_insert_with(BTreeMap::new)
+            .checkpoints
             .insert(task.to_string(), checkpoint.clone());
         Ok(())
     }

@@ -136,6 +136,19 @@ impl KafkaReader {
 }
 
 impl KafkaReader {
+    /// The partition's high watermark now (the offset the next record appended gets).
+    pub(super) fn high_watermark(&self) -> Result<u64> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(
+                &self.tp.topic,
+                self.tp.partition as i32,
+                Duration::from_secs(30),
+            )
+            .map_err(|e| kafka_err(format!("reading the end of {}", self.tp), e))?;
+        Ok(high.max(0) as u64)
+    }
+
     /// Reads up to `max` records from the position, handing each to `emit` as (offset,
     /// timestamp, key, value) borrowed from the consumer's message; returns how many. Reads
     /// nothing (0) at the end of the partition. Records below the position (Kafka may hand

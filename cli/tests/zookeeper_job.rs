@@ -1,0 +1,524 @@
+//! The ZooKeeper coordinator with real servers (issue 9): Apache Kafka 0.9.0.1 and the
+//! ZooKeeper 3.4.6 it ships with, started by the test harness; `gregor run` processes of
+//! the count job (job.coordinator = "zookeeper", 8 partitions), each with its own state
+//! directory, that join, leave (SIGTERM) and die (SIGKILL, the leader too, and during
+//! rebalances) while input keeps arriving. Checked at the end:
+//!
+//! - the counts restored from Kafka alone (fresh state directory) equal the counts computed
+//!   from the input (state exactly once through every move);
+//! - the checkpoint topic, read whole with a plain consumer: every checkpoint names its
+//!   writer and job model version; per task the versions never go back, no two processes
+//!   committed a task under one version, and input offsets never go back;
+//! - `gregor job status` shows every task active on a live member, the barrier passed,
+//!   lag 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
+use gregor::backend::{Backend, TopicPartition};
+use gregor::checkpoint::Checkpoint;
+use gregor::partitioner::partition_for_key;
+use gregor::restore::NoProgress;
+use gregor::runtime::{JobConfig, task_name};
+use gregor::statedir::StateDir;
+use gregor::task_storage::{TaskStorage, TaskStorageContext};
+use gregor_testkit::Kafka09;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gregor");
+const PARTITIONS: u32 = 8;
+const KEYS: u64 = 4_000;
+
+fn job_text(bootstrap: &str, zk: &str, session_ms: u64) -> String {
+    let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
+    for (k, v) in Kafka09::client_config() {
+        kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    format!(
+        r#"[job]
+name = "counts"
+task = "count"
+system = "kafka"
+inputs = ["in"]
+commit.ms = 300
+coordinator = "zookeeper"
+debounce.time.ms = 500
+container.thread.pool.size = 1
+
+[zookeeper]
+connect = "{zk}"
+session.timeout.ms = {session_ms}
+
+[kafka]
+{kafka}
+[stores.counts]
+key.serde = "string"
+value.serde = "u64"
+changelog = "counts-changelog"
+"#
+    )
+}
+
+struct Cluster {
+    kafka: Kafka09,
+    settings: KafkaSettings,
+    job: JobConfig,
+    job_file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(session_ms: u64) -> Cluster {
+        let mut kafka = Kafka09::start();
+        let zk = kafka
+            .zookeeper()
+            .expect("its own ZooKeeper")
+            .connect_string();
+        let dir = tempfile::tempdir().unwrap();
+        let job_file = dir.path().join("counts.toml");
+        std::fs::write(&job_file, job_text(&kafka.bootstrap(), &zk, session_ms)).unwrap();
+        let job = JobConfig::from_file(&job_file).unwrap();
+        let settings = job.kafka_settings();
+        kafka.create_topic(&settings.checkpoint_topic, 1, true);
+        kafka.create_topic("in", PARTITIONS, false);
+        kafka.create_topic("counts-changelog", PARTITIONS, true);
+        Cluster {
+            kafka,
+            settings,
+            job,
+            job_file,
+            dir,
+        }
+    }
+
+    fn backend(&self) -> KafkaBackend {
+        KafkaBackend::connect(self.settings.clone()).unwrap()
+    }
+
+    /// Starts `gregor run` on a new state directory; its stderr goes to a file.
+    fn spawn(&self, n: usize) -> Proc {
+        let state = self.dir.path().join(format!("state-{n}"));
+        let log = self.dir.path().join(format!("process-{n}.log"));
+        let child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run")
+            .arg(&self.job_file)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log, n }
+    }
+
+    fn status(&self) -> Value {
+        let out = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(self.dir.path().join("status-state"))
+            .args(["job", "status", "--json"])
+            .arg(&self.job_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "job status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The merged counts restored from Kafka alone, into a fresh state directory.
+    fn restored_counts(&self) -> BTreeMap<String, u64> {
+        let backend: Arc<dyn Backend> = Arc::new(self.backend());
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut out = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let task = task_name(&self.job.name, p);
+            let ctx = TaskStorageContext {
+                backend: Arc::clone(&backend),
+                state: &state,
+                task: &task,
+                changelog_partition: p,
+            };
+            let (mut storage, _) =
+                TaskStorage::open(&ctx, &self.job.stores, &mut NoProgress).unwrap();
+            let s = storage.store("counts").unwrap().stack();
+            for e in s.all().unwrap() {
+                let (k, v) = e.unwrap();
+                let v = u64::from_be_bytes(v.try_into().unwrap());
+                assert!(out.insert(String::from_utf8(k).unwrap(), v).is_none());
+            }
+        }
+        out
+    }
+
+    /// Every checkpoint ever written, in log order, read with a plain librdkafka consumer.
+    fn all_checkpoints(&self) -> Vec<(String, Checkpoint)> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &self.settings.client {
+            cc.set(k, v);
+        }
+        cc.set("group.id", "checkpoint-auditor")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = cc.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.settings.checkpoint_topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(120));
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let task = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                    if let Some(v) = m.payload() {
+                        out.push((task, serde_json::from_slice(v).unwrap()));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => return out,
+                Some(Err(e)) => panic!("reading checkpoints: {e}"),
+                None => {}
+            }
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    n: usize,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit (commit, leave).
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "process {} exited with {status} after SIGTERM:\n{}",
+                    self.n,
+                    self.log_tail()
+                );
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "process {} did not stop within 60 s of SIGTERM:\n{}",
+                self.n,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics with its log if it exited.
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "process {} exited by itself with {status}:\n{}",
+                self.n,
+                self.log_tail()
+            );
+        }
+    }
+}
+
+/// Produces `n` messages over `KEYS` keys (murmur2 placement) from `seed`, adding to
+/// `expected`.
+fn produce(
+    sink: &mut dyn gregor::backend::RecordSink,
+    n: u64,
+    seed: u64,
+    expected: &mut BTreeMap<String, u64>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for i in 0..n {
+        let k = rng.gen_range(0..KEYS);
+        let key = format!("key-{k:05}");
+        let tp = TopicPartition::new("in", partition_for_key(key.as_bytes(), PARTITIONS));
+        sink.send(&tp, 0, key.as_bytes(), Some(format!("v{i}").as_bytes()))
+            .unwrap();
+        *expected.entry(key).or_insert(0) += 1;
+    }
+    sink.flush().unwrap();
+}
+
+/// Waits until `gregor job status` shows a settled job: a model for exactly the live
+/// processes, its barrier passed, every task's lag 0 and its checkpoint written under the
+/// current model by the task's active member. Returns how long it took.
+fn wait_settled(c: &Cluster, procs: &mut [Proc], limit: Duration) -> Duration {
+    let t = Instant::now();
+    let mut last = Value::Null;
+    while t.elapsed() < limit {
+        for p in procs.iter_mut() {
+            p.assert_alive();
+        }
+        let asked = Instant::now();
+        let s = c.status();
+        if asked.elapsed() > Duration::from_secs(3) {
+            eprintln!("`gregor job status` took {:?}", asked.elapsed());
+        }
+        let pids: BTreeSet<u64> = procs.iter().map(|p| u64::from(p.pid())).collect();
+        let member_pids: BTreeSet<u64> = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["pid"].as_u64().unwrap())
+            .collect();
+        let version = s["model_version"].as_u64();
+        let settled = member_pids == pids
+            && s["model_members"].as_array().map(Vec::len) == Some(pids.len())
+            && s["barrier_waiting_for"].as_array().unwrap().is_empty()
+            && s["tasks"].as_array().unwrap().iter().all(|t| {
+                t["lag"].as_u64() == Some(0)
+                    && t["checkpoint_owner"]["member"] == t["active"]
+                    && t["checkpoint_owner"]["generation"].as_u64() <= version
+            });
+        if settled {
+            return t.elapsed();
+        }
+        last = s;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: Vec<String> = procs
+        .iter()
+        .map(|p| format!("--- process {} (pid {}):\n{}", p.n, p.pid(), p.log_tail()))
+        .collect();
+    panic!(
+        "the job did not settle within {limit:?}; last status: {last:#}\n{}",
+        logs.join("\n")
+    );
+}
+
+/// Checks the whole checkpoint history (see the module doc); returns how many checkpoints
+/// and model versions it saw.
+fn audit_checkpoints(c: &Cluster) -> (usize, usize) {
+    let all = c.all_checkpoints();
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new(); // task -> (generation, next offset)
+    let mut writers: BTreeMap<(String, u64), String> = BTreeMap::new();
+    let mut versions = BTreeSet::new();
+    for (i, (task, cp)) in all.iter().enumerate() {
+        let owner = cp
+            .owner
+            .as_ref()
+            .unwrap_or_else(|| panic!("checkpoint {i} of {task} has no owner"));
+        versions.insert(owner.generation);
+        let p: u32 = task.rsplit('-').next().unwrap().parse().unwrap();
+        let next = cp.input("in", p).unwrap_or(0);
+        if let Some(&(g, o)) = last.get(task) {
+            assert!(
+                owner.generation >= g,
+                "checkpoint {i} of {task}: model version went back from {g} to {}",
+                owner.generation
+            );
+            assert!(
+                next >= o,
+                "checkpoint {i} of {task}: input offset went back from {o} to {next}"
+            );
+        }
+        last.insert(task.clone(), (owner.generation, next));
+        let w = writers
+            .entry((task.clone(), owner.generation))
+            .or_insert_with(|| owner.member.clone());
+        assert_eq!(
+            w, &owner.member,
+            "checkpoint {i}: task {task} committed by two processes under model version {}",
+            owner.generation
+        );
+    }
+    (all.len(), versions.len())
+}
+
+/// Three processes; a graceful stop moves tasks at once; a join takes a share; the counts
+/// are exact.
+#[test]
+fn processes_share_the_tasks_and_a_clean_stop_hands_them_over() {
+    let c = Cluster::start(4_000);
+    let mut expected = BTreeMap::new();
+    let backend = c.backend();
+    let mut sink = backend.open_sink("producer").unwrap();
+    produce(&mut *sink, 50_000, 1, &mut expected);
+    let mut procs: Vec<Proc> = (0..3).map(|n| c.spawn(n)).collect();
+    let took = wait_settled(&c, &mut procs, Duration::from_secs(120));
+    eprintln!("3 processes settled in {took:?}");
+    let s = c.status();
+    let mut per_member: BTreeMap<String, u32> = BTreeMap::new();
+    for t in s["tasks"].as_array().unwrap() {
+        *per_member
+            .entry(t["active"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(per_member.len(), 3, "tasks spread over 3 members: {s:#}");
+    assert!(
+        per_member.values().all(|&n| n == 2 || n == 3),
+        "{per_member:?}"
+    );
+
+    // A clean stop: its tasks move well before a session timeout would pass.
+    let leaver = procs.remove(1);
+    let t = Instant::now();
+    leaver.stop();
+    produce(&mut *sink, 20_000, 2, &mut expected);
+    let took = wait_settled(&c, &mut procs, Duration::from_secs(60));
+    eprintln!("after a clean stop: settled in {:?}", t.elapsed());
+    assert!(took < Duration::from_secs(30));
+
+    // A join takes its share.
+    procs.push(c.spawn(3));
+    produce(&mut *sink, 20_000, 3, &mut expected);
+    wait_settled(&c, &mut procs, Duration::from_secs(60));
+    for p in procs {
+        p.stop();
+    }
+    assert_eq!(c.restored_counts(), expected);
+    let (n, versions) = audit_checkpoints(&c);
+    eprintln!("{n} checkpoints under {versions} job model versions audited");
+    assert!(
+        versions >= 3,
+        "expected at least 3 model versions, saw {versions}"
+    );
+    drop(c.kafka);
+}
+
+/// >= 20 random events (joins, clean stops, kill -9 of any process, of the leader, and
+/// during rebalances) while input arrives; exact counts and a clean checkpoint history.
+#[test]
+fn joins_stops_and_kills_keep_state_exactly_once() {
+    let events: u32 = std::env::var("GREGOR_ZK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let c = Cluster::start(3_000);
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut expected = BTreeMap::new();
+    let backend = c.backend();
+    let mut sink = backend.open_sink("producer").unwrap();
+    produce(&mut *sink, 200_000, seed, &mut expected);
+    let mut next_n = 0;
+    let mut procs: Vec<Proc> = Vec::new();
+    for _ in 0..3 {
+        procs.push(c.spawn(next_n));
+        next_n += 1;
+    }
+    let mut counts = BTreeMap::<&str, u32>::new();
+    for e in 0..events {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2500)));
+        // Input keeps arriving: 200k more over the events.
+        produce(
+            &mut *sink,
+            200_000 / u64::from(events),
+            seed ^ u64::from(e + 1),
+            &mut expected,
+        );
+        let kind = if procs.len() <= 1 {
+            "join"
+        } else if procs.len() >= 4 {
+            ["stop", "kill", "kill-leader"][rng.gen_range(0..3)]
+        } else {
+            ["join", "stop", "kill", "kill-leader", "kill-in-rebalance"][rng.gen_range(0..5)]
+        };
+        *counts.entry(kind).or_default() += 1;
+        match kind {
+            "join" => {
+                procs.push(c.spawn(next_n));
+                next_n += 1;
+            }
+            "stop" => {
+                let i = rng.gen_range(0..procs.len());
+                procs.remove(i).stop();
+            }
+            "kill" => {
+                let i = rng.gen_range(0..procs.len());
+                procs.remove(i).kill9();
+            }
+            "kill-leader" => {
+                let s = c.status();
+                let leader = s["leader"].as_str().map(str::to_string);
+                let pid = s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["id"].as_str() == leader.as_deref())
+                    .and_then(|m| m["pid"].as_u64());
+                let i = pid
+                    .and_then(|pid| procs.iter().position(|p| u64::from(p.pid()) == pid))
+                    .unwrap_or(0);
+                procs.remove(i).kill9();
+            }
+            _ => {
+                // A join, then a kill while the join's rebalance is under way.
+                procs.push(c.spawn(next_n));
+                next_n += 1;
+                std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+                let i = rng.gen_range(0..procs.len() - 1);
+                procs.remove(i).kill9();
+            }
+        }
+        for p in procs.iter_mut() {
+            p.assert_alive();
+        }
+    }
+    if procs.len() < 2 {
+        procs.push(c.spawn(next_n));
+    }
+    eprintln!("events: {counts:?}");
+    let took = wait_settled(&c, &mut procs, Duration::from_secs(180));
+    eprintln!("settled {took:?} after the last event");
+    for p in procs {
+        p.stop();
+    }
+    let got = c.restored_counts();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == expected.len(),
+        "restored counts differ from the input: {} keys vs {}, e.g. {wrong:?}",
+        got.len(),
+        expected.len()
+    );
+    let (n, versions) = audit_checkpoints(&c);
+    eprintln!(
+        "{} messages, {events} events; {n} checkpoints under {versions} job model versions audited",
+        expected.values().sum::<u64>()
+    );
+}
