@@ -109,3 +109,54 @@ fn out_of_range_numbers_are_refused_naming_key_and_range() {
         refused(&JOB.replace(from, to), needles);
     }
 }
+
+/// The coordinator keys: a wrong kind, ZooKeeper for an embedded job, a missing connect
+/// string, a bad root, ZooKeeper keys without the coordinator, standbys (not built yet).
+#[test]
+fn bad_coordinator_settings_are_refused_naming_the_key() {
+    // `job_keys` go under [job]; `tail` (tables) after the whole file.
+    let with = |job_keys: &str, tail: &str| {
+        JOB.replace("commit.ms = 100", &format!("commit.ms = 100\n{job_keys}")) + tail
+    };
+    let kafka = "system = \"kafka\"\ncoordinator = \"zookeeper\"";
+    let broker = "\n[kafka]\nbootstrap.servers = \"127.0.0.1:1\"\n";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("coordinator = \"yarn\"", ""),
+            &["job.coordinator", "yarn", "zookeeper"],
+        ),
+        (
+            with(
+                "coordinator = \"zookeeper\"",
+                "\n[zookeeper]\nconnect = \"127.0.0.1:2181\"\n",
+            ),
+            &["job.coordinator", "job.system = \"kafka\""],
+        ),
+        (with(kafka, broker), &["zookeeper.connect"]),
+        (
+            with(
+                kafka,
+                &format!("{broker}[zookeeper]\nconnect = \"h:1\"\nroot = \"gregor/\"\n"),
+            ),
+            &["zookeeper.root", "gregor/"],
+        ),
+        (
+            with(
+                kafka,
+                &format!("{broker}[zookeeper]\nconnect = \"h:1\"\nsession.timeout.ms = 10\n"),
+            ),
+            &["zookeeper.session.timeout.ms", "1000"],
+        ),
+        (
+            with("", "\n[zookeeper]\nconnect = \"127.0.0.1:2181\"\n"),
+            &["zookeeper.connect", "only used with job.coordinator"],
+        ),
+        (
+            with("standby.replicas = 1", ""),
+            &["job.standby.replicas", "not built yet"],
+        ),
+    ];
+    for (text, needles) in cases {
+        refused(&text, needles);
+    }
+}

@@ -412,7 +412,29 @@ fn processes_share_the_tasks_and_a_clean_stop_hands_them_over() {
         versions >= 3,
         "expected at least 3 model versions, saw {versions}"
     );
-    drop(c.kafka);
+
+    // ZooKeeper unreachable at start: an error naming the address, not a wait forever.
+    let dead = format!("127.0.0.1:{}", gregor_testkit::free_port());
+    let text = std::fs::read_to_string(&c.job_file).unwrap();
+    let zk = c.kafka.zookeeper().unwrap().connect_string();
+    let bad = c.dir.path().join("dead-zk.toml");
+    std::fs::write(&bad, text.replace(&zk, &dead)).unwrap();
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(c.dir.path().join("state-dead"))
+        .arg("run")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&dead) && err.contains("could not join"),
+        "the error names the address: {err}"
+    );
+    eprintln!("ZooKeeper down: refused after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60));
 }
 
 /// >= 20 random events (joins, clean stops, kill -9 of any process, of the leader, and

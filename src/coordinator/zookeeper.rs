@@ -47,6 +47,9 @@ use crate::task_storage::CommitFence;
 /// How often the coordinator's thread reads ZooKeeper (at most; less with short sessions).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a process tries to join its job at start before it gives up with an error.
+pub const FIRST_JOIN_DEADLINE: Duration = Duration::from_secs(15);
+
 /// What the coordinator's thread and the container share.
 #[derive(Default)]
 struct Shared {
@@ -318,30 +321,42 @@ impl Worker {
     }
 
     /// Joins, runs rounds until the session ends or a rejoin is asked for, joins again.
+    /// The first join must succeed within [`FIRST_JOIN_DEADLINE`] (or the session timeout,
+    /// if longer): a wrong address or a server that is down is reported, not waited out.
+    /// Later, the process keeps trying for as long as it runs.
     async fn sessions(&self) {
+        let started = Instant::now();
+        let deadline = FIRST_JOIN_DEADLINE.max(self.session);
+        let mut joined_once = false;
+        let mut warned: Option<Instant> = None;
         while !self.leaving() {
-            let client = match self.connect().await {
-                Ok(c) => c,
+            let joined = match self.connect().await {
+                Ok(client) => match self.register(&client).await {
+                    Ok(me) => Ok((client, me)),
+                    Err(f) => Err(f.message),
+                },
+                Err(message) => Err(message),
+            };
+            let (client, me) = match joined {
+                Ok(j) => j,
                 Err(message) => {
-                    tracing::warn!("zookeeper {}: {message}; retrying", self.settings.connect);
+                    if !joined_once && started.elapsed() >= deadline {
+                        crate::sync::lock(&self.shared).stopped = Some(format!(
+                            "could not join the job within {} ms: {message}",
+                            deadline.as_millis()
+                        ));
+                        return;
+                    }
+                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!("zookeeper {}: {message}; retrying", self.settings.connect);
+                        warned = Some(Instant::now());
+                    }
                     crate::sync::lock(&self.shared).last_error = Some(message);
                     self.pause(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            let me = match self.register(&client).await {
-                Ok(me) => me,
-                Err(f) => {
-                    tracing::warn!(
-                        "zookeeper {}: {}; retrying",
-                        self.settings.connect,
-                        f.message
-                    );
-                    crate::sync::lock(&self.shared).last_error = Some(f.message);
-                    self.pause(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
+            joined_once = true;
             tracing::info!(member = %me, "joined job at {}", self.base);
             {
                 let mut s = crate::sync::lock(&self.shared);
