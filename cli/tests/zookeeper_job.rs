@@ -114,6 +114,7 @@ impl Cluster {
             .arg(&state)
             .arg("run")
             .arg(&self.job_file)
+            .args(["--http", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -206,6 +207,22 @@ struct Proc {
 impl Proc {
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where its HTTP server listens (from its `http: listening on ADDR` line).
+    fn http(&self) -> String {
+        let t = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(rest) = log.split("http: listening on ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no HTTP address:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn log_tail(&self) -> String {
@@ -388,6 +405,44 @@ fn processes_share_the_tasks_and_a_clean_stop_hands_them_over() {
         per_member.values().all(|&n| n == 2 || n == 3),
         "{per_member:?}"
     );
+
+    // Any process answers for any key: reads of keys whose task runs elsewhere are
+    // redirected (307) to the process that runs it, and a client that follows gets the count.
+    let follow = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let no_follow = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent();
+    let entry = procs[0].http();
+    let mut moved = 0;
+    for (key, n) in expected.iter().step_by(97) {
+        let url = format!("http://{entry}/v1/stores/counts/keys/{key}");
+        let mut r = follow.get(&url).call().unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status(), 200, "GET {key} through {entry}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["value"].as_u64(), Some(*n), "{key}: {body}");
+        let r = no_follow.get(&url).call().unwrap();
+        if r.status() == 307 {
+            moved += 1;
+            let to = r.headers()["location"].to_str().unwrap().to_string();
+            assert!(to.contains("routed=1") && !to.contains(&entry), "{to}");
+            // At most one hop: the process it names answers, or says 503, never moves it on.
+            let r = no_follow.get(&to).call().unwrap();
+            assert!(
+                r.status() == 200 || r.status() == 503,
+                "{to}: {}",
+                r.status()
+            );
+        } else {
+            assert_eq!(r.status(), 200);
+        }
+    }
+    assert!(moved > 0, "no key of another process was redirected");
 
     // A clean stop: its tasks move well before a session timeout would pass.
     let leaver = procs.remove(1);

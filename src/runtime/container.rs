@@ -436,6 +436,8 @@ pub struct Container<'a> {
     /// For tasks opened from now on: the owner stamped on their checkpoints and the fence
     /// asked before each (from the coordinator's last `Run`).
     claim: Option<(Option<CheckpointOwner>, CommitFence)>,
+    /// When the coordinator's task placement was last given to the HTTP server.
+    routes_at: Option<Instant>,
 }
 
 impl<'a> Container<'a> {
@@ -601,6 +603,7 @@ impl<'a> Container<'a> {
             serving: None,
             side,
             claim: None,
+            routes_at: None,
         })
     }
 
@@ -800,6 +803,37 @@ impl<'a> Container<'a> {
         }
     }
 
+    /// Gives the HTTP server the coordinator's task placement (at most every 100 ms), so
+    /// reads of keys whose task runs elsewhere are redirected there.
+    fn publish_routes(&mut self, coordinator: &dyn JobCoordinator) {
+        let Some(link) = &self.serving else { return };
+        if self
+            .routes_at
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.routes_at = Some(Instant::now());
+        let Some(status) = coordinator.status() else {
+            return;
+        };
+        let Some(model) = status.model else { return };
+        let owners = model
+            .model
+            .active
+            .iter()
+            .map(|(&t, m)| {
+                let http = status.members.get(m).and_then(|i| i.http.clone());
+                (t, (m.clone(), http))
+            })
+            .collect();
+        link.serving().set_routes(Some(crate::serve::Routes {
+            version: model.model.version,
+            me: status.member,
+            owners,
+        }));
+    }
+
     /// Asks the coordinator what to do and does it: release (commit and close) tasks that
     /// moved away, open the tasks gained once every process released them, or drop
     /// everything when fenced.
@@ -809,6 +843,7 @@ impl<'a> Container<'a> {
         progress: &mut (dyn RestoreProgress + Send),
         stats: &mut RunStats,
     ) -> Result<(), RuntimeError> {
+        self.publish_routes(coordinator);
         let open: BTreeSet<u32> = self.tasks.keys().copied().collect();
         match coordinator.poll(&open)? {
             Directive::Continue => {}
@@ -848,6 +883,9 @@ impl<'a> Container<'a> {
                     }
                     r => r?,
                 };
+                if let Some(link) = &self.serving {
+                    link.serving().set_phase(Phase::Running);
+                }
                 let records: u64 = restores.iter().map(|r| r.records).sum();
                 tracing::info!(
                     job = %self.job.name,

@@ -87,6 +87,14 @@ pub enum ApiError {
     /// 503 `unavailable`, with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
+    /// 307 `moved`, with `Location`: the key's task runs in another process of the job.
+    #[error("{message}")]
+    Moved {
+        /// The same request at the process that runs the task.
+        location: String,
+        /// Which task, which process.
+        message: String,
+    },
     /// 500 `internal`.
     #[error("{0}")]
     Internal(String),
@@ -102,6 +110,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Moved { .. } => (StatusCode::TEMPORARY_REDIRECT, "moved"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -111,7 +120,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let location = match &self {
+            ApiError::Moved { location, .. } => HeaderValue::from_str(location).ok(),
+            _ => None,
+        };
         let mut r = (status, body).into_response();
+        if let Some(l) = location {
+            r.headers_mut().insert(header::LOCATION, l);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -423,6 +439,46 @@ impl App {
             .ok_or_else(|| ApiError::Unavailable("the job is starting".into()))
     }
 
+    /// Redirects a request for task `p` to the process that runs it, when a coordinator
+    /// placed it in another one: 307 to the same path there, marked `routed=1` so that a
+    /// process that does not run the task either (a model that changed meanwhile) answers
+    /// 503 instead of sending the client on (at most one hop).
+    fn route(&self, p: u32, uri: &axum::http::Uri) -> Result<(), ApiError> {
+        let Some(routes) = self.serving.routes() else {
+            return Ok(());
+        };
+        if self.serving.with_status(|s| s.tasks.contains_key(&p)) {
+            return Ok(());
+        }
+        let Some((member, Some(http))) = routes.owners.get(&p) else {
+            return Ok(());
+        };
+        if *member == routes.me {
+            return Ok(());
+        }
+        let name = task_name(&self.serving.job().name, p);
+        let routed = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "routed=1"));
+        if routed {
+            return Err(ApiError::Unavailable(format!(
+                "task `{name}` does not run in this process; job model {} places it in process {member} at {http}, which sent the request here: the job is rebalancing",
+                routes.version
+            )));
+        }
+        let query = match uri.query() {
+            Some(q) => format!("{q}&routed=1"),
+            None => "routed=1".to_string(),
+        };
+        Err(ApiError::Moved {
+            location: format!("http://{http}{}?{query}", uri.path()),
+            message: format!(
+                "task `{name}` runs in process {member} at {http} (job model {})",
+                routes.version
+            ),
+        })
+    }
+
     /// Why task `p` cannot answer now, if it cannot.
     fn check_running(&self, p: u32) -> Result<(), ApiError> {
         self.serving.with_status(|s| {
@@ -536,10 +592,12 @@ fn entry_json(cfg: &StoreConfig, key: &[u8], value: &[u8]) -> Result<Value, ApiE
 
 async fn get_key(
     State(app): AppState,
+    uri: axum::http::Uri,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
     let (key, p) = app.key_and_partition(&store, &text)?;
+    app.route(p, &uri)?;
     match app.read(p, &store, ReadOp::Get(key.clone())).await? {
         ReadAnswer::Value(Some(v)) => {
             Ok(Json(entry_json(app.store(&store)?, &key, &v)?).into_response())
@@ -557,6 +615,17 @@ async fn key_meta(
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
     let (_, p) = app.key_and_partition(&store, &text)?;
+    if let Some(routes) = app.serving.routes() {
+        let (member, http) = routes.owners.get(&p).cloned().unzip();
+        return Ok(Json(json!({
+            "store": store,
+            "partition": p,
+            "task": task_name(&app.serving.job().name, p),
+            "process": {"id": member, "http": http.flatten()},
+            "model_version": routes.version,
+        }))
+        .into_response());
+    }
     let owner = p % app.process.count.max(1);
     let http = (owner == app.process.id).then(|| app.addr.clone());
     Ok(Json(json!({

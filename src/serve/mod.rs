@@ -133,6 +133,20 @@ struct Shared {
     positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
     /// Where the HTTP server listens (told to the job's other processes).
     advertised: Mutex<Option<String>>,
+    /// Who runs each task, when a coordinator shares the job between processes.
+    routes: RwLock<Option<Arc<Routes>>>,
+}
+
+/// Who runs each task of the job, as its coordinator last said: reads of a key whose task
+/// runs elsewhere are redirected there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// The job model version.
+    pub version: u64,
+    /// This process's member id.
+    pub me: String,
+    /// Task -> (member id, its HTTP address if it serves).
+    pub owners: BTreeMap<u32, (String, Option<String>)>,
 }
 
 use crate::sync::lock;
@@ -160,6 +174,7 @@ impl Serving {
                 receiver: Mutex::new(Some(rx)),
                 positions: Mutex::new(BTreeMap::new()),
                 advertised: Mutex::new(None),
+                routes: RwLock::new(None),
             }),
         }
     }
@@ -168,6 +183,16 @@ impl Serving {
     /// the job's other processes.
     pub fn set_advertised(&self, address: String) {
         *lock(&self.inner.advertised) = Some(address);
+    }
+
+    /// Sets who runs each task (from the job's coordinator).
+    pub fn set_routes(&self, routes: Option<Routes>) {
+        *crate::sync::write(&self.inner.routes) = routes.map(Arc::new);
+    }
+
+    /// Who runs each task, when a coordinator shares the job between processes.
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        crate::sync::read(&self.inner.routes).clone()
     }
 
     /// Where the HTTP server listens, if recorded.
