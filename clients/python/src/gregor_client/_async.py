@@ -73,7 +73,13 @@ class AsyncClient:
         self._timeout = _core.to_httpx_timeout(timeout, httpx.Timeout(None))
         self._serdes_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(
-            base_url=_core.base_url(base_url), timeout=self._timeout, headers=headers, transport=transport
+            base_url=_core.base_url(base_url),
+            timeout=self._timeout,
+            headers=headers,
+            transport=transport,
+            # A key whose task runs in another process of the job is answered with a 307
+            # to that process (one hop): follow it.
+            follow_redirects=True,
         )
 
     @property

@@ -71,7 +71,13 @@ class Client:
         self._core = Core(store, key_serde, value_serde, retries, backoff, max_backoff)
         self._timeout = _core.to_httpx_timeout(timeout, httpx.Timeout(None))
         self._http = httpx.Client(
-            base_url=_core.base_url(base_url), timeout=self._timeout, headers=headers, transport=transport
+            base_url=_core.base_url(base_url),
+            timeout=self._timeout,
+            headers=headers,
+            transport=transport,
+            # A key whose task runs in another process of the job is answered with a 307
+            # to that process (one hop): follow it.
+            follow_redirects=True,
         )
 
     @property
