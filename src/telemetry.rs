@@ -56,6 +56,10 @@ pub const RESTORE_PROGRESS: &str = "gregor_restore_progress_ratio";
 /// Gauge: records of an input partition not processed yet (the partition's end minus the
 /// task's position), labels `job`, `task`, `topic`, `partition`; updated at every commit.
 pub const INPUT_LAG: &str = "gregor_input_lag_records";
+/// Gauge: records of a task's changelog partition a standby replica has not applied (the
+/// partition's end minus the standby's position), labels `job`, `task`, `store`; updated at
+/// every catch-up (once per commit interval).
+pub const STANDBY_LAG: &str = "gregor_standby_lag_records";
 /// Counter: input messages skipped because their processing failed (`job.process.error`).
 pub const SKIPPED_MESSAGES: &str = "gregor_skipped_messages_total";
 
@@ -66,7 +70,7 @@ pub const HTTP_REQUESTS: &str = "gregor_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "gregor_http_request_duration_seconds";
 
 /// Every metric: name, kind, unit, help text.
-pub const ALL: [(&str, Kind, Unit, &str); 22] = [
+pub const ALL: [(&str, Kind, Unit, &str); 23] = [
     (
         STORE_OPERATIONS,
         Kind::Counter,
@@ -175,6 +179,12 @@ pub const ALL: [(&str, Kind, Unit, &str); 22] = [
         Kind::Gauge,
         Unit::Count,
         "Records of the input partition not processed yet.",
+    ),
+    (
+        STANDBY_LAG,
+        Kind::Gauge,
+        Unit::Count,
+        "Records of the changelog partition a standby replica has not applied yet.",
     ),
     (
         SKIPPED_MESSAGES,

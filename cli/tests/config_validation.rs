@@ -153,7 +153,7 @@ fn bad_coordinator_settings_are_refused_naming_the_key() {
         ),
         (
             with("standby.replicas = 1", ""),
-            &["job.standby.replicas", "not built yet"],
+            &["job.standby.replicas", "zookeeper"],
         ),
     ];
     for (text, needles) in cases {

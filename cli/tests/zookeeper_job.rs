@@ -39,7 +39,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 const PARTITIONS: u32 = 8;
 const KEYS: u64 = 4_000;
 
-fn job_text(bootstrap: &str, zk: &str, session_ms: u64) -> String {
+fn job_text(bootstrap: &str, zk: &str, session_ms: u64, standbys: u32) -> String {
     let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
     for (k, v) in Kafka09::client_config() {
         kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
@@ -54,6 +54,7 @@ commit.ms = 300
 coordinator = "zookeeper"
 debounce.time.ms = 500
 container.thread.pool.size = 1
+standby.replicas = {standbys}
 
 [zookeeper]
 connect = "{zk}"
@@ -79,6 +80,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(session_ms: u64) -> Cluster {
+        Self::with_standbys(session_ms, 0)
+    }
+
+    fn with_standbys(session_ms: u64, standbys: u32) -> Cluster {
         let mut kafka = Kafka09::start();
         let zk = kafka
             .zookeeper()
@@ -86,7 +91,11 @@ impl Cluster {
             .connect_string();
         let dir = tempfile::tempdir().unwrap();
         let job_file = dir.path().join("counts.toml");
-        std::fs::write(&job_file, job_text(&kafka.bootstrap(), &zk, session_ms)).unwrap();
+        std::fs::write(
+            &job_file,
+            job_text(&kafka.bootstrap(), &zk, session_ms, standbys),
+        )
+        .unwrap();
         let job = JobConfig::from_file(&job_file).unwrap();
         let settings = job.kafka_settings();
         kafka.create_topic(&settings.checkpoint_topic, 1, true);
@@ -597,5 +606,79 @@ fn joins_stops_and_kills_keep_state_exactly_once() {
     eprintln!(
         "{} messages, {events} events; {n} checkpoints under {versions} job model versions audited",
         expected.values().sum::<u64>()
+    );
+}
+
+/// Kills the process running half the tasks of a job whose store holds `KEYS_FAILOVER`
+/// keys; returns how long until its tasks run again (lag 0) on the survivor, and how many
+/// changelog records the survivor restored for them.
+fn failover(standbys: u32) -> (Duration, u64) {
+    const KEYS_FAILOVER: u64 = 100_000;
+    let c = Cluster::with_standbys(3_000, standbys);
+    let backend = c.backend();
+    let mut sink = backend.open_sink("producer").unwrap();
+    for i in 0..KEYS_FAILOVER {
+        let key = format!("key-{i:07}");
+        let tp = TopicPartition::new("in", partition_for_key(key.as_bytes(), PARTITIONS));
+        sink.send(&tp, 0, key.as_bytes(), Some(b"x")).unwrap();
+    }
+    sink.flush().unwrap();
+    let mut procs: Vec<Proc> = (0..2).map(|n| c.spawn(n)).collect();
+    wait_settled(&c, &mut procs, Duration::from_secs(120));
+    if standbys > 0 {
+        // Every task has a standby on the other process.
+        let s = c.status();
+        for t in s["tasks"].as_array().unwrap() {
+            let sb = t["standbys"].as_array().unwrap();
+            assert_eq!(sb.len(), 1, "{t}");
+            assert_ne!(sb[0], t["active"], "{t}");
+        }
+        // Let the standbys catch up with the last checkpoints (one commit interval).
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let victim = procs.remove(0);
+    let survivor_log = procs[0].log.clone();
+    let before = std::fs::read_to_string(&survivor_log).unwrap().len();
+    let t = Instant::now();
+    victim.kill9();
+    wait_settled(&c, &mut procs, Duration::from_secs(120));
+    let took = t.elapsed();
+    let log = std::fs::read_to_string(&survivor_log).unwrap();
+    let restored: u64 = log[before..]
+        .lines()
+        .filter_map(|l| {
+            l.split(" changelog records restored")
+                .next()?
+                .rsplit('(')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    for p in procs {
+        p.stop();
+    }
+    let counts = c.restored_counts();
+    assert_eq!(counts.len() as u64, KEYS_FAILOVER);
+    assert!(counts.values().all(|&n| n == 1));
+    (took, restored)
+}
+
+/// Standby replicas (job.standby.replicas = 1) follow their tasks' checkpoints, so when a
+/// process dies the survivor's restore is a short delta, not the whole store.
+#[test]
+fn a_standby_makes_failover_a_delta_restore() {
+    let (full_took, full_records) = failover(0);
+    let (sb_took, sb_records) = failover(1);
+    eprintln!(
+        "failover of 4 tasks (100k keys in all, session timeout 3 s): without standbys {full_took:?}, {full_records} records restored; with one standby {sb_took:?}, {sb_records} records restored"
+    );
+    assert!(
+        full_records >= 40_000,
+        "the full restore replays the victim's keys: {full_records}"
+    );
+    assert!(
+        sb_records * 10 < full_records,
+        "with standbys the restore is a delta: {sb_records} vs {full_records} records"
     );
 }

@@ -140,6 +140,12 @@ pub trait Coordinator: Send {
     /// prefers to give a task back to a process that has its state).
     fn holds(&mut self, _tasks: &BTreeSet<u32>) {}
 
+    /// The tasks this process keeps standby copies of under the newest model (never ones it
+    /// runs). Standbys only read, so they follow the model without a barrier.
+    fn standbys(&self) -> BTreeSet<u32> {
+        BTreeSet::new()
+    }
+
     /// Leaves the job after a clean stop, so others take its tasks at once.
     fn leave(&mut self) {}
 

@@ -27,7 +27,7 @@
 //! A clean stop deletes the member node and closes the session, so the others rebalance
 //! after the debounce instead of after the session timeout.
 //!
-//! Not built yet: watches (each process polls, every 100 ms by default), standby tasks.
+//! Not built yet: watches (each process polls, every 100 ms by default).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -233,6 +233,14 @@ impl Coordinator for ZooKeeperCoordinator {
         s.tasks_member
             .clone()
             .map(|member| CheckpointOwner { member, generation })
+    }
+
+    fn standbys(&self) -> BTreeSet<u32> {
+        let s = crate::sync::lock(&self.shared);
+        match (&s.member, &s.model) {
+            (Some(me), Some(m)) => m.model.standbys_of(me).collect(),
+            _ => BTreeSet::new(),
+        }
     }
 
     fn holds(&mut self, tasks: &BTreeSet<u32>) {

@@ -289,7 +289,7 @@ pub fn execute(
                 progress.start(&store, to - from);
                 let source = Source {
                     backend,
-                    changelog: &*changelog,
+                    tp: changelog.topic_partition(),
                 };
                 if plan.kind == RestoreKind::Full {
                     bulk_replay(engine, &source, *from, *to, &mut stats, progress)?;
@@ -304,6 +304,46 @@ pub fn execute(
                 tracing::warn!(store = %store, "overwrote {} uncommitted changelog records from offset {from} with the restored values of the {n} keys they touched", to - from);
             }
         }
+    }
+    stats.elapsed = started.elapsed();
+    progress.finish(&stats);
+    Ok(stats)
+}
+
+/// Applies the changelog records `[from, to)` of `tp` to `engine` and records `to` as the
+/// engine's changelog end, writing nothing to the changelog: what a standby replica does to
+/// follow its task's checkpoints. `bulk` (an empty engine, `from` at the changelog's start)
+/// takes the full-restore path.
+pub fn apply_range(
+    engine: &mut dyn Engine,
+    backend: &dyn Backend,
+    tp: &crate::backend::TopicPartition,
+    from: u64,
+    to: u64,
+    bulk: bool,
+    progress: &mut dyn RestoreProgress,
+) -> Result<RestoreStats, RestoreError> {
+    let started = Instant::now();
+    let mut stats = RestoreStats {
+        store: engine.name().to_string(),
+        kind: if bulk {
+            RestoreKind::Full
+        } else {
+            RestoreKind::Delta
+        },
+        records: 0,
+        bytes: 0,
+        truncated: 0,
+        trimmed: 0,
+        wiped: None,
+        elapsed: Duration::ZERO,
+    };
+    progress.start(&stats.store.clone(), to.saturating_sub(from));
+    let source = Source { backend, tp };
+    if bulk {
+        bulk_replay(engine, &source, from, to, &mut stats, progress)?;
+    } else {
+        replay(engine, &source, from, to, &mut stats, progress)?;
     }
     stats.elapsed = started.elapsed();
     progress.finish(&stats);
@@ -366,7 +406,7 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
 /// Where replays read.
 struct Source<'a> {
     backend: &'a dyn Backend,
-    changelog: &'a Changelog,
+    tp: &'a crate::backend::TopicPartition,
 }
 
 /// Records in `[from, to)` of a changelog that cannot be truncated must not count: appends
@@ -451,7 +491,7 @@ fn read_batches(
     }
     let mut reader = source
         .backend
-        .open_reader(source.changelog.topic_partition(), from)
+        .open_reader(source.tp, from)
         .map_err(log_err)?;
     loop {
         let records = reader.next_batch(BATCH_RECORDS).map_err(log_err)?;
@@ -510,7 +550,7 @@ fn bulk_replay(
     }
     let mut reader = source
         .backend
-        .open_bulk_reader(source.changelog.topic_partition(), from)
+        .open_bulk_reader(source.tp, from)
         .map_err(log_err)?;
     let mut times = StageTimes::default();
     let engine = std::thread::scope(|scope| {

@@ -6,6 +6,6 @@ pub mod plan;
 
 pub use exec::{
     ChangelogAccess, LogProgress, NoProgress, ParallelHandle, ParallelProgress, RestoreError,
-    RestoreProgress, RestoreStats, execute,
+    RestoreProgress, RestoreStats, apply_range, execute,
 };
 pub use plan::{Action, LocalStore, PlanError, RestoreInputs, RestoreKind, RestorePlan};

@@ -14,6 +14,7 @@
 //! container.thread.pool.size = 2  # threads processing tasks (default: the machine's cores)
 //! coordinator = "zookeeper"   # "static" (default) | "zookeeper": who runs which task
 //! debounce.time.ms = 2000     # zookeeper: membership quiet this long before a new job model
+//! standby.replicas = 1        # zookeeper: warm copies of each task's stores on other processes
 //!
 //! [zookeeper]                 # with job.coordinator = "zookeeper" (Kafka jobs only)
 //! connect = "127.0.0.1:2181"  # host:port[,host:port...]
@@ -603,11 +604,11 @@ impl JobConfig {
                 ));
             }
         };
-        if standby_replicas > 0 {
+        if standby_replicas > 0 && coordinator == CoordinatorConfig::Static {
             return Err(invalid(
                 "job.standby.replicas",
-                "standby replicas are not built yet (the job model places them, no process \
-                 runs them); use 0"
+                "standby replicas need job.coordinator = \"zookeeper\" (static assignment has no \
+                 job model to place them)"
                     .into(),
             ));
         }

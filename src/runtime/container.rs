@@ -43,6 +43,7 @@ use super::config::{CoordinatorConfig, JobConfig};
 use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
 use super::side_input::SideInputs;
+use super::standby::StandbyTask;
 use super::task::{
     Collector, Coordinator, Envelope, OutgoingMessage, StreamTask, TaskContext, TaskError,
     TaskFactory,
@@ -438,6 +439,9 @@ pub struct Container<'a> {
     claim: Option<(Option<CheckpointOwner>, CommitFence)>,
     /// When the coordinator's task placement was last given to the HTTP server.
     routes_at: Option<Instant>,
+    /// Standby copies of tasks other processes run, and when they last caught up.
+    standbys: BTreeMap<u32, StandbyTask>,
+    standby_at: Option<Instant>,
 }
 
 impl<'a> Container<'a> {
@@ -604,6 +608,8 @@ impl<'a> Container<'a> {
             side,
             claim: None,
             routes_at: None,
+            standbys: BTreeMap::new(),
+            standby_at: None,
         })
     }
 
@@ -870,6 +876,14 @@ impl<'a> Container<'a> {
             Directive::Run { version, active } => {
                 let started = Instant::now();
                 let gained: Vec<u32> = active.difference(&open).copied().collect();
+                let promoted: Vec<u32> = gained
+                    .iter()
+                    .filter(|p| self.standbys.remove(p).is_some())
+                    .copied()
+                    .collect();
+                if !promoted.is_empty() {
+                    tracing::info!(job = %self.job.name, "promoting standbys of tasks {promoted:?}");
+                }
                 self.claim = Some((coordinator.owner(version), coordinator.fence()));
                 if let Some(link) = &self.serving {
                     let job = &self.job.name;
@@ -901,7 +915,44 @@ impl<'a> Container<'a> {
             }
             Directive::Fence { reason } => self.fence_all(&reason),
         }
+        self.follow_standbys(coordinator);
         Ok(())
+    }
+
+    /// Opens and closes standby copies as the coordinator's model says, and once per commit
+    /// interval catches each up to its task's newest checkpoint. A standby that fails is
+    /// dropped with a warning and tried again at the next catch-up.
+    fn follow_standbys(&mut self, coordinator: &dyn JobCoordinator) {
+        let every = Duration::from_millis(self.job.commit_ms);
+        if self.standby_at.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        self.standby_at = Some(Instant::now());
+        let wanted: BTreeSet<u32> = coordinator
+            .standbys()
+            .into_iter()
+            .filter(|p| !self.tasks.contains_key(p))
+            .collect();
+        self.standbys.retain(|p, _| wanted.contains(p));
+        for p in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.standbys.entry(p) {
+                match StandbyTask::open(self.state, self.job, p) {
+                    Ok(s) => {
+                        tracing::info!(task = %s.task(), "standby: following the task's checkpoints");
+                        slot.insert(s);
+                    }
+                    Err(e) => tracing::warn!(partition = p, "standby: cannot open: {e}"),
+                }
+            }
+        }
+        let backend = Arc::clone(&self.backend);
+        self.standbys.retain(|_, s| match s.catch_up(&*backend) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(task = %s.task(), "standby: catching up failed: {e}");
+                false
+            }
+        });
     }
 
     /// Rolls the task of partition `p` back to its last checkpoint because the message

@@ -14,6 +14,7 @@ pub mod container;
 pub mod error;
 mod input;
 pub mod side_input;
+pub mod standby;
 pub mod task;
 
 pub use config::{JobConfig, RecordingLevel};
