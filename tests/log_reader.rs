@@ -239,3 +239,34 @@ fn concurrent_reader_during_appends_and_compaction() {
     assert!(seen > 0);
     assert_eq!(last, Some(4999));
 }
+
+/// A reader can see an append half written (the file's length grows page by page while the
+/// writer copies a batch in): it stops before the partial frame, and reads it once the write
+/// is complete. (It used to stop there for good: a `gregor serve` task stopped applying
+/// writes under sustained concurrent load.)
+#[test]
+fn reader_reads_on_after_seeing_a_half_written_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = open(dir.path(), 64 << 20);
+    let first = fill(&mut p, 3);
+    p.sync().unwrap();
+    let seg = dir.path().join(format!("{:020}.log", 0));
+    let synced = std::fs::metadata(&seg).unwrap().len();
+    let second = fill(&mut p, 2);
+    p.sync().unwrap();
+    drop(p);
+    let full = std::fs::read(&seg).unwrap();
+    // Cut inside the next frame's header, then inside its payload.
+    for cut in [synced + 3, synced + 20] {
+        std::fs::write(&seg, &full[..cut as usize]).unwrap();
+        let mut r = PartitionReader::open(dir.path(), 0).unwrap();
+        assert_eq!(r.read(100).unwrap(), first, "cut at {cut}");
+        assert!(r.read(100).unwrap().is_empty(), "cut at {cut}");
+        std::fs::write(&seg, &full).unwrap();
+        assert_eq!(
+            r.read(100).unwrap(),
+            second,
+            "cut at {cut}: the rest once written"
+        );
+    }
+}

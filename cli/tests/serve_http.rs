@@ -6,6 +6,8 @@
 //! - batches are all-or-nothing; malformed keys are 400s naming the serde;
 //! - 503 + Retry-After while tasks restore;
 //! - kill -9 after acknowledged PUTs: every acknowledged write is readable after a restart;
+//! - kill -9 under 8 concurrent clients doing mixed PUTs and GETs, 8 times: no acknowledged
+//!   write lost, every read a value written and no older than the last acknowledged one;
 //! - reads while the count job processes flat out only ever see counts grow.
 
 #[path = "support/count_input.rs"]
@@ -627,4 +629,193 @@ fn a_token_guards_reads_and_writes_and_slow_clients_block_nobody() {
     }
     drop(stalled);
     s.stop();
+}
+
+/// Clients of the load-and-kill test, each writing its own keys and reading everyone's.
+const LOAD_CLIENTS: usize = 8;
+/// Keys each client writes.
+const KEYS_PER_CLIENT: usize = 16;
+/// Bytes of every value.
+const VALUE_SIZE: usize = 100;
+
+/// The value of write number `seq` (from 1) to `key`: `key#seq#` padded to [`VALUE_SIZE`]
+/// with a filler that depends on both, so a read can be checked byte for byte.
+fn load_value(key: &str, seq: u64) -> Vec<u8> {
+    let mut v = format!("{key}#{seq}#").into_bytes();
+    let fill = b'a' + ((seq * 7 + key.len() as u64) % 26) as u8;
+    v.resize(VALUE_SIZE, fill);
+    v
+}
+
+/// The write number of a value read for `key`; panics unless it is exactly a value
+/// [`load_value`] makes for that key.
+fn load_seq(key: &str, value_b64: &str, context: &str) -> u64 {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value_b64)
+        .unwrap_or_else(|e| panic!("{context}: {key}: value not base64 ({e})"));
+    let text = String::from_utf8_lossy(&bytes);
+    let seq = text
+        .strip_prefix(&format!("{key}#"))
+        .and_then(|rest| rest.split('#').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{context}: {key}: {text:?} was never written to it"));
+    assert_eq!(
+        bytes,
+        load_value(key, seq),
+        "{context}: {key}: a value never written"
+    );
+    seq
+}
+
+/// Per key: the last write number sent (before sending) and the last acknowledged.
+struct KeyLog {
+    name: String,
+    sent: std::sync::atomic::AtomicU64,
+    acked: std::sync::atomic::AtomicU64,
+}
+
+/// After a restart: every key holds its last acknowledged write, or the one write that was
+/// in flight at the kill (which then counts as acknowledged). Returns (writes in flight,
+/// of which applied).
+fn check_after_restart(s: &Server, keys: &[KeyLog], round: u64) -> (u64, u64) {
+    let (mut in_flight, mut applied) = (0, 0);
+    for k in keys {
+        let (sent, acked) = (
+            k.sent.load(Ordering::SeqCst),
+            k.acked.load(Ordering::SeqCst),
+        );
+        let r = s.get(&key_path("kv", &k.name));
+        let got = match r.status {
+            404 => 0,
+            200 => load_seq(&k.name, r.json()["value"].as_str().unwrap(), "restart"),
+            other => panic!("round {round}: GET {}: {other}: {}", k.name, r.body),
+        };
+        assert!(
+            got == acked || (got == sent && sent == acked + 1),
+            "round {round}: {} holds write {got}; last acknowledged {acked}, last sent {sent}",
+            k.name
+        );
+        in_flight += u64::from(sent > acked);
+        applied += u64::from(sent > acked && got == sent);
+        k.acked.store(got, Ordering::SeqCst);
+    }
+    (in_flight, applied)
+}
+
+/// One client until the server dies or `stop`: random puts of its own keys and gets of any
+/// key, each read checked (a value written to that key, no older than the last write
+/// acknowledged before the read began). Returns (puts acknowledged, reads checked).
+fn load_client(s: &Server, keys: &[KeyLog], me: usize, seed: u64, stop: &AtomicBool) -> (u64, u64) {
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut puts, mut reads) = (0, 0);
+    while !stop.load(Ordering::SeqCst) {
+        if next() % 2 == 0 {
+            let k = &keys[me * KEYS_PER_CLIENT + (next() as usize % KEYS_PER_CLIENT)];
+            let seq = k.sent.load(Ordering::SeqCst) + 1;
+            k.sent.store(seq, Ordering::SeqCst);
+            match s.try_put(&key_path("kv", &k.name), &load_value(&k.name, seq)) {
+                Ok(r) if r.status == 204 => {
+                    k.acked.store(seq, Ordering::SeqCst);
+                    puts += 1;
+                }
+                Ok(r) => panic!("PUT {}: {}: {}", k.name, r.status, r.body),
+                // Killed: this write is in flight (sent > acked).
+                Err(_) => break,
+            }
+        } else {
+            let k = &keys[next() as usize % keys.len()];
+            let floor = k.acked.load(Ordering::SeqCst);
+            let r = match s.try_get(&key_path("kv", &k.name)) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            let got = match r.status {
+                404 => 0,
+                200 => load_seq(&k.name, r.json()["value"].as_str().unwrap(), "read"),
+                other => panic!("GET {}: {other}: {}", k.name, r.body),
+            };
+            assert!(
+                got >= floor,
+                "{}: read write {got} after write {floor} was acknowledged",
+                k.name
+            );
+            assert!(
+                got <= k.sent.load(Ordering::SeqCst),
+                "{}: read a write never sent",
+                k.name
+            );
+            reads += 1;
+        }
+    }
+    (puts, reads)
+}
+
+/// Concurrent clients doing mixed puts and gets while `gregor serve` is killed (SIGKILL) at
+/// random points and restarted: after each restart every acknowledged put is readable with
+/// its last acknowledged value (or the write in flight at the kill), and every read, during
+/// the load and after, returns a value that was written to that key and no older than what
+/// was acknowledged before the read began.
+#[test]
+fn kill9_under_concurrent_mixed_load_loses_no_acknowledged_write() {
+    let rounds: u64 = std::env::var("GREGOR_SERVE_LOAD_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let keys: Vec<KeyLog> = (0..LOAD_CLIENTS * KEYS_PER_CLIENT)
+        .map(|i| KeyLog {
+            name: format!("load-{}-{}", i / KEYS_PER_CLIENT, i % KEYS_PER_CLIENT),
+            sent: 0.into(),
+            acked: 0.into(),
+        })
+        .collect();
+    let (mut puts, mut reads, mut in_flight, mut applied) = (0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for round in 0..=rounds {
+        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        s.wait_ready();
+        let (f, a) = check_after_restart(&s, &keys, round);
+        in_flight += f;
+        applied += a;
+        if round == rounds {
+            s.stop();
+            break;
+        }
+        // Load until killed at a random point (200..1200 ms in).
+        let kill_after = Duration::from_millis(200 + (round * 7919 + 13) % 1000);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..LOAD_CLIENTS)
+                .map(|c| {
+                    let (s, keys, stop) = (&s, &keys, &stop);
+                    let seed = round * 1000 + c as u64 + 0x5eed;
+                    scope.spawn(move || load_client(s, keys, c, seed, stop))
+                })
+                .collect();
+            std::thread::sleep(kill_after);
+            s.sigkill();
+            // A client between requests sees the refused connection; none waits long.
+            stop.store(true, Ordering::SeqCst);
+            for c in clients {
+                let (p, r) = c.join().unwrap();
+                puts += p;
+                reads += r;
+            }
+        });
+        s.kill9();
+    }
+    eprintln!(
+        "{rounds} kills under {LOAD_CLIENTS} clients: {puts} acknowledged puts, {reads} checked reads; {in_flight} puts in flight at a kill, {applied} of them applied; {:?}",
+        started.elapsed()
+    );
+    assert!(puts >= rounds * 10, "only {puts} puts acknowledged");
+    assert!(reads >= rounds * 10, "only {reads} reads");
 }

@@ -158,6 +158,25 @@ impl PartitionReader {
         Ok(true)
     }
 
+    /// Whether the current segment's file has grown past the reader's limit (which is then
+    /// moved up to its length).
+    fn grew(&mut self) -> Result<bool> {
+        let cur = self
+            .cur
+            .as_mut()
+            .expect("called only while a segment is open");
+        let len = match std::fs::metadata(&cur.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(LogError::io("stat", &cur.path, e)),
+        };
+        if len > cur.reader.limit() {
+            cur.reader.set_limit(len);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Reads up to `max_records` records. An empty slice means caught up with the end of
     /// the log. The returned records are reused by the next call.
     pub fn next_batch(&mut self, max_records: usize) -> Result<&[Record]> {
@@ -221,7 +240,12 @@ impl PartitionReader {
                         && self.bases.is_empty()
                         && list_segments(&self.dir)?.last() == Some(&cur.base)
                     {
-                        // Partial frame at the end of the last segment: not written yet.
+                        // Partial frame at the end of the last segment: not written yet (a
+                        // reader can see an append half done). Read on if the file has grown
+                        // since the limit was taken, else stop here and look again next call.
+                        if self.bound.is_none() && self.grew()? {
+                            continue;
+                        }
                         break;
                     }
                     return Err(LogError::Corrupt {

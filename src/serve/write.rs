@@ -2,19 +2,20 @@
 //! partition (murmur2, as a Kafka producer would), through the backend seam
 //! ([`Backend::open_sink`] / [`RecordSink`]).
 //!
-//! One thread owns the one sink (one producer, so writes to one partition keep their order).
-//! It takes every write waiting when it wakes, appends them all and flushes once: a group
-//! commit, one fsync (embedded) or one acknowledgement round (Kafka) for all writers waiting
-//! together. A write is answered with the partition ends the flush made durable; the HTTP
-//! handler then waits until the owning task has processed up to them
-//! ([`Serving::processed`]).
+//! One thread owns one sink per partition (one producer each, so writes to one partition keep
+//! their order). It takes every write waiting when it wakes, appends them all and flushes the
+//! partitions written, in parallel: a group commit, one fsync per partition file (embedded)
+//! or one acknowledgement round (Kafka) for all writers waiting together. A write is
+//! answered with the partition ends the flush made durable; the HTTP handler then waits until
+//! the owning task has processed up to them ([`Serving::processed`]).
 //!
 //! On the embedded log the sink shares the partition with the task reading it (one open
 //! partition per backend, appends under its lock), and the task reads only up to what a sync
 //! made durable ([`crate::log::Partition::synced_end`]), so it never applies a write that a
 //! machine crash could still take back.
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -127,6 +128,10 @@ impl KvWriter {
     }
 }
 
+/// One sink per input partition, opened on first use and dropped after a failed flush (a
+/// poisoned partition): the next write to it opens a new one.
+type Sinks = BTreeMap<u32, Box<dyn RecordSink>>;
+
 fn write_loop(
     backend: Arc<dyn Backend>,
     sink: Box<dyn RecordSink>,
@@ -139,7 +144,10 @@ fn write_loop(
         topic: topic.to_string(),
         message: e.to_string(),
     };
-    let mut sink = Some(sink);
+    // The sink `start` opened (so a backend that cannot open one fails there) serves the
+    // first partition written.
+    let mut spare = Some(sink);
+    let mut sinks = Sinks::new();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -148,59 +156,205 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        if sink.is_none() {
-            match backend.open_sink(name) {
-                Ok(s) => sink = Some(s),
-                Err(e) => {
-                    let e = err(e);
-                    for a in group {
-                        let _ = a.reply.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(s) = sink.as_mut() else { continue };
         let now = crate::changelog::now_ms();
+        // Append everything, each record through its partition's sink (so one partition's
+        // records keep their order); a write whose append fails is answered with the error.
         let mut failed: Vec<Option<WriteError>> = Vec::with_capacity(group.len());
+        let mut touched = BTreeSet::new();
         for a in &group {
             let mut result = None;
             for (p, key, value) in &a.records {
+                let sink = match sinks.entry(*p) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
+                        match spare.take().map_or_else(|| backend.open_sink(name), Ok) {
+                            Ok(s) => v.insert(s),
+                            Err(e) => {
+                                result = Some(err(e));
+                                break;
+                            }
+                        }
+                    }
+                };
+                touched.insert(*p);
                 let tp = TopicPartition::new(topic, *p);
-                if let Err(e) = s.send(&tp, now, key, value.as_deref()) {
+                if let Err(e) = sink.send(&tp, now, key, value.as_deref()) {
                     result = Some(err(e));
                     break;
                 }
             }
             failed.push(result);
         }
-        match s.flush() {
-            Ok(ends) => {
-                for (a, failed) in group.into_iter().zip(failed) {
-                    let answer = match failed {
-                        Some(e) => Err(e),
-                        None => Ok(a
-                            .records
-                            .iter()
-                            .filter_map(|(p, _, _)| {
-                                let tp = TopicPartition::new(topic, *p);
-                                ends.get(&tp).map(|&e| (tp, e))
-                            })
-                            .collect()),
-                    };
-                    let _ = a.reply.send(answer);
-                }
-            }
-            Err(e) => {
-                // A failed flush may leave the sink unusable (a poisoned partition): the next
-                // write opens a new one.
-                sink = None;
-                let e = err(e);
-                for a in group {
-                    let _ = a.reply.send(Err(e.clone()));
-                }
+        let flushed: BTreeMap<u32, Result<Ends, WriteError>> = flush_all(&mut sinks, &touched)
+            .into_iter()
+            .map(|(p, r)| (p, r.map_err(err)))
+            .collect();
+        for (a, failed) in group.into_iter().zip(failed) {
+            let answer = match failed {
+                Some(e) => Err(e),
+                None => a
+                    .records
+                    .iter()
+                    .map(|(p, _, _)| {
+                        let tp = TopicPartition::new(topic, *p);
+                        match flushed.get(p) {
+                            Some(Ok(ends)) => Ok(ends.get(&tp).map(|&e| (tp, e))),
+                            Some(Err(e)) => Err(e.clone()),
+                            None => Ok(None),
+                        }
+                    })
+                    .filter_map(Result::transpose)
+                    .collect(),
+            };
+            let _ = a.reply.send(answer);
+        }
+        for (p, r) in &flushed {
+            if r.is_err() {
+                sinks.remove(p);
             }
         }
         serving.wake();
+    }
+}
+
+/// Flushes the sinks of the `touched` partitions, in parallel when there are several (one
+/// fsync per partition file on the embedded log: done one after the other they add up, and
+/// the file system can commit concurrent ones together); each partition's result.
+fn flush_all(
+    sinks: &mut Sinks,
+    touched: &BTreeSet<u32>,
+) -> BTreeMap<u32, Result<Ends, BackendError>> {
+    let mut todo: Vec<(u32, &mut Box<dyn RecordSink>)> = sinks
+        .iter_mut()
+        .filter(|(p, _)| touched.contains(p))
+        .map(|(&p, s)| (p, s))
+        .collect();
+    let Some((p0, s0)) = todo.pop() else {
+        return BTreeMap::new();
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = todo
+            .into_iter()
+            .map(|(p, s)| (p, scope.spawn(move || s.flush())))
+            .collect();
+        let mut out = BTreeMap::new();
+        out.insert(p0, s0.flush());
+        for (p, h) in others {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(BackendError::fatal(
+                    format!("flushing partition {p}"),
+                    "the flushing thread panicked",
+                ))
+            });
+            out.insert(p, r);
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::TopicConfig;
+    use crate::runtime::{JobConfig, embedded_backend};
+    use crate::statedir::StateDir;
+
+    /// Concurrent writes of several keys each, over every partition (each group flushes
+    /// several partitions at once): every write is answered with the durable ends of exactly
+    /// its partitions, and each partition holds every record once, each writer's in order.
+    #[test]
+    fn group_commits_over_partitions_answer_each_write_with_its_durable_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobConfig::from_toml_str(
+            "<test>",
+            r#"
+            [job]
+            name = "kv"
+            task = "kv"
+            inputs = ["kv-in"]
+
+            [stores.kv]
+            key.serde = "string"
+            value.serde = "bytes"
+            changelog = "kv-changelog"
+            "#,
+        )
+        .unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let backend = embedded_backend(&state, &job).unwrap();
+        backend
+            .logs()
+            .topic_or_create("kv-in", 4, TopicConfig::default())
+            .unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(backend);
+        let writer =
+            KvWriter::start(Arc::clone(&backend), Serving::new(job, true), "kv-in").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let (writers, writes, keys) = (8u32, 40u32, 3u32);
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = (0..writers)
+                .map(|w| {
+                    let writer = writer.clone();
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        for i in 0..writes {
+                            let records: Vec<WriteRecord> = (0..keys)
+                                .map(|j| {
+                                    let key = format!("w{w}-k{}", (i + j) % 7).into_bytes();
+                                    (key, Some(format!("{w}/{i:03}/{j}").into_bytes()))
+                                })
+                                .collect();
+                            let ends = writer.append(records.clone()).await.unwrap();
+                            out.push((records, ends));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let mut highest: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+        for (records, ends) in &results {
+            let parts: BTreeSet<u32> = records.iter().map(|(k, _)| writer.partition(k)).collect();
+            let answered: BTreeSet<u32> = ends.keys().map(|tp| tp.partition).collect();
+            assert_eq!(answered, parts);
+            for (tp, &end) in ends {
+                let h = highest.entry(tp.clone()).or_default();
+                *h = (*h).max(end);
+            }
+        }
+        assert_eq!(highest.len(), 4, "the writes covered every partition");
+        let mut total = 0;
+        for (tp, &end) in &highest {
+            assert!(
+                backend.readable_end(tp).unwrap() >= end,
+                "{tp}: {end} not durable"
+            );
+            let mut reader = backend.open_reader(tp, 0).unwrap();
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            loop {
+                let batch = reader.next_batch(1000).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                for r in batch {
+                    let v = String::from_utf8(r.value.unwrap()).unwrap();
+                    let w = v.split('/').next().unwrap().to_string();
+                    assert_eq!(writer.partition(&r.key), tp.partition);
+                    if let Some(prev) = last.insert(w, v.clone()) {
+                        assert!(prev < v, "{tp}: {prev} then {v}");
+                    }
+                    total += 1;
+                }
+            }
+        }
+        assert_eq!(total, writers * writes * keys);
     }
 }

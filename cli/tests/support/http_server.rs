@@ -175,6 +175,15 @@ impl Server {
         }
     }
 
+    /// Sends SIGKILL without waiting, so it can be called while other threads use the
+    /// server (`kill9` or dropping it reaps the process).
+    pub fn sigkill(&self) {
+        Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

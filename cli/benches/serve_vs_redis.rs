@@ -1,0 +1,590 @@
+//! `gregor serve` vs Redis (issue 10 part 6): durable writes, reads and a 50/50 mix, with the
+//! same load generator, value size and client concurrency, in the same run, on loopback.
+//!
+//! Targets, all running for the whole bench, each in a temp dir under the same file system:
+//! - `gregor serve` (this crate's release binary, the ready-made job: 4 partitions, RocksDB
+//!   store with a changelog). A 2xx PUT is fsync'd in the log and applied by the owning task.
+//! - `redis-server --appendonly yes --appendfsync always`: a SET is answered after the AOF is
+//!   fsync'd (the same durability as a gregor 2xx).
+//! - `redis-server` with its default configuration (no AOF; RDB snapshots): a SET is in memory.
+//!
+//! The generator: `C` client threads (1, 16, 64), each with one keep-alive TCP connection,
+//! closed loop (one request at a time, no pipelining), random keys out of 10,000 (`key-%06d`,
+//! all written before the read workloads), 100-byte values. To gregor it speaks HTTP/1.1 by
+//! hand (`PUT`/`GET /v1/stores/kv/keys/{key}`; each request in one write, the reply parsed
+//! by status line and `Content-Length`), to Redis RESP by hand (`SET`, `GET`), so neither side
+//! pays for a heavier client. Workloads: `put` (100% writes), `get` (100% reads), `mixed`
+//! (50/50). Per (workload, clients) cell the three targets run back to back; ops/s over the
+//! cell's duration, p50/p99 of every request's latency.
+//!
+//! For reference, `redis-benchmark` (Redis's own C client, event loop, `-P 1`) is run with the
+//! same `-c`, `-d 100` and `-r 10000` against both Redis configurations, so a generator that
+//! held Redis back would show.
+//!
+//! `cargo bench -p gregor-cli --bench serve_vs_redis` (5 s per cell, best of 2 rounds) or
+//! `-- --quick` (1.5 s, one round). Needs `redis-server` and `redis-benchmark` on `PATH`
+//! (Debian: `apt-get install redis-server`); fails without them.
+
+#[path = "../tests/support/http_server.rs"]
+mod http_server;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::json;
+
+use http_server::Server;
+
+/// Keys written and read.
+const KEYS: u64 = 10_000;
+/// Bytes of every value.
+const VALUE_SIZE: usize = 100;
+/// Client concurrency levels.
+const CLIENTS: [usize; 3] = [1, 16, 64];
+
+fn key(i: u64) -> String {
+    format!("key-{i:06}")
+}
+
+fn value(i: u64) -> Vec<u8> {
+    let mut v = format!("value-{i}-").into_bytes();
+    v.resize(VALUE_SIZE, b'v');
+    v
+}
+
+/// One client connection to a target.
+enum Conn {
+    Http(BufReader<TcpStream>),
+    Resp(BufReader<TcpStream>),
+}
+
+impl Conn {
+    fn open(proto: Proto, addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_nodelay(true).unwrap();
+        let r = BufReader::with_capacity(16 * 1024, s);
+        match proto {
+            Proto::Http => Conn::Http(r),
+            Proto::Resp => Conn::Resp(r),
+        }
+    }
+
+    fn send(&mut self, req: &[u8]) {
+        let s = match self {
+            Conn::Http(r) | Conn::Resp(r) => r.get_mut(),
+        };
+        s.write_all(req).expect("send");
+    }
+
+    /// One request (a put of `v` to `k`, or a get of `k`); panics unless the target answered
+    /// it as expected (204 / `+OK` to a put, 200 / a bulk string to a get: every key exists).
+    fn op(&mut self, put: bool, k: &str, v: &[u8], buf: &mut Vec<u8>, line: &mut String) {
+        buf.clear();
+        match self {
+            Conn::Http(_) => {
+                if put {
+                    write!(
+                        buf,
+                        "PUT /v1/stores/kv/keys/{k} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
+                        v.len()
+                    )
+                    .unwrap();
+                    buf.extend_from_slice(v);
+                } else {
+                    write!(
+                        buf,
+                        "GET /v1/stores/kv/keys/{k} HTTP/1.1\r\nHost: bench\r\n\r\n"
+                    )
+                    .unwrap();
+                }
+            }
+            Conn::Resp(_) => {
+                if put {
+                    write!(
+                        buf,
+                        "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n",
+                        k.len(),
+                        v.len()
+                    )
+                    .unwrap();
+                    buf.extend_from_slice(v);
+                    buf.extend_from_slice(b"\r\n");
+                } else {
+                    write!(buf, "*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len()).unwrap();
+                }
+            }
+        }
+        self.send(buf);
+        match self {
+            Conn::Http(r) => {
+                line.clear();
+                r.read_line(line).expect("HTTP status line");
+                let status = line.split(' ').nth(1).unwrap_or("").to_string();
+                let want = if put { "204" } else { "200" };
+                let mut len = 0usize;
+                loop {
+                    line.clear();
+                    r.read_line(line).expect("HTTP header");
+                    let h = line.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some((name, val)) = h.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            len = val.trim().parse().expect("Content-Length");
+                        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                            panic!("chunked reply from gregor: not handled by the bench");
+                        }
+                    }
+                }
+                buf.resize(len, 0);
+                r.read_exact(buf).expect("HTTP body");
+                assert_eq!(
+                    status,
+                    want,
+                    "gregor answered {} {k}: {status} {}",
+                    if put { "PUT" } else { "GET" },
+                    String::from_utf8_lossy(buf)
+                );
+            }
+            Conn::Resp(r) => {
+                line.clear();
+                r.read_line(line).expect("RESP reply");
+                if put {
+                    assert_eq!(line, "+OK\r\n", "Redis answered SET {k}: {line}");
+                } else {
+                    let len: usize = line
+                        .strip_prefix('$')
+                        .and_then(|n| n.trim_end().parse().ok())
+                        .unwrap_or_else(|| panic!("Redis answered GET {k}: {line}"));
+                    buf.resize(len + 2, 0);
+                    r.read_exact(buf).expect("RESP bulk string");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Proto {
+    Http,
+    Resp,
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    Put,
+    Get,
+    Mixed,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Mixed => "mixed 50/50",
+        }
+    }
+}
+
+/// What one (target, workload, clients) cell measured.
+#[derive(Clone, Default)]
+struct Cell {
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `workload` with `clients` connections against `addr` for `secs`.
+fn measure(proto: Proto, addr: SocketAddr, workload: Workload, clients: usize, secs: f64) -> Cell {
+    let start = Barrier::new(clients + 1);
+    let run = Duration::from_secs_f64(secs);
+    let (lat, elapsed) = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|c| {
+                let start = &start;
+                scope.spawn(move || {
+                    let mut conn = Conn::open(proto, addr);
+                    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((c as u64 + 1) * 0x1234_5677);
+                    let values: Vec<Vec<u8>> = (0..16).map(value).collect();
+                    let (mut buf, mut line) = (Vec::with_capacity(512), String::new());
+                    let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+                    start.wait();
+                    let t0 = Instant::now();
+                    let deadline = t0 + run;
+                    loop {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let put = match workload {
+                            Workload::Put => true,
+                            Workload::Get => false,
+                            Workload::Mixed => rng & (1 << 40) != 0,
+                        };
+                        let k = key(rng % KEYS);
+                        let v = &values[(rng >> 20) as usize % values.len()];
+                        let t = Instant::now();
+                        conn.op(put, &k, v, &mut buf, &mut line);
+                        let done = Instant::now();
+                        lat.push((done - t).as_micros().min(u32::MAX as u128) as u32);
+                        if done >= deadline {
+                            return (lat, done - t0);
+                        }
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let mut all = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        for t in threads {
+            let (l, e) = t.join().unwrap();
+            all.extend(l);
+            elapsed = elapsed.max(e);
+        }
+        (all, elapsed)
+    });
+    let mut lat = lat;
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    Cell {
+        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
+}
+
+/// A `redis-server` on a free loopback port, in its own temp dir; killed when dropped.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): this bench compares gregor with Redis in \
+                     the same run and needs `redis-server` and `redis-benchmark` on PATH \
+                     (Debian: `apt-get install redis-server`)"
+                )
+            });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = TcpStream::connect(addr) {
+                let mut r = BufReader::new(s);
+                r.get_mut().write_all(b"PING\r\n").unwrap();
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() && line == "+PONG\r\n" {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {extra:?} did not answer PING; log: {}",
+                std::fs::read_to_string(dir.path().join("redis.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Writes every key, pipelined on one connection.
+    fn preload(&self) {
+        let mut r = BufReader::new(TcpStream::connect(self.addr).unwrap());
+        let mut buf = Vec::new();
+        for i in 0..KEYS {
+            let (k, v) = (key(i), value(i));
+            write!(
+                buf,
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n",
+                k.len(),
+                v.len()
+            )
+            .unwrap();
+            buf.extend_from_slice(&v);
+            buf.extend_from_slice(b"\r\n");
+        }
+        r.get_mut().write_all(&buf).unwrap();
+        let mut line = String::new();
+        for _ in 0..KEYS {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "+OK\r\n");
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes every key through `POST /v1/stores/kv/batch`, 1000 per batch.
+fn preload_gregor(s: &Server) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|&i| json!({"op": "put", "key": key(i), "value": b64.encode(value(i))}))
+            .collect();
+        let r = s.post("/v1/stores/kv/batch", &json!({ "ops": ops }).to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+/// `redis-benchmark -t TEST` (`set` or `get`) with `clients` connections.
+fn redis_benchmark(addr: SocketAddr, test: &str, clients: usize, requests: usize) -> Cell {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-c", &clients.to_string(), "-n", &requests.to_string()])
+        .args(["-d", &VALUE_SIZE.to_string(), "-r", &KEYS.to_string()])
+        .args(["-P", "1", "-t", test, "--csv"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-benchmark ({e}): install it with `apt-get install redis-server`"
+            )
+        });
+    assert!(out.status.success(), "redis-benchmark: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+    // "p99_latency_ms","max_latency_ms"
+    let row = |test: &str| {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with(&format!("\"{}\"", test.to_uppercase())))
+            .unwrap_or_else(|| panic!("no {test} in redis-benchmark output: {text}"));
+        let f: Vec<f64> = l
+            .split(',')
+            .skip(1)
+            .map(|x| x.trim_matches('"').parse().unwrap())
+            .collect();
+        Cell {
+            ops_per_s: f[0],
+            p50_ms: f[3],
+            p99_ms: f[5],
+        }
+    };
+    row(test)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let redis = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| {
+            panic!(
+                "redis-server not found ({e}): this bench measures Redis in the same run; \
+                 install it with `apt-get install redis-server`"
+            )
+        });
+    format!(
+        "{} CPUs, {cpu}; load average {}; {redis}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The value after `--NAME` on the command line.
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // For profiling one cell: `--target gregor --workload put --clients 16 --secs 20`.
+    let only_target = arg("--target");
+    let only_workload = arg("--workload");
+    let only_clients: Option<usize> = arg("--clients").map(|c| c.parse().expect("--clients N"));
+    let filtered = only_target.is_some() || only_workload.is_some() || only_clients.is_some();
+    let (mut secs, rounds) = if quick { (1.5, 1) } else { (5.0, 2) };
+    if let Some(s) = arg("--secs") {
+        secs = s.parse().expect("--secs S");
+    }
+    println!(
+        "# gregor serve vs Redis{}",
+        if quick { " (--quick)" } else { "" }
+    );
+    println!("machine: {}", machine());
+    println!(
+        "{KEYS} keys, {VALUE_SIZE}-byte values, closed-loop clients {CLIENTS:?}, {secs} s per cell, best of {rounds} round(s)"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    // `--job FILE`: a configured key-value job instead of the ready-made one.
+    let job = arg("--job");
+    let mut serve_args = vec!["serve", "--http", "127.0.0.1:0"];
+    serve_args.extend(job.as_deref());
+    let state = dir.path().join("gregor-state");
+    let partitions: u32 = arg("--partitions").map_or(4, |p| p.parse().expect("--partitions N"));
+    if job.is_some() {
+        // As the ready-made job has it (the job file's input must be `kv-in`).
+        gregor::log::LogDir::open(&state)
+            .unwrap()
+            .topic_or_create("kv-in", partitions, gregor::log::TopicConfig::default())
+            .unwrap();
+    }
+    // `GREGOR_BENCH_LOG=gregor=debug`: the server's log level (its log is printed at the end
+    // of a filtered run).
+    let log = std::env::var("GREGOR_BENCH_LOG").ok();
+    let env: Vec<(&str, &str)> = log.iter().map(|l| ("GREGOR_LOG", l.as_str())).collect();
+    let gregor = Server::start(&state, &serve_args, &env);
+    gregor.wait_ready();
+    preload_gregor(&gregor);
+    let gregor_addr: SocketAddr = gregor.base.trim_start_matches("http://").parse().unwrap();
+    let always = Redis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let default = Redis::start(&[]);
+    always.preload();
+    default.preload();
+    let targets = [
+        ("gregor", Proto::Http, gregor_addr),
+        ("Redis AOF always", Proto::Resp, always.addr),
+        ("Redis default", Proto::Resp, default.addr),
+    ];
+
+    let workloads = [Workload::Put, Workload::Get, Workload::Mixed];
+    // best[w][c][t]
+    let mut best = vec![vec![vec![Cell::default(); targets.len()]; CLIENTS.len()]; workloads.len()];
+    for round in 0..rounds {
+        for (wi, &w) in workloads.iter().enumerate() {
+            for (ci, &c) in CLIENTS.iter().enumerate() {
+                for (ti, &(name, proto, addr)) in targets.iter().enumerate() {
+                    if only_target
+                        .as_ref()
+                        .is_some_and(|t| !name.starts_with(t.as_str()))
+                        || only_workload
+                            .as_ref()
+                            .is_some_and(|o| !w.name().starts_with(o.as_str()))
+                        || only_clients.is_some_and(|o| o != c)
+                    {
+                        continue;
+                    }
+                    let cell = measure(proto, addr, w, c, secs);
+                    eprintln!(
+                        "round {round}: {} x{c} {name}: {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms",
+                        w.name(),
+                        cell.ops_per_s,
+                        cell.p50_ms,
+                        cell.p99_ms
+                    );
+                    if cell.ops_per_s > best[wi][ci][ti].ops_per_s {
+                        best[wi][ci][ti] = cell;
+                    }
+                }
+            }
+        }
+    }
+
+    if filtered {
+        if log.is_some() {
+            eprintln!("{}", gregor.stop());
+            return;
+        }
+        gregor.stop();
+        return;
+    }
+    println!();
+    println!(
+        "| workload | clients | gregor ops/s | p50 ms | p99 ms | Redis AOF always ops/s | p50 ms | p99 ms | Redis default ops/s | p50 ms | p99 ms | gregor / AOF always | gregor / default |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (wi, &w) in workloads.iter().enumerate() {
+        for (ci, &c) in CLIENTS.iter().enumerate() {
+            let row = &best[wi][ci];
+            let mut line = format!("| {} | {c} |", w.name());
+            for cell in row {
+                write!(
+                    line,
+                    " {:.0} | {:.3} | {:.3} |",
+                    cell.ops_per_s, cell.p50_ms, cell.p99_ms
+                )
+                .unwrap();
+            }
+            write!(
+                line,
+                " {:.2}x | {:.2}x |",
+                row[0].ops_per_s / row[1].ops_per_s,
+                row[0].ops_per_s / row[2].ops_per_s
+            )
+            .unwrap();
+            println!("{line}");
+        }
+    }
+
+    println!();
+    println!("Goals (same generator, same run):");
+    for (ci, &c) in CLIENTS.iter().enumerate() {
+        let put = &best[0][ci];
+        let get = &best[1][ci];
+        let w = put[0].ops_per_s / put[1].ops_per_s;
+        let r = get[0].ops_per_s / get[1].ops_per_s.max(get[2].ops_per_s);
+        println!(
+            "- {c} clients: durable writes {w:.2}x Redis AOF always (goal >= 1x: {}); reads {r:.2}x Redis GET (the faster config; goal >= 0.5x: {})",
+            if w >= 1.0 { "met" } else { "NOT met" },
+            if r >= 0.5 { "met" } else { "NOT met" }
+        );
+    }
+
+    println!();
+    println!(
+        "Reference: redis-benchmark -P 1 -d {VALUE_SIZE} -r {KEYS} -t set,get (its own client):"
+    );
+    println!("| Redis | clients | SET ops/s | p50 ms | p99 ms | GET ops/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (ti, name, r) in [(1, "AOF always", &always), (2, "default", &default)] {
+        for (ci, &c) in CLIENTS.iter().enumerate() {
+            // About `secs` per test at the rates our generator measured.
+            let n = |wi: usize| ((best[wi][ci][ti].ops_per_s * secs) as usize).max(1000);
+            let set = redis_benchmark(r.addr, "set", c, n(0));
+            let get = redis_benchmark(r.addr, "get", c, n(1));
+            println!(
+                "| {name} | {c} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} |",
+                set.ops_per_s, set.p50_ms, set.p99_ms, get.ops_per_s, get.p50_ms, get.p99_ms
+            );
+        }
+    }
+    gregor.stop();
+}
