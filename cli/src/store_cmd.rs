@@ -370,7 +370,7 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             json,
             ..
         } => {
-            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let o = open_read_only(state_dir, &at.task, &at.store)?;
             let c = o.config.clone();
             let engine: Box<dyn gregor::store::KeyValueStore> = o.engine;
             let mut view: Box<dyn gregor::store::KeyValueStore> = match c.ttl_ms {
