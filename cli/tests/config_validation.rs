@@ -109,3 +109,33 @@ fn out_of_range_numbers_are_refused_naming_key_and_range() {
         refused(&JOB.replace(from, to), needles);
     }
 }
+
+#[test]
+fn bad_ttl_settings_are_refused_naming_the_key() {
+    let cases: &[(&str, &[&str])] = &[
+        ("ttl.ms = 0", &["stores.counts.ttl.ms", "between 1 and"]),
+        ("ttl.ms = -5", &["stores.counts.ttl.ms"]),
+        ("ttl.ms = \"1h\"", &["stores.counts.ttl.ms"]),
+        (
+            "ttl.cleanup.entries = 10",
+            &["stores.counts.ttl.cleanup.entries", "stores.counts.ttl.ms"],
+        ),
+        (
+            "ttl.ms = 1000\nttl.cleanup.entries = 0",
+            &["stores.counts.ttl.cleanup.entries", "between 1 and"],
+        ),
+        (
+            "ttl.ms = 1000\nmax.value.bytes = 67043304",
+            &["stores.counts.max.value.bytes", "expiry header", "67043295"],
+        ),
+    ];
+    for (line, needles) in cases {
+        refused(
+            &JOB.replace(
+                "value.serde = \"u64\"",
+                &format!("value.serde = \"u64\"\n{line}"),
+            ),
+            needles,
+        );
+    }
+}
