@@ -46,11 +46,70 @@ impl Clock {
     /// Milliseconds since the epoch.
     pub fn now_ms(&self) -> u64 {
         match self {
-            Clock::System => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            Clock::System => system_ms(),
             Clock::Manual(t) => t.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether an entry with deadline `expires_at_ms` is still visible now (the deadline is
+    /// after now). On the system clock this reads the kernel's coarse clock (a few ns, no
+    /// system call), which lags the precise clock by at most one tick: only a deadline
+    /// within that tick of it needs the precise clock, so the answer is exactly
+    /// `expires_at_ms > now_ms()`.
+    #[inline]
+    pub fn is_live(&self, expires_at_ms: u64) -> bool {
+        match self {
+            Clock::Manual(t) => expires_at_ms > t.load(Ordering::Relaxed),
+            Clock::System => {
+                if expires_at_ms == NEVER {
+                    return true;
+                }
+                let (coarse, tick) = coarse_ms();
+                if expires_at_ms <= coarse {
+                    false
+                } else if expires_at_ms > coarse.saturating_add(tick) {
+                    true
+                } else {
+                    expires_at_ms > system_ms()
+                }
+            }
+        }
+    }
+
+    /// Milliseconds since the epoch for a new deadline: on the system clock the coarse
+    /// clock (at most one tick behind, so a deadline is at most that much early).
+    fn write_ms(&self) -> u64 {
+        match self {
+            Clock::Manual(t) => t.load(Ordering::Relaxed),
+            Clock::System => coarse_ms().0,
+        }
+    }
+}
+
+fn system_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The coarse realtime clock in ms and how far (ms) it may lag the precise one: its
+/// resolution rounded up, plus 1 for the rounding of both readings to ms. Where the coarse
+/// clock cannot be read, the precise clock with a lag of 0.
+fn coarse_ms() -> (u64, u64) {
+    use nix::time::{ClockId, clock_getres, clock_gettime};
+    static TICK: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let tick = TICK.get_or_init(|| {
+        let res = clock_getres(ClockId::CLOCK_REALTIME_COARSE).ok()?;
+        let ns = res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64;
+        // A coarse clock coarser than 100 ms is not worth it.
+        (ns <= 100_000_000).then(|| ns.div_ceil(1_000_000) + 1)
+    });
+    match (tick, clock_gettime(ClockId::CLOCK_REALTIME_COARSE)) {
+        (Some(tick), Ok(t)) => (
+            t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000,
+            *tick,
+        ),
+        _ => (system_ms(), 0),
     }
 }
 
@@ -119,17 +178,21 @@ pub fn encode(expires_at_ms: u64, value: &[u8]) -> Vec<u8> {
 /// no header this version reads.
 pub fn decode<'a>(store: &str, stored: &'a [u8]) -> Result<(u64, &'a [u8])> {
     if stored.len() < HEADER_BYTES || stored[0] != TTL_FORMAT {
-        return Err(StoreError::Corrupt {
-            store: store.to_string(),
-            reason: format!(
-                "a value of {} bytes carries no expiry header (format {TTL_FORMAT}, {HEADER_BYTES} bytes): was the store written without stores.{store}.ttl.ms?",
-                stored.len()
-            ),
-        });
+        return Err(no_header(store, stored.len()));
     }
     let mut at = [0u8; 8];
     at.copy_from_slice(&stored[1..HEADER_BYTES]);
     Ok((u64::from_be_bytes(at), &stored[HEADER_BYTES..]))
+}
+
+/// The error of stored bytes without a header this version reads.
+fn no_header(store: &str, len: usize) -> StoreError {
+    StoreError::Corrupt {
+        store: store.to_string(),
+        reason: format!(
+            "a value of {len} bytes carries no expiry header (format {TTL_FORMAT}, {HEADER_BYTES} bytes): was the store written without stores.{store}.ttl.ms?"
+        ),
+    }
 }
 
 /// The value stored bytes hold as of `now_ms`: `None` if expired (deadline at or before
@@ -207,7 +270,7 @@ impl TtlStore {
     }
 
     fn deadline(&self, ttl_ms: u64) -> u64 {
-        self.settings.clock.now_ms().saturating_add(ttl_ms)
+        self.settings.clock.write_ms().saturating_add(ttl_ms)
     }
 
     fn put_at(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
@@ -230,26 +293,29 @@ impl KeyValueStore for TtlStore {
         self.inner.name()
     }
 
+    /// Copies only the value out of the layer below (no header to strip afterwards).
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let now = self.settings.clock.now_ms();
-        match self.inner.get(key)? {
-            None => Ok(None),
-            Some(v) => strip(self.inner.name(), v, now),
-        }
+        let mut out = Ok(None);
+        self.get_with(key, &mut |v| out = Ok(v.map(<[u8]>::to_vec)))?;
+        out
     }
 
     fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
-        let now = self.settings.clock.now_ms();
+        let clock = &self.settings.clock;
         let mut bad = None;
-        let name = self.inner.name().to_string();
         self.inner.get_with(key, &mut |v| match v {
             None => f(None),
-            Some(v) => match visible(&name, v, now) {
-                Ok(v) => f(v),
-                Err(e) => bad = Some(e),
-            },
+            Some(v) if v.len() >= HEADER_BYTES && v[0] == TTL_FORMAT => {
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&v[1..HEADER_BYTES]);
+                f(clock.is_live(u64::from_be_bytes(at)).then(|| &v[HEADER_BYTES..]))
+            }
+            Some(v) => bad = Some(v.len()),
         })?;
-        bad.map_or(Ok(()), Err)
+        match bad {
+            None => Ok(()),
+            Some(len) => Err(no_header(self.inner.name(), len)),
+        }
     }
 
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
