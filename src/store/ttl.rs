@@ -221,6 +221,20 @@ fn strip(store: &str, mut stored: Vec<u8>, now_ms: u64) -> Result<Option<Vec<u8>
     Ok(Some(stored))
 }
 
+/// The value of stored bytes if its deadline is after `clock`'s now, `None` if expired;
+/// `Err(length)` for bytes without a header (the caller names the store).
+#[inline]
+fn live_value<'a>(clock: &Clock, stored: &'a [u8]) -> std::result::Result<Option<&'a [u8]>, usize> {
+    if stored.len() < HEADER_BYTES || stored[0] != TTL_FORMAT {
+        return Err(stored.len());
+    }
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&stored[1..HEADER_BYTES]);
+    Ok(clock
+        .is_live(u64::from_be_bytes(at))
+        .then(|| &stored[HEADER_BYTES..]))
+}
+
 /// What the layer needs to know from the store's configuration.
 #[derive(Debug, Clone)]
 pub struct TtlSettings {
@@ -295,9 +309,18 @@ impl KeyValueStore for TtlStore {
 
     /// Copies only the value out of the layer below (no header to strip afterwards).
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let clock = &self.settings.clock;
         let mut out = Ok(None);
-        self.get_with(key, &mut |v| out = Ok(v.map(<[u8]>::to_vec)))?;
-        out
+        self.inner.get_with(key, &mut |v| {
+            out = match v {
+                None => Ok(None),
+                Some(v) => match live_value(clock, v) {
+                    Ok(v) => Ok(v.map(<[u8]>::to_vec)),
+                    Err(len) => Err(len),
+                },
+            }
+        })?;
+        out.map_err(|len| no_header(self.inner.name(), len))
     }
 
     fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
@@ -305,12 +328,10 @@ impl KeyValueStore for TtlStore {
         let mut bad = None;
         self.inner.get_with(key, &mut |v| match v {
             None => f(None),
-            Some(v) if v.len() >= HEADER_BYTES && v[0] == TTL_FORMAT => {
-                let mut at = [0u8; 8];
-                at.copy_from_slice(&v[1..HEADER_BYTES]);
-                f(clock.is_live(u64::from_be_bytes(at)).then(|| &v[HEADER_BYTES..]))
-            }
-            Some(v) => bad = Some(v.len()),
+            Some(v) => match live_value(clock, v) {
+                Ok(v) => f(v),
+                Err(len) => bad = Some(len),
+            },
         })?;
         match bad {
             None => Ok(()),
