@@ -811,8 +811,8 @@ fn open_store(
         stack::write_offset_file(name, &dir, plan.target)?;
     }
     let changelog = Arc::new(Mutex::new(changelog));
-    let logged =
-        LoggedStore::new(engine, Arc::clone(&changelog), config.stored_limits()).with_metrics(&labels);
+    let logged = LoggedStore::new(engine, Arc::clone(&changelog), config.stored_limits())
+        .with_metrics(&labels);
     let stack = stack::add_layers_labelled(Box::new(logged), config, &labels);
     Ok((
         TaskStore {

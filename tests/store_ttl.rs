@@ -80,7 +80,8 @@ impl World {
     }
 
     fn open(&self, config: &StoreConfig) -> TaskStorage {
-        self.try_open(config).unwrap_or_else(|e| panic!("open: {e}"))
+        self.try_open(config)
+            .unwrap_or_else(|e| panic!("open: {e}"))
     }
 
     fn remove_local(&self) {
@@ -133,7 +134,11 @@ fn worlds() -> Vec<(String, World, EngineKind)> {
             let name = format!(
                 "{} on {}",
                 engine.as_str(),
-                if embedded { "embedded" } else { "memory (TRIM)" }
+                if embedded {
+                    "embedded"
+                } else {
+                    "memory (TRIM)"
+                }
             );
             out.push((name, World::new(embedded), engine));
         }
@@ -152,7 +157,9 @@ fn expired_entries_vanish_from_every_read_at_once_and_commits_remove_them() {
         stack(&mut s)
             .put_with_ttl(b"b-long", b"long", 10_000)
             .unwrap();
-        stack(&mut s).put_expiring(b"c-never", b"never", NEVER).unwrap();
+        stack(&mut s)
+            .put_expiring(b"c-never", b"never", NEVER)
+            .unwrap();
         commit(&mut s);
         assert_eq!(get(&mut s, "a1").as_deref(), Some("short"), "{name}");
         assert_eq!(w.committed().len(), 6, "{name}");
@@ -186,7 +193,10 @@ fn expired_entries_vanish_from_every_read_at_once_and_commits_remove_them() {
         {
             let mut typed: Store<String, String, &mut dyn KeyValueStore> =
                 Store::new(stack(&mut s), SerdeName::String, SerdeName::String).unwrap();
-            assert_eq!(typed.get(&"b-long".into()).unwrap().as_deref(), Some("long"));
+            assert_eq!(
+                typed.get(&"b-long".into()).unwrap().as_deref(),
+                Some("long")
+            );
             assert_eq!(typed.get(&"a4".into()).unwrap(), None);
         }
         // Still in the committed changelog until the passes remove them: 3 entries examined
@@ -194,10 +204,18 @@ fn expired_entries_vanish_from_every_read_at_once_and_commits_remove_them() {
         // (The commit at T0 examined a1-a3, found nothing expired and stopped before a4.)
         assert_eq!(w.committed().len(), 6, "{name}");
         commit(&mut s);
-        assert_eq!(w.committed().len(), 5, "{name}: a4 removed, the sweep at its end");
+        assert_eq!(
+            w.committed().len(),
+            5,
+            "{name}: a4 removed, the sweep at its end"
+        );
         commit(&mut s);
         let left: Vec<_> = w.committed().into_keys().collect();
-        assert_eq!(left, vec![b"b-long".to_vec(), b"c-never".to_vec()], "{name}");
+        assert_eq!(
+            left,
+            vec![b"b-long".to_vec(), b"c-never".to_vec()],
+            "{name}"
+        );
         // The stored values carry their deadlines.
         let committed = w.committed();
         assert_eq!(
@@ -206,7 +224,9 @@ fn expired_entries_vanish_from_every_read_at_once_and_commits_remove_them() {
             "{name}"
         );
         assert_eq!(
-            ttl::decode(STORE, &committed[&b"c-never".to_vec()]).unwrap().0,
+            ttl::decode(STORE, &committed[&b"c-never".to_vec()])
+                .unwrap()
+                .0,
             NEVER
         );
     }
@@ -309,7 +329,11 @@ fn a_changed_ttl_applies_to_new_writes_and_ttl_cannot_be_turned_on_or_off() {
         let mut s = w.open(&longer);
         stack(&mut s).put(b"new", b"2").unwrap();
         w.clock.advance(1_000);
-        assert_eq!(get(&mut s, "old"), None, "{name}: old entries keep their deadline");
+        assert_eq!(
+            get(&mut s, "old"),
+            None,
+            "{name}: old entries keep their deadline"
+        );
         assert_eq!(get(&mut s, "new").as_deref(), Some("2"), "{name}");
         commit(&mut s);
         drop(s);
@@ -359,9 +383,7 @@ fn the_value_limit_counts_what_users_write_and_typed_ttls_work() {
         typed
             .put_with_ttl(&"t".into(), &5, Duration::from_secs(3))
             .unwrap();
-        typed
-            .put_expiring_at(&"at".into(), &6, T0 + 2_000)
-            .unwrap();
+        typed.put_expiring_at(&"at".into(), &6, T0 + 2_000).unwrap();
         w.clock.advance(2_000);
         assert_eq!(typed.get(&"t".into()).unwrap(), Some(5));
         assert_eq!(typed.get(&"at".into()).unwrap(), None);

@@ -290,8 +290,9 @@ fn open_read_only(state_dir: &Path, task: &str, store: &str) -> Result<ReadOnlyS
 /// expiry header stripped.
 fn visible(config: &StoreConfig, store: &str, v: Option<Vec<u8>>) -> Result<Option<Vec<u8>>> {
     match (v, config.ttl_ms) {
-        (Some(v), Some(_)) => Ok(gregor::store::ttl::visible(store, &v, config.clock.now_ms())?
-            .map(<[u8]>::to_vec)),
+        (Some(v), Some(_)) => {
+            Ok(gregor::store::ttl::visible(store, &v, config.clock.now_ms())?.map(<[u8]>::to_vec))
+        }
         (v, _) => Ok(v),
     }
 }

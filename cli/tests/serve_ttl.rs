@@ -56,7 +56,11 @@ fn per_write_ttls_over_http_expire_at_once_and_survive_kill_9() {
     let s = Server::start(&state, &args, &[]);
     s.wait_ready();
     let written = Instant::now();
-    assert_eq!(s.put(&format!("{}?ttl_ms=1500", key_path("kv", "short")), b"s").status, 204);
+    assert_eq!(
+        s.put(&format!("{}?ttl_ms=1500", key_path("kv", "short")), b"s")
+            .status,
+        204
+    );
     assert_eq!(s.put(&key_path("kv", "long"), b"l").status, 204);
     let batch = r#"{"ops": [{"op": "put", "key": "b-short", "value": "eA==", "ttl_ms": 1500},
                             {"op": "put", "key": "b-long", "value": "eQ=="}]}"#;
@@ -73,7 +77,11 @@ fn per_write_ttls_over_http_expire_at_once_and_survive_kill_9() {
         r#"{"ops": [{"op": "put", "key": "bad", "value": "eA==", "ttl_ms": "soon"}]}"#,
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.message().contains("ops[0]") && r.message().contains("ttl_ms"), "{}", r.body);
+    assert!(
+        r.message().contains("ops[0]") && r.message().contains("ttl_ms"),
+        "{}",
+        r.body
+    );
     assert_eq!(s.get(&key_path("kv", "bad")).status, 404);
     if written.elapsed() < Duration::from_millis(1_200) {
         assert_eq!(range_keys(&s), ["b-long", "b-short", "long", "short"]);
@@ -97,8 +105,12 @@ fn per_write_ttls_over_http_expire_at_once_and_survive_kill_9() {
 
     // A store without ttl.ms refuses ttl_ms, naming the key to set.
     let plain = dir.path().join("plain.toml");
-    std::fs::write(&plain, JOB.replace("ttl.ms = 600000\n", "").replace("sessions", "plain"))
-        .unwrap();
+    std::fs::write(
+        &plain,
+        JOB.replace("ttl.ms = 600000\n", "")
+            .replace("sessions", "plain"),
+    )
+    .unwrap();
     create_input(&dir.path().join("state2"), "plain-in");
     let s = Server::start(
         &dir.path().join("state2"),

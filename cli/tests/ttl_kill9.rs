@@ -101,9 +101,12 @@ fn assert_nothing_visible(state: &Path, job: &Path, when: &str) {
             "sessions.partition-{}",
             partition_for_key(key.as_bytes(), 2)
         );
-        let o = cmd(state, &["store", "get", "--task", &task, "--store", "kv", key])
-            .output()
-            .unwrap();
+        let o = cmd(
+            state,
+            &["store", "get", "--task", &task, "--store", "kv", key],
+        )
+        .output()
+        .unwrap();
         assert_eq!(o.status.code(), Some(1), "{when}: {key}: {}", text(&o));
     }
 }
@@ -157,11 +160,16 @@ fn expired_keys_never_come_back_after_kill_9() {
     let committed = committed_records(&state);
     assert_eq!(committed.len() as u64, KEYS);
     for (k, v) in &committed {
-        let v = v.as_ref().unwrap_or_else(|| panic!("{k}: tombstone already"));
+        let v = v
+            .as_ref()
+            .unwrap_or_else(|| panic!("{k}: tombstone already"));
         let (at, value) = gregor::store::ttl::decode("kv", v).unwrap();
         assert_eq!(value, b"session");
         let now = gregor::store::ttl::Clock::System.now_ms();
-        assert!(at > now && at <= now + TTL_MS, "{k}: deadline {at}, now {now}");
+        assert!(
+            at > now && at <= now + TTL_MS,
+            "{k}: deadline {at}, now {now}"
+        );
     }
     // Let every key expire.
     std::thread::sleep(Duration::from_millis(TTL_MS + 200).saturating_sub(started.elapsed()));
@@ -174,7 +182,11 @@ fn expired_keys_never_come_back_after_kill_9() {
         .env("GREGOR_CRASH_AT", "sink-flushed:1")
         .output()
         .unwrap();
-    assert!(!o.status.success(), "the crash point was reached: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "the crash point was reached: {}",
+        text(&o)
+    );
     assert_nothing_visible(&state, &job, "after the crash at sink-flushed");
 
     // kill -9 at random moments while passes remove the keys.
@@ -183,7 +195,9 @@ fn expired_keys_never_come_back_after_kill_9() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = cmd(&state, &["run", job.to_str().unwrap()]).spawn().unwrap();
+        let mut child = cmd(&state, &["run", job.to_str().unwrap()])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(30 + seed % 150));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -191,7 +205,9 @@ fn expired_keys_never_come_back_after_kill_9() {
     }
 
     // A run long enough to finish the sweeps, stopped cleanly.
-    let mut child = cmd(&state, &["run", job.to_str().unwrap()]).spawn().unwrap();
+    let mut child = cmd(&state, &["run", job.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1_500));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

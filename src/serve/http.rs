@@ -825,8 +825,13 @@ async fn put_key(
             "unknown parameter `{p}` (a PUT takes ttl_ms)"
         )));
     }
-    let ttl_ms = parse_ttl_ms(params.get("ttl_ms").map(|s| Value::String(s.clone())).as_ref())
-        .map_err(ApiError::BadRequest)?;
+    let ttl_ms = parse_ttl_ms(
+        params
+            .get("ttl_ms")
+            .map(|s| Value::String(s.clone()))
+            .as_ref(),
+    )
+    .map_err(ApiError::BadRequest)?;
     let w = app.writes(&store)?;
     let key = app.key(&store, &text, "key")?;
     let body = body?;
@@ -888,10 +893,14 @@ fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>
             let value = render::from_json(cfg.value_serde, value_json, "value")
                 .map_err(|e| at(e.to_string()))?;
             let ttl_ms = parse_ttl_ms(o.get("ttl_ms")).map_err(at)?;
-            records.push(put_record(app, store, key, value, ttl_ms).map_err(|e| match e {
-                ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(format!("ops[{i}]: {m}")),
-                e => at(e.to_string()),
-            })?);
+            records.push(
+                put_record(app, store, key, value, ttl_ms).map_err(|e| match e {
+                    ApiError::PayloadTooLarge(m) => {
+                        ApiError::PayloadTooLarge(format!("ops[{i}]: {m}"))
+                    }
+                    e => at(e.to_string()),
+                })?,
+            );
         } else {
             records.push((key, None));
         }

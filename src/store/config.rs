@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::cached::{DEFAULT_CACHE_MAX_BYTES, DEFAULT_PROCESS_CACHE_MAX_BYTES};
 use super::limits::Limits;
 use super::rocks::{Compression, RocksOptions};
-use crate::config::{ConfigError, FlatConfig};
 use super::ttl::{Clock, HEADER_BYTES};
+use crate::config::{ConfigError, FlatConfig};
 use crate::serde::SerdeName;
 
 /// Where a store keeps its data.
@@ -236,10 +236,14 @@ impl StoreConfig {
         if ttl_cleanup_entries.is_some() && ttl_ms.is_none() {
             return Err(invalid(
                 "ttl.cleanup.entries",
-                format!("only a store with expiry times has it: set {} too", k("ttl.ms")),
+                format!(
+                    "only a store with expiry times has it: set {} too",
+                    k("ttl.ms")
+                ),
             ));
         }
-        if ttl_ms.is_some() && limits.max_value_bytes as u64 > MAX_MAX_VALUE_BYTES - HEADER_BYTES as u64
+        if ttl_ms.is_some()
+            && limits.max_value_bytes as u64 > MAX_MAX_VALUE_BYTES - HEADER_BYTES as u64
         {
             return Err(invalid(
                 "max.value.bytes",

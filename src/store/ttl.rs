@@ -205,9 +205,13 @@ pub fn visible<'a>(store: &str, stored: &'a [u8], now_ms: u64) -> Result<Option<
 /// `it` (entries as stored) with expired entries left out and the headers stripped.
 pub fn visible_iter<'a>(store: &str, it: KvIter<'a>, now_ms: u64) -> KvIter<'a> {
     let store = store.to_string();
-    Box::new(it.filter_map(move |e| match e {
-        Err(e) => Some(Err(e)),
-        Ok((k, v)) => strip(&store, v, now_ms).transpose().map(|v| v.map(|v| (k, v))),
+    Box::new(it.filter_map(move |e| {
+        match e {
+            Err(e) => Some(Err(e)),
+            Ok((k, v)) => strip(&store, v, now_ms)
+                .transpose()
+                .map(|v| v.map(|v| (k, v))),
+        }
     }))
 }
 
@@ -521,14 +525,18 @@ mod tests {
         assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
         clock.advance(1);
         assert_eq!(s.get(b"a").unwrap(), None);
-        assert_eq!(s.get_all(&[b"a", b"b"]).unwrap(), vec![None, Some(b"2".to_vec())]);
+        assert_eq!(
+            s.get_all(&[b"a", b"b"]).unwrap(),
+            vec![None, Some(b"2".to_vec())]
+        );
         let all: Vec<_> = s.all().unwrap().map(|e| e.unwrap().0).collect();
         assert_eq!(all, vec![b"b".to_vec(), b"c".to_vec()]);
         let snap = s.snapshot().unwrap();
         clock.advance(400);
         assert_eq!(snap.get(b"b").unwrap(), None);
         let mut seen = None;
-        s.get_with(b"c", &mut |v| seen = v.map(<[u8]>::to_vec)).unwrap();
+        s.get_with(b"c", &mut |v| seen = v.map(<[u8]>::to_vec))
+            .unwrap();
         assert_eq!(seen, Some(b"3".to_vec()));
     }
 
@@ -546,6 +554,10 @@ mod tests {
         assert_eq!(s.expire().unwrap(), 2, "the third pass reaches the end");
         assert_eq!(s.expire().unwrap(), 0);
         let left: Vec<_> = s.inner.all().unwrap().map(|e| e.unwrap().0).collect();
-        assert_eq!(left, vec![b"z".to_vec()], "expired entries are deleted below");
+        assert_eq!(
+            left,
+            vec![b"z".to_vec()],
+            "expired entries are deleted below"
+        );
     }
 }
