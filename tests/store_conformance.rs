@@ -135,7 +135,12 @@ impl Harness {
                     ..Default::default()
                 };
                 let budget = gregor::store::cached::CacheBudget::new(usize::MAX);
-                s = Box::new(CachedStore::sized(s, self.stored_limits(), settings, budget));
+                s = Box::new(CachedStore::sized(
+                    s,
+                    self.stored_limits(),
+                    settings,
+                    budget,
+                ));
             }
             Some((size, batch)) => {
                 let size = NonZeroUsize::new(size).expect("cache size > 0");

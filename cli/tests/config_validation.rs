@@ -128,6 +128,10 @@ fn bad_ttl_settings_are_refused_naming_the_key() {
             "ttl.ms = 1000\nmax.value.bytes = 67043304",
             &["stores.counts.max.value.bytes", "expiry header", "67043295"],
         ),
+        (
+            "ttl.ms = 1000\nside.inputs = [\"users\"]",
+            &["stores.counts.ttl.ms", "side inputs"],
+        ),
     ];
     for (line, needles) in cases {
         refused(

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Entry, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
+use super::{KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
 use crate::telemetry::StoreLabels;
 
 /// The first byte of every value of a TTL store: the header's format version.
@@ -472,18 +472,6 @@ impl KvSnapshot for TtlSnapshot {
         let it = self.inner.scan(from, to)?;
         Ok(visible_iter(&self.name, it, self.clock.now_ms()))
     }
-}
-
-/// Entries as stored (header included) turned into what a reader sees at `now_ms`: for
-/// tools that read engines or changelogs directly.
-pub fn visible_entries(store: &str, entries: Vec<Entry>, now_ms: u64) -> Result<Vec<Entry>> {
-    let mut out = Vec::with_capacity(entries.len());
-    for (k, v) in entries {
-        if let Some(v) = strip(store, v, now_ms)? {
-            out.push((k, v));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
