@@ -34,6 +34,7 @@ pub const NEVER: u64 = u64::MAX;
 /// with it. Two clocks always compare equal: the clock is not part of a store's
 /// configuration.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum Clock {
     /// The system's wall clock.
     #[default]
@@ -54,7 +55,7 @@ impl Clock {
     /// Whether an entry with deadline `expires_at_ms` is still visible now (the deadline is
     /// after now). On the system clock this reads the kernel's coarse clock (a few ns, no
     /// system call), which lags the precise clock by at most one tick: only a deadline
-    /// within that tick of it needs the precise clock, so the answer is exactly
+    /// within two ticks of it needs the precise clock, so the answer is exactly
     /// `expires_at_ms > now_ms()`.
     #[inline]
     pub fn is_live(&self, expires_at_ms: u64) -> bool {
@@ -92,9 +93,10 @@ fn system_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The coarse realtime clock in ms and how far (ms) it may lag the precise one: its
-/// resolution rounded up, plus 1 for the rounding of both readings to ms. Where the coarse
-/// clock cannot be read, the precise clock with a lag of 0.
+/// The coarse realtime clock in ms and how far (ms) it may lag the precise one. It is
+/// updated every tick (its resolution), so it lags by at most one; the margin taken is two
+/// ticks (a tick handled late), plus 1 ms for the rounding of both readings to ms. Where the
+/// coarse clock cannot be read, the precise clock with a lag of 0.
 fn coarse_ms() -> (u64, u64) {
     use nix::time::{ClockId, clock_getres, clock_gettime};
     static TICK: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
@@ -102,7 +104,7 @@ fn coarse_ms() -> (u64, u64) {
         let res = clock_getres(ClockId::CLOCK_REALTIME_COARSE).ok()?;
         let ns = res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64;
         // A coarse clock coarser than 100 ms is not worth it.
-        (ns <= 100_000_000).then(|| ns.div_ceil(1_000_000) + 1)
+        (ns <= 100_000_000).then(|| 2 * ns.div_ceil(1_000_000) + 1)
     });
     match (tick, clock_gettime(ClockId::CLOCK_REALTIME_COARSE)) {
         (Some(tick), Ok(t)) => (
@@ -489,6 +491,29 @@ mod tests {
                 clock: clock.clock(),
             },
         )
+    }
+
+    /// The system clock's deadline check agrees with the precise clock, also for deadlines
+    /// within a few ticks of now (where the coarse clock alone could be wrong).
+    #[test]
+    fn system_clock_checks_are_exact_near_the_deadline() {
+        let c = Clock::System;
+        for round in 0..2_000u64 {
+            let base = system_ms();
+            for d in [base.saturating_sub(30), base, base + 1, base + 5, base + 30] {
+                let d = d + round % 3;
+                let before = system_ms();
+                let live = c.is_live(d);
+                let after = system_ms();
+                if live {
+                    assert!(d > before, "deadline {d} live at {before}");
+                } else {
+                    assert!(d <= after, "deadline {d} expired at {after}");
+                }
+            }
+        }
+        assert!(c.is_live(NEVER));
+        assert!(!c.is_live(0));
     }
 
     #[test]
