@@ -28,6 +28,7 @@ use gregor::store::logged::LoggedStore;
 use gregor::store::memory::MemoryEngine;
 use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{RocksEngine, RocksOptions};
+use gregor::store::ttl::{TtlSettings, TtlStore};
 use gregor::store::typed::Store;
 use gregor::store::{
     Engine, Entry, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, StoreError,
@@ -64,6 +65,16 @@ struct Spec {
     /// A deliberately broken layer on top, to check that the suite catches it (see the
     /// `suite_catches` module at the end); `None` everywhere else.
     bug: Option<Bug>,
+}
+
+/// The TTL layer's settings: 1 hour on the system clock, so nothing expires during a test.
+fn ttl_settings(limits: Limits) -> TtlSettings {
+    TtlSettings {
+        ttl_ms: 3_600_000,
+        cleanup_entries: 10_000,
+        limits,
+        clock: gregor::store::ttl::Clock::System,
+    }
 }
 
 /// Owns the data directory of one test so the stack can be dropped and reopened.
@@ -128,37 +139,34 @@ impl Harness {
             *self.sink.borrow_mut() = Some(sink);
             s = Box::new(LoggedStore::new(engine, changelog, self.stored_limits()));
         }
-        match self.spec.cache {
+        let ttl = self.spec.ttl.then(|| ttl_settings(self.limits));
+        let cache = match self.spec.cache {
             Some((0, bytes)) => {
                 let settings = gregor::store::cached::CacheSettings {
                     max_bytes: bytes,
                     ..Default::default()
                 };
                 let budget = gregor::store::cached::CacheBudget::new(usize::MAX);
-                s = Box::new(CachedStore::sized(
+                Ok(CachedStore::sized(
                     s,
                     self.stored_limits(),
                     settings,
                     budget,
-                ));
+                ))
             }
             Some((size, batch)) => {
                 let size = NonZeroUsize::new(size).expect("cache size > 0");
-                s = Box::new(CachedStore::new(s, self.stored_limits(), size, batch));
+                Ok(CachedStore::new(s, self.stored_limits(), size, batch))
             }
-            None => {}
-        }
-        if self.spec.ttl {
-            s = Box::new(gregor::store::ttl::TtlStore::new(
-                s,
-                gregor::store::ttl::TtlSettings {
-                    ttl_ms: 3_600_000,
-                    cleanup_entries: 10_000,
-                    limits: self.limits,
-                    clock: gregor::store::ttl::Clock::System,
-                },
-            ));
-        }
+            None => Err(s),
+        };
+        // Over a cache, the TTL layer reads the cache's entries directly, as in the stack.
+        let mut s: Box<dyn KeyValueStore> = match (cache, ttl) {
+            (Ok(cache), Some(ttl)) => Box::new(TtlStore::over_cache(cache, ttl)),
+            (Ok(cache), None) => Box::new(cache),
+            (Err(s), Some(ttl)) => Box::new(TtlStore::new(s, ttl)),
+            (Err(s), None) => s,
+        };
         if self.spec.metered {
             s = Box::new(MeteredStore::new(s));
         }

@@ -179,6 +179,12 @@ pub fn add_layers_labelled(
     config: &StoreConfig,
     labels: &StoreLabels,
 ) -> Box<dyn KeyValueStore> {
+    let ttl = config.ttl_ms.map(|ttl_ms| TtlSettings {
+        ttl_ms,
+        cleanup_entries: config.ttl_cleanup_entries,
+        limits: config.limits,
+        clock: config.clock.clone(),
+    });
     let inner: Box<dyn KeyValueStore> = if config.cached() {
         let settings = CacheSettings {
             max_bytes: config.cache_max_bytes,
@@ -186,27 +192,17 @@ pub fn add_layers_labelled(
             write_batch_size: config.write_batch_size,
         };
         let budget = CacheBudget::process(config.process_cache_max_bytes);
-        Box::new(
-            CachedStore::sized(inner, config.stored_limits(), settings, budget)
-                .with_metrics(labels),
-        )
+        let cache = CachedStore::sized(inner, config.stored_limits(), settings, budget)
+            .with_metrics(labels);
+        match ttl {
+            Some(ttl) => Box::new(TtlStore::over_cache(cache, ttl).with_metrics(labels)),
+            None => Box::new(cache),
+        }
     } else {
-        inner
-    };
-    let inner: Box<dyn KeyValueStore> = match config.ttl_ms {
-        Some(ttl_ms) => Box::new(
-            TtlStore::new(
-                inner,
-                TtlSettings {
-                    ttl_ms,
-                    cleanup_entries: config.ttl_cleanup_entries,
-                    limits: config.limits,
-                    clock: config.clock.clone(),
-                },
-            )
-            .with_metrics(labels),
-        ),
-        None => inner,
+        match ttl {
+            Some(ttl) => Box::new(TtlStore::new(inner, ttl).with_metrics(labels)),
+            None => inner,
+        }
     };
     Box::new(MeteredStore::with_labels(
         inner,

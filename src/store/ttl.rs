@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::cached::CachedStore;
 use super::{KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, Result, StoreError};
 use crate::telemetry::StoreLabels;
 
@@ -257,9 +258,16 @@ pub struct TtlSettings {
     pub clock: Clock,
 }
 
+/// The layer below the TTL layer: the cache, known by type so that reads borrow its
+/// entries without a closure, or any other layer.
+enum Below {
+    Cached(Box<CachedStore>),
+    Other(Box<dyn KeyValueStore>),
+}
+
 /// The TTL layer (see the module docs).
 pub struct TtlStore {
-    inner: Box<dyn KeyValueStore>,
+    inner: Below,
     settings: TtlSettings,
     /// Where the next expiry pass starts; `None`: from the first key.
     cursor: Option<Vec<u8>>,
@@ -273,6 +281,16 @@ pub struct TtlStore {
 impl TtlStore {
     /// Gives `inner`'s entries the expiry `settings` say.
     pub fn new(inner: Box<dyn KeyValueStore>, settings: TtlSettings) -> Self {
+        Self::with_below(Below::Other(inner), settings)
+    }
+
+    /// [`new`](Self::new) over a cache, which reads borrow from directly (the store stack's
+    /// layout).
+    pub fn over_cache(cache: CachedStore, settings: TtlSettings) -> Self {
+        Self::with_below(Below::Cached(Box::new(cache)), settings)
+    }
+
+    fn with_below(inner: Below, settings: TtlSettings) -> Self {
         TtlStore {
             inner,
             settings,
@@ -292,6 +310,21 @@ impl TtlStore {
         self
     }
 
+    /// The layer below, as a store.
+    fn below(&mut self) -> &mut dyn KeyValueStore {
+        match &mut self.inner {
+            Below::Cached(c) => &mut **c,
+            Below::Other(o) => &mut **o,
+        }
+    }
+
+    fn below_name(&self) -> &str {
+        match &self.inner {
+            Below::Cached(c) => c.name(),
+            Below::Other(o) => o.name(),
+        }
+    }
+
     fn deadline(&self, ttl_ms: u64) -> u64 {
         self.settings.clock.write_ms().saturating_add(ttl_ms)
     }
@@ -299,11 +332,11 @@ impl TtlStore {
     fn put_at(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
         self.settings
             .limits
-            .check_ref(self.inner.name(), key, Some(value))?;
+            .check_ref(self.below_name(), key, Some(value))?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         encode_into(&mut buf, expires_at_ms, value);
-        let r = self.inner.put(key, &buf);
+        let r = self.below().put(key, &buf);
         if buf.capacity() <= 64 << 10 {
             self.buf = buf;
         }
@@ -313,45 +346,50 @@ impl TtlStore {
 
 impl KeyValueStore for TtlStore {
     fn name(&self) -> &str {
-        self.inner.name()
+        self.below_name()
     }
 
     /// Copies only the value out of the layer below (no header to strip afterwards).
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let clock = &self.settings.clock;
-        let mut out = Ok(None);
-        self.inner.get_with(key, &mut |v| {
-            out = match v {
-                None => Ok(None),
-                Some(v) => match live_value(clock, v) {
-                    Ok(v) => Ok(v.map(<[u8]>::to_vec)),
-                    Err(len) => Err(len),
-                },
-            }
-        })?;
-        out.map_err(|len| no_header(self.inner.name(), len))
+        if let Below::Cached(c) = &mut self.inner {
+            let found = match c.get_ref(key)? {
+                None => return Ok(None),
+                Some(v) => live_value(&self.settings.clock, v).map(|v| v.map(<[u8]>::to_vec)),
+            };
+            return found.map_err(|len| no_header(c.name(), len));
+        }
+        let mut out = None;
+        self.get_with(key, &mut |v| out = v.map(<[u8]>::to_vec))?;
+        Ok(out)
     }
 
     fn get_with(&mut self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
         let clock = &self.settings.clock;
-        let mut bad = None;
-        self.inner.get_with(key, &mut |v| match v {
-            None => f(None),
-            Some(v) => match live_value(clock, v) {
-                Ok(v) => f(v),
-                Err(len) => bad = Some(len),
+        let stored = match &mut self.inner {
+            // The stack's layout: borrow the cache entry, no closure below.
+            Below::Cached(c) => match c.get_ref(key)? {
+                None => {
+                    f(None);
+                    return Ok(());
+                }
+                Some(v) => live_value(clock, v).map(&mut *f),
             },
-        })?;
-        match bad {
-            None => Ok(()),
-            Some(len) => Err(no_header(self.inner.name(), len)),
-        }
+            Below::Other(o) => {
+                let mut bad = Ok(());
+                o.get_with(key, &mut |v| match v {
+                    None => f(None),
+                    Some(v) => bad = live_value(clock, v).map(&mut *f),
+                })?;
+                bad
+            }
+        };
+        stored.map_err(|len| no_header(self.below_name(), len))
     }
 
     fn get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let now = self.settings.clock.now_ms();
-        let vs = self.inner.get_all(keys)?;
-        let name = self.inner.name();
+        let vs = self.below().get_all(keys)?;
+        let name = self.below_name();
         vs.into_iter()
             .map(|v| match v {
                 None => Ok(None),
@@ -363,7 +401,7 @@ impl KeyValueStore for TtlStore {
     fn write_batch(&mut self, batch: Vec<Mutation>) -> Result<()> {
         self.settings
             .limits
-            .check_batch(self.inner.name(), &batch)?;
+            .check_batch(self.below_name(), &batch)?;
         let at = self.deadline(self.settings.ttl_ms);
         let batch = batch
             .into_iter()
@@ -372,7 +410,7 @@ impl KeyValueStore for TtlStore {
                 key: m.key,
             })
             .collect();
-        self.inner.write_batch(batch)
+        self.below().write_batch(batch)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -390,34 +428,34 @@ impl KeyValueStore for TtlStore {
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.inner.delete(key)
+        self.below().delete(key)
     }
 
     fn scan(&mut self, from: &[u8], to: Option<&[u8]>) -> Result<KvIter<'_>> {
         let now = self.settings.clock.now_ms();
-        let name = self.inner.name().to_string();
-        let it = self.inner.scan(from, to)?;
+        let name = self.below_name().to_string();
+        let it = self.below().scan(from, to)?;
         Ok(visible_iter(&name, it, now))
     }
 
     fn snapshot(&mut self) -> Result<Box<dyn KvSnapshot>> {
         Ok(Box::new(TtlSnapshot {
-            name: self.inner.name().to_string(),
-            inner: self.inner.snapshot()?,
+            name: self.below_name().to_string(),
+            inner: self.below().snapshot()?,
             clock: self.settings.clock.clone(),
         }))
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.inner.flush()
+        self.below().flush()
     }
 
     fn flush_to_changelog(&mut self) -> Result<()> {
-        self.inner.flush_to_changelog()
+        self.below().flush_to_changelog()
     }
 
     fn close(&mut self) -> Result<()> {
-        self.inner.close()
+        self.below().close()
     }
 
     /// Examines up to `ttl.cleanup.entries` entries from where the last pass stopped (then
@@ -426,9 +464,9 @@ impl KeyValueStore for TtlStore {
         let now = self.settings.clock.now_ms();
         let budget = self.settings.cleanup_entries.max(1);
         let from = self.cursor.take().unwrap_or_default();
-        let name = self.inner.name().to_string();
+        let name = self.below_name().to_string();
         let (mut expired, mut examined, mut pending, mut next) = (Vec::new(), 0usize, 0u64, None);
-        for e in self.inner.scan(&from, None)? {
+        for e in self.below().scan(&from, None)? {
             let (k, v) = e?;
             if examined == budget {
                 next = Some(k);
@@ -451,7 +489,7 @@ impl KeyValueStore for TtlStore {
         self.cursor = next;
         let n = expired.len() as u64;
         if n > 0 {
-            self.inner.write_batch(expired)?;
+            self.below().write_batch(expired)?;
             self.removed.increment(n);
         }
         Ok(n)
@@ -569,7 +607,7 @@ mod tests {
         assert_eq!(s.expire().unwrap(), 3);
         assert_eq!(s.expire().unwrap(), 2, "the third pass reaches the end");
         assert_eq!(s.expire().unwrap(), 0);
-        let left: Vec<_> = s.inner.all().unwrap().map(|e| e.unwrap().0).collect();
+        let left: Vec<_> = s.below().all().unwrap().map(|e| e.unwrap().0).collect();
         assert_eq!(
             left,
             vec![b"z".to_vec()],
