@@ -16,6 +16,10 @@
 //!   when all expired (scan + a tombstone each), vs a full scan of the stack without TTL.
 //!
 //! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
+//! `cargo bench --bench store -- --ttl-ops N [plain|ttl]` runs only the cache-hit cost of TTL
+//! on the memory engine (N gets and N puts of 500 hot keys per stack; with `plain` or `ttl`
+//! only that stack): quick, and deterministic under `valgrind --tool=callgrind`
+//! (instructions per operation, whatever the load).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -153,7 +157,16 @@ fn machine() -> (usize, String) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; only `--quick` matters.
+    // `cargo bench` passes `--bench`; only `--quick` (and `--ttl-ops N`) matter.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ttl-ops") {
+        let n = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--ttl-ops N");
+        ttl_ops(n, args.get(i + 2).map(String::as_str));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 100_000 } else { 1_000_000 };
     let (cpus, model) = machine();
@@ -614,4 +627,71 @@ fn ttl_cost(dir: &Path, keys: &[Vec<u8>], rng: &mut rand::rngs::StdRng) {
         "| expiry pass, all {n} expired (scan + tombstones + flush) | {n} | - | {:.0} | - | - | |",
         n as f64 / removing.as_secs_f64()
     );
+}
+
+/// `--ttl-ops N`: gets and puts that hit the cache, the default stack over the memory engine
+/// with `ttl.ms` (system clock) and without, best of `ROUNDS` interleaved rounds of `n` each;
+/// `only` = `plain` or `ttl` runs one stack only, one round (for callgrind).
+fn ttl_ops(n: usize, only: Option<&str>) {
+    use gregor::store::config::EngineKind;
+    use gregor::store::memory::MemoryEngine;
+    let open = |ttl: bool| -> Stack {
+        let config = StoreConfig {
+            engine: EngineKind::Memory,
+            ttl_ms: ttl.then_some(3_600_000),
+            ..StoreConfig::default()
+        };
+        let engine = MemoryEngine::new("bench", config.stored_limits());
+        Store::new(
+            add_layers(Box::new(engine), &config),
+            SerdeName::Bytes,
+            SerdeName::Bytes,
+        )
+        .expect("typed store")
+    };
+    let keys: Vec<Vec<u8>> = (0..HOT_KEYS as u32)
+        .map(|i| i.to_be_bytes().repeat(4))
+        .collect();
+    let value = vec![7u8; VALUE_BYTES];
+    let (mut plain, mut with_ttl) = (open(false), open(true));
+    let gets = |s: &mut Stack| {
+        let t = Instant::now();
+        for i in 0..n {
+            let v = s.get(&keys[i % HOT_KEYS]).expect("get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    };
+    let puts = |s: &mut Stack| {
+        let t = Instant::now();
+        for i in 0..n {
+            s.put(&keys[i % HOT_KEYS], &value).expect("put");
+        }
+        t.elapsed()
+    };
+    if let Some(only) = only {
+        let s = if only == "ttl" {
+            &mut with_ttl
+        } else {
+            &mut plain
+        };
+        let (p, g) = (puts(s), gets(s));
+        let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+        println!("{only}: put {:.1} ns, get {:.1} ns", ns(p), ns(g));
+        return;
+    }
+    let (p_put, t_put) = paired(|_| puts(&mut plain), |_| puts(&mut with_ttl));
+    let (p_get, t_get) = paired(|_| gets(&mut plain), |_| gets(&mut with_ttl));
+    let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+    println!("cache hits, memory engine, {n} ops per round, best of {ROUNDS}:");
+    println!("| operation | without TTL ns/op | with TTL ns/op | with/without (speed) |");
+    println!("|---|---:|---:|---:|");
+    for (what, p, t) in [("put", p_put, t_put), ("get", p_get, t_get)] {
+        println!(
+            "| {what} | {:.1} | {:.1} | {:.2}x |",
+            ns(p),
+            ns(t),
+            ns(p) / ns(t)
+        );
+    }
 }
