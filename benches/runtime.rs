@@ -7,7 +7,9 @@
 //! distribution (s = 1.1). Each runs with the default store config (the byte-sized cache
 //! flushed at commit); the first input also with Samza's old cache settings
 //! (`object.cache.size = 1000`, `write.batch.size = 500`) for comparison, and the distinct
-//! keys with a 4 MiB cache per store (state larger than the cache). Events/s of the job
+//! keys with a 4 MiB cache per store (state larger than the cache), and the first input
+//! with `ttl.ms` on the store (issue 13: the cost of expiry headers, deadline checks and the
+//! expiry pass at each commit). Events/s of the job
 //! count processing only (after stores are opened), as `RunStats::elapsed` does.
 //!
 //! A counting global allocator reports allocations per event of the whole `run_job` (open,
@@ -18,7 +20,7 @@
 //! `cargo bench --bench runtime` (1M events, best of 3 rounds) or
 //! `cargo bench --bench runtime -- --quick` (200k events, one round). `RUNTIME_BENCH_POOL=N`
 //! sets the thread pool size (`job.container.thread.pool.size`; default the cores). `RUNTIME_BENCH_ONLY=N`
-//! runs only configuration N (0..=4).
+//! runs only configuration N (0..=5).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -267,7 +269,7 @@ fn main() {
     );
 
     let mut results = Vec::new();
-    let configs: [(&str, Keys, &str); 5] = [
+    let configs: [(&str, Keys, &str); 6] = [
         ("defaults, 100k keys uniform", Keys::Uniform(KEYS), ""),
         ("defaults, 1M distinct keys", Keys::Distinct, ""),
         ("defaults, 100k keys Zipf s=1.1", Keys::Zipf(KEYS, 1.1), ""),
@@ -280,6 +282,11 @@ fn main() {
             "Samza's old cache (object.cache.size = 1000, write.batch.size = 500), 100k keys uniform",
             Keys::Uniform(KEYS),
             "object.cache.size = 1000\nwrite.batch.size = 500",
+        ),
+        (
+            "stores.counts.ttl.ms = 3600000 (issue 13: TTL), 100k keys uniform",
+            Keys::Uniform(KEYS),
+            "ttl.ms = 3600000",
         ),
     ];
     let only = std::env::var("RUNTIME_BENCH_ONLY")

@@ -10,9 +10,16 @@
 //! - (c) random gets on both, each key read once, by a stack reopened after the puts (an
 //!   empty cache), so every stack get is a cache miss;
 //! - (d) gets of a hot set that fits in the cache, on both (stack gets are cache hits);
-//! - (e) a full scan on both.
+//! - (e) a full scan on both;
+//! - (f) TTL (issue 13): the same stack with `ttl.ms` vs without (puts, cold and hot gets),
+//!   and the expiry pass: one pass over every entry when none expired (the scan alone) and
+//!   when all expired (scan + a tombstone each), vs a full scan of the stack without TTL.
 //!
 //! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
+//! `cargo bench --bench store -- --ttl-ops N [plain|ttl]` runs only the cache-hit cost of TTL
+//! on the memory engine (N gets and N puts of 500 hot keys per stack; with `plain` or `ttl`
+//! only that stack): quick, and deterministic under `valgrind --tool=callgrind`
+//! (instructions per operation, whatever the load).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -82,7 +89,12 @@ type Stack = Store<Vec<u8>, Vec<u8>>;
 fn open_stack(path: &Path, wal: bool) -> Stack {
     let mut config = StoreConfig::default();
     config.rocksdb.wal_enabled = wal;
-    let engine = RocksEngine::open("bench", path, config.limits, &config.rocksdb)
+    open_stack_with(path, config)
+}
+
+/// The stack `config` builds over RocksDB at `path`.
+fn open_stack_with(path: &Path, config: StoreConfig) -> Stack {
+    let engine = RocksEngine::open("bench", path, config.stored_limits(), &config.rocksdb)
         .expect("open gregor engine");
     Store::new(
         add_layers(Box::new(engine), &config),
@@ -145,7 +157,16 @@ fn machine() -> (usize, String) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; only `--quick` matters.
+    // `cargo bench` passes `--bench`; only `--quick` (and `--ttl-ops N`) matter.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ttl-ops") {
+        let n = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--ttl-ops N");
+        ttl_ops(n, args.get(i + 2).map(String::as_str));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 100_000 } else { 1_000_000 };
     let (cpus, model) = machine();
@@ -475,4 +496,202 @@ fn main() {
         println!("| {name} | {:.0} | {:.0} |", ns(best), ns(best_raw));
     }
     drop(raw);
+    ttl_cost(dir.path(), &keys, &mut rng);
+}
+
+/// (f) The cost of TTL: the default stack with `ttl.ms` (1 hour: nothing expires during the
+/// puts and gets) vs without, over the same keys, interleaved; then the expiry pass.
+fn ttl_cost(dir: &Path, keys: &[Vec<u8>], rng: &mut rand::rngs::StdRng) {
+    let n = keys.len();
+    // Puts and gets read the system clock, as in production; the pass that removes every
+    // entry reads a clock set 2 hours ahead.
+    let clock = gregor::store::ttl::ManualClock::new(gregor::store::ttl::Clock::System.now_ms());
+    let config = |ttl: bool| StoreConfig {
+        ttl_ms: ttl.then_some(3_600_000),
+        ttl_cleanup_entries: n + 1,
+        ..StoreConfig::default()
+    };
+    let (plain_dir, ttl_dir) = (dir.join("ttl-plain"), dir.join("ttl"));
+    let mut plain = open_stack_with(&plain_dir, config(false));
+    let mut with_ttl = open_stack_with(&ttl_dir, config(true));
+    let mut buf = Vec::with_capacity(VALUE_BYTES);
+    let (mut t_plain, mut t_ttl) = (Duration::ZERO, Duration::ZERO);
+    let chunk = n.div_ceil(CHUNKS);
+    for (c, part) in keys.chunks(chunk).enumerate() {
+        let base = c * chunk;
+        let put = |s: &mut Stack, buf: &mut Vec<u8>| {
+            let t = Instant::now();
+            for (j, k) in part.iter().enumerate() {
+                value_of(base + j, buf);
+                s.put(k, buf).expect("put");
+            }
+            t.elapsed()
+        };
+        if c % 2 == 0 {
+            t_plain += put(&mut plain, &mut buf);
+            t_ttl += put(&mut with_ttl, &mut buf);
+        } else {
+            t_ttl += put(&mut with_ttl, &mut buf);
+            t_plain += put(&mut plain, &mut buf);
+        }
+    }
+    let t = Instant::now();
+    plain.flush().expect("flush");
+    t_plain += t.elapsed();
+    let t = Instant::now();
+    with_ttl.flush().expect("flush");
+    t_ttl += t.elapsed();
+    let mut rows = vec![("puts (+ final flush)", n, t_plain, t_ttl)];
+
+    drop((plain, with_ttl));
+    let mut plain = open_stack_with(&plain_dir, config(false));
+    let mut with_ttl = open_stack_with(&ttl_dir, config(true));
+    let mut cold: Vec<usize> = (0..n).collect();
+    cold.shuffle(rng);
+    let per_round = cold.len() / ROUNDS;
+    let slices: Vec<&[usize]> = cold.chunks(per_round).take(ROUNDS).collect();
+    let get_all = |s: &mut Stack, idx: &[usize]| {
+        let t = Instant::now();
+        for &i in idx {
+            let v = s.get(&keys[i]).expect("get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    };
+    let (p, t) = paired(
+        |r| get_all(&mut plain, slices[r]),
+        |r| get_all(&mut with_ttl, slices[r]),
+    );
+    rows.push(("random gets, cache misses", per_round, p, t));
+    let hot: Vec<usize> = (0..HOT_KEYS).map(|_| rng.gen_range(0..n)).collect();
+    let hot_seq: Vec<usize> = (0..n).map(|_| hot[rng.gen_range(0..hot.len())]).collect();
+    get_all(&mut plain, &hot);
+    get_all(&mut with_ttl, &hot);
+    let (p, t) = paired(
+        |_| get_all(&mut plain, &hot_seq),
+        |_| get_all(&mut with_ttl, &hot_seq),
+    );
+    rows.push(("hot-set gets, cache hits", n, p, t));
+
+    // The expiry pass over every entry, none expired (the scan alone), vs a full scan of
+    // the plain stack; then with every entry expired (scan + a tombstone each + the flush).
+    let scan = |s: &mut Stack| {
+        let t = Instant::now();
+        let mut count = 0usize;
+        for e in s.all().expect("scan") {
+            count += usize::from(e.expect("scan").1.len() == VALUE_BYTES);
+        }
+        assert_eq!(count, n);
+        t.elapsed()
+    };
+    let (p, t) = paired(
+        |_| scan(&mut plain),
+        |_| {
+            let t = Instant::now();
+            assert_eq!(with_ttl.inner_mut().expire().expect("expire"), 0);
+            t.elapsed()
+        },
+    );
+    rows.push(("expiry pass, nothing expired (vs full scan)", n, p, t));
+    drop(with_ttl);
+    clock.advance(2 * 3_600_000);
+    let mut with_ttl = open_stack_with(
+        &ttl_dir,
+        StoreConfig {
+            clock: clock.clock(),
+            ..config(true)
+        },
+    );
+    let t = Instant::now();
+    assert_eq!(with_ttl.inner_mut().expire().expect("expire") as usize, n);
+    with_ttl.flush().expect("flush");
+    let removing = t.elapsed();
+    assert!(with_ttl.inner_mut().all().expect("all").next().is_none());
+
+    println!();
+    println!("## TTL: the same stack with stores.<name>.ttl.ms vs without");
+    println!();
+    println!("| operation | ops | without TTL ops/s | with TTL ops/s | with/without | target | |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (i, (what, ops, p, t)) in rows.iter().enumerate() {
+        let (rp, rt) = (*ops as f64 / p.as_secs_f64(), *ops as f64 / t.as_secs_f64());
+        let target = (i < 3).then_some(0.9);
+        println!(
+            "| {what} | {ops} | {rp:.0} | {rt:.0} | {:.2}x | {} | {} |",
+            rt / rp,
+            target.map_or("-".to_string(), |t| format!(">= {t:.1}x")),
+            target.map_or("", |t| if rt / rp >= t { "met" } else { "NOT met" })
+        );
+    }
+    println!(
+        "| expiry pass, all {n} expired (scan + tombstones + flush) | {n} | - | {:.0} | - | - | |",
+        n as f64 / removing.as_secs_f64()
+    );
+}
+
+/// `--ttl-ops N`: gets and puts that hit the cache, the default stack over the memory engine
+/// with `ttl.ms` (system clock) and without, best of `ROUNDS` interleaved rounds of `n` each;
+/// `only` = `plain` or `ttl` runs one stack only, one round (for callgrind).
+fn ttl_ops(n: usize, only: Option<&str>) {
+    use gregor::store::config::EngineKind;
+    use gregor::store::memory::MemoryEngine;
+    let open = |ttl: bool| -> Stack {
+        let config = StoreConfig {
+            engine: EngineKind::Memory,
+            ttl_ms: ttl.then_some(3_600_000),
+            ..StoreConfig::default()
+        };
+        let engine = MemoryEngine::new("bench", config.stored_limits());
+        Store::new(
+            add_layers(Box::new(engine), &config),
+            SerdeName::Bytes,
+            SerdeName::Bytes,
+        )
+        .expect("typed store")
+    };
+    let keys: Vec<Vec<u8>> = (0..HOT_KEYS as u32)
+        .map(|i| i.to_be_bytes().repeat(4))
+        .collect();
+    let value = vec![7u8; VALUE_BYTES];
+    let (mut plain, mut with_ttl) = (open(false), open(true));
+    let gets = |s: &mut Stack| {
+        let t = Instant::now();
+        for i in 0..n {
+            let v = s.get(&keys[i % HOT_KEYS]).expect("get");
+            assert_eq!(v.map(|v| v.len()), Some(VALUE_BYTES));
+        }
+        t.elapsed()
+    };
+    let puts = |s: &mut Stack| {
+        let t = Instant::now();
+        for i in 0..n {
+            s.put(&keys[i % HOT_KEYS], &value).expect("put");
+        }
+        t.elapsed()
+    };
+    if let Some(only) = only {
+        let s = if only == "ttl" {
+            &mut with_ttl
+        } else {
+            &mut plain
+        };
+        let (p, g) = (puts(s), gets(s));
+        let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+        println!("{only}: put {:.1} ns, get {:.1} ns", ns(p), ns(g));
+        return;
+    }
+    let (p_put, t_put) = paired(|_| puts(&mut plain), |_| puts(&mut with_ttl));
+    let (p_get, t_get) = paired(|_| gets(&mut plain), |_| gets(&mut with_ttl));
+    let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+    println!("cache hits, memory engine, {n} ops per round, best of {ROUNDS}:");
+    println!("| operation | without TTL ns/op | with TTL ns/op | with/without (speed) |");
+    println!("|---|---:|---:|---:|");
+    for (what, p, t) in [("put", p_put, t_put), ("get", p_get, t_get)] {
+        println!(
+            "| {what} | {:.1} | {:.1} | {:.2}x |",
+            ns(p),
+            ns(t),
+            ns(p) / ns(t)
+        );
+    }
 }

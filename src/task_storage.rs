@@ -388,6 +388,13 @@ impl TaskStorage {
             task: self.task.clone(),
             source,
         };
+        // 0: a bounded expiry pass of each store with `ttl.ms`: its tombstones are dirty
+        // cache entries that step 1 sends to the changelog with this commit.
+        for store in self.stores.values_mut() {
+            if store.config.ttl_ms.is_some() {
+                store.stack.expire()?;
+            }
+        }
         // 1-3: everything into the sink, then make it durable. A store without a changelog
         // (at-least-once) has no other copy than its engine: it is flushed here, before the
         // checkpoint, so a checkpoint never covers input whose effect a crash could lose
@@ -849,8 +856,8 @@ fn open_store(
         stack::write_offset_file(name, &dir, plan.target)?;
     }
     let changelog = Arc::new(Mutex::new(changelog));
-    let logged =
-        LoggedStore::new(engine, Arc::clone(&changelog), config.limits).with_metrics(&labels);
+    let logged = LoggedStore::new(engine, Arc::clone(&changelog), config.stored_limits())
+        .with_metrics(&labels);
     let stack = stack::add_layers_labelled(Box::new(logged), config, &labels);
     Ok((
         TaskStore {
@@ -1230,7 +1237,7 @@ pub fn open_read_only(
     let mut engine = crate::store::rocks::RocksEngine::open_read_only(
         store,
         &dir.join(stack::DATA_DIR),
-        config.limits,
+        config.stored_limits(),
         &config.rocksdb,
     )?;
     let mut notes = Vec::new();

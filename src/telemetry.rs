@@ -63,6 +63,13 @@ pub const STANDBY_LAG: &str = "gregor_standby_lag_records";
 /// Counter: input messages skipped because their processing failed (`job.process.error`).
 pub const SKIPPED_MESSAGES: &str = "gregor_skipped_messages_total";
 
+/// Counter: expired entries a store's expiry passes removed (a tombstone each through the
+/// changelog), labels job, task, store. Only stores with `ttl.ms`.
+pub const STORE_EXPIRED_ENTRIES: &str = "gregor_store_expired_entries_total";
+/// Gauge: entries of a store with an expiry time still ahead, as counted by its last
+/// complete expiry sweep (an estimate: updated once per sweep), labels job, task, store.
+pub const STORE_PENDING_EXPIRY: &str = "gregor_store_entries_pending_expiry";
+
 /// Counter: HTTP requests answered, labels `route` (the route pattern, e.g.
 /// `/v1/stores/{store}/keys/{key}`; `unmatched` for none) and `status`.
 pub const HTTP_REQUESTS: &str = "gregor_http_requests_total";
@@ -70,7 +77,19 @@ pub const HTTP_REQUESTS: &str = "gregor_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "gregor_http_request_duration_seconds";
 
 /// Every metric: name, kind, unit, help text.
-pub const ALL: [(&str, Kind, Unit, &str); 23] = [
+pub const ALL: [(&str, Kind, Unit, &str); 25] = [
+    (
+        STORE_EXPIRED_ENTRIES,
+        Kind::Counter,
+        Unit::Count,
+        "Expired entries removed from the store (tombstones through its changelog).",
+    ),
+    (
+        STORE_PENDING_EXPIRY,
+        Kind::Gauge,
+        Unit::Count,
+        "Entries with an expiry time still ahead, counted by the last complete expiry sweep.",
+    ),
     (
         STORE_OPERATIONS,
         Kind::Counter,

@@ -35,6 +35,11 @@ impl StreamTask for CountOrFail {
         let mut counts = ctx.store::<String, u64>("counts")?;
         let n = counts.get(&key)?.unwrap_or(0);
         counts.put(&key, &(n + 1))?;
+        // A store with ttl.ms: an entry already expired (the commits' passes remove it) and
+        // one that lives an hour (pending expiry).
+        let mut seen = ctx.store::<String, String>("seen")?;
+        seen.put_expiring_at(&key, &"x".to_string(), 1)?;
+        seen.put(&"last".to_string(), &key)?;
         Ok(())
     }
 }
@@ -129,6 +134,12 @@ fn a_jobs_metrics_render_for_prometheus_and_pass_promtool() {
         key.serde = "string"
         value.serde = "u64"
         changelog = "counts-changelog"
+
+        [stores.seen]
+        key.serde = "string"
+        value.serde = "string"
+        changelog = "seen-changelog"
+        ttl.ms = 3600000
         "#,
     )
     .unwrap();
@@ -204,6 +215,9 @@ fn a_jobs_metrics_render_for_prometheus_and_pass_promtool() {
             .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
     };
     assert!(value(&format!("{}{{{store}}}", t::RESTORE_RECORDS)) > 0.0);
+    let seen = format!(r#"{labels},store="seen""#);
+    assert!(value(&format!("{}{{{seen}}}", t::STORE_EXPIRED_ENTRIES)) > 0.0);
+    assert!(value(&format!("{}{{{seen}}}", t::STORE_PENDING_EXPIRY)) >= 1.0);
     assert_eq!(
         value(&format!(
             r#"{}{{{labels},topic="in",partition="0"}}"#,

@@ -1,7 +1,8 @@
 //! One conformance suite for the `KeyValueStore` contract (see `src/store/mod.rs`), run
 //! against every engine and layer combination: memory and RocksDB engines, each bare, under a
 //! default-sized cache and under a tiny cache (3 entries, write batch 2, so dirty entries are
-//! evicted and batches flushed all the time), each with and without the metered layer. The
+//! evicted and batches flushed all the time), each with and without the metered layer, and
+//! with the TTL layer (`ttl.ms`, nothing expiring) over the logged layer. The
 //! typed facade is exercised on top of every combination. Engine-only points
 //! (`write_logged`, `changelog_end`, `bulk_load`, `wipe`) run on the bare engines, and
 //! persistence across reopen runs on every RocksDB combination.
@@ -27,6 +28,7 @@ use gregor::store::logged::LoggedStore;
 use gregor::store::memory::MemoryEngine;
 use gregor::store::metered::MeteredStore;
 use gregor::store::rocks::{RocksEngine, RocksOptions};
+use gregor::store::ttl::{TtlSettings, TtlStore};
 use gregor::store::typed::Store;
 use gregor::store::{
     Engine, Entry, KeyValueStore, KvIter, KvSnapshot, Limits, Mutation, StoreError,
@@ -57,9 +59,22 @@ struct Spec {
     /// cache bounded in bytes only (the default kind), or no cache.
     cache: Option<(usize, usize)>,
     metered: bool,
+    /// The TTL layer (`ttl.ms`, 1 hour on the system clock: nothing expires) between the
+    /// metered layer and the cache; the layers below hold values 9 bytes longer.
+    ttl: bool,
     /// A deliberately broken layer on top, to check that the suite catches it (see the
     /// `suite_catches` module at the end); `None` everywhere else.
     bug: Option<Bug>,
+}
+
+/// The TTL layer's settings: 1 hour on the system clock, so nothing expires during a test.
+fn ttl_settings(limits: Limits) -> TtlSettings {
+    TtlSettings {
+        ttl_ms: 3_600_000,
+        cleanup_entries: 10_000,
+        limits,
+        clock: gregor::store::ttl::Clock::System,
+    }
 }
 
 /// Owns the data directory of one test so the stack can be dropped and reopened.
@@ -90,12 +105,22 @@ impl Harness {
         }
     }
 
+    /// The limits of the layers below the TTL layer (values 9 bytes longer with it).
+    fn stored_limits(&self) -> Limits {
+        let mut l = self.limits;
+        if self.spec.ttl {
+            l.max_value_bytes += gregor::store::ttl::HEADER_BYTES;
+        }
+        l
+    }
+
     /// Opens the bare engine (a fresh one for memory; the same directory for RocksDB).
     fn engine(&self) -> Box<dyn Engine> {
+        let limits = self.stored_limits();
         match self.spec.engine {
-            EngineKind::Memory => Box::new(MemoryEngine::new(NAME, self.limits)),
+            EngineKind::Memory => Box::new(MemoryEngine::new(NAME, limits)),
             EngineKind::Rocks => Box::new(
-                RocksEngine::open(NAME, self.dir.path(), self.limits, &RocksOptions::default())
+                RocksEngine::open(NAME, self.dir.path(), limits, &RocksOptions::default())
                     .expect("open RocksDB"),
             ),
         }
@@ -112,23 +137,36 @@ impl Harness {
             let end = self.backend.offsets(&tp).unwrap().end;
             let changelog = Arc::new(Mutex::new(Changelog::new(Arc::clone(&sink), tp, end)));
             *self.sink.borrow_mut() = Some(sink);
-            s = Box::new(LoggedStore::new(engine, changelog, self.limits));
+            s = Box::new(LoggedStore::new(engine, changelog, self.stored_limits()));
         }
-        match self.spec.cache {
+        let ttl = self.spec.ttl.then(|| ttl_settings(self.limits));
+        let cache = match self.spec.cache {
             Some((0, bytes)) => {
                 let settings = gregor::store::cached::CacheSettings {
                     max_bytes: bytes,
                     ..Default::default()
                 };
                 let budget = gregor::store::cached::CacheBudget::new(usize::MAX);
-                s = Box::new(CachedStore::sized(s, self.limits, settings, budget));
+                Ok(CachedStore::sized(
+                    s,
+                    self.stored_limits(),
+                    settings,
+                    budget,
+                ))
             }
             Some((size, batch)) => {
                 let size = NonZeroUsize::new(size).expect("cache size > 0");
-                s = Box::new(CachedStore::new(s, self.limits, size, batch));
+                Ok(CachedStore::new(s, self.stored_limits(), size, batch))
             }
-            None => {}
-        }
+            None => Err(s),
+        };
+        // Over a cache, the TTL layer reads the cache's entries directly, as in the stack.
+        let mut s: Box<dyn KeyValueStore> = match (cache, ttl) {
+            (Ok(cache), Some(ttl)) => Box::new(TtlStore::over_cache(cache, ttl)),
+            (Ok(cache), None) => Box::new(cache),
+            (Err(s), Some(ttl)) => Box::new(TtlStore::new(s, ttl)),
+            (Err(s), None) => s,
+        };
         if self.spec.metered {
             s = Box::new(MeteredStore::new(s));
         }
@@ -1233,14 +1271,14 @@ macro_rules! common_tests {
 macro_rules! combination {
     (memory $name:ident, $cache:expr, $metered:expr $(; $($extra:ident),+)?) => {
         mod $name {
-            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Memory, logged: false, cache: $cache, metered: $metered, bug: None };
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Memory, logged: false, cache: $cache, metered: $metered, ttl: false, bug: None };
             common_tests!(SPEC);
             $(tests!(SPEC; $($extra),+);)?
         }
     };
     (rocks $name:ident, $cache:expr, $metered:expr $(; $($extra:ident),+)?) => {
         mod $name {
-            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Rocks, logged: false, cache: $cache, metered: $metered, bug: None };
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::Rocks, logged: false, cache: $cache, metered: $metered, ttl: false, bug: None };
             common_tests!(SPEC);
             tests!(SPEC; reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything, typed_reopen_after_flush);
             $(tests!(SPEC; $($extra),+);)?
@@ -1251,9 +1289,21 @@ macro_rules! combination {
 macro_rules! logged_combination {
     ($engine:ident $name:ident, $cache:expr $(; $($extra:ident),+)?) => {
         mod $name {
-            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::$engine, logged: true, cache: $cache, metered: true, bug: None };
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::$engine, logged: true, cache: $cache, metered: true, ttl: false, bug: None };
             common_tests!(SPEC);
             tests!(SPEC; logged_changelog_replays_to_contents);
+            $(tests!(SPEC; $($extra),+);)?
+        }
+    };
+}
+
+/// A store with `ttl.ms` (nothing expires during a test): the TTL layer keeps the whole
+/// contract over the logged layer and the caches.
+macro_rules! ttl_combination {
+    ($engine:ident $name:ident, $cache:expr $(; $($extra:ident),+)?) => {
+        mod $name {
+            const SPEC: crate::Spec = crate::Spec { engine: crate::EngineKind::$engine, logged: true, cache: $cache, metered: true, ttl: true, bug: None };
+            common_tests!(SPEC);
             $(tests!(SPEC; $($extra),+);)?
         }
     };
@@ -1305,6 +1355,11 @@ logged_combination!(Rocks rocks_logged_tiny_cache, crate::TINY_CACHE);
 logged_combination!(Rocks rocks_logged_byte_cache, crate::BYTE_CACHE;
     reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything);
 logged_combination!(Memory memory_logged_tiny_byte_cache, crate::TINY_BYTE_CACHE);
+ttl_combination!(Memory memory_ttl, None);
+ttl_combination!(Memory memory_ttl_tiny_cache, crate::TINY_CACHE);
+ttl_combination!(Rocks rocks_ttl_byte_cache, crate::BYTE_CACHE;
+    reopen_after_flush_keeps_everything, reopen_after_close_keeps_everything);
+ttl_combination!(Rocks rocks_ttl_tiny_byte_cache, crate::TINY_BYTE_CACHE);
 
 // ---------------------------------------------------------------------------------------
 // The suite bites: each deliberately broken layer must make the matching test fail.
@@ -1415,6 +1470,7 @@ mod suite_catches {
             logged: false,
             cache: None,
             metered: false,
+            ttl: false,
             bug: Some(bug),
         }
     }

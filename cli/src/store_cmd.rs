@@ -285,6 +285,30 @@ fn open_read_only(state_dir: &Path, task: &str, store: &str) -> Result<ReadOnlyS
     Ok(o)
 }
 
+/// What a reader of the store sees of a value as stored below the store's layers (a
+/// read-only engine, a changelog): with `ttl.ms`, `None` if expired by the system clock, the
+/// expiry header stripped.
+fn visible(config: &StoreConfig, store: &str, v: Option<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+    match (v, config.ttl_ms) {
+        (Some(v), Some(_)) => {
+            Ok(gregor::store::ttl::visible(store, &v, config.clock.now_ms())?.map(<[u8]>::to_vec))
+        }
+        (v, _) => Ok(v),
+    }
+}
+
+/// [`visible`] for every entry of `it`.
+fn stored_view<'a>(
+    config: &StoreConfig,
+    store: &str,
+    it: gregor::store::KvIter<'a>,
+) -> gregor::store::KvIter<'a> {
+    match config.ttl_ms {
+        Some(_) => gregor::store::ttl::visible_iter(store, it, config.clock.now_ms()),
+        None => it,
+    }
+}
+
 /// Prints the entries of `it` (one store) in key order.
 fn print_all(config: &StoreConfig, it: gregor::store::KvIter<'_>, json: bool) -> Result<()> {
     for e in it {
@@ -324,7 +348,8 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
         StoreCmd::Get { at, key, .. } => {
             let mut o = open_read_only(state_dir, &at.task, &at.store)?;
             let k = o.config.key_serde.encode_text(&key).context("bad key")?;
-            match o.engine.get(&k)? {
+            let v = o.engine.get(&k)?;
+            match visible(&o.config, &at.store, v)? {
                 Some(v) => {
                     println!("{}", text(o.config.value_serde, &v, "value")?);
                     Ok(0)
@@ -346,9 +371,22 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             json,
             ..
         } => {
-            let mut o = open_read_only(state_dir, &at.task, &at.store)?;
+            let o = open_read_only(state_dir, &at.task, &at.store)?;
             let c = o.config.clone();
-            print_range(&mut *o.engine, &c, from, to, prefix, json)?;
+            let engine: Box<dyn gregor::store::KeyValueStore> = o.engine;
+            let mut view: Box<dyn gregor::store::KeyValueStore> = match c.ttl_ms {
+                Some(ttl_ms) => Box::new(gregor::store::ttl::TtlStore::new(
+                    engine,
+                    gregor::store::ttl::TtlSettings {
+                        ttl_ms,
+                        cleanup_entries: c.ttl_cleanup_entries,
+                        limits: c.limits,
+                        clock: c.clock.clone(),
+                    },
+                )),
+                None => engine,
+            };
+            print_range(&mut *view, &c, from, to, prefix, json)?;
             Ok(0)
         }
         StoreCmd::Dump {
@@ -378,7 +416,7 @@ fn run_read_only(state_dir: &Path, cmd: StoreCmd) -> Result<i32> {
             let config = opened[0].config.clone();
             let mut iters = Vec::new();
             for o in &mut opened {
-                iters.push(o.engine.all()?);
+                iters.push(stored_view(&config, &store, o.engine.all()?));
             }
             merge_print(&config, iters, json)?;
             Ok(0)
@@ -433,7 +471,7 @@ fn dump_from_changelog(
     }
     let iters: Vec<gregor::store::KvIter<'_>> = maps
         .into_iter()
-        .map(|m| Box::new(m.into_iter().map(Ok)) as gregor::store::KvIter<'_>)
+        .map(|m| stored_view(config, store, Box::new(m.into_iter().map(Ok))))
         .collect();
     merge_print(config, iters, json)?;
     Ok(0)

@@ -160,3 +160,37 @@ fn bad_coordinator_settings_are_refused_naming_the_key() {
         refused(&text, needles);
     }
 }
+
+#[test]
+fn bad_ttl_settings_are_refused_naming_the_key() {
+    let cases: &[(&str, &[&str])] = &[
+        ("ttl.ms = 0", &["stores.counts.ttl.ms", "between 1 and"]),
+        ("ttl.ms = -5", &["stores.counts.ttl.ms"]),
+        ("ttl.ms = \"1h\"", &["stores.counts.ttl.ms"]),
+        (
+            "ttl.cleanup.entries = 10",
+            &["stores.counts.ttl.cleanup.entries", "stores.counts.ttl.ms"],
+        ),
+        (
+            "ttl.ms = 1000\nttl.cleanup.entries = 0",
+            &["stores.counts.ttl.cleanup.entries", "between 1 and"],
+        ),
+        (
+            "ttl.ms = 1000\nmax.value.bytes = 67043304",
+            &["stores.counts.max.value.bytes", "expiry header", "67043295"],
+        ),
+        (
+            "ttl.ms = 1000\nside.inputs = [\"users\"]",
+            &["stores.counts.ttl.ms", "side inputs"],
+        ),
+    ];
+    for (line, needles) in cases {
+        refused(
+            &JOB.replace(
+                "value.serde = \"u64\"",
+                &format!("value.serde = \"u64\"\n{line}"),
+            ),
+            needles,
+        );
+    }
+}

@@ -11,7 +11,10 @@
 //!   `task<TAB>rank<TAB>page<TAB>views`) if that is a job output.
 //! - `kv`: the key-value service's task (`gregor serve`): applies each input record to store
 //!   `kv` (`task.store` names another): a value is a put of the record's key, a tombstone a
-//!   delete. Its input reads like the store's changelog.
+//!   delete. Its input reads like the store's changelog. For a store with `ttl.ms`, a value
+//!   behind the store's expiry header (what `gregor serve` writes: the deadline of the PUT)
+//!   is put with that deadline, so a replay gives the same one; any other value gets
+//!   `ttl.ms` from when it is applied.
 
 use super::task::{Envelope, StreamTask, TaskContext, TaskError, TaskFactory};
 
@@ -60,11 +63,18 @@ pub fn kv_store(job: &super::JobConfig) -> String {
 pub struct Kv {
     /// The store (`task.store`, default `kv`), read in `init`.
     store: String,
+    /// The store has `ttl.ms`: input values may carry their deadline (see `process`).
+    ttl: bool,
 }
 
 impl StreamTask for Kv {
     fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
         self.store = store_setting(ctx, "kv")?;
+        self.ttl = ctx
+            .config()
+            .stores
+            .get(&self.store)
+            .is_some_and(|c| c.ttl_ms.is_some());
         ctx.raw_store(&self.store)?;
         Ok(())
     }
@@ -72,6 +82,10 @@ impl StreamTask for Kv {
     fn process(&mut self, msg: &Envelope<'_>, ctx: &mut TaskContext<'_>) -> Result<(), TaskError> {
         let store = ctx.raw_store(&self.store)?;
         match msg.value {
+            Some(v) if self.ttl => match crate::store::ttl::decode(&self.store, v) {
+                Ok((at, v)) => store.put_expiring(msg.key, v, at)?,
+                Err(_) => store.put(msg.key, v)?,
+            },
             Some(v) => store.put(msg.key, v)?,
             None => store.delete(msg.key)?,
         }

@@ -475,6 +475,16 @@ impl JobConfig {
             })
             .collect();
         for (store, side) in &side_inputs {
+            if side.config.ttl_ms.is_some() {
+                return Err(invalid(
+                    &format!("stores.{store}.ttl.ms"),
+                    format!(
+                        "store `{store}` is filled from its side inputs, which decide what it holds: \
+                         entries cannot expire (remove stores.{store}.ttl.ms, or delete them \
+                         with tombstones in the topic)"
+                    ),
+                ));
+            }
             if side.config.changelog.is_some() {
                 return Err(invalid(
                     &format!("stores.{store}.changelog"),

@@ -821,19 +821,53 @@ async fn metrics(State(app): AppState) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// The value of a `PUT` body, checked against the store's serde and limits.
+/// The input record of a put, checked against the store's serde and limits. For a store
+/// with `ttl.ms` the value carries its deadline (the store's expiry header: now + `ttl_ms`,
+/// or + the store's `ttl.ms`), so the `kv` task applies the same deadline on every replay of
+/// the input; a `ttl_ms` for a store without `ttl.ms` is refused.
 fn put_record(
     app: &App,
     store: &str,
     key: Vec<u8>,
     value: Vec<u8>,
+    ttl_ms: Option<u64>,
 ) -> Result<WriteRecord, ApiError> {
     let cfg = app.store(store)?;
     let m = Mutation::put(key, value);
     cfg.limits
         .check(store, &m)
         .map_err(|e| limit_error(e.to_string(), &e))?;
-    Ok((m.key, m.value))
+    let value = match (cfg.ttl_ms, ttl_ms, m.value) {
+        (None, Some(_), _) => {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_ms: store `{store}` has no expiry times (set stores.{store}.ttl.ms)"
+            )));
+        }
+        (Some(default), ttl, Some(v)) => Some(crate::store::ttl::encode(
+            cfg.clock.now_ms().saturating_add(ttl.unwrap_or(default)),
+            &v,
+        )),
+        (_, _, v) => v,
+    };
+    Ok((m.key, value))
+}
+
+/// A `ttl_ms` given as text (query) or JSON: a whole number of milliseconds, 1 to
+/// [`MAX_TTL_MS`](crate::store::config::MAX_TTL_MS).
+fn parse_ttl_ms(v: Option<&Value>) -> Result<Option<u64>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (1..=crate::store::config::MAX_TTL_MS).contains(&n) => Ok(Some(n)),
+        _ => Err(format!(
+            "ttl_ms must be a whole number of milliseconds from 1 to {}, not {v}",
+            crate::store::config::MAX_TTL_MS
+        )),
+    }
 }
 
 /// A store limit broken: 413 for a key or value too large, 400 otherwise (an empty key).
@@ -850,14 +884,28 @@ fn limit_error(message: String, e: &crate::store::StoreError) -> ApiError {
 async fn put_key(
     State(app): AppState,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
+    let Query(params) = query?;
+    if let Some(p) = params.keys().find(|p| *p != "ttl_ms") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter `{p}` (a PUT takes ttl_ms)"
+        )));
+    }
+    let ttl_ms = parse_ttl_ms(
+        params
+            .get("ttl_ms")
+            .map(|s| Value::String(s.clone()))
+            .as_ref(),
+    )
+    .map_err(ApiError::BadRequest)?;
     let w = app.writes(&store)?;
     let key = app.key(&store, &text, "key")?;
     let body = body?;
     let value = render::value_from_body(app.store(&store)?.value_serde, &body)?;
-    let record = put_record(&app, &store, key, value)?;
+    let record = put_record(&app, &store, key, value, ttl_ms)?;
     app.write(w, vec![record]).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -894,7 +942,7 @@ fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>
             .ok_or_else(|| at("not a JSON object".into()))?;
         let kind = o.get("op").and_then(Value::as_str);
         let allowed: &[&str] = match kind {
-            Some("put") => &["op", "key", "value"],
+            Some("put") => &["op", "key", "value", "ttl_ms"],
             Some("delete") => &["op", "key"],
             _ => return Err(at(r#""op" must be "put" or "delete""#.into())),
         };
@@ -913,10 +961,15 @@ fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>
                 .ok_or_else(|| at("missing \"value\"".into()))?;
             let value = render::from_json(cfg.value_serde, value_json, "value")
                 .map_err(|e| at(e.to_string()))?;
-            records.push(put_record(app, store, key, value).map_err(|e| match e {
-                ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(format!("ops[{i}]: {m}")),
-                e => at(e.to_string()),
-            })?);
+            let ttl_ms = parse_ttl_ms(o.get("ttl_ms")).map_err(at)?;
+            records.push(
+                put_record(app, store, key, value, ttl_ms).map_err(|e| match e {
+                    ApiError::PayloadTooLarge(m) => {
+                        ApiError::PayloadTooLarge(format!("ops[{i}]: {m}"))
+                    }
+                    e => at(e.to_string()),
+                })?,
+            );
         } else {
             records.push((key, None));
         }

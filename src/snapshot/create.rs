@@ -135,7 +135,7 @@ pub fn create(
             let mut engine_offset = None;
             if m.config.engine == EngineKind::Rocksdb && data.exists() {
                 let mut engine =
-                    RocksEngine::open(&store, &data, m.config.limits, &m.config.rocksdb)?;
+                    RocksEngine::open(&store, &data, m.config.stored_limits(), &m.config.rocksdb)?;
                 engine_offset = engine.changelog_end()?;
                 engine.checkpoint_to(&out.join(stack::DATA_DIR))?;
             }

@@ -666,6 +666,15 @@ impl Drop for CachedStore {
     }
 }
 
+impl CachedStore {
+    /// The value under `key`, borrowed from its cache entry (read from below and cached on
+    /// a miss): what the TTL layer above reads without a closure or a copy.
+    pub fn get_ref(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        let i = self.lookup(key)?;
+        Ok(self.nodes[i as usize].value.get())
+    }
+}
+
 impl KeyValueStore for CachedStore {
     fn name(&self) -> &str {
         self.inner.name()

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::cached::{DEFAULT_CACHE_MAX_BYTES, DEFAULT_PROCESS_CACHE_MAX_BYTES};
 use super::limits::Limits;
 use super::rocks::{Compression, RocksOptions};
+use super::ttl::{Clock, HEADER_BYTES};
 use crate::config::{ConfigError, FlatConfig};
 use crate::serde::SerdeName;
 
@@ -114,6 +115,19 @@ pub struct StoreConfig {
     pub latency_histograms: bool,
     /// `rocksdb.*` options.
     pub rocksdb: RocksOptions,
+    /// `ttl.ms`: if set, every entry expires this long after its write (unless the write
+    /// gives its own TTL), and values carry an expiry header (see [`crate::store::ttl`]).
+    /// Set or unset only when the store is created; the value may change (new writes).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// `ttl.cleanup.entries`: the most entries one expiry pass (one per commit) examines
+    /// (default 10000).
+    #[serde(default = "default_ttl_cleanup_entries")]
+    pub ttl_cleanup_entries: usize,
+    /// The clock deadlines are read from (the system clock; tests set their own). Not
+    /// configuration: not saved, and never makes two configs differ.
+    #[serde(skip)]
+    pub clock: Clock,
 }
 
 impl Default for StoreConfig {
@@ -131,8 +145,15 @@ impl Default for StoreConfig {
             process_cache_max_bytes: DEFAULT_PROCESS_CACHE_MAX_BYTES,
             latency_histograms: false,
             rocksdb: RocksOptions::default(),
+            ttl_ms: None,
+            ttl_cleanup_entries: DEFAULT_TTL_CLEANUP_ENTRIES,
+            clock: Clock::System,
         }
     }
+}
+
+fn default_ttl_cleanup_entries() -> usize {
+    DEFAULT_TTL_CLEANUP_ENTRIES
 }
 
 fn default_cache_max_bytes() -> usize {
@@ -149,6 +170,16 @@ impl StoreConfig {
     pub fn cached(&self) -> bool {
         self.cache_max_bytes > 0 && self.object_cache_size != Some(0)
     }
+
+    /// The limits of the bytes the layers below the TTL layer hold: values
+    /// [`HEADER_BYTES`] longer than users may write when the store has `ttl.ms`.
+    pub fn stored_limits(&self) -> Limits {
+        let mut l = self.limits;
+        if self.ttl_ms.is_some() {
+            l.max_value_bytes += HEADER_BYTES;
+        }
+        l
+    }
 }
 
 const SERDES: &str = "bytes, string, u64, i64, json, postcard";
@@ -163,6 +194,10 @@ pub const MAX_MAX_VALUE_BYTES: u64 = (crate::log::record::MAX_PAYLOAD_LEN
 pub const MAX_CACHE_ENTRIES: u64 = 10_000_000;
 /// Largest `cache.max.bytes` and `job.cache.max.bytes`: 1 TiB.
 pub const MAX_CACHE_BYTES: u64 = 1 << 40;
+/// Default `ttl.cleanup.entries`.
+pub const DEFAULT_TTL_CLEANUP_ENTRIES: usize = 10_000;
+/// Largest `ttl.ms`: about 100 years.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Largest `rocksdb.block.cache.size` (bytes): 1 TiB.
 pub const MAX_BLOCK_CACHE_BYTES: u64 = 1 << 40;
 /// Smallest and largest `rocksdb.write.buffer.size` (bytes): 64 KiB (RocksDB's own minimum)
@@ -189,6 +224,36 @@ impl StoreConfig {
                 .take_u64_in(&k("max.value.bytes"), 1..=MAX_MAX_VALUE_BYTES)?
                 .map_or(d.limits.max_value_bytes, |v| v as usize),
         };
+        let ttl_ms = config.take_u64_in(&k("ttl.ms"), 1..=MAX_TTL_MS)?;
+        let ttl_cleanup_entries = config
+            .take_u64_in(&k("ttl.cleanup.entries"), 1..=MAX_CACHE_ENTRIES)?
+            .map(|v| v as usize);
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: config.source().to_string(),
+            key: k(key),
+            message,
+        };
+        if ttl_cleanup_entries.is_some() && ttl_ms.is_none() {
+            return Err(invalid(
+                "ttl.cleanup.entries",
+                format!(
+                    "only a store with expiry times has it: set {} too",
+                    k("ttl.ms")
+                ),
+            ));
+        }
+        if ttl_ms.is_some()
+            && limits.max_value_bytes as u64 > MAX_MAX_VALUE_BYTES - HEADER_BYTES as u64
+        {
+            return Err(invalid(
+                "max.value.bytes",
+                format!(
+                    "with {} values carry a {HEADER_BYTES}-byte expiry header: at most {}",
+                    k("ttl.ms"),
+                    MAX_MAX_VALUE_BYTES - HEADER_BYTES as u64
+                ),
+            ));
+        }
         let changelog = config.take_str(&k("changelog"))?;
         if let Some(topic) = &changelog {
             crate::log::validate_topic_name(topic).map_err(|e| ConfigError::Invalid {
@@ -258,6 +323,9 @@ impl StoreConfig {
                     .take_i64_in(&k("rocksdb.max.open.files"), Some(-1), MAX_OPEN_FILES)?
                     .map_or(r.max_open_files, |v| v as i32),
             },
+            ttl_ms,
+            ttl_cleanup_entries: ttl_cleanup_entries.unwrap_or(DEFAULT_TTL_CLEANUP_ENTRIES),
+            clock: Clock::System,
         };
         Ok(cfg)
     }

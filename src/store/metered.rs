@@ -203,6 +203,28 @@ impl KeyValueStore for MeteredStore {
         Ok(())
     }
 
+    fn put_with_ttl(&mut self, key: &[u8], value: &[u8], ttl_ms: u64) -> Result<()> {
+        let start = self.start();
+        self.inner.put_with_ttl(key, value, ttl_ms)?;
+        record(self.latency.as_ref().map(|l| &l.put), start);
+        self.counts.ops[PUT] += 1;
+        self.counts.written += (key.len() + value.len()) as u64;
+        Ok(())
+    }
+
+    fn put_expiring(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
+        let start = self.start();
+        self.inner.put_expiring(key, value, expires_at_ms)?;
+        record(self.latency.as_ref().map(|l| &l.put), start);
+        self.counts.ops[PUT] += 1;
+        self.counts.written += (key.len() + value.len()) as u64;
+        Ok(())
+    }
+
+    fn expire(&mut self) -> Result<u64> {
+        self.inner.expire()
+    }
+
     fn delete(&mut self, key: &[u8]) -> Result<()> {
         let start = self.start();
         self.inner.delete(key)?;

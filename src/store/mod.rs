@@ -6,6 +6,8 @@
 //! ```text
 //! Store<K, V>   typed facade (serdes)                       typed.rs
 //!  └ Metered    counters (+ latency histograms if enabled)  metered.rs
+//!   └ Ttl       expiry header, hides expired entries        ttl.rs
+//!               (only with stores.<name>.ttl.ms)
 //!     └ Cached  write-back cache bounded in bytes, dirty     cached.rs
 //!               entries deduplicated until the commit
 //!        └ Logged  one changelog record per put/delete      logged.rs
@@ -25,6 +27,7 @@ pub mod memory;
 pub mod metered;
 pub mod rocks;
 pub mod stack;
+pub mod ttl;
 pub mod typed;
 
 pub use error::{Result, StoreError};
@@ -158,6 +161,29 @@ pub trait KeyValueStore: Send {
         )
     }
 
+    /// Stores `value` under `key` for `ttl_ms` milliseconds from now (the store's clock),
+    /// instead of the store's `ttl.ms`. Only a store with `stores.<name>.ttl.ms` has expiry
+    /// times; others refuse.
+    fn put_with_ttl(&mut self, key: &[u8], value: &[u8], ttl_ms: u64) -> Result<()> {
+        let _ = (key, value, ttl_ms);
+        Err(no_ttl(self.name()))
+    }
+
+    /// Stores `value` under `key` until `expires_at_ms` (milliseconds since the epoch;
+    /// [`ttl::NEVER`]: no expiry). Only a store with `stores.<name>.ttl.ms` has expiry
+    /// times; others refuse.
+    fn put_expiring(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
+        let _ = (key, value, expires_at_ms);
+        Err(no_ttl(self.name()))
+    }
+
+    /// One bounded pass removing expired entries (tombstones through the changelog, which
+    /// the next commit makes durable); returns how many it removed. A store without TTL has
+    /// nothing to expire.
+    fn expire(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Removes `key`; deleting a missing key is not an error.
     fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.write_batch(vec![Mutation::delete(key)])
@@ -277,6 +303,16 @@ pub trait Engine: KeyValueStore {
     /// Whether the engine holds no entries.
     fn is_empty(&mut self) -> Result<bool> {
         Ok(self.all()?.next().is_none())
+    }
+}
+
+/// The error of a per-write TTL on a store without `ttl.ms`.
+fn no_ttl(store: &str) -> StoreError {
+    StoreError::Config {
+        store: store.to_string(),
+        reason: format!(
+            "a write with its own TTL needs a store with expiry times: set stores.{store}.ttl.ms"
+        ),
     }
 }
 

@@ -9,6 +9,7 @@ use super::config::{EngineKind, StoreConfig};
 use super::memory::MemoryEngine;
 use super::metered::MeteredStore;
 use super::rocks::RocksEngine;
+use super::ttl::{TtlSettings, TtlStore};
 use super::{Engine, KeyValueStore, Result, StoreError};
 use crate::checked_file::{self, CheckedFileError};
 use crate::telemetry::StoreLabels;
@@ -124,13 +125,25 @@ pub fn check_compatible(name: &str, on_disk: &StoreConfig, wanted: &StoreConfig)
             wanted.value_serde.as_str(),
         );
     }
+    if on_disk.ttl_ms.is_some() != wanted.ttl_ms.is_some() {
+        let (a, b) = match on_disk.ttl_ms {
+            Some(_) => ("set", "not"),
+            None => ("not set", "set"),
+        };
+        return Err(StoreError::Config {
+            store: name.to_string(),
+            reason: format!(
+                "stores.{name}.ttl.ms was {a} when the store was created but is {b} in the config: values of a store with expiry times carry a header, so TTL can only be turned on or off in a new store (changing the ttl.ms value is fine)"
+            ),
+        });
+    }
     Ok(())
 }
 
 /// Opens the engine of store `name` in `dir` as `config` says.
 pub fn open_engine(name: &str, dir: &Path, config: &StoreConfig) -> Result<Box<dyn Engine>> {
     Ok(match config.engine {
-        EngineKind::Memory => Box::new(MemoryEngine::new(name, config.limits)),
+        EngineKind::Memory => Box::new(MemoryEngine::new(name, config.stored_limits())),
         EngineKind::Rocksdb => {
             let data = dir.join(DATA_DIR);
             std::fs::create_dir_all(&data).map_err(|source| StoreError::Io {
@@ -142,15 +155,15 @@ pub fn open_engine(name: &str, dir: &Path, config: &StoreConfig) -> Result<Box<d
             Box::new(RocksEngine::open(
                 name,
                 &data,
-                config.limits,
+                config.stored_limits(),
                 &config.rocksdb,
             )?)
         }
     })
 }
 
-/// Adds the cache (unless `cache.max.bytes` or `object.cache.size` is 0) and the metrics
-/// layer above `inner`, with metrics labelled with the store name only.
+/// Adds the cache (unless `cache.max.bytes` or `object.cache.size` is 0), the TTL layer
+/// (with `ttl.ms`) and the metrics layer above `inner`, with metrics labelled with the store name only.
 pub fn add_layers(inner: Box<dyn KeyValueStore>, config: &StoreConfig) -> Box<dyn KeyValueStore> {
     let labels = StoreLabels::store(inner.name());
     add_layers_labelled(inner, config, &labels)
@@ -166,6 +179,12 @@ pub fn add_layers_labelled(
     config: &StoreConfig,
     labels: &StoreLabels,
 ) -> Box<dyn KeyValueStore> {
+    let ttl = config.ttl_ms.map(|ttl_ms| TtlSettings {
+        ttl_ms,
+        cleanup_entries: config.ttl_cleanup_entries,
+        limits: config.limits,
+        clock: config.clock.clone(),
+    });
     let inner: Box<dyn KeyValueStore> = if config.cached() {
         let settings = CacheSettings {
             max_bytes: config.cache_max_bytes,
@@ -173,9 +192,17 @@ pub fn add_layers_labelled(
             write_batch_size: config.write_batch_size,
         };
         let budget = CacheBudget::process(config.process_cache_max_bytes);
-        Box::new(CachedStore::sized(inner, config.limits, settings, budget).with_metrics(labels))
+        let cache = CachedStore::sized(inner, config.stored_limits(), settings, budget)
+            .with_metrics(labels);
+        match ttl {
+            Some(ttl) => Box::new(TtlStore::over_cache(cache, ttl).with_metrics(labels)),
+            None => Box::new(cache),
+        }
     } else {
-        inner
+        match ttl {
+            Some(ttl) => Box::new(TtlStore::new(inner, ttl).with_metrics(labels)),
+            None => inner,
+        }
     };
     Box::new(MeteredStore::with_labels(
         inner,

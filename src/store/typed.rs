@@ -170,6 +170,39 @@ where
         })
     }
 
+    /// Stores `value` under `key` for `ttl` from now (the store's clock) instead of the
+    /// store's `ttl.ms`; refused by a store without `stores.<name>.ttl.ms`.
+    pub fn put_with_ttl(&mut self, key: &K, value: &V, ttl: std::time::Duration) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.put_by(key, value, |inner, k, v| inner.put_with_ttl(k, v, ttl_ms))
+    }
+
+    /// Stores `value` under `key` until `expires_at_ms` (milliseconds since the epoch;
+    /// [`super::ttl::NEVER`] for never), e.g. an input record's timestamp plus a TTL, which
+    /// a replay of that record gives again; refused by a store without
+    /// `stores.<name>.ttl.ms`.
+    pub fn put_expiring_at(&mut self, key: &K, value: &V, expires_at_ms: u64) -> Result<()> {
+        self.put_by(key, value, |inner, k, v| {
+            inner.put_expiring(k, v, expires_at_ms)
+        })
+    }
+
+    fn put_by(
+        &mut self,
+        key: &K,
+        value: &V,
+        put: impl FnOnce(&mut S::Target, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.with_key(key, |inner, values, k| {
+            with_buf(&VALUE_BUF, |v| {
+                values
+                    .encode_into(value, v)
+                    .map_err(|e| serde_err(inner.name(), "encode", "value", e))?;
+                put(inner, k, v)
+            })
+        })
+    }
+
     /// Stores every entry; nothing is written if any entry fails to encode or breaks a limit.
     pub fn put_all(&mut self, entries: &[(K, V)]) -> Result<()> {
         let batch = entries

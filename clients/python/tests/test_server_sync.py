@@ -72,6 +72,18 @@ def test_overwrite_then_delete(kv: Client, unique: str) -> None:
     kv.delete(k)  # deleting a missing key is not an error
 
 
+def test_ttl_ms_needs_a_store_with_expiry_times(kv: Client, unique: str) -> None:
+    # The ready-made job's store has no stores.kv.ttl.ms: a per-write TTL is refused, and
+    # nothing is written (tests/serve_ttl.rs in the Rust suite covers a store with it).
+    with pytest.raises(BadRequest) as e:
+        kv.put(unique + "ttl", "x", ttl_ms=1000)
+    assert "stores.kv.ttl.ms" in str(e.value)
+    with pytest.raises(BadRequest):
+        kv.batch([Put(unique + "ttl", "x", ttl_ms=1000)])
+    with pytest.raises(NotFound):
+        kv.get(unique + "ttl")
+
+
 def test_bytes_round_trip(kv: Client, unique: str) -> None:
     k = unique + "bin"
     value = bytes(range(256)) * 4 + b"\xff\xfe\x00"

@@ -161,6 +161,27 @@ def test_batch_body_renders_keys_and_values_through_the_serdes() -> None:
     assert all(r.method == "POST" and r.url.path.endswith("/batch") for r in fake.api_requests())
 
 
+def test_ttl_ms_travels_in_the_query_and_the_batch() -> None:
+    fake = FakeServer(lambda r: httpx.Response(204) if r.method == "PUT" else httpx.Response(200, json={"applied": 2}))
+    with fake.client() as c:
+        c.put("a", "x", ttl_ms=5000)
+        c.put_json("b", {"y": 1}, ttl_ms=1)
+        c.put("c", "z")
+        assert c.batch([Put("d", "v", ttl_ms=60_000), PutJson("e", 1), Delete("f")]) == 2
+        for bad, err in [(0, ValueError), (-5, ValueError), (1.5, TypeError), (True, TypeError)]:
+            with pytest.raises(err):
+                c.put("g", "x", ttl_ms=bad)  # type: ignore[arg-type]
+    reqs = fake.api_requests()
+    assert [r.url.raw_path for r in reqs[:3]] == [
+        b"/v1/stores/kv/keys/a?ttl_ms=5000",
+        b"/v1/stores/kv/keys/b?ttl_ms=1",
+        b"/v1/stores/kv/keys/c",
+    ]
+    ops = json.loads(reqs[3].content)["ops"]
+    assert ops[0]["ttl_ms"] == 60_000 and "ttl_ms" not in ops[1] and "ttl_ms" not in ops[2]
+    assert len(reqs) == 4, "a refused ttl_ms sends nothing"
+
+
 def test_values_by_serde() -> None:
     replies = {
         "/v1/stores/kv/keys/k": {"key": "k", "value": base64.b64encode(b'{"a": 1}').decode()},

@@ -246,8 +246,13 @@ class Core:
     def meta(self, ks: Serde, key: object) -> Request:
         return Request("GET", self.key_path(ks, key) + "/meta")
 
-    def put(self, ks: Serde, key: object, body: bytes, content_type: str) -> Request:
-        return Request("PUT", self.key_path(ks, key), content=body, headers={"content-type": content_type})
+    def put(
+        self, ks: Serde, key: object, body: bytes, content_type: str, ttl_ms: int | None = None
+    ) -> Request:
+        path = self.key_path(ks, key)
+        if ttl_ms is not None:
+            path += f"?ttl_ms={check_ttl_ms(ttl_ms)}"
+        return Request("PUT", path, content=body, headers={"content-type": content_type})
 
     def delete(self, ks: Serde, key: object) -> Request:
         return Request("DELETE", self.key_path(ks, key))
@@ -279,16 +284,20 @@ class Core:
         rendered: list[dict[str, Any]] = []
         for op in ops:
             if isinstance(op, Put):
-                rendered.append(
-                    {
-                        "op": "put",
-                        "key": key_to_json(ks, op.key),
-                        "value": value_to_json(vs, value_to_bytes(op.value)),
-                    }
-                )
+                put: dict[str, Any] = {
+                    "op": "put",
+                    "key": key_to_json(ks, op.key),
+                    "value": value_to_json(vs, value_to_bytes(op.value)),
+                }
+                if op.ttl_ms is not None:
+                    put["ttl_ms"] = check_ttl_ms(op.ttl_ms)
+                rendered.append(put)
             elif isinstance(op, PutJson):
                 value = op.value if vs == "json" else value_to_json(vs, json.dumps(op.value).encode("utf-8"))
-                rendered.append({"op": "put", "key": key_to_json(ks, op.key), "value": value})
+                put = {"op": "put", "key": key_to_json(ks, op.key), "value": value}
+                if op.ttl_ms is not None:
+                    put["ttl_ms"] = check_ttl_ms(op.ttl_ms)
+                rendered.append(put)
             elif isinstance(op, Delete):
                 rendered.append({"op": "delete", "key": key_to_json(ks, op.key)})
             else:
@@ -304,6 +313,15 @@ class Core:
             idempotent=True,
         )
         return req, len(rendered)
+
+
+def check_ttl_ms(ttl_ms: object) -> int:
+    """A per-write TTL in milliseconds: a positive int (the server also bounds it)."""
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int):
+        raise TypeError(f"ttl_ms is an int of milliseconds, not {type(ttl_ms).__name__}")
+    if ttl_ms < 1:
+        raise ValueError(f"ttl_ms must be at least 1, not {ttl_ms}")
+    return ttl_ms
 
 
 def check_range_args(from_: object, to: object, prefix: object, page_size: int | None) -> None:

@@ -79,18 +79,23 @@ class Page:
 
 @dataclass(frozen=True)
 class Put:
-    """A batch op: set ``key`` to ``value`` (str as UTF-8 or bytes, as a ``put`` body)."""
+    """A batch op: set ``key`` to ``value`` (str as UTF-8 or bytes, as a ``put`` body);
+    ``ttl_ms``: expire it that many milliseconds after the write (a store with
+    ``stores.<name>.ttl.ms`` only)."""
 
     key: Any
     value: str | bytes
+    ttl_ms: int | None = None
 
 
 @dataclass(frozen=True)
 class PutJson:
-    """A batch op: set ``key`` to ``value`` serialized as JSON (like ``put_json``)."""
+    """A batch op: set ``key`` to ``value`` serialized as JSON (like ``put_json``);
+    ``ttl_ms`` as for :class:`Put`."""
 
     key: Any
     value: Any
+    ttl_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class Client:
         key: Key,
         value: str | bytes,
         *,
+        ttl_ms: int | None = None,
         timeout: CallTimeout = UNSET,
         retries: int | None = None,
     ) -> None:
@@ -203,18 +204,27 @@ class Client:
         store's value serde reads: raw bytes for ``bytes``, UTF-8 text for ``string``, JSON
         text for ``json`` (see :meth:`put_json`). Returns once the write is durable in the log
         and applied. :class:`BadRequest` (or its :class:`PayloadTooLarge`) for a value the
-        store refuses, e.g. over its size limit; nothing is written then."""
+        store refuses, e.g. over its size limit; nothing is written then. ``ttl_ms``: the
+        entry expires that many milliseconds after the write instead of after the store's
+        ``ttl.ms`` (a store with ``stores.<name>.ttl.ms`` only; others answer
+        :class:`BadRequest`)."""
         ks = self._key_serde(timeout, retries)
-        req = self._core.put(ks, key, value_to_bytes(value), "application/octet-stream")
+        req = self._core.put(ks, key, value_to_bytes(value), "application/octet-stream", ttl_ms)
         self._send(req, timeout, retries)
 
     def put_json(
-        self, key: Key, value: Any, *, timeout: CallTimeout = UNSET, retries: int | None = None
+        self,
+        key: Key,
+        value: Any,
+        *,
+        ttl_ms: int | None = None,
+        timeout: CallTimeout = UNSET,
+        retries: int | None = None,
     ) -> None:
         """Sets ``key`` to ``value`` serialized as JSON text (read it back with
-        :meth:`get_json`)."""
+        :meth:`get_json`); ``ttl_ms`` as for :meth:`put`."""
         ks = self._key_serde(timeout, retries)
-        req = self._core.put(ks, key, json.dumps(value).encode("utf-8"), "application/json")
+        req = self._core.put(ks, key, json.dumps(value).encode("utf-8"), "application/json", ttl_ms)
         self._send(req, timeout, retries)
 
     def delete(self, key: Key, *, timeout: CallTimeout = UNSET, retries: int | None = None) -> None:
