@@ -159,7 +159,11 @@ fn status(state_dir: &Path, file: &Path, json: bool) -> Result<i32> {
         }
         _ => None,
     };
-    let (members, model, acked) = zk.clone().unwrap_or_default();
+    let gregor::coordinator::zookeeper::JobCoordination {
+        members,
+        model,
+        acked,
+    } = zk.clone().unwrap_or_default();
     let leader = leader_of(members.keys().map(String::as_str)).map(str::to_string);
     let mut tasks = Vec::new();
     for p in 0..n {

@@ -501,7 +501,7 @@ fn processes_share_the_tasks_and_a_clean_stop_hands_them_over() {
     assert!(t.elapsed() < Duration::from_secs(60));
 }
 
-/// >= 20 random events (joins, clean stops, kill -9 of any process, of the leader, and
+/// At least 20 random events (joins, clean stops, kill -9 of any process, of the leader, and
 /// during rebalances) while input arrives; exact counts and a clean checkpoint history.
 #[test]
 fn joins_stops_and_kills_keep_state_exactly_once() {

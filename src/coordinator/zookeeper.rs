@@ -683,19 +683,23 @@ impl Worker {
     }
 }
 
+/// A job's coordination state as read from ZooKeeper (see [`read_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCoordination {
+    /// The live members, by id.
+    pub members: BTreeMap<String, MemberInfo>,
+    /// The newest job model.
+    pub model: Option<PublishedModel>,
+    /// The members that acknowledged it.
+    pub acked: BTreeSet<String>,
+}
+
 /// Reads a job's coordination state from ZooKeeper once, without joining (for `gregor job
 /// status`).
 pub fn read_status(
     settings: &ZooKeeperConfig,
     job: &str,
-) -> Result<
-    (
-        BTreeMap<String, MemberInfo>,
-        Option<PublishedModel>,
-        BTreeSet<String>,
-    ),
-    CoordinatorError,
-> {
+) -> Result<JobCoordination, CoordinatorError> {
     let err = |message: String| CoordinatorError::ZooKeeper {
         connect: settings.connect.clone(),
         message,
@@ -724,7 +728,11 @@ pub fn read_status(
     rt.block_on(async {
         let client = worker.connect().await.map_err(err)?;
         match worker.read(&client).await {
-            Ok(v) => Ok((v.members, v.model.map(|(m, _)| m), v.acked)),
+            Ok(v) => Ok(JobCoordination {
+                members: v.members,
+                model: v.model.map(|(m, _)| m),
+                acked: v.acked,
+            }),
             Err(f) => Err(err(f.message)),
         }
     })
