@@ -735,3 +735,207 @@ fn a_standby_makes_failover_a_delta_restore() {
         full.records
     );
 }
+
+/// The key-value service on three processes (`gregor serve` with the ZooKeeper
+/// coordinator): clients put and get through any process, following the 307 to the process
+/// that runs the key's task, while one process is killed (-9) and restarted. Every
+/// acknowledged put is readable afterwards with its last acknowledged value (or a later one
+/// whose acknowledgement was lost), and every read returns a value that was written.
+#[test]
+fn kv_service_on_three_processes_keeps_every_acknowledged_put() {
+    use std::sync::Mutex;
+    let mut kafka = Kafka09::start();
+    let zk = kafka.zookeeper().unwrap().connect_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = String::new();
+    for (k, v) in Kafka09::client_config() {
+        client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    let job_file = dir.path().join("kv.toml");
+    std::fs::write(
+        &job_file,
+        format!(
+            r#"[job]
+name = "kv"
+task = "kv"
+system = "kafka"
+inputs = ["kv-in"]
+commit.ms = 200
+coordinator = "zookeeper"
+debounce.time.ms = 500
+
+[zookeeper]
+connect = "{zk}"
+session.timeout.ms = 3000
+
+[kafka]
+bootstrap.servers = "{}"
+{client}
+[stores.kv]
+engine = "rocksdb"
+key.serde = "string"
+value.serde = "string"
+changelog = "kv-changelog"
+"#,
+            kafka.bootstrap()
+        ),
+    )
+    .unwrap();
+    let job = JobConfig::from_file(&job_file).unwrap();
+    kafka.create_topic(&job.kafka_settings().checkpoint_topic, 1, true);
+    kafka.create_topic("kv-in", PARTITIONS, false);
+    kafka.create_topic("kv-changelog", PARTITIONS, true);
+    let spawn = |n: usize| {
+        let log = dir.path().join(format!("kv-{n}.log"));
+        let child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("kv-state-{}", n % 3)))
+            .arg("serve")
+            .arg(&job_file)
+            .args(["--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log, n }
+    };
+    let mut procs: Vec<Proc> = (0..3).map(spawn).collect();
+    let addrs: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(procs.iter().map(Proc::http).collect()));
+    // Wait until every process serves: a put through each succeeds.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(40)))
+        .build()
+        .new_agent();
+    /// PUT (or GET with `None`) through `entry`, following one 307; (status, body).
+    fn call(agent: &ureq::Agent, entry: &str, key: &str, value: Option<&str>) -> Option<(u16, String)> {
+        let mut url = format!("http://{entry}/v1/stores/kv/keys/{key}");
+        for _ in 0..2 {
+            let r = match value {
+                Some(v) => agent.put(&url).send(v.as_bytes()),
+                None => agent.get(&url).call(),
+            };
+            let mut r = r.ok()?;
+            if r.status() == 307 {
+                url = r.headers()["location"].to_str().unwrap().to_string();
+                continue;
+            }
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            return Some((r.status().as_u16(), body));
+        }
+        None
+    }
+    let t = Instant::now();
+    for a in addrs.lock().unwrap().iter() {
+        loop {
+            if let Some((204, _)) = call(&agent, a, "warm-up", Some("0")) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(90), "{a} never served a put");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Clients: each owns its keys; a value is "<key>:<n>" with n rising per key.
+    const CLIENTS: usize = 4;
+    const KEYS_PER_CLIENT: usize = 40;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for c in 0..CLIENTS {
+        let (stop, addrs, agent) = (Arc::clone(&stop), Arc::clone(&addrs), agent.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(c as u64);
+            // key -> (last acknowledged n, highest n sent)
+            let mut state: BTreeMap<String, (Option<u64>, u64)> = BTreeMap::new();
+            let (mut acked, mut reads) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("c{c}-k{}", rng.gen_range(0..KEYS_PER_CLIENT));
+                let entry = {
+                    let a = addrs.lock().unwrap();
+                    a[rng.gen_range(0..a.len())].clone()
+                };
+                let st = state.entry(key.clone()).or_insert((None, 0));
+                if rng.gen_bool(0.5) {
+                    st.1 += 1;
+                    let n = st.1;
+                    if let Some((204, _)) = call(&agent, &entry, &key, Some(&format!("{key}:{n}"))) {
+                        st.0 = Some(n);
+                        acked += 1;
+                    }
+                } else {
+                    let floor = st.0;
+                    let sent = st.1;
+                    match call(&agent, &entry, &key, None) {
+                        Some((200, body)) => {
+                            let v: Value = serde_json::from_str(&body).unwrap();
+                            let text = v["value"].as_str().unwrap();
+                            let n: u64 = text.strip_prefix(&format!("{key}:")).unwrap_or_else(|| panic!("{key}: foreign value {text}")).parse().unwrap();
+                            assert!(n <= sent, "{key}: read {n}, never sent");
+                            assert!(floor.is_none_or(|f| n >= f), "{key}: read {n}, older than acknowledged {floor:?}");
+                            reads += 1;
+                        }
+                        Some((404, _)) => assert!(floor.is_none(), "{key}: 404 after an acknowledged put"),
+                        _ => {} // 503 while rebalancing, a killed process
+                    }
+                }
+            }
+            (state, acked, reads)
+        }));
+    }
+    // One process killed and restarted, twice.
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut next = 3;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(2000..4000)));
+        let i = rng.gen_range(0..procs.len());
+        let victim = procs.remove(i);
+        let n = victim.n;
+        victim.kill9();
+        addrs.lock().unwrap().remove(i);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..3000)));
+        // Restarted on its own state directory (n mod 3).
+        let p = spawn(n % 3 + next);
+        next += 3;
+        let a = p.http();
+        procs.push(p);
+        addrs.lock().unwrap().push(a);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut all = BTreeMap::new();
+    let (mut acked, mut reads) = (0, 0);
+    for h in handles {
+        let (s, a, r) = h.join().unwrap();
+        all.extend(s);
+        acked += a;
+        reads += r;
+    }
+    assert!(acked > 100, "too few acknowledged puts: {acked}");
+    // Afterwards, through every process: the last acknowledged value or a later one sent.
+    let t = Instant::now();
+    for (key, (floor, sent)) in &all {
+        let Some(floor) = floor else { continue };
+        let entry = addrs.lock().unwrap()[key.len() % 3].clone();
+        loop {
+            match call(&agent, &entry, key, None) {
+                Some((200, body)) => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    let n: u64 = v["value"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+                    assert!(n >= *floor && n <= *sent, "{key}: {n}, acknowledged {floor}, sent up to {sent}");
+                    break;
+                }
+                other => {
+                    assert!(t.elapsed() < Duration::from_secs(120), "{key}: {other:?}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+    eprintln!("kv on 3 processes, 2 kill -9 + restarts: {acked} acknowledged puts, {reads} reads checked, {} keys verified", all.len());
+    for p in procs {
+        p.stop();
+    }
+}

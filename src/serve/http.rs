@@ -883,13 +883,14 @@ fn limit_error(message: String, e: &crate::store::StoreError) -> ApiError {
 
 async fn put_key(
     State(app): AppState,
+    uri: axum::http::Uri,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
     let Query(params) = query?;
-    if let Some(p) = params.keys().find(|p| *p != "ttl_ms") {
+    if let Some(p) = params.keys().find(|p| *p != "ttl_ms" && *p != "routed") {
         return Err(ApiError::BadRequest(format!(
             "unknown parameter `{p}` (a PUT takes ttl_ms)"
         )));
@@ -902,7 +903,10 @@ async fn put_key(
     )
     .map_err(ApiError::BadRequest)?;
     let w = app.writes(&store)?;
-    let key = app.key(&store, &text, "key")?;
+    let (key, p) = app.key_and_partition(&store, &text)?;
+    // The task that applies the write must be here to confirm it: else a 307 (method and
+    // body go along) to the process that runs it.
+    app.route(p, &uri)?;
     let body = body?;
     let value = render::value_from_body(app.store(&store)?.value_serde, &body)?;
     let record = put_record(&app, &store, key, value, ttl_ms)?;
@@ -912,11 +916,13 @@ async fn put_key(
 
 async fn delete_key(
     State(app): AppState,
+    uri: axum::http::Uri,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
     let w = app.writes(&store)?;
-    let key = app.key(&store, &text, "key")?;
+    let (key, p) = app.key_and_partition(&store, &text)?;
+    app.route(p, &uri)?;
     app.write(w, vec![(key, None)]).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -137,16 +137,29 @@ impl KafkaReader {
 
 impl KafkaReader {
     /// The partition's high watermark now (the offset the next record appended gets).
+    /// Retries what may pass (a broker restarting) for up to [`GIVE_UP`], like reads.
     pub(super) fn high_watermark(&self) -> Result<u64> {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(
+        let started = Instant::now();
+        let mut warned = started;
+        loop {
+            match self.consumer.fetch_watermarks(
                 &self.tp.topic,
                 self.tp.partition as i32,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| kafka_err(format!("reading the end of {}", self.tp), e))?;
-        Ok(high.max(0) as u64)
+                Duration::from_secs(10),
+            ) {
+                Ok((_, high)) => return Ok(high.max(0) as u64),
+                Err(e) if is_permanent(&e) || started.elapsed() > GIVE_UP => {
+                    return Err(kafka_err(format!("reading the end of {}", self.tp), e));
+                }
+                Err(e) => {
+                    if warned.elapsed() >= Duration::from_secs(10) || warned == started {
+                        tracing::warn!("reading the end of {}: {e}; retrying", self.tp);
+                        warned = Instant::now();
+                    }
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
     }
 
     /// Reads up to `max` records from the position, handing each to `emit` as (offset,
