@@ -5,7 +5,7 @@
 //! [module doc](super)); writes go to the [`KvWriter`] and then wait until the owning task
 //! has processed them. Nothing a client sends can panic a handler.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +27,14 @@ use crate::store::config::StoreConfig;
 use super::query::MAX_RANGE_LIMIT;
 use super::render::{self, RenderError};
 use super::write::{WriteError, WriteRecord};
-use super::{JobStatus, KvWriter, Phase, QueryError, ReadAnswer, ReadOp, Request, Serving};
+use super::{KvWriter, Phase, QueryError, ReadAnswer, ReadOp, Request, Serving};
 
 /// How long a read waits for the run loop before it is answered 503.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a durable write waits for its task to apply it before it is answered 503.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a write waiting to be applied checks that its task still runs here.
+const APPLY_STEP: Duration = Duration::from_millis(200);
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
 /// How long a client may take to send its whole request (a slow or abandoned client gets
@@ -546,22 +548,41 @@ impl App {
 
     /// Appends `records` durably, then waits until their tasks applied them.
     async fn write(&self, w: &Writes, records: Vec<WriteRecord>) -> Result<(), ApiError> {
-        let ready = self.serving.with_status(JobStatus::ready);
-        if !ready {
-            return Err(ApiError::Unavailable(
-                "the job is not ready (starting, restoring or stopping); nothing was written"
-                    .into(),
-            ));
+        // Every task the records go to must run here (it confirms the write by applying it).
+        let n = self.tasks_total()?;
+        let tasks: BTreeSet<u32> = records
+            .iter()
+            .map(|(k, _)| crate::partitioner::partition_for_key(k, n))
+            .collect();
+        for p in tasks {
+            self.check_running(p)
+                .map_err(|e| ApiError::Unavailable(format!("{e}; nothing was written")))?;
         }
         let started = std::time::Instant::now();
         let ends = w.writer.append(records).await?;
         tracing::debug!("write durable after {:?}", started.elapsed());
         for (tp, end) in ends {
-            if !self.serving.processed(&tp, end, APPLY_TIMEOUT).await {
-                return Err(ApiError::Unavailable(format!(
-                    "the write is durable in {tp} but its task did not apply it within {} s",
-                    APPLY_TIMEOUT.as_secs()
-                )));
+            // Waits in short steps: a task that moves to another process meanwhile (its
+            // coordinator rebalanced) will apply the write there, not here.
+            let deadline = started + APPLY_TIMEOUT;
+            loop {
+                if self.serving.processed(&tp, end, APPLY_STEP).await {
+                    break;
+                }
+                let moved = self
+                    .serving
+                    .with_status(|s| !s.tasks.contains_key(&tp.partition));
+                if moved || std::time::Instant::now() >= deadline {
+                    return Err(ApiError::Unavailable(format!(
+                        "the write is durable in {tp} but its task {}; it will be applied \
+                         (repeating it is safe)",
+                        if moved {
+                            "moved to another process before applying it".to_string()
+                        } else {
+                            format!("did not apply it within {} s", APPLY_TIMEOUT.as_secs())
+                        }
+                    )));
+                }
             }
         }
         tracing::debug!("write applied after {:?}", started.elapsed());
