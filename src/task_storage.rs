@@ -299,7 +299,20 @@ impl TaskStorage {
         let mut stores = BTreeMap::new();
         let mut stats = Vec::new();
         for (name, config) in configs {
+            let started = std::time::Instant::now();
             let (store, st) = open_store(ctx, &sink, &mut checkpoint, name, config, progress)?;
+            tracing::debug!(
+                task = ctx.task,
+                store = %name,
+                "opened in {} ms ({})",
+                started.elapsed().as_millis(),
+                st.as_ref().map_or("no changelog".to_string(), |s| format!(
+                    "{:?} restore, {} records in {} ms",
+                    s.kind,
+                    s.records,
+                    s.elapsed.as_millis()
+                ))
+            );
             stores.insert(name.clone(), store);
             stats.extend(st);
         }

@@ -124,7 +124,10 @@ impl Cluster {
             .arg("run")
             .arg(&self.job_file)
             .args(["--http", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env(
+                "GREGOR_LOG",
+                std::env::var("GREGOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -664,6 +667,12 @@ fn failover(standbys: u32, keys: u64) -> Failover {
     victim.kill9();
     wait_settled(&c, &mut procs, Duration::from_secs(300));
     let log = std::fs::read_to_string(&survivor_log).unwrap();
+    if std::env::var("GREGOR_FAILOVER_LOG").is_ok() {
+        eprintln!(
+            "--- survivor after the kill (standbys {standbys}):\n{}",
+            &log[before..]
+        );
+    }
     let mut result = None;
     for line in log[before..].lines() {
         let Some(rest) = line.split("; opened [").nth(1) else {
@@ -793,7 +802,7 @@ changelog = "kv-changelog"
             .arg("serve")
             .arg(&job_file)
             .args(["--http", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env("GREGOR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
