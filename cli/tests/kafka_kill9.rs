@@ -24,17 +24,13 @@ use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
 use gregor::backend::{Backend, TopicPartition};
 use gregor::backend::{TopicRole, TopicSpec};
 use gregor::partitioner::partition_for_key;
-use gregor::restore::NoProgress;
-use gregor::runtime::{JobConfig, task_name};
-use gregor::statedir::StateDir;
-use gregor::task_storage::{TaskStorage, TaskStorageContext};
+use gregor::runtime::JobConfig;
 use gregor_testkit::{Kafka09, Tansu};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+#[path = "support/kafka_counts.rs"]
+mod kafka_counts;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 const PARTITIONS: u32 = 4;
@@ -176,70 +172,14 @@ impl Cluster {
 
     /// The merged counts restored from Kafka alone, into a fresh state directory.
     fn restored_counts(&self) -> BTreeMap<String, u64> {
-        let backend: Arc<dyn Backend> = Arc::new(self.backend());
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        let mut out = BTreeMap::new();
-        for p in 0..PARTITIONS {
-            let task = task_name(&self.job.name, p);
-            let ctx = TaskStorageContext {
-                backend: Arc::clone(&backend),
-                state: &state,
-                task: &task,
-                changelog_partition: p,
-            };
-            let (mut storage, _) =
-                TaskStorage::open(&ctx, &self.job.stores, &mut NoProgress).unwrap();
-            let s = storage.store("counts").unwrap().stack();
-            for e in s.all().unwrap() {
-                let (k, v) = e.unwrap();
-                let v = u64::from_be_bytes(v.try_into().unwrap());
-                assert!(out.insert(String::from_utf8(k).unwrap(), v).is_none());
-            }
-        }
-        out
+        kafka_counts::restored_counts(Arc::new(self.backend()), &self.job, PARTITIONS)
     }
 }
 
 /// Every record of `topic` (all partitions) in offset order per partition, read with a plain
 /// librdkafka consumer.
 fn consume_all(c: &Cluster, topic: &str) -> Vec<(u32, Vec<u8>, Option<Vec<u8>>)> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in &c.settings.client {
-        cc.set(k, v);
-    }
-    cc.set("group.id", "independent-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cc.create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut at_end = BTreeSet::new();
-    let started = Instant::now();
-    while at_end.len() < PARTITIONS as usize {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "reading {topic} takes too long"
-        );
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => out.push((
-                m.partition() as u32,
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().map(<[u8]>::to_vec),
-            )),
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    out
+    kafka_counts::consume_all(&c.settings, topic, PARTITIONS)
 }
 
 fn check(c: &Cluster, expected: &BTreeMap<String, u64>) {

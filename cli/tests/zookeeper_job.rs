@@ -22,18 +22,14 @@ use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
 use gregor::backend::{Backend, TopicPartition};
 use gregor::checkpoint::Checkpoint;
 use gregor::partitioner::partition_for_key;
-use gregor::restore::NoProgress;
-use gregor::runtime::{JobConfig, task_name};
-use gregor::statedir::StateDir;
-use gregor::task_storage::{TaskStorage, TaskStorageContext};
+use gregor::runtime::JobConfig;
 use gregor_testkit::Kafka09;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
+
+#[path = "support/kafka_counts.rs"]
+mod kafka_counts;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 const PARTITIONS: u32 = 8;
@@ -153,60 +149,21 @@ impl Cluster {
 
     /// The merged counts restored from Kafka alone, into a fresh state directory.
     fn restored_counts(&self) -> BTreeMap<String, u64> {
-        let backend: Arc<dyn Backend> = Arc::new(self.backend());
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        let mut out = BTreeMap::new();
-        for p in 0..PARTITIONS {
-            let task = task_name(&self.job.name, p);
-            let ctx = TaskStorageContext {
-                backend: Arc::clone(&backend),
-                state: &state,
-                task: &task,
-                changelog_partition: p,
-            };
-            let (mut storage, _) =
-                TaskStorage::open(&ctx, &self.job.stores, &mut NoProgress).unwrap();
-            let s = storage.store("counts").unwrap().stack();
-            for e in s.all().unwrap() {
-                let (k, v) = e.unwrap();
-                let v = u64::from_be_bytes(v.try_into().unwrap());
-                assert!(out.insert(String::from_utf8(k).unwrap(), v).is_none());
-            }
-        }
-        out
+        kafka_counts::restored_counts(Arc::new(self.backend()), &self.job, PARTITIONS)
     }
 
     /// Every checkpoint ever written, in log order, read with a plain librdkafka consumer.
     fn all_checkpoints(&self) -> Vec<(String, Checkpoint)> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in &self.settings.client {
-            cc.set(k, v);
-        }
-        cc.set("group.id", "checkpoint-auditor")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = cc.create().unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.settings.checkpoint_topic, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut out = Vec::new();
-        let started = Instant::now();
-        loop {
-            assert!(started.elapsed() < Duration::from_secs(120));
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    let task = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-                    if let Some(v) = m.payload() {
-                        out.push((task, serde_json::from_slice(v).unwrap()));
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => return out,
-                Some(Err(e)) => panic!("reading checkpoints: {e}"),
-                None => {}
-            }
-        }
+        kafka_counts::consume_all(&self.settings, &self.settings.checkpoint_topic, 1)
+            .into_iter()
+            .filter_map(|(_, k, v)| {
+                let v = v?; // a tombstone
+                Some((
+                    String::from_utf8(k).unwrap(),
+                    serde_json::from_slice(&v).unwrap(),
+                ))
+            })
+            .collect()
     }
 }
 

@@ -418,6 +418,18 @@ impl Worker {
         }
     }
 
+    /// This process's member node content (its id is the node's name).
+    fn member_data(&self, holds: BTreeSet<u32>) -> Vec<u8> {
+        let info = MemberInfo {
+            id: String::new(),
+            host: self.info.host.clone(),
+            pid: std::process::id(),
+            http: self.info.http.clone(),
+            holds,
+        };
+        serde_json::to_vec(&info).unwrap_or_default()
+    }
+
     /// Creates the job's directories if missing and this process's member node.
     async fn register(&self, client: &zk::Client) -> Result<String, ZkFailure> {
         let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
@@ -428,17 +440,8 @@ impl Worker {
                 Err(e) => return Err(zk_failure(&format!("creating {path}"), e)),
             }
         }
-        let info = MemberInfo {
-            id: String::new(),
-            host: self.info.host.clone(),
-            pid: std::process::id(),
-            http: self.info.http.clone(),
-            holds: crate::sync::lock(&self.shared)
-                .holds
-                .take()
-                .unwrap_or_else(|| self.info.holds.clone()),
-        };
-        let data = serde_json::to_vec(&info).unwrap_or_default();
+        let holds = crate::sync::lock(&self.shared).holds.take();
+        let data = self.member_data(holds.unwrap_or_else(|| self.info.holds.clone()));
         let prefix = format!("{}/members/p-", self.base);
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
         let (_, seq) = self
@@ -507,15 +510,8 @@ impl Worker {
             }
         }
         if let Some(holds) = holds {
-            let info = MemberInfo {
-                id: String::new(),
-                host: self.info.host.clone(),
-                pid: std::process::id(),
-                http: self.info.http.clone(),
-                holds,
-            };
             let path = format!("{}/members/{me}", self.base);
-            let data = serde_json::to_vec(&info).unwrap_or_default();
+            let data = self.member_data(holds);
             self.call(client.set_data(&path, &data, None))
                 .await
                 .map_err(|e| zk_failure("updating this member", e))?;
