@@ -95,6 +95,10 @@ pub struct JoinInfo {
     pub http: Option<String>,
     /// Tasks it has local state for.
     pub holds: BTreeSet<u32>,
+    /// The newest job model version the job's checkpoints name (0 if none): a first model
+    /// (none in ZooKeeper, say after its data was lost) gets a higher version, so checkpoints
+    /// written under it are never taken for a former owner's late ones.
+    pub newest_generation: u64,
 }
 
 impl ZooKeeperCoordinator {
@@ -531,7 +535,7 @@ impl Worker {
         }
         if leader_of(view.members.keys().map(String::as_str)) == Some(me) {
             let current = view.model.as_ref().map(|(m, _)| m);
-            if let Some(next) = leader_step(
+            if let Some(mut next) = leader_step(
                 &view.members,
                 self.tasks,
                 current,
@@ -539,6 +543,9 @@ impl Worker {
                 stable_since.elapsed(),
                 self.debounce,
             ) {
+                if current.is_none() {
+                    next.model.version = next.model.version.max(self.info.newest_generation + 1);
+                }
                 self.publish(
                     client,
                     me,
@@ -714,6 +721,7 @@ pub fn read_status(
             host: String::new(),
             http: None,
             holds: BTreeSet::new(),
+            newest_generation: 0,
         },
         shared: Arc::new(Mutex::new(Shared::default())),
         wake: Arc::new(tokio::sync::Notify::new()),

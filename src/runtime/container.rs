@@ -343,6 +343,7 @@ fn run_container(
                 host: host_name(),
                 http: link.as_ref().and_then(|l| l.serving().advertised()),
                 holds: local_tasks(state, &job.name),
+                newest_generation: newest_generation(&*c.backend, &job.name, c.n_tasks)?,
             };
             let zk = ZooKeeperCoordinator::join(
                 zk,
@@ -394,6 +395,21 @@ fn run_container(
 /// Whether `e` is a commit refused because the process may no longer own its task.
 fn is_fenced(e: &RuntimeError) -> bool {
     matches!(e, RuntimeError::Store(TaskStoreError::Fenced { .. }))
+}
+
+/// The newest job model version named by the checkpoints of the job's `n_tasks` tasks.
+fn newest_generation(backend: &dyn Backend, job: &str, n_tasks: u32) -> Result<u64, RuntimeError> {
+    let mut newest = 0;
+    for p in 0..n_tasks {
+        let task = task_name(job, p);
+        let cp = backend
+            .read_checkpoint(&task)
+            .map_err(|source| RuntimeError::Backend { task, source })?;
+        if let Some(owner) = cp.and_then(|c| c.owner) {
+            newest = newest.max(owner.generation);
+        }
+    }
+    Ok(newest)
 }
 
 /// This machine's host name (for the coordinator; replicas go to different hosts).

@@ -1,3 +1,4 @@
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::process::{NotReady, Probe, Proc};
 use crate::wire::{self, Metadata};
 use crate::zookeeper::ZooKeeper;
-use crate::{Workdir, free_port, java, kafka_home, loopback, start_timeout, write_log4j};
+use crate::{Workdir, free_port, java, kafka_home, start_timeout, write_log4j};
 
 /// The broker id of every [`Kafka09`] (each broker has its own ZooKeeper or chroot).
 const BROKER_ID: i32 = 0;
@@ -15,7 +16,8 @@ const BROKER_ID: i32 = 0;
 /// once ZooKeeper has expired the old session, about this long after the kill.
 const ZK_SESSION_MS: u64 = 6000;
 
-/// Apache Kafka 0.9.0.1, one broker (id 0) on a free loopback port, data in a temporary
+/// Apache Kafka 0.9.0.1, one broker (id 0) on a free port of 127.0.0.1 (or of the address given
+/// to [`Kafka09::start_at`]), data in a temporary
 /// directory that survives [`Kafka09::kill9`] + [`Kafka09::restart`]. Killed on drop (its own
 /// ZooKeeper, if it has one, after it).
 ///
@@ -28,7 +30,8 @@ pub struct Kafka09 {
     proc: Option<Proc>,
     /// `Some` when the broker brought its own ZooKeeper (dropped after the broker).
     own_zk: Option<ZooKeeper>,
-    zk_port: u16,
+    zk: SocketAddr,
+    host: Ipv4Addr,
     chroot: String,
     port: u16,
     home: PathBuf,
@@ -42,8 +45,15 @@ impl Kafka09 {
     /// Starts a ZooKeeper of its own, then the broker; waits until the broker is registered
     /// and answers metadata requests. Panics with the log tail if either does not come up.
     pub fn start() -> Kafka09 {
-        let zk = ZooKeeper::start();
-        let mut kafka = Kafka09::launch_new(zk.port(), String::new());
+        Kafka09::start_at(Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`Kafka09::start`], with the broker and its ZooKeeper listening on (and the broker
+    /// advertising) `host`, an address of this machine: say the host end of a veth pair, so
+    /// that processes in another network namespace reach both.
+    pub fn start_at(host: Ipv4Addr) -> Kafka09 {
+        let zk = ZooKeeper::start_at(host);
+        let mut kafka = Kafka09::launch_new(zk.addr(), host, String::new());
         kafka.own_zk = Some(zk);
         kafka
     }
@@ -54,14 +64,15 @@ impl Kafka09 {
     pub fn start_on(zk: &ZooKeeper) -> Kafka09 {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let chroot = format!("/kafka-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        Kafka09::launch_new(zk.port(), chroot)
+        Kafka09::launch_new(zk.addr(), zk.host(), chroot)
     }
 
-    fn launch_new(zk_port: u16, chroot: String) -> Kafka09 {
+    fn launch_new(zk: SocketAddr, host: Ipv4Addr, chroot: String) -> Kafka09 {
         let mut kafka = Kafka09 {
             proc: None,
             own_zk: None,
-            zk_port,
+            zk,
+            host,
             chroot,
             port: 0,
             home: kafka_home(),
@@ -122,7 +133,7 @@ impl Kafka09 {
             .current_dir(dir);
         let start = Instant::now();
         let mut proc = Proc::spawn("Kafka 0.9.0.1", cmd, &log);
-        let addr = loopback(self.port);
+        let addr = self.addr();
         let (log_start, log_path) = (self.log_start, self.log_path());
         let result = proc.wait_ready(start_timeout(), || {
             let registered = wire::metadata(addr, &[], Duration::from_secs(2))
@@ -143,8 +154,8 @@ impl Kafka09 {
     fn server_properties(&self) -> String {
         format!(
             "broker.id={BROKER_ID}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listeners=PLAINTEXT://{host}:{port}\n\
+             advertised.listeners=PLAINTEXT://{host}:{port}\n\
              log.dirs={data}\n\
              zookeeper.connect={zk}\n\
              zookeeper.session.timeout.ms={ZK_SESSION_MS}\n\
@@ -165,6 +176,7 @@ impl Kafka09 {
              log.cleaner.threads=1\n\
              log.cleaner.dedupe.buffer.size=16777216\n\
              log.cleaner.backoff.ms=1000\n",
+            host = self.host,
             port = self.port,
             data = self.data_dir().display(),
             zk = self.zookeeper_connect(),
@@ -176,12 +188,17 @@ impl Kafka09 {
         log_since(&self.log_path(), self.log_start).contains(needle)
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// `HOST:PORT` (127.0.0.1 unless started with [`Kafka09::start_at`]), for
+    /// `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
-    /// The broker's port (on 127.0.0.1); the same across restarts.
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.host, self.port))
+    }
+
+    /// The broker's port (on the address of [`Kafka09::bootstrap`]); the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -195,9 +212,9 @@ impl Kafka09 {
         ]
     }
 
-    /// `127.0.0.1:ZKPORT[/chroot]`, for `--zookeeper` of Kafka's tools.
+    /// `HOST:ZKPORT[/chroot]`, for `--zookeeper` of Kafka's tools.
     pub fn zookeeper_connect(&self) -> String {
-        format!("127.0.0.1:{}{}", self.zk_port, self.chroot)
+        format!("{}{}", self.zk, self.chroot)
     }
 
     /// Its own ZooKeeper, when started with [`Kafka09::start`].
@@ -260,9 +277,9 @@ impl Kafka09 {
         self.kill9();
         let deadline = Instant::now() + start_timeout();
         let node = format!("{}/brokers/ids/{BROKER_ID}", self.chroot);
-        let zk_port = self.zk_port;
+        let zk = self.zk;
         while Instant::now() < deadline {
-            let dump = crate::zookeeper::four_letter(zk_port, "dump").unwrap_or_default();
+            let dump = crate::zookeeper::four_letter(zk, "dump").unwrap_or_default();
             if !dump.contains("ephemeral nodes dump:") || !dump.contains(&node) {
                 break;
             }
@@ -288,7 +305,7 @@ impl Kafka09 {
 
     /// Metadata v0 from the broker for `topics` (all topics if empty).
     pub fn metadata(&self, topics: &[&str]) -> std::io::Result<Metadata> {
-        wire::metadata(loopback(self.port), topics, Duration::from_secs(5))
+        wire::metadata(self.addr(), topics, Duration::from_secs(5))
     }
 
     /// Waits until every partition of `topics` (all topics if empty) has a leader. Panics with

@@ -7,6 +7,9 @@
 //! - [`Tansu`]: tansu, a Kafka-protocol broker in Rust: `memory://` storage ([`Tansu::start`])
 //!   or `s3://` on its own local S3 server ([`MotoS3`], moto), which keeps its data across a
 //!   broker kill ([`Tansu::start_s3`]).
+//! - [`NetNs`]: a network namespace joined to the host by a veth pair, to cut one process off
+//!   from the servers while it keeps running (a partition, not a crash); servers it must reach
+//!   start on the pair's host address ([`Kafka09::start_at`], [`ZooKeeper::start_at`]).
 //!
 //! Each server runs on a free loopback port in its own temporary directory, with its output in
 //! a log file there. Start-up waits until the server answers (a Metadata request for brokers),
@@ -44,6 +47,7 @@
 //! ```
 
 mod kafka09;
+mod netns;
 mod process;
 mod s3;
 mod tansu;
@@ -51,6 +55,7 @@ pub mod wire;
 mod zookeeper;
 
 pub use kafka09::Kafka09;
+pub use netns::NetNs;
 pub use process::log_tail;
 pub use s3::MotoS3;
 pub use tansu::Tansu;

@@ -1,18 +1,20 @@
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::process::{NotReady, Probe, Proc};
-use crate::{Workdir, free_port, java, kafka_home, loopback, start_timeout, write_log4j};
+use crate::{Workdir, free_port, java, kafka_home, start_timeout, write_log4j};
 
-/// A standalone ZooKeeper on a free loopback port, in a temporary directory.
+/// A standalone ZooKeeper on a free port of 127.0.0.1 (or of an address given to
+/// [`ZooKeeper::start_at`]), in a temporary directory.
 ///
 /// It is the ZooKeeper 3.4.6 that ships inside the Kafka 0.9.0.1 distribution (the version
 /// Kafka 0.9.0.1 was released and tested with), run from the same `libs/` as the broker: no
 /// system package, nothing else to install. Killed on drop.
 pub struct ZooKeeper {
     proc: Proc,
+    host: Ipv4Addr,
     port: u16,
     started_in: Duration,
     dir: Workdir,
@@ -22,6 +24,12 @@ impl ZooKeeper {
     /// Starts ZooKeeper and waits until it answers `ruok`. Panics with its log tail if it does
     /// not come up.
     pub fn start() -> ZooKeeper {
+        ZooKeeper::start_at(Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`ZooKeeper::start`], listening on `host` (an address of this machine, say the
+    /// host end of a veth pair, so that processes in another network namespace reach it).
+    pub fn start_at(host: Ipv4Addr) -> ZooKeeper {
         let home = kafka_home();
         let dir = Workdir::new("gregor-zookeeper-");
         let log4j = write_log4j(dir.path(), "INFO");
@@ -35,7 +43,7 @@ impl ZooKeeper {
                     "tickTime=500\n\
                      dataDir={}\n\
                      clientPort={port}\n\
-                     clientPortAddress=127.0.0.1\n\
+                     clientPortAddress={host}\n\
                      maxClientCnxns=0\n\
                      admin.enableServer=false\n\
                      4lw.commands.whitelist=*\n",
@@ -55,7 +63,7 @@ impl ZooKeeper {
                 .current_dir(dir.path());
             let mut proc = Proc::spawn("ZooKeeper", cmd, &log);
             match proc.wait_ready(start_timeout(), || {
-                if four_letter(port, "ruok").is_ok_and(|a| a == "imok") {
+                if four_letter(SocketAddr::from((host, port)), "ruok").is_ok_and(|a| a == "imok") {
                     Probe::Ready
                 } else {
                     Probe::NotYet
@@ -64,6 +72,7 @@ impl ZooKeeper {
                 Ok(started_in) => {
                     return ZooKeeper {
                         proc,
+                        host,
                         port,
                         started_in,
                         dir,
@@ -80,14 +89,24 @@ impl ZooKeeper {
         unreachable!()
     }
 
-    /// The client port (on 127.0.0.1).
+    /// The client port (on [`ZooKeeper::host`]).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, for `zookeeper.connect` and `--zookeeper`.
+    /// The address it listens on (127.0.0.1 unless started with [`ZooKeeper::start_at`]).
+    pub fn host(&self) -> Ipv4Addr {
+        self.host
+    }
+
+    /// `HOST:PORT`, for `zookeeper.connect` and `--zookeeper`.
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Its client address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.host, self.port))
     }
 
     /// How long start-up took (spawn to first `imok`).
@@ -107,7 +126,7 @@ impl ZooKeeper {
 
     /// Whether some session holds an ephemeral node at `path` (from the `dump` command).
     pub fn has_ephemeral(&self, path: &str) -> bool {
-        let dump = four_letter(self.port, "dump").unwrap_or_default();
+        let dump = four_letter(self.addr(), "dump").unwrap_or_default();
         ephemeral_in_dump(&dump, path)
     }
 }
@@ -119,9 +138,9 @@ fn ephemeral_in_dump(dump: &str, path: &str) -> bool {
 }
 
 /// Sends a four-letter command and returns the whole answer.
-pub(crate) fn four_letter(port: u16, cmd: &str) -> std::io::Result<String> {
+pub(crate) fn four_letter(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
     let timeout = Duration::from_secs(2);
-    let mut s = TcpStream::connect_timeout(&loopback(port), timeout)?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(cmd.as_bytes())?;
     let mut answer = String::new();

@@ -72,7 +72,22 @@ impl CheckpointTopic {
                                 format!("not a valid checkpoint: {e}"),
                             )
                         })?;
-                        cache.checkpoints.insert(task, cp);
+                        match cache.checkpoints.get(&task) {
+                            Some(newer) if supersedes(newer, &cp) => {
+                                // A former owner's late write (it was cut off while its
+                                // checkpoint was on the way): the newer owner's stands.
+                                tracing::warn!(
+                                    task = %task,
+                                    offset = r.offset,
+                                    "ignoring a checkpoint written under job model version {:?} after one written under version {:?}",
+                                    cp.owner.as_ref().map(|o| o.generation),
+                                    newer.owner.as_ref().map(|o| o.generation)
+                                );
+                            }
+                            _ => {
+                                cache.checkpoints.insert(task, cp);
+                            }
+                        }
                     }
                 }
             }
@@ -81,6 +96,9 @@ impl CheckpointTopic {
         Ok(())
     }
 
+    /// The newest checkpoint of `task`: the last one in the topic, except that one written
+    /// under an older job model version than a checkpoint before it is ignored (see
+    /// [`supersedes`]).
     pub(super) fn read(&self, task: &str) -> Result<Option<Checkpoint>> {
         let mut cache = crate::sync::lock(&self.cache);
         self.refresh(&mut cache)?;
@@ -112,5 +130,44 @@ impl CheckpointTopic {
             .checkpoints
             .insert(task.to_string(), checkpoint.clone());
         Ok(())
+    }
+}
+
+/// Whether `newer` (read earlier) stands against `late` (read after it): both name their
+/// writer's job model version and `late`'s is older. Only a process that lost the task writes
+/// under an older version than its new owner (a checkpoint held up by a network partition and
+/// delivered after the task moved); the fence stops it before the write, and this stops a
+/// write that was already on its way.
+fn supersedes(newer: &Checkpoint, late: &Checkpoint) -> bool {
+    match (&newer.owner, &late.owner) {
+        (Some(n), Some(l)) => l.generation < n.generation,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::supersedes;
+    use crate::checkpoint::{Checkpoint, CheckpointOwner};
+
+    fn by(member: &str, generation: Option<u64>) -> Checkpoint {
+        Checkpoint {
+            owner: generation.map(|generation| CheckpointOwner {
+                member: member.into(),
+                generation,
+            }),
+            ..Checkpoint::default()
+        }
+    }
+
+    #[test]
+    fn a_late_checkpoint_of_an_older_model_version_is_ignored() {
+        assert!(supersedes(&by("p-2", Some(5)), &by("p-1", Some(4))));
+        // The same version (the same owner committing again) or a newer one is taken.
+        assert!(!supersedes(&by("p-2", Some(5)), &by("p-2", Some(5))));
+        assert!(!supersedes(&by("p-2", Some(5)), &by("p-3", Some(6))));
+        // Without owners (static assignment, embedded) the last write wins as before.
+        assert!(!supersedes(&by("x", None), &by("y", Some(1))));
+        assert!(!supersedes(&by("x", Some(3)), &by("y", None)));
     }
 }
