@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::model::{Member, plan};
+use super::model::{JobModel, Member, plan};
 use super::{MemberInfo, PublishedModel};
 
 /// What a member does next (see the module doc).
@@ -94,6 +94,82 @@ pub fn sequence_of(id: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The member whose node member `me` watches: the live member with the next lower sequence
+/// number (`None`: `me` is the lowest, the leader). Each member watches only its
+/// predecessor, so a member's death wakes one process, not all (no herd effect); when the
+/// leader dies, its successor finds itself lowest and leads.
+pub fn predecessor_of<'a>(me: &str, ids: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mine = (sequence_of(me).unwrap_or(u64::MAX), me);
+    ids.into_iter()
+        .filter(|id| (sequence_of(id).unwrap_or(u64::MAX), *id) < mine)
+        .max_by_key(|id| (sequence_of(id).unwrap_or(u64::MAX), *id))
+}
+
+/// What a new job model changes for one member (for its log line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelChange {
+    /// The tasks it runs under the new model.
+    pub active: BTreeSet<u32>,
+    /// Of those, the ones it did not run under the previous model.
+    pub gained: BTreeSet<u32>,
+    /// The tasks it ran under the previous model and does not run now.
+    pub released: BTreeSet<u32>,
+    /// The tasks it keeps standby copies of under the new model.
+    pub standby: BTreeSet<u32>,
+    /// Of those, the new ones.
+    pub standby_gained: BTreeSet<u32>,
+    /// Standby copies it no longer keeps.
+    pub standby_dropped: BTreeSet<u32>,
+}
+
+impl ModelChange {
+    /// What `next` changes for `me` against `previous` (none: nothing before).
+    pub fn of(me: &str, previous: Option<&JobModel>, next: &JobModel) -> Self {
+        let of = |m: Option<&JobModel>, standby: bool| -> BTreeSet<u32> {
+            match m {
+                None => BTreeSet::new(),
+                Some(m) if standby => m.standbys_of(me).collect(),
+                Some(m) => m.active_of(me).collect(),
+            }
+        };
+        let (was, now) = (of(previous, false), of(Some(next), false));
+        let (was_sb, now_sb) = (of(previous, true), of(Some(next), true));
+        ModelChange {
+            gained: &now - &was,
+            released: &was - &now,
+            standby_gained: &now_sb - &was_sb,
+            standby_dropped: &was_sb - &now_sb,
+            active: now,
+            standby: now_sb,
+        }
+    }
+}
+
+/// How many tasks `next` gives another active member than `previous` did (all of them when
+/// there is no previous model), and how many standby placements it adds.
+pub fn moved_tasks(previous: Option<&JobModel>, next: &JobModel) -> (usize, usize) {
+    let Some(previous) = previous else {
+        let standbys = next.standbys.values().map(Vec::len).sum();
+        return (next.active.len(), standbys);
+    };
+    let active = next
+        .active
+        .iter()
+        .filter(|(t, m)| previous.active.get(t) != Some(m))
+        .count();
+    let standbys = next
+        .standbys
+        .iter()
+        .map(|(t, ms)| {
+            let before = previous.standbys.get(t);
+            ms.iter()
+                .filter(|m| before.is_none_or(|b| !b.contains(m)))
+                .count()
+        })
+        .sum();
+    (active, standbys)
 }
 
 /// The model the leader publishes next, if any: when there is none yet, or the live members
@@ -230,5 +306,71 @@ mod tests {
             member_step("a", None, &set(&[1]), &BTreeSet::new()),
             Step::Continue
         );
+    }
+
+    #[test]
+    fn each_member_watches_the_next_lower_sequence() {
+        let ids = ["p-0000000007", "p-0000000002", "p-0000000011", "x"];
+        assert_eq!(predecessor_of("p-0000000002", ids), None);
+        assert_eq!(predecessor_of("p-0000000007", ids), Some("p-0000000002"));
+        assert_eq!(predecessor_of("p-0000000011", ids), Some("p-0000000007"));
+        // Ids without a sequence sort last, as in `leader_of`.
+        assert_eq!(predecessor_of("x", ids), Some("p-0000000011"));
+        // The predecessor's death: the next lower one; the leader's: the successor leads.
+        let left = ["p-0000000002", "p-0000000011"];
+        assert_eq!(predecessor_of("p-0000000011", left), Some("p-0000000002"));
+        let left = ["p-0000000007", "p-0000000011"];
+        assert_eq!(predecessor_of("p-0000000007", left), None);
+        assert_eq!(leader_of(left), Some("p-0000000007"));
+        // Exactly one member of any set has no predecessor, and it is the leader.
+        let all = [
+            "p-0000000003",
+            "p-0000000001",
+            "p-0000000009",
+            "p-0000000004",
+        ];
+        let roots: Vec<_> = all
+            .iter()
+            .filter(|m| predecessor_of(m, all).is_none())
+            .collect();
+        assert_eq!(roots, [&"p-0000000001"]);
+    }
+
+    fn model(version: u64, active: &[(u32, &str)], standbys: &[(u32, &[&str])]) -> JobModel {
+        JobModel {
+            version,
+            active: active.iter().map(|&(t, m)| (t, m.to_string())).collect(),
+            standbys: standbys
+                .iter()
+                .map(|&(t, ms)| (t, ms.iter().map(|m| m.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_model_change_lists_what_moved_for_a_member() {
+        let v1 = model(
+            1,
+            &[(0, "a"), (1, "a"), (2, "b")],
+            &[(0, &["b"]), (2, &["a"])],
+        );
+        let v2 = model(
+            2,
+            &[(0, "a"), (1, "b"), (2, "a")],
+            &[(0, &["b"]), (1, &["a"])],
+        );
+        let a = ModelChange::of("a", Some(&v1), &v2);
+        assert_eq!(a.active, set(&[0, 2]));
+        assert_eq!(a.gained, set(&[2]));
+        assert_eq!(a.released, set(&[1]));
+        assert_eq!(a.standby, set(&[1]));
+        assert_eq!(a.standby_gained, set(&[1]));
+        assert_eq!(a.standby_dropped, set(&[2]));
+        let first = ModelChange::of("b", None, &v1);
+        assert_eq!((first.gained, first.released), (set(&[2]), BTreeSet::new()));
+        assert_eq!(ModelChange::of("c", Some(&v1), &v2), ModelChange::default());
+        assert_eq!(moved_tasks(Some(&v1), &v2), (2, 1));
+        assert_eq!(moved_tasks(None, &v1), (3, 2));
+        assert_eq!(moved_tasks(Some(&v2), &v2), (0, 0));
     }
 }

@@ -146,6 +146,12 @@ pub trait Coordinator: Send {
         BTreeSet::new()
     }
 
+    /// The tasks the newest model makes this process run, whether or not its barrier has
+    /// passed yet (a standby of one of them is kept until the task opens on its state).
+    fn assigned(&self) -> BTreeSet<u32> {
+        BTreeSet::new()
+    }
+
     /// Leaves the job after a clean stop, so others take its tasks at once.
     fn leave(&mut self) {}
 

@@ -9,25 +9,41 @@
 //! ```
 //!
 //! One thread per process talks to ZooKeeper (the `zookeeper-client` crate on a small tokio
-//! runtime): every `poll` interval (and at once when the container asks) it reads the
-//! members, the model and the acknowledgements of the model, and publishes them to the
-//! container; the container decides with [`super::barrier::member_step`]. The member with the
-//! lowest sequence number is the leader: when membership has been stable for
-//! `job.debounce.time.ms` and differs from the model's, it computes the next model with
-//! [`super::model::plan`] and writes it (compare-and-set on the node's version, so two
-//! processes that both think they lead cannot both write one version).
+//! runtime) and reacts to watches, not to a timer:
 //!
-//! **Lease.** A round that got answers from ZooKeeper proves the session was alive when it
+//! - every member keeps a data watch on `model` (an exists watch while there is none) and,
+//!   while the barrier of the model it knows waits for someone, a child watch on `acks`;
+//! - the member with the lowest sequence number is the leader and keeps a child watch on
+//!   `members`; every other member keeps an exists watch on its predecessor (the next lower
+//!   sequence number, [`super::barrier::predecessor_of`]), so a member's death wakes one
+//!   process, and when the leader dies its successor finds itself lowest and leads;
+//! - when the membership has been unchanged for `job.debounce.time.ms` (a timer) and differs
+//!   from the model's, the leader re-reads the members' data, computes the next model with
+//!   [`super::model::plan`] and writes it (compare-and-set on the node's version, so two
+//!   processes that both think they lead cannot both write one version).
+//!
+//! A fired watch makes the thread read that node again (which sets the watch again); what the
+//! container asks for (an acknowledgement, the tasks it holds) is written at once. The thread
+//! publishes what it knows to the container, which decides with
+//! [`super::barrier::member_step`]. A safety re-read ([`SAFETY_REREAD`]) lists the members and
+//! acknowledgements and reads the model even when no watch fired, in case one was lost across
+//! a reconnection.
+//!
+//! **Lease.** A round trip that ZooKeeper answered proves the session was alive when it
 //! started. A process commits only while its last such proof is younger than half the
 //! session timeout ([`Coordinator::fence`]) and drops its tasks without committing once it is
 //! older ([`Directive::Fence`]); the server expires the session only a full session timeout
-//! after it last heard from it, and only then does the leader give the tasks to others. A
-//! fenced process closes its session and joins again as a new member.
+//! after it last heard from it, and only then does the leader give the tasks to others. When
+//! nothing else talked to ZooKeeper for a sixth of the session timeout
+//! ([`LEASE_RENEWALS_PER_SESSION`]), the thread renews the proof with one `exists` on its own
+//! member node. The client's session state events are not used for the lease (a
+//! `Disconnected` event can come later than half a session timeout after the server last
+//! heard from the process), only to stop at once when the session expired and to read
+//! everything again after a reconnection. A fenced process closes its session and joins
+//! again as a new member.
 //!
 //! A clean stop deletes the member node and closes the session, so the others rebalance
 //! after the debounce instead of after the session timeout.
-//!
-//! Not built yet: watches (each process polls, every 100 ms by default).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -36,7 +52,9 @@ use std::time::{Duration, Instant};
 
 use zookeeper_client as zk;
 
-use super::barrier::{Step, leader_of, leader_step, member_step};
+use super::barrier::{
+    ModelChange, Step, leader_of, leader_step, member_step, moved_tasks, predecessor_of,
+};
 use super::{
     Coordinator, CoordinatorError, CoordinatorStatus, Directive, MemberInfo, PublishedModel,
 };
@@ -44,8 +62,18 @@ use crate::checkpoint::CheckpointOwner;
 use crate::runtime::config::ZooKeeperConfig;
 use crate::task_storage::CommitFence;
 
-/// How often the coordinator's thread reads ZooKeeper (at most; less with short sessions).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the coordinator's thread reads members, model and acknowledgements even when no
+/// watch fired (at most half the session timeout): a watch lost across a reconnect delays a
+/// rebalance by this much at worst.
+pub const SAFETY_REREAD: Duration = Duration::from_secs(2);
+
+/// The lease is renewed (one round trip, if nothing else talked to ZooKeeper) every this
+/// fraction of the session timeout; the lease itself is half the session timeout.
+pub const LEASE_RENEWALS_PER_SESSION: u32 = 6;
+
+/// The pause before retrying after a failed ZooKeeper call (at most; less with short
+/// sessions).
+const RETRY: Duration = Duration::from_millis(100);
 
 /// How long a process tries to join its job at start before it gives up with an error.
 pub const FIRST_JOIN_DEADLINE: Duration = Duration::from_secs(15);
@@ -123,7 +151,9 @@ impl ZooKeeperCoordinator {
             shared: Arc::clone(&shared),
             wake: Arc::clone(&wake),
             session,
-            poll: POLL_INTERVAL.min(session / 20),
+            reread: SAFETY_REREAD.min(session / 2),
+            renew: session / LEASE_RENEWALS_PER_SESSION,
+            retry: RETRY.min(session / 20),
             debounce: Duration::from_millis(settings.debounce_ms),
         };
         let thread = std::thread::Builder::new()
@@ -247,6 +277,14 @@ impl Coordinator for ZooKeeperCoordinator {
         }
     }
 
+    fn assigned(&self) -> BTreeSet<u32> {
+        let s = crate::sync::lock(&self.shared);
+        match (&s.member, &s.model) {
+            (Some(me), Some(m)) => m.model.active_of(me).collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
     fn holds(&mut self, tasks: &BTreeSet<u32>) {
         crate::sync::lock(&self.shared).holds = Some(tasks.clone());
         self.wake.notify_one();
@@ -287,7 +325,12 @@ struct Worker {
     shared: Arc<Mutex<Shared>>,
     wake: Arc<tokio::sync::Notify>,
     session: Duration,
-    poll: Duration,
+    /// The safety re-read's interval.
+    reread: Duration,
+    /// The lease's renewal interval: the longest the thread goes without a round trip.
+    renew: Duration,
+    /// The pause after a failed call.
+    retry: Duration,
     debounce: Duration,
 }
 
@@ -305,11 +348,101 @@ fn zk_failure(what: &str, e: zk::Error) -> ZkFailure {
     }
 }
 
-/// What one round read.
+/// What one read found.
 struct View {
     members: BTreeMap<String, MemberInfo>,
     model: Option<(PublishedModel, i32)>,
     acked: BTreeSet<String>,
+}
+
+/// A watch set on ZooKeeper: resolves when it fires.
+type Watch = std::pin::Pin<Box<dyn std::future::Future<Output = zk::WatchedEvent>>>;
+
+fn watch(w: zk::OneshotWatcher) -> Watch {
+    Box::pin(w.changed())
+}
+
+/// Resolves when the watch in `slot` fires (and empties the slot); never when it is empty.
+async fn fired(slot: &mut Option<Watch>) -> zk::WatchedEvent {
+    match slot {
+        Some(w) => {
+            let event = w.await;
+            *slot = None;
+            event
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The watches of one session. A watch is never dropped before it fired while its session
+/// lives: `zookeeper-client` then sends a `RemoveWatches` request, which ZooKeeper 3.4 does
+/// not know (it answers "unimplemented" and closes the connection). So a slot is re-armed
+/// only once it fired, a watch no longer wanted is kept in `retired`, and the whole set is
+/// dropped only after the session's client is.
+#[derive(Default)]
+struct Watches {
+    /// The leader's child watch on `members`.
+    members: Option<Watch>,
+    /// A data (or, while the node does not exist, exists) watch on `model`.
+    model: Option<Watch>,
+    /// A child watch on `acks`, armed while a barrier waits.
+    acks: Option<Watch>,
+    /// An exists watch on the predecessor's member node (non-leaders).
+    predecessor: Option<Watch>,
+    /// Whose node `predecessor` watches.
+    predecessor_id: Option<String>,
+    /// Unfired watches no longer wanted.
+    retired: Vec<Watch>,
+}
+
+impl Watches {
+    fn retire(&mut self, w: Option<Watch>) {
+        self.retired.extend(w);
+    }
+}
+
+/// What must be read again (a watch fired, a write changed it, or the safety re-read).
+#[derive(Debug, Clone, Copy)]
+struct Dirty {
+    members: bool,
+    model: bool,
+    acks: bool,
+}
+
+impl Dirty {
+    const ALL: Dirty = Dirty {
+        members: true,
+        model: true,
+        acks: true,
+    };
+
+    fn any(self) -> bool {
+        self.members || self.model || self.acks
+    }
+}
+
+/// What one session knows.
+struct Known {
+    members: BTreeMap<String, MemberInfo>,
+    model: Option<(PublishedModel, i32)>,
+    acked: BTreeSet<String>,
+    /// When the live set last changed (the leader's debounce).
+    stable_since: Instant,
+    /// The model version this session last acknowledged.
+    ack_written: Option<u64>,
+}
+
+impl Known {
+    fn leads(&self, me: &str) -> bool {
+        leader_of(self.members.keys().map(String::as_str)) == Some(me)
+    }
+
+    /// The barrier of the known model waits for someone.
+    fn barrier_open(&self) -> bool {
+        self.model
+            .as_ref()
+            .is_some_and(|(m, _)| !m.members.is_subset(&self.acked))
+    }
 }
 
 impl Worker {
@@ -332,7 +465,7 @@ impl Worker {
         crate::sync::lock(&self.shared).leave
     }
 
-    /// Joins, runs rounds until the session ends or a rejoin is asked for, joins again.
+    /// Joins, follows the job until the session ends or a rejoin is asked for, joins again.
     /// The first join must succeed within [`FIRST_JOIN_DEADLINE`] (or the session timeout,
     /// if longer): a wrong address or a server that is down is reported, not waited out.
     /// Later, the process keeps trying for as long as it runs.
@@ -376,13 +509,16 @@ impl Worker {
                 s.last_ok = None;
                 s.rejoin = false;
             }
-            self.rounds(&client, &me).await;
+            let mut watches = Watches::default();
+            self.follow(&client, &me, &mut watches).await;
             crate::sync::lock(&self.shared).member = None;
             if self.leaving() {
                 let path = format!("{}/members/{me}", self.base);
                 let _ = self.call(client.delete(&path, None)).await;
             }
             drop(client); // closes the session (its ephemeral nodes go with it)
+            // Unfired watches go after their client: no RemoveWatches request (see `Watches`).
+            drop(watches);
             // Let the runtime send the close request.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -455,10 +591,21 @@ impl Worker {
         Ok(format!("p-{seq}"))
     }
 
-    /// Reads and acts until the session ends, a rejoin is asked for, or the process leaves.
-    async fn rounds(&self, client: &zk::Client, me: &str) {
-        let mut observed: Option<BTreeSet<String>> = None;
-        let mut stable_since = Instant::now();
+    /// Follows the job until the session ends, a rejoin is asked for, or the process
+    /// leaves: reads what changed (a watch fired, the container asked for a write, or the
+    /// safety re-read is due), acts (acknowledge, lead), publishes what it knows to the
+    /// container, and sleeps until the next event.
+    async fn follow(&self, client: &zk::Client, me: &str, watches: &mut Watches) {
+        let mut known = Known {
+            members: BTreeMap::new(),
+            model: None,
+            acked: BTreeSet::new(),
+            stable_since: Instant::now(),
+            ack_written: None,
+        };
+        let mut dirty = Dirty::ALL;
+        let mut reread_at = Instant::now() + self.reread;
+        let mut state = client.state_watcher();
         loop {
             {
                 let s = crate::sync::lock(&self.shared);
@@ -466,18 +613,22 @@ impl Worker {
                     return;
                 }
             }
+            if Instant::now() >= reread_at {
+                dirty = Dirty::ALL;
+                reread_at = Instant::now() + self.reread;
+            }
             let started = Instant::now();
-            match self
-                .round(client, me, &mut observed, &mut stable_since)
-                .await
-            {
-                Ok(view) => {
+            let mut retry = false;
+            match self.step(client, me, &mut known, watches, &mut dirty).await {
+                Ok(answered) => {
                     let mut s = crate::sync::lock(&self.shared);
-                    s.last_ok = Some(started);
-                    s.members = view.members;
-                    s.acked = view.acked;
-                    s.model = view.model.map(|(m, _)| m);
-                    s.last_error = None;
+                    if answered {
+                        s.last_ok = Some(started);
+                        s.last_error = None;
+                    }
+                    s.members.clone_from(&known.members);
+                    s.acked.clone_from(&known.acked);
+                    s.model = known.model.as_ref().map(|(m, _)| m.clone());
                 }
                 Err(f) => {
                     tracing::warn!(member = %me, "zookeeper {}: {}", self.settings.connect, f.message);
@@ -485,26 +636,100 @@ impl Worker {
                     if f.ended || client.state().is_terminated() {
                         return;
                     }
+                    dirty = Dirty::ALL;
+                    retry = true;
                 }
             }
-            self.pause(self.poll).await;
+            if dirty.any() && !retry {
+                continue;
+            }
+            // Sleep until something happens: a watch, the container, the session state, the
+            // lease's renewal, the safety re-read, the end of the leader's debounce.
+            let last_ok = crate::sync::lock(&self.shared).last_ok;
+            let mut until = reread_at.min(last_ok.map_or(Instant::now(), |at| at + self.renew));
+            if retry {
+                until = until.min(Instant::now() + self.retry);
+            }
+            if known.leads(me) && self.leader_next(&known).is_none() && !self.up_to_date(&known) {
+                until = until.min(known.stable_since + self.debounce);
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                e = fired(&mut watches.members) => {
+                    tracing::debug!(member = %me, "watch: members changed ({:?})", e.event_type);
+                    dirty.members = true;
+                }
+                e = fired(&mut watches.predecessor) => {
+                    tracing::debug!(member = %me, "watch: predecessor {} ({:?})", e.path, e.event_type);
+                    watches.predecessor_id = None;
+                    dirty.members = true;
+                }
+                e = fired(&mut watches.model) => {
+                    tracing::debug!(member = %me, "watch: model ({:?})", e.event_type);
+                    dirty.model = true;
+                }
+                e = fired(&mut watches.acks) => {
+                    tracing::debug!(member = %me, "watch: acknowledgements ({:?})", e.event_type);
+                    dirty.acks = true;
+                }
+                st = state.changed() => {
+                    tracing::debug!(member = %me, "zookeeper session state: {st:?}");
+                    if st.is_terminated() {
+                        crate::sync::lock(&self.shared).last_error =
+                            Some(format!("the ZooKeeper session ended: {st:?}"));
+                        return;
+                    }
+                    if st == zk::SessionState::SyncConnected {
+                        // Back after a disconnection: read everything again.
+                        dirty = Dirty::ALL;
+                    }
+                }
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
         }
     }
 
-    async fn round(
+    /// The membership the known model was computed for and its task count are current.
+    fn up_to_date(&self, known: &Known) -> bool {
+        known.model.as_ref().is_some_and(|(m, _)| {
+            m.tasks == self.tasks && known.members.keys().eq(m.members.iter())
+        })
+    }
+
+    /// The model the leader would publish now.
+    fn leader_next(&self, known: &Known) -> Option<PublishedModel> {
+        leader_step(
+            &known.members,
+            self.tasks,
+            known.model.as_ref().map(|(m, _)| m),
+            self.standby_replicas,
+            known.stable_since.elapsed(),
+            self.debounce,
+        )
+    }
+
+    /// One step: the writes the container asked for, the reads `dirty` asks for, the
+    /// leader's part, and a lease renewal if nothing else talked to ZooKeeper for a while.
+    /// Returns whether ZooKeeper answered anything (the session was alive at the start).
+    async fn step(
         &self,
         client: &zk::Client,
         me: &str,
-        observed: &mut Option<BTreeSet<String>>,
-        stable_since: &mut Instant,
-    ) -> Result<View, ZkFailure> {
-        // Writes the container asked for first, so the reads below see them.
-        let (ack, holds) = {
+        known: &mut Known,
+        watches: &mut Watches,
+        dirty: &mut Dirty,
+    ) -> Result<bool, ZkFailure> {
+        let mut answered = false;
+        let (ack, holds, last_ok) = {
             let mut s = crate::sync::lock(&self.shared);
-            (s.ack_wanted.clone(), s.holds.take())
+            let ack = match &s.ack_wanted {
+                Some((member, version)) if member == me => Some(*version),
+                _ => None,
+            };
+            (ack, s.holds.take(), s.last_ok)
         };
-        if let Some((member, version)) = ack
-            && member == me
+        if let Some(version) = ack
+            && known.ack_written != Some(version)
         {
             let path = format!("{}/acks/{version}-{me}", self.base);
             let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -512,79 +737,376 @@ impl Worker {
                 Ok(_) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(zk_failure(&format!("acknowledging model {version}"), e)),
             }
+            known.ack_written = Some(version);
+            answered = true;
+            dirty.acks = true;
         }
         if let Some(holds) = holds {
             let path = format!("{}/members/{me}", self.base);
-            let data = self.member_data(holds);
-            self.call(client.set_data(&path, &data, None))
-                .await
-                .map_err(|e| zk_failure("updating this member", e))?;
+            let data = self.member_data(holds.clone());
+            if let Err(e) = self.call(client.set_data(&path, &data, None)).await {
+                crate::sync::lock(&self.shared).holds.get_or_insert(holds);
+                return Err(zk_failure("updating this member", e));
+            }
+            answered = true;
         }
-        let view = self.read(client).await?;
-        if !view.members.contains_key(me) {
+        if dirty.members {
+            dirty.members = false;
+            if self.read_members(client, me, known, watches).await? {
+                dirty.members = true; // the predecessor just went: list again
+            }
+            answered = true;
+        }
+        if dirty.model {
+            dirty.model = false;
+            if self.read_model(client, me, known, watches).await? {
+                dirty.acks = true;
+                if known.model.as_ref().is_some_and(|(m, _)| {
+                    !m.members.iter().all(|id| known.members.contains_key(id))
+                }) {
+                    dirty.members = true; // members we have not read yet (their addresses)
+                }
+            }
+            answered = true;
+        }
+        if dirty.acks {
+            dirty.acks = false;
+            self.read_acks(client, known, watches).await?;
+            answered = true;
+        }
+        if known.leads(me) && self.leader_next(known).is_some() {
+            // Fresh member data (tasks each holds) for the plan.
+            self.read_member_data(client, known).await?;
+            if known.leads(me)
+                && let Some(mut next) = self.leader_next(known)
+            {
+                if known.model.is_none() {
+                    // A first model (none in ZooKeeper, say after its data was lost): above
+                    // every version the checkpoints name, so checkpoints written under it
+                    // are never taken for a former owner's late ones.
+                    next.model.version = next.model.version.max(self.info.newest_generation + 1);
+                }
+                self.publish(client, me, next, known, dirty).await?;
+            }
+            answered = true;
+        }
+        if !answered && last_ok.is_none_or(|at| at.elapsed() >= self.renew) {
+            // The lease's renewal: one cheap round trip, which also checks the member node.
+            let path = format!("{}/members/{me}", self.base);
+            match self.call(client.check_stat(&path)).await {
+                Ok(Some(_)) => answered = true,
+                Ok(None) => {
+                    return Err(ZkFailure {
+                        message: format!("member node {me} is gone"),
+                        ended: true,
+                    });
+                }
+                Err(e) => return Err(zk_failure("renewing the lease", e)),
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Lists the members (the leader sets a child watch), reads the data of the members when
+    /// the set changed, and watches the predecessor. Returns true when the predecessor
+    /// turned out gone already (list again).
+    async fn read_members(
+        &self,
+        client: &zk::Client,
+        me: &str,
+        known: &mut Known,
+        watches: &mut Watches,
+    ) -> Result<bool, ZkFailure> {
+        let dir = format!("{}/members", self.base);
+        let mut names = self
+            .list(client, &dir, known.leads(me), &mut watches.members)
+            .await?;
+        if !names.iter().any(|n| n == me) {
             return Err(ZkFailure {
                 message: format!("member node {me} is gone"),
                 ended: true,
             });
         }
-        // The leader's part.
-        let ids: BTreeSet<String> = view.members.keys().cloned().collect();
-        if observed.as_ref() != Some(&ids) {
-            *observed = Some(ids);
-            *stable_since = Instant::now();
+        let leads = leader_of(names.iter().map(String::as_str)) == Some(me);
+        if leads && watches.members.is_none() {
+            // Just became the leader: list again, with the watch.
+            names = self.list(client, &dir, true, &mut watches.members).await?;
         }
-        if leader_of(view.members.keys().map(String::as_str)) == Some(me) {
-            let current = view.model.as_ref().map(|(m, _)| m);
-            if let Some(mut next) = leader_step(
-                &view.members,
-                self.tasks,
-                current,
-                self.standby_replicas,
-                stable_since.elapsed(),
-                self.debounce,
-            ) {
-                if current.is_none() {
-                    next.model.version = next.model.version.max(self.info.newest_generation + 1);
+        let ids: BTreeSet<&String> = names.iter().collect();
+        if !known.members.keys().eq(ids.iter().copied()) {
+            known.stable_since = Instant::now();
+            let mut members = BTreeMap::new();
+            for name in names.iter() {
+                if let Some(info) = self.read_member(client, name).await? {
+                    members.insert(name.clone(), info);
                 }
-                self.publish(
-                    client,
-                    me,
-                    &next,
-                    view.model.as_ref().map(|(_, v)| *v),
-                    current,
-                )
-                .await?;
-                // Read again so the container sees the new model at once.
-                return self.read(client).await;
+            }
+            known.members = members;
+            if leads {
+                tracing::debug!(member = %me, "leader: members {:?}", known.members.keys());
             }
         }
-        Ok(view)
+        let predecessor = predecessor_of(me, names.iter().map(String::as_str)).map(str::to_string);
+        if predecessor == watches.predecessor_id
+            && (predecessor.is_none() || watches.predecessor.is_some())
+        {
+            return Ok(false);
+        }
+        let old = watches.predecessor.take();
+        watches.retire(old);
+        watches.predecessor_id = None;
+        let Some(p) = predecessor else {
+            return Ok(false);
+        };
+        let path = format!("{dir}/{p}");
+        let (stat, w) = self
+            .call(client.check_and_watch_stat(&path))
+            .await
+            .map_err(|e| zk_failure(&format!("watching {path}"), e))?;
+        if stat.is_none() {
+            // Gone meanwhile: this watch would only fire on a creation (never).
+            watches.retire(Some(watch(w)));
+            return Ok(true);
+        }
+        tracing::debug!(member = %me, "watching predecessor {p}");
+        watches.predecessor = Some(watch(w));
+        watches.predecessor_id = Some(p);
+        Ok(false)
     }
 
-    async fn read(&self, client: &zk::Client) -> Result<View, ZkFailure> {
-        let members_dir = format!("{}/members", self.base);
-        let names = match self.call(client.get_children(&members_dir)).await {
-            Ok((names, _)) => names,
-            Err(zk::Error::NoNode) => Vec::new(), // no process ever joined
-            Err(e) => return Err(zk_failure("listing members", e)),
+    /// The children of `dir`, setting a child watch in `slot` when `want` and it is empty
+    /// (an armed watch is kept: see [`Watches`]).
+    async fn list(
+        &self,
+        client: &zk::Client,
+        dir: &str,
+        want: bool,
+        slot: &mut Option<Watch>,
+    ) -> Result<Vec<String>, ZkFailure> {
+        let listed = if want && slot.is_none() {
+            self.call(client.get_and_watch_children(dir))
+                .await
+                .map(|(names, _, w)| {
+                    *slot = Some(watch(w));
+                    names
+                })
+        } else {
+            self.call(client.get_children(dir))
+                .await
+                .map(|(names, _)| names)
         };
+        match listed {
+            Ok(names) => Ok(names),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(zk_failure(&format!("listing {dir}"), e)),
+        }
+    }
+
+    async fn read_member(
+        &self,
+        client: &zk::Client,
+        name: &str,
+    ) -> Result<Option<MemberInfo>, ZkFailure> {
+        let path = format!("{}/members/{name}", self.base);
+        match self.call(client.get_data(&path)).await {
+            Ok((data, _)) => match serde_json::from_slice::<MemberInfo>(&data) {
+                Ok(mut info) => {
+                    info.id = name.to_string();
+                    Ok(Some(info))
+                }
+                Err(e) => {
+                    tracing::warn!("ignoring member {path}: not a gregor member: {e}");
+                    Ok(None)
+                }
+            },
+            Err(zk::Error::NoNode) => Ok(None), // left meanwhile
+            Err(e) => Err(zk_failure(&format!("reading {path}"), e)),
+        }
+    }
+
+    /// Reads every known member's data again (the leader, before it plans).
+    async fn read_member_data(
+        &self,
+        client: &zk::Client,
+        known: &mut Known,
+    ) -> Result<(), ZkFailure> {
+        let names: Vec<String> = known.members.keys().cloned().collect();
+        for name in names {
+            match self.read_member(client, &name).await? {
+                Some(info) => {
+                    known.members.insert(name, info);
+                }
+                None => {
+                    known.members.remove(&name);
+                    known.stable_since = Instant::now();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the model (arming its watch if none is armed). Returns true when its version
+    /// changed; logs what the new version changes for this process.
+    async fn read_model(
+        &self,
+        client: &zk::Client,
+        me: &str,
+        known: &mut Known,
+        watches: &mut Watches,
+    ) -> Result<bool, ZkFailure> {
+        let path = format!("{}/model", self.base);
+        let read = if watches.model.is_none() {
+            match self.call(client.get_and_watch_data(&path)).await {
+                Ok((data, stat, w)) => {
+                    watches.model = Some(watch(w));
+                    Ok(Some((data, stat)))
+                }
+                Err(zk::Error::NoNode) => {
+                    // No model yet: watch for its creation.
+                    let (stat, w) = self
+                        .call(client.check_and_watch_stat(&path))
+                        .await
+                        .map_err(|e| zk_failure(&format!("watching {path}"), e))?;
+                    watches.model = Some(watch(w));
+                    if stat.is_some() {
+                        // Created meanwhile: read it (the exists watch is a data watch now).
+                        self.call(client.get_data(&path)).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            match self.call(client.get_data(&path)).await {
+                Ok(r) => Ok(Some(r)),
+                Err(zk::Error::NoNode) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let read = match read {
+            Ok(r) => r,
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(zk_failure(&format!("reading {path}"), e)),
+        };
+        let model = match read {
+            None => None,
+            Some((data, stat)) => match serde_json::from_slice::<PublishedModel>(&data) {
+                Ok(m) => Some((m, stat.version)),
+                Err(e) => {
+                    return Err(ZkFailure {
+                        message: format!("{path} is not a job model: {e}"),
+                        ended: false,
+                    });
+                }
+            },
+        };
+        let old = known.model.as_ref().map(|(m, _)| &m.model);
+        let changed = model.as_ref().map(|(m, _)| m.model.version) != old.map(|m| m.version);
+        if changed {
+            if let Some((m, _)) = &model {
+                log_model_change(me, old, m);
+            }
+            known.acked.clear();
+        }
+        known.model = model;
+        Ok(changed)
+    }
+
+    /// Reads the acknowledgements of the known model, with a child watch while its barrier
+    /// waits.
+    async fn read_acks(
+        &self,
+        client: &zk::Client,
+        known: &mut Known,
+        watches: &mut Watches,
+    ) -> Result<(), ZkFailure> {
+        let Some((m, _)) = &known.model else {
+            known.acked.clear();
+            return Ok(());
+        };
+        let version = m.model.version;
+        let dir = format!("{}/acks", self.base);
+        let want = known.barrier_open();
+        let names = self.list(client, &dir, want, &mut watches.acks).await?;
+        let prefix = format!("{version}-");
+        known.acked = names
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        Ok(())
+    }
+
+    /// Writes `next` as the job model (compare-and-set against the known node version),
+    /// then drops acknowledgements of older versions.
+    async fn publish(
+        &self,
+        client: &zk::Client,
+        me: &str,
+        next: PublishedModel,
+        known: &mut Known,
+        dirty: &mut Dirty,
+    ) -> Result<(), ZkFailure> {
+        let path = format!("{}/model", self.base);
+        let data = serde_json::to_vec(&next).unwrap_or_default();
+        let written = match &known.model {
+            Some((_, v)) => self
+                .call(client.set_data(&path, &data, Some(*v)))
+                .await
+                .map(|stat| stat.version),
+            None => {
+                let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                self.call(client.create(&path, &data, &persistent))
+                    .await
+                    .map(|(stat, _)| stat.version)
+            }
+        };
+        let stat_version = match written {
+            Ok(v) => v,
+            // Someone else wrote meanwhile: read it.
+            Err(zk::Error::BadVersion | zk::Error::NodeExists) => {
+                dirty.model = true;
+                return Ok(());
+            }
+            Err(e) => return Err(zk_failure("publishing the job model", e)),
+        };
+        let previous = known.model.as_ref().map(|(m, _)| &m.model);
+        let (moved, standbys_moved) = moved_tasks(previous, &next.model);
+        tracing::info!(
+            leader = %me,
+            "leader: wrote job model v{}: members {:?}, {} tasks, {moved} moved, {standbys_moved} new standbys",
+            next.model.version,
+            next.members,
+            next.tasks,
+        );
+        log_model_change(me, previous, &next);
+        known.model = Some((next, stat_version));
+        known.acked.clear();
+        dirty.acks = true;
+        let version = known.model.as_ref().map_or(0, |(m, _)| m.model.version);
+        let acks = format!("{}/acks", self.base);
+        if let Ok((names, _)) = self.call(client.get_children(&acks)).await {
+            for n in names {
+                let old = n
+                    .split_once('-')
+                    .and_then(|(v, _)| v.parse::<u64>().ok())
+                    .is_some_and(|v| v < version);
+                if old {
+                    let _ = self.call(client.delete(&format!("{acks}/{n}"), None)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the members, the model and its acknowledgements once, without watches.
+    async fn read(&self, client: &zk::Client) -> Result<View, ZkFailure> {
+        let dir = format!("{}/members", self.base);
+        let names = self.list(client, &dir, false, &mut None).await?;
         let mut members = BTreeMap::new();
         for name in names {
-            let path = format!("{members_dir}/{name}");
-            match self.call(client.get_data(&path)).await {
-                Ok((data, _)) => {
-                    let mut info: MemberInfo = match serde_json::from_slice(&data) {
-                        Ok(i) => i,
-                        Err(e) => {
-                            tracing::warn!("ignoring member {path}: not a gregor member: {e}");
-                            continue;
-                        }
-                    };
-                    info.id = name.clone();
-                    members.insert(name, info);
-                }
-                Err(zk::Error::NoNode) => {} // left meanwhile
-                Err(e) => return Err(zk_failure(&format!("reading {path}"), e)),
+            if let Some(info) = self.read_member(client, &name).await? {
+                members.insert(name, info);
             }
         }
         let model_path = format!("{}/model", self.base);
@@ -603,14 +1125,9 @@ impl Worker {
         };
         let mut acked = BTreeSet::new();
         if let Some((m, _)) = &model {
-            let names = match self
-                .call(client.get_children(&format!("{}/acks", self.base)))
-                .await
-            {
-                Ok((names, _)) => names,
-                Err(zk::Error::NoNode) => Vec::new(),
-                Err(e) => return Err(zk_failure("listing acknowledgements", e)),
-            };
+            let names = self
+                .list(client, &format!("{}/acks", self.base), false, &mut None)
+                .await?;
             let prefix = format!("{}-", m.model.version);
             acked = names
                 .into_iter()
@@ -623,67 +1140,23 @@ impl Worker {
             acked,
         })
     }
+}
 
-    /// Writes `next` as the job model (compare-and-set against `stat_version`), then drops
-    /// acknowledgements of older versions.
-    async fn publish(
-        &self,
-        client: &zk::Client,
-        me: &str,
-        next: &PublishedModel,
-        stat_version: Option<i32>,
-        current: Option<&PublishedModel>,
-    ) -> Result<(), ZkFailure> {
-        let path = format!("{}/model", self.base);
-        let data = serde_json::to_vec(next).unwrap_or_default();
-        let written = match stat_version {
-            Some(v) => self
-                .call(client.set_data(&path, &data, Some(v)))
-                .await
-                .map(|_| ()),
-            None => {
-                let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                self.call(client.create(&path, &data, &persistent))
-                    .await
-                    .map(|_| ())
-            }
-        };
-        match written {
-            Ok(()) => {
-                let moved = current.map_or(next.model.active.len(), |c| {
-                    next.model
-                        .active
-                        .iter()
-                        .filter(|(t, m)| c.model.active.get(t) != Some(m))
-                        .count()
-                });
-                tracing::info!(
-                    leader = %me,
-                    "published job model {} for {} members: {} tasks, {} moved",
-                    next.model.version,
-                    next.members.len(),
-                    next.tasks,
-                    moved
-                );
-            }
-            // Someone else wrote meanwhile: the next round reads it.
-            Err(zk::Error::BadVersion | zk::Error::NodeExists) => return Ok(()),
-            Err(e) => return Err(zk_failure("publishing the job model", e)),
-        }
-        let acks = format!("{}/acks", self.base);
-        if let Ok((names, _)) = self.call(client.get_children(&acks)).await {
-            for n in names {
-                let old = n
-                    .split_once('-')
-                    .and_then(|(v, _)| v.parse::<u64>().ok())
-                    .is_some_and(|v| v < next.model.version);
-                if old {
-                    let _ = self.call(client.delete(&format!("{acks}/{n}"), None)).await;
-                }
-            }
-        }
-        Ok(())
-    }
+/// Logs what a new job model changes for this process (one line, `model v<N>: ...`).
+fn log_model_change(me: &str, previous: Option<&super::JobModel>, next: &PublishedModel) {
+    let c = ModelChange::of(me, previous, &next.model);
+    tracing::info!(
+        member = %me,
+        "model v{}: {} members; active {:?} (gained {:?}, released {:?}); standby {:?} (gained {:?}, dropped {:?})",
+        next.model.version,
+        next.members.len(),
+        c.active,
+        c.gained,
+        c.released,
+        c.standby,
+        c.standby_gained,
+        c.standby_dropped
+    );
 }
 
 /// A job's coordination state as read from ZooKeeper (see [`read_status`]).
@@ -726,7 +1199,9 @@ pub fn read_status(
         shared: Arc::new(Mutex::new(Shared::default())),
         wake: Arc::new(tokio::sync::Notify::new()),
         session,
-        poll: POLL_INTERVAL,
+        reread: SAFETY_REREAD,
+        renew: session / LEASE_RENEWALS_PER_SESSION,
+        retry: RETRY,
         debounce: Duration::ZERO,
     };
     rt.block_on(async {
