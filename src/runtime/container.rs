@@ -32,7 +32,7 @@ use crate::coordinator::zookeeper::{JoinInfo, ZooKeeperCoordinator};
 use crate::coordinator::{
     Coordinator as JobCoordinator, CoordinatorError, Directive, StaticCoordinator,
 };
-use crate::restore::{RestoreProgress, RestoreStats};
+use crate::restore::{RestoreKind, RestoreProgress, RestoreStats};
 use crate::serve::{Phase, QueryError, ServeLink, Serving, StatusProgress, TaskStores};
 use crate::statedir::StateDir;
 use crate::task_storage::{
@@ -680,13 +680,32 @@ impl<'a> Container<'a> {
         partitions: &[u32],
         progress: &mut (dyn RestoreProgress + Send),
     ) -> Result<Vec<RestoreStats>, RuntimeError> {
+        Ok(self
+            .open_tasks_timed(partitions, progress)?
+            .into_iter()
+            .flat_map(|t| t.restores)
+            .collect())
+    }
+
+    /// [`open_tasks`](Self::open_tasks), with what each task's opening took.
+    fn open_tasks_timed(
+        &mut self,
+        partitions: &[u32],
+        progress: &mut (dyn RestoreProgress + Send),
+    ) -> Result<Vec<OpenedTask>, RuntimeError> {
         let threads = self.job.thread_pool_size.min(partitions.len());
         if threads <= 1 {
-            let mut restored = Vec::new();
+            let mut opened = Vec::new();
             for &p in partitions {
-                restored.extend(self.open_task(p, progress)?);
+                let started = Instant::now();
+                let restores = self.open_task(p, progress)?;
+                opened.push(OpenedTask {
+                    partition: p,
+                    elapsed: started.elapsed(),
+                    restores,
+                });
             }
-            return Ok(restored);
+            return Ok(opened);
         }
         if let Some(link) = self.serving.as_mut() {
             for &p in partitions {
@@ -699,7 +718,11 @@ impl<'a> Container<'a> {
         for (i, &p) in partitions.iter().enumerate() {
             shares[i % threads].push(p);
         }
-        type Prepared = (u32, Result<(TaskRun, Vec<RestoreStats>), RuntimeError>);
+        type Prepared = (
+            u32,
+            Duration,
+            Result<(TaskRun, Vec<RestoreStats>), RuntimeError>,
+        );
         let mut prepared: Vec<Prepared> = std::thread::scope(|scope| {
             let handles: Vec<_> = shares
                 .into_iter()
@@ -709,9 +732,10 @@ impl<'a> Container<'a> {
                         let mut progress = shared.handle();
                         let mut out = Vec::new();
                         for p in share {
+                            let started = Instant::now();
                             let r = opener.prepare(p, &mut progress);
                             let failed = r.is_err();
-                            out.push((p, r));
+                            out.push((p, started.elapsed(), r));
                             if failed {
                                 break;
                             }
@@ -729,18 +753,22 @@ impl<'a> Container<'a> {
             }
             all
         });
-        prepared.sort_by_key(|(p, _)| *p);
-        let mut restored = Vec::new();
+        prepared.sort_by_key(|(p, _, _)| *p);
+        let mut opened = Vec::new();
         let mut runs = Vec::new();
-        for (_, r) in prepared {
-            let (run, stats) = r?;
+        for (partition, elapsed, r) in prepared {
+            let (run, restores) = r?;
             runs.push(run);
-            restored.extend(stats);
+            opened.push(OpenedTask {
+                partition,
+                elapsed,
+                restores,
+            });
         }
         for run in runs {
             self.install_task(run)?;
         }
-        Ok(restored)
+        Ok(opened)
     }
 
     /// What opening a task needs of the container, shareable between threads.
@@ -906,13 +934,24 @@ impl<'a> Container<'a> {
                     link.serving()
                         .set_tasks(self.n_tasks, &gained, |p| task_name(job, p));
                 }
-                let restores = match self.open_tasks(&gained, progress) {
+                let opened = match self.open_tasks_timed(&gained, progress) {
                     Err(e) if is_fenced(&e) => {
                         self.fence_all(&e.to_string());
                         return Ok(());
                     }
                     r => r?,
                 };
+                for t in &opened {
+                    tracing::info!(
+                        job = %self.job.name,
+                        "job model {version}: task {} opened in {} ms: {}",
+                        t.partition,
+                        t.elapsed.as_millis(),
+                        restore_summary(&t.restores, promoted.contains(&t.partition))
+                    );
+                }
+                let restores: Vec<RestoreStats> =
+                    opened.into_iter().flat_map(|t| t.restores).collect();
                 if let Some(link) = &self.serving {
                     link.serving().set_phase(Phase::Running);
                 }
@@ -944,12 +983,27 @@ impl<'a> Container<'a> {
             return;
         }
         self.standby_at = Some(Instant::now());
-        let wanted: BTreeSet<u32> = coordinator
+        let mut wanted: BTreeSet<u32> = coordinator
             .standbys()
             .into_iter()
             .filter(|p| !self.tasks.contains_key(p))
             .collect();
-        self.standbys.retain(|p, _| wanted.contains(p));
+        // A standby of a task moving here stays until the task opens on its state (promoted);
+        // it is not caught up meanwhile (the task's restore does that, and the barrier is
+        // not kept waiting).
+        let promoting: BTreeSet<u32> = coordinator
+            .assigned()
+            .into_iter()
+            .filter(|p| self.standbys.contains_key(p) && !self.tasks.contains_key(p))
+            .collect();
+        self.standbys.retain(|p, s| {
+            let keep = wanted.contains(p) || promoting.contains(p);
+            if !keep {
+                tracing::info!(task = %s.task(), "standby: no longer following the task");
+            }
+            keep
+        });
+        wanted.extend(&promoting);
         for p in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.standbys.entry(p) {
                 match StandbyTask::open(self.state, self.job, p) {
@@ -962,11 +1016,16 @@ impl<'a> Container<'a> {
             }
         }
         let backend = Arc::clone(&self.backend);
-        self.standbys.retain(|_, s| match s.catch_up(&*backend) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(task = %s.task(), "standby: catching up failed: {e}");
-                false
+        self.standbys.retain(|p, s| {
+            if promoting.contains(p) {
+                return true;
+            }
+            match s.catch_up(&*backend) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(task = %s.task(), "standby: catching up failed: {e}");
+                    false
+                }
             }
         });
     }
@@ -1145,6 +1204,36 @@ impl Container<'_> {
         }
         link.answer(idle, MAX_READS_PER_ROUND, &mut OpenTasks(&mut self.tasks));
     }
+}
+
+/// One task opened by [`Container::open_tasks`], with what it took (for the rebalance log).
+struct OpenedTask {
+    partition: u32,
+    /// Opening it: restore, inputs positioned, task made (not its first commit and `init`).
+    elapsed: Duration,
+    restores: Vec<RestoreStats>,
+}
+
+/// How a task's stores were restored, for the log: `full restore, 124873 records replayed in
+/// 201 ms`; `delta restore from a standby, ...` when it was a standby here.
+fn restore_summary(restores: &[RestoreStats], from_standby: bool) -> String {
+    if restores.is_empty() {
+        return "no store with a changelog".into();
+    }
+    let kind = if restores.iter().any(|r| r.kind == RestoreKind::Full) {
+        "full"
+    } else if restores.iter().any(|r| r.kind == RestoreKind::Delta) {
+        "delta"
+    } else {
+        "up-to-date"
+    };
+    let records: u64 = restores.iter().map(|r| r.records).sum();
+    let elapsed: Duration = restores.iter().map(|r| r.elapsed).sum();
+    format!(
+        "{kind} restore{}, {records} records replayed in {} ms",
+        if from_standby { " from a standby" } else { "" },
+        elapsed.as_millis()
+    )
 }
 
 /// What opening a task needs of the container: shared by the threads that restore tasks in
@@ -1548,4 +1637,55 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
         run.skipped += passed;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(kind: RestoreKind, records: u64, ms: u64) -> RestoreStats {
+        RestoreStats {
+            store: "s".into(),
+            kind,
+            records,
+            bytes: 0,
+            truncated: 0,
+            trimmed: 0,
+            wiped: None,
+            elapsed: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn restore_summaries_name_the_kind_and_the_source() {
+        assert_eq!(restore_summary(&[], false), "no store with a changelog");
+        assert_eq!(
+            restore_summary(&[stats(RestoreKind::Full, 120, 30)], false),
+            "full restore, 120 records replayed in 30 ms"
+        );
+        assert_eq!(
+            restore_summary(
+                &[
+                    stats(RestoreKind::UpToDate, 0, 2),
+                    stats(RestoreKind::Delta, 7, 3)
+                ],
+                true
+            ),
+            "delta restore from a standby, 7 records replayed in 5 ms"
+        );
+        assert_eq!(
+            restore_summary(
+                &[
+                    stats(RestoreKind::Delta, 7, 3),
+                    stats(RestoreKind::Full, 9, 1)
+                ],
+                true
+            ),
+            "full restore from a standby, 16 records replayed in 4 ms"
+        );
+        assert_eq!(
+            restore_summary(&[stats(RestoreKind::UpToDate, 0, 1)], true),
+            "up-to-date restore from a standby, 0 records replayed in 1 ms"
+        );
+    }
 }
