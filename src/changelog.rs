@@ -24,6 +24,8 @@ pub struct Changelog {
     sink: SharedSink,
     tp: TopicPartition,
     next: u64,
+    /// The end acknowledged at the last commit (or the end at restore).
+    acked: u64,
     poisoned: Option<String>,
 }
 
@@ -38,6 +40,7 @@ impl Changelog {
             sink,
             tp,
             next: end,
+            acked: end,
             poisoned: None,
         }
     }
@@ -100,9 +103,21 @@ impl Changelog {
     /// The backend acknowledged every record sent so far, ending at `end`.
     pub fn acknowledged(&mut self, end: u64) {
         if end != self.next {
-            tracing::debug!(changelog = %self.tp, expected = self.next, end, "changelog end differs from the expected one (producer retries)");
+            tracing::debug!(changelog = %self.tp, expected = self.next, end, "changelog end differs from the expected one");
         }
         self.next = end;
+        self.acked = end;
+    }
+
+    /// Where records this task did not send may lie, given the acknowledged `end` of what it
+    /// sent since the last commit: `Some([from, end))` when `end` lies past the expected end,
+    /// so more records than it sent landed since the last acknowledged end. They are another
+    /// writer's (a former owner cut off by a network partition whose writes arrived late) or
+    /// the duplicates of a producer retry; either way the keys they touch must be written
+    /// again before a checkpoint covers them. `None`: every record in the range is this
+    /// task's.
+    pub fn unexpected_records(&self, end: u64) -> Option<(u64, u64)> {
+        (end > self.next).then_some((self.acked, end))
     }
 }
 

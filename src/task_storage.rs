@@ -226,7 +226,7 @@ pub struct TaskStorage {
 
 /// Asked right before a checkpoint is written: `Err(reason)` refuses the commit (the process
 /// may no longer own the task). Shared by the tasks of a process.
-pub type CommitFence = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type CommitFence = crate::backend::AbortCheck;
 
 /// A task's commit and input-lag metrics, resolved once when the task opens.
 struct TaskMeters {
@@ -234,6 +234,8 @@ struct TaskMeters {
     commits: metrics::Counter,
     commit_duration: metrics::Histogram,
     lag: BTreeMap<TopicPartition, metrics::Gauge>,
+    /// When reading an input's end last failed: the lag is not asked for again for a while.
+    lag_failed: Option<std::time::Instant>,
 }
 
 impl TaskMeters {
@@ -244,15 +246,25 @@ impl TaskMeters {
             commit_duration: metrics::histogram!(telemetry::COMMIT_DURATION, labels.clone()),
             labels,
             lag: BTreeMap::new(),
+            lag_failed: None,
         }
     }
 
     /// Sets the lag of each input partition: its end (as the backend knows it now) minus
-    /// the task's next offset. Best effort: an end that cannot be read leaves the gauge.
+    /// the task's next offset. Best effort: an end that cannot be read leaves the gauge, and
+    /// no end is asked for in the 10 s after a failure (a commit must not wait on a broker
+    /// that does not answer).
     fn input_lag(&mut self, backend: &dyn Backend, inputs: &BTreeMap<TopicPartition, u64>) {
+        if self
+            .lag_failed
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10))
+        {
+            return;
+        }
         for (tp, &next) in inputs {
-            let Ok(offsets) = backend.offsets(tp) else {
-                continue;
+            let Ok(end) = backend.end_for_metrics(tp) else {
+                self.lag_failed = Some(std::time::Instant::now());
+                return;
             };
             let labels = &self.labels;
             let gauge = self.lag.entry(tp.clone()).or_insert_with(|| {
@@ -261,7 +273,7 @@ impl TaskMeters {
                 l.push(metrics::Label::new("partition", tp.partition.to_string()));
                 metrics::gauge!(telemetry::INPUT_LAG, l)
             });
-            gauge.set(offsets.end.saturating_sub(next) as f64);
+            gauge.set(end.saturating_sub(next) as f64);
         }
     }
 }
@@ -350,6 +362,7 @@ impl TaskStorage {
     /// and output records already flushed lie past the checkpoint: the next restore trims
     /// them).
     pub fn set_fence(&mut self, fence: Option<CommitFence>) {
+        crate::sync::lock(&self.sink).set_abort(fence.clone());
         self.fence = fence;
     }
 
@@ -388,6 +401,102 @@ impl TaskStorage {
         self.stores.get_mut(name)
     }
 
+    /// Step 3 of a commit: sends `outputs`, then waits until everything sent is durable;
+    /// returns the acknowledged end of every partition written since the last flush. On
+    /// failure the changelogs refuse later writes (which records are durable is unknown
+    /// until a restore), and a failure while the fence says the task may be gone is
+    /// [`TaskStoreError::Fenced`].
+    fn flush_sink(
+        &mut self,
+        outputs: &[OutputRecord],
+    ) -> Result<BTreeMap<TopicPartition, u64>, TaskStoreError> {
+        let sent: Result<_, BackendError> = {
+            let mut sink = crate::sync::lock(&self.sink);
+            outputs
+                .iter()
+                .try_for_each(|r| sink.send(&r.tp, r.timestamp, &r.key, r.value.as_deref()))
+                .and_then(|()| sink.flush())
+        };
+        let e = match sent {
+            Ok(acked) => return Ok(acked),
+            Err(e) => e,
+        };
+        for store in self.stores.values() {
+            if let Some(cl) = &store.changelog {
+                crate::sync::lock(cl).poison(format!("a commit failed: {e}"));
+            }
+        }
+        // The sink stops waiting once the fence says the task may be gone.
+        if let Some(fence) = &self.fence
+            && let Err(reason) = fence()
+        {
+            return Err(TaskStoreError::Fenced {
+                task: self.task.clone(),
+                reason: format!("{reason} ({e})"),
+            });
+        }
+        Err(TaskStoreError::Backend {
+            task: self.task.clone(),
+            source: e,
+        })
+    }
+
+    /// Step 3b of a commit (see [`crate::changelog::Changelog::unexpected_records`]): while
+    /// a changelog's acknowledged end lies past the end its own records explain, re-logs the
+    /// current value of every key the records in between touched and flushes again, so that
+    /// the newest record of each such key is this task's. Gives up (an error, nothing
+    /// checkpointed) if stray records keep arriving.
+    fn repair_changelogs(
+        &mut self,
+        acked: &mut BTreeMap<TopicPartition, u64>,
+    ) -> Result<(), TaskStoreError> {
+        const ROUNDS: usize = 10;
+        for _ in 0..ROUNDS {
+            let mut repaired = false;
+            for store in self.stores.values_mut() {
+                let Some(cl) = &store.changelog else { continue };
+                let (tp, range) = {
+                    let mut cl = crate::sync::lock(cl);
+                    let tp = cl.topic_partition().clone();
+                    let Some(&end) = acked.get(&tp) else { continue };
+                    let range = cl.unexpected_records(end);
+                    cl.acknowledged(end);
+                    (tp, range)
+                };
+                let Some((from, end)) = range else { continue };
+                let keys: Vec<Vec<u8>> =
+                    crate::restore::exec::keys_in_range(&*self.backend, &tp, from, end)
+                        .map_err(|source| TaskStoreError::Changelog {
+                            store: store.name.clone(),
+                            topic: tp.topic.clone(),
+                            source,
+                        })?
+                        .into_iter()
+                        .collect();
+                tracing::warn!(
+                    task = %self.task,
+                    store = %store.name,
+                    changelog = %tp,
+                    "records this task did not send in [{from}, {end}) (a former owner's late writes, or producer retries): writing the {} keys they touch again",
+                    keys.len()
+                );
+                store.stack.relog(&keys)?;
+                repaired = true;
+            }
+            if !repaired {
+                return Ok(());
+            }
+            acked.extend(self.flush_sink(&[])?);
+        }
+        Err(TaskStoreError::Backend {
+            task: self.task.clone(),
+            source: BackendError::retriable(
+                "repairing its changelogs",
+                format!("records of another writer still arrive after {ROUNDS} rounds"),
+            ),
+        })
+    }
+
     /// Commits the task (see the module docs for the order): its stores, `outputs`, and a
     /// checkpoint recording `inputs` (the next offset to process per input partition; input
     /// partitions not given keep their checkpointed offsets). Returns the checkpoint written.
@@ -397,10 +506,6 @@ impl TaskStorage {
         outputs: Vec<OutputRecord>,
     ) -> Result<&Checkpoint, TaskStoreError> {
         let started = std::time::Instant::now();
-        let backend_err = |source| TaskStoreError::Backend {
-            task: self.task.clone(),
-            source,
-        };
         // 0: a bounded expiry pass of each store with `ttl.ms`: its tombstones are dirty
         // cache entries that step 1 sends to the changelog with this commit.
         for store in self.stores.values_mut() {
@@ -419,25 +524,15 @@ impl TaskStorage {
                 store.stack.flush()?;
             }
         }
-        let acked = {
-            let mut sink = crate::sync::lock(&self.sink);
-            let sent: Result<_, BackendError> = outputs
-                .iter()
-                .try_for_each(|r| sink.send(&r.tp, r.timestamp, &r.key, r.value.as_deref()))
-                .and_then(|()| sink.flush());
-            match sent {
-                Ok(acked) => acked,
-                Err(e) => {
-                    // Which records are durable is unknown now: refuse every later write
-                    // until the task is reopened (and restored).
-                    for store in self.stores.values() {
-                        if let Some(cl) = &store.changelog {
-                            crate::sync::lock(cl).poison(format!("a commit failed: {e}"));
-                        }
-                    }
-                    return Err(backend_err(e));
-                }
-            }
+        let mut acked = self.flush_sink(&outputs)?;
+        // 3b: records this task did not send in one of its changelogs (a former owner cut
+        // off by a network partition, whose writes arrived after the task moved here; or the
+        // duplicates of a producer retry): the keys they touch are written again, so that the
+        // checkpoint below covers this task's values of them, not the stray ones.
+        self.repair_changelogs(&mut acked)?;
+        let backend_err = |source| TaskStoreError::Backend {
+            task: self.task.clone(),
+            source,
         };
         if let Some(hook) = &mut self.failpoint {
             hook(CommitStep::SinkFlushed);
@@ -476,9 +571,21 @@ impl TaskStorage {
                 reason,
             });
         }
-        self.backend
-            .write_checkpoint(&self.task, &cp)
-            .map_err(backend_err)?;
+        let written = match &self.fence {
+            Some(fence) => self.backend.write_checkpoint_unless(&self.task, &cp, fence),
+            None => self.backend.write_checkpoint(&self.task, &cp),
+        };
+        if let Err(e) = written {
+            if let Some(fence) = &self.fence
+                && let Err(reason) = fence()
+            {
+                return Err(TaskStoreError::Fenced {
+                    task: self.task.clone(),
+                    reason: format!("{reason} ({e})"),
+                });
+            }
+            return Err(backend_err(e));
+        }
         if let Some(hook) = &mut self.failpoint {
             hook(CommitStep::CheckpointWritten);
         }

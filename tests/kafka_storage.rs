@@ -210,6 +210,50 @@ fn storage_protocol(backend: KafkaBackend) {
     assert_eq!(stats.kind, RestoreKind::Full, "{stats:?}");
     assert_eq!(contents(&mut s), expected);
 
+    // A former owner's late writes (a process cut off by a network partition whose produce
+    // requests reach the broker after the task moved here) land between this task's records:
+    // the next commit notices more records than it sent, writes the keys they touched again,
+    // and a full restore from the changelog alone gives this task's state, not theirs.
+    put(&mut s, "d", "4");
+    commit(&mut s, 5);
+    let mut zombie = env.backend.open_sink("zombie").unwrap();
+    let tp = TopicPartition::new(CHANGELOG, 0);
+    zombie.send(&tp, 0, b"a", Some(b"stale")).unwrap();
+    zombie.send(&tp, 0, b"z", Some(b"stale")).unwrap();
+    zombie.send(&tp, 0, b"d", None).unwrap();
+    zombie.flush().unwrap();
+    put(&mut s, "e", "5");
+    commit(&mut s, 6);
+    let expected: BTreeMap<String, String> = [("a", "3"), ("d", "4"), ("e", "5")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(contents(&mut s), expected);
+    let end = s.checkpoint().unwrap().changelogs[STORE];
+    let log = changelog(&*env.backend);
+    assert_eq!(
+        end as usize,
+        log.len(),
+        "the checkpoint covers the repair records"
+    );
+    assert_eq!(
+        &log[log.len() - 4..],
+        &[
+            ("a".into(), Some("3".into())),
+            ("d".into(), Some("4".into())),
+            ("e".into(), Some("5".into())),
+            ("z".into(), None),
+        ],
+        "every key of the range since the last commit (stray and own), written again in key \
+         order: {log:?}"
+    );
+    drop(s);
+    std::fs::remove_dir_all(env.state.task_dir(TASK).join("stores")).unwrap();
+    let (mut s, stats) = env.open();
+    assert_eq!(stats.kind, RestoreKind::Full, "{stats:?}");
+    assert_eq!(contents(&mut s), expected);
+    drop(s);
+
     // Topic checks: too few partitions, and (where the broker can tell) not compacted.
     let e = env
         .backend

@@ -248,7 +248,6 @@ fn joins_stops_and_kills_keep_state_exactly_once() {
     );
 }
 
-
 /// What one failover took.
 struct Failover {
     /// From the kill until the survivor's log says the tasks run (restored, processing).

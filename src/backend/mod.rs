@@ -144,7 +144,18 @@ pub trait RecordSink: Send {
     /// Waits until every record sent so far is durable (fsynced / acknowledged) and
     /// returns the end offset of every partition written since the previous flush.
     fn flush(&mut self) -> Result<BTreeMap<TopicPartition, u64>>;
+
+    /// A check the sink asks while it waits for a broker (a flush, a full queue): once it
+    /// says `Err(reason)`, the wait ends with an error at once instead of lasting up to the
+    /// backend's own timeout, and what is still queued is never sent. The task's commit fence
+    /// (the process may no longer own the task). Default: ignored (nothing to wait for).
+    fn set_abort(&mut self, abort: Option<AbortCheck>) {
+        let _ = abort;
+    }
 }
+
+/// See [`RecordSink::set_abort`]: `Err(reason)` when waiting no longer makes sense.
+pub type AbortCheck = std::sync::Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
 /// A place where topics, records and checkpoints live. Shared by every task of a process.
 pub trait Backend: Send + Sync {
@@ -162,11 +173,25 @@ pub trait Backend: Send + Sync {
     /// The start and end offsets of `tp`.
     fn offsets(&self, tp: &TopicPartition) -> Result<Offsets>;
 
+    /// The end offset of `tp` for a metric: one quick try, no retries (a broker that does not
+    /// answer within a second is an error), so that a commit never waits on it. Default:
+    /// [`offsets`](Self::offsets).
+    fn end_for_metrics(&self, tp: &TopicPartition) -> Result<u64> {
+        self.offsets(tp).map(|o| o.end)
+    }
+
     /// How far a reader that does not own `tp` may read: the end of what the writer
     /// committed where the backend knows it (embedded: the read-committed marker, and never
     /// past what is synced), else the end.
     fn readable_end(&self, tp: &TopicPartition) -> Result<u64> {
         Ok(self.offsets(tp)?.end)
+    }
+
+    /// [`readable_end`](Self::readable_end) in one quick try, no retries, for a loop that
+    /// must not wait on a broker (a task's idle loop refreshing its input limit: it must
+    /// stay free to hear its coordinator's fence). Default: `readable_end`.
+    fn readable_end_once(&self, tp: &TopicPartition) -> Result<u64> {
+        self.readable_end(tp)
     }
 
     /// A reader of `tp` positioned at `from`.
@@ -188,6 +213,19 @@ pub trait Backend: Send + Sync {
 
     /// Durably replaces task `task`'s checkpoint.
     fn write_checkpoint(&self, task: &str, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// [`write_checkpoint`](Self::write_checkpoint) that stops waiting for the broker once
+    /// `abort` says `Err` (see [`RecordSink::set_abort`]): the checkpoint is then dropped
+    /// unsent where the backend can, and the write fails. Default: `abort` is not asked.
+    fn write_checkpoint_unless(
+        &self,
+        task: &str,
+        checkpoint: &Checkpoint,
+        abort: &AbortCheck,
+    ) -> Result<()> {
+        let _ = abort;
+        self.write_checkpoint(task, checkpoint)
+    }
 
     /// Whether [`truncate`](Self::truncate) works. Restore truncates uncommitted changelog
     /// records where it does, and overwrites them (TRIM) where it does not.

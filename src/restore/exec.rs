@@ -423,6 +423,46 @@ pub fn overwrite_touched_keys(
     trim(engine, access.backend, access.changelog, from, to, &store)
 }
 
+/// The keys of the records in `[from, to)` of `tp`, read until the reader is past `to-1`.
+/// Every record below `to` must be readable (acknowledged); an empty read is retried for up
+/// to 30 s (a broker's fetch can come back empty before its data is visible).
+pub fn keys_in_range(
+    backend: &dyn Backend,
+    tp: &crate::backend::TopicPartition,
+    from: u64,
+    to: u64,
+) -> Result<BTreeSet<Vec<u8>>, BackendError> {
+    let mut keys = BTreeSet::new();
+    if from >= to {
+        return Ok(keys);
+    }
+    let mut reader = backend.open_reader(tp, from)?;
+    let mut idle_since: Option<Instant> = None;
+    while reader.position() < to {
+        let records = reader.next_batch(BATCH_RECORDS)?;
+        if records.is_empty() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(BackendError::retriable(
+                    format!("reading {tp} from {from} to {to}"),
+                    format!("nothing more after offset {}", reader.position()),
+                ));
+            }
+            continue;
+        }
+        idle_since = None;
+        for r in records {
+            if r.offset >= to {
+                return Ok(keys);
+            }
+            if r.offset >= from {
+                keys.insert(r.key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// Records in `[from, to)` are uncommitted and cannot be dropped: appends the engine's value
 /// (or a tombstone) of every key they touched, through the task's sink. Returns how many.
 fn trim(

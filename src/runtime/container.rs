@@ -1092,9 +1092,23 @@ impl<'a> Container<'a> {
             let mut poisoned = Vec::new();
             let mut fenced: Option<String> = None;
             let ends = process_round(&mut self.tasks, job, &self.on_process_error, threads);
+            // A failure while the fence says the tasks may be gone (a write that gave up
+            // waiting for a broker it cannot reach) is the fence, not a fault of the job.
+            let fence = self.claim.as_ref().map(|(_, f)| Arc::clone(f));
+            let fenced_now = || fence.as_ref().and_then(|f| f().err());
             for (p, end) in ends {
+                let end = match end {
+                    Ok(end) => end,
+                    Err(e) => match fenced_now() {
+                        Some(reason) => {
+                            fenced.get_or_insert(format!("{reason} ({e})"));
+                            continue;
+                        }
+                        None => return Err(e),
+                    },
+                };
                 let run = self.tasks.get_mut(&p).expect("a task of this round");
-                match end? {
+                match end {
                     BatchEnd::Processed(n) => progressed += n,
                     BatchEnd::Poisoned(x) => {
                         poisoned.push((p, x));

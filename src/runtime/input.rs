@@ -71,12 +71,14 @@ impl Cursor {
             .map_err(topic_err(&self.tp.topic))
     }
 
-    /// Moves the limit up to what the backend now lets readers read.
+    /// Moves the limit up to what the backend now lets readers read. One quick try: when
+    /// the backend does not answer the limit stays (the next refresh tries again), so a
+    /// broker out of reach never holds up the loop that must hear the coordinator.
     pub(crate) fn refresh_limit(&mut self, backend: &dyn Backend) -> Result<(), RuntimeError> {
-        let end = backend
-            .readable_end(&self.tp)
-            .map_err(topic_err(&self.tp.topic))?;
-        self.limit = self.limit.max(end);
+        match backend.readable_end_once(&self.tp) {
+            Ok(end) => self.limit = self.limit.max(end),
+            Err(e) => tracing::debug!(input = %self.tp, "input limit not refreshed: {e}"),
+        }
         Ok(())
     }
 }

@@ -725,6 +725,11 @@ impl KeyValueStore for CachedStore {
         self.inner.flush()
     }
 
+    fn relog(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        self.flush_dirty()?;
+        self.inner.relog(keys)
+    }
+
     fn flush_to_changelog(&mut self) -> Result<()> {
         self.flush_dirty()?;
         self.publish();

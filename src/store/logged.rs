@@ -167,4 +167,23 @@ impl KeyValueStore for LoggedStore {
     fn flush_to_changelog(&mut self) -> Result<()> {
         self.check_poisoned()
     }
+
+    /// The engine's value of each key (or a tombstone), sent to the changelog; the engine
+    /// itself is unchanged.
+    fn relog(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        self.check_poisoned()?;
+        for chunk in keys.chunks(1024) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                batch.push(Mutation {
+                    key: key.clone(),
+                    value: self.engine.get(key)?,
+                });
+            }
+            let refs: Vec<MutationRef<'_>> = batch.iter().map(MutationRef::from).collect();
+            let r = self.log_batch(&refs);
+            self.poison(r)?;
+        }
+        Ok(())
+    }
 }

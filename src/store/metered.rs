@@ -262,6 +262,10 @@ impl KeyValueStore for MeteredStore {
         Ok(())
     }
 
+    fn relog(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        self.inner.relog(keys)
+    }
+
     fn flush_to_changelog(&mut self) -> Result<()> {
         self.inner.flush_to_changelog()?;
         self.publish();

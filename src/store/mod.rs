@@ -226,6 +226,19 @@ pub trait KeyValueStore: Send {
         self.flush()
     }
 
+    /// Appends the current value (or a tombstone) of each of `keys` to the store's changelog
+    /// again, as stored below every layer: the repair of a changelog in which records of
+    /// another writer turned up (see [`crate::task_storage::TaskStorage::commit`]). Call it
+    /// right after [`flush_to_changelog`](Self::flush_to_changelog). A stack without a
+    /// changelog refuses.
+    fn relog(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        let _ = keys;
+        Err(StoreError::Config {
+            store: self.name().to_string(),
+            reason: "the store has no changelog to repair".into(),
+        })
+    }
+
     /// Flushes and releases the store. Dropping a store without closing it loses only what
     /// was buffered and never flushed (the changelog makes that recoverable up to the last
     /// commit).

@@ -460,6 +460,10 @@ impl KeyValueStore for TtlStore {
         self.below().flush_to_changelog()
     }
 
+    fn relog(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        self.below().relog(keys)
+    }
+
     fn close(&mut self) -> Result<()> {
         self.below().close()
     }

@@ -41,15 +41,36 @@ impl NetNs {
         };
         // Left over from an earlier run with the same pid: gone first.
         let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &ns.host_if]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &ns.host_if])
+            .output();
         ns.ip(&["netns", "add", &ns.name]);
         ns.ip(&[
-            "link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.inner_if,
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.inner_if,
         ]);
         ns.ip(&["link", "set", &ns.inner_if, "netns", &ns.name]);
-        ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &ns.host_if]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host),
+            "dev",
+            &ns.host_if,
+        ]);
         ns.ip(&["link", "set", &ns.host_if, "up"]);
-        ns.inside(&["addr", "add", &format!("{}/30", ns.inner), "dev", &ns.inner_if]);
+        ns.inside(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner),
+            "dev",
+            &ns.inner_if,
+        ]);
         ns.inside(&["link", "set", &ns.inner_if, "up"]);
         ns.inside(&["link", "set", "lo", "up"]);
         ns
@@ -111,7 +132,11 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
     }
 }

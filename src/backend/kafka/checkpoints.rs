@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 
 use super::reader::KafkaReader;
 use super::{KafkaSettings, kafka_err};
-use crate::backend::{BackendError, LogReader, Result, TopicPartition};
+use crate::backend::{AbortCheck, BackendError, LogReader, Result, TopicPartition};
 use crate::checkpoint::Checkpoint;
 
 pub(super) struct CheckpointTopic {
@@ -105,7 +105,15 @@ impl CheckpointTopic {
         Ok(cache.checkpoints.get(task).cloned())
     }
 
-    pub(super) fn write(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
+    /// Writes `checkpoint` and waits for the broker's acknowledgement, up to
+    /// `message.timeout.ms`, or until `abort` says `Err` (asked every 100 ms): then what is
+    /// queued is purged, so a checkpoint the fence refused is never delivered later.
+    pub(super) fn write(
+        &self,
+        task: &str,
+        checkpoint: &Checkpoint,
+        abort: Option<&AbortCheck>,
+    ) -> Result<()> {
         let tp = self.tp();
         let value = serde_json::to_vec(checkpoint)
             .map_err(|e| BackendError::fatal(format!("task `{task}`: checkpoint"), e))?;
@@ -116,15 +124,39 @@ impl CheckpointTopic {
         self.producer.send(record).map_err(|(e, _)| {
             kafka_err(format!("task `{task}`: writing its checkpoint to {tp}"), e)
         })?;
-        self.producer
-            .flush(Duration::from_millis(
-                self.settings
-                    .client
-                    .get("message.timeout.ms")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(300_000),
-            ))
-            .map_err(|e| kafka_err(format!("task `{task}`: writing its checkpoint to {tp}"), e))?;
+        let give_up = Duration::from_millis(
+            self.settings
+                .client
+                .get("message.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300_000),
+        );
+        let started = std::time::Instant::now();
+        loop {
+            let slice = match abort {
+                Some(_) => Duration::from_millis(100),
+                None => give_up,
+            };
+            match self.producer.flush(slice) {
+                Ok(()) => break,
+                Err(e) if started.elapsed() >= give_up => {
+                    return Err(kafka_err(
+                        format!("task `{task}`: writing its checkpoint to {tp}"),
+                        e,
+                    ));
+                }
+                Err(_) => {
+                    if let Some(reason) = abort.and_then(|a| a().err()) {
+                        self.producer
+                            .purge(PurgeConfig::default().queue().inflight());
+                        return Err(BackendError::fatal(
+                            format!("task `{task}`: writing its checkpoint to {tp}"),
+                            format!("stopped waiting for Kafka: {reason}"),
+                        ));
+                    }
+                }
+            }
+        }
         // The next refresh reads this record again, in log order with the others.
         crate::sync::lock(&self.cache)
             .checkpoints

@@ -126,7 +126,14 @@ struct Inner {
     roles_warned: AtomicBool,
     /// Per partition: the high watermark last seen and the end verified for it.
     verified_ends: Mutex<BTreeMap<TopicPartition, (u64, u64)>>,
+    /// When a quick watermark request ([`Backend::readable_end_once`]) last failed: the
+    /// next ones fail at once for a second, so a loop over many partitions does not wait
+    /// out one timeout per partition while the broker is unreachable.
+    quick_failed: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a quick watermark request ([`Backend::readable_end_once`]) may take.
+const QUICK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Classifies a librdkafka error.
 pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> BackendError {
@@ -208,6 +215,7 @@ impl KafkaBackend {
                 group_warned: AtomicBool::new(false),
                 roles_warned: AtomicBool::new(false),
                 verified_ends: Mutex::new(BTreeMap::new()),
+                quick_failed: Mutex::new(None),
             }),
         };
         Ok(backend)
@@ -453,6 +461,30 @@ impl Backend for KafkaBackend {
         })
     }
 
+    fn end_for_metrics(&self, tp: &TopicPartition) -> Result<u64> {
+        self.readable_end_once(tp)
+    }
+
+    fn readable_end_once(&self, tp: &TopicPartition) -> Result<u64> {
+        let what = format!("offsets of {tp}");
+        if let Some(at) = *crate::sync::lock(&self.inner.quick_failed)
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Err(BackendError::retriable(
+                what,
+                "the broker did not answer a moment ago",
+            ));
+        }
+        let asked = self
+            .inner
+            .meta
+            .fetch_watermarks(&tp.topic, tp.partition as i32, QUICK_TIMEOUT)
+            .map_err(|e| kafka_err(what, e))
+            .and_then(|(low, high)| self.verified_end(tp, low.max(0) as u64, high.max(0) as u64));
+        *crate::sync::lock(&self.inner.quick_failed) = asked.is_err().then(std::time::Instant::now);
+        asked
+    }
+
     fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
         Ok(Box::new(reader::KafkaReader::open(
             &self.inner.settings,
@@ -478,7 +510,20 @@ impl Backend for KafkaBackend {
     }
 
     fn write_checkpoint(&self, task: &str, checkpoint: &Checkpoint) -> Result<()> {
-        self.inner.checkpoints.write(task, checkpoint)?;
+        self.inner.checkpoints.write(task, checkpoint, None)?;
+        self.commit_group_offsets(task, checkpoint);
+        Ok(())
+    }
+
+    fn write_checkpoint_unless(
+        &self,
+        task: &str,
+        checkpoint: &Checkpoint,
+        abort: &crate::backend::AbortCheck,
+    ) -> Result<()> {
+        self.inner
+            .checkpoints
+            .write(task, checkpoint, Some(abort))?;
         self.commit_group_offsets(task, checkpoint);
         Ok(())
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::{KafkaSettings, kafka_err};
-use crate::backend::{BackendError, RecordSink, Result, TopicPartition};
+use crate::backend::{AbortCheck, BackendError, RecordSink, Result, TopicPartition};
 
 /// What the delivery callbacks learned since the last flush.
 #[derive(Default)]
@@ -58,7 +58,12 @@ pub(super) struct KafkaSink {
     give_up_after: Duration,
     /// Sends since delivery reports were last served.
     unpolled: u32,
+    /// Asked while waiting for the broker (see [`RecordSink::set_abort`]).
+    abort: Option<AbortCheck>,
 }
+
+/// How long one wait for the broker lasts before the abort check is asked again.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 impl KafkaSink {
     pub(super) fn open(settings: &KafkaSettings, task: &str) -> Result<Self> {
@@ -82,7 +87,21 @@ impl KafkaSink {
             touched: BTreeSet::new(),
             give_up_after,
             unpolled: 0,
+            abort: None,
         })
+    }
+
+    /// `Err` once the abort check says so: what is queued is purged, never to be sent.
+    fn check_abort(&self, doing: &str) -> Result<()> {
+        let Some(reason) = self.abort.as_ref().and_then(|a| a().err()) else {
+            return Ok(());
+        };
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        Err(BackendError::fatal(
+            format!("task `{}`: {doing}", self.task),
+            format!("stopped waiting for Kafka: {reason}"),
+        ))
     }
 
     fn take_error(&self) -> Option<KafkaError> {
@@ -124,7 +143,8 @@ impl RecordSink for KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // The local queue is full: serve delivery reports, then try again.
                     record = r;
-                    self.producer.poll(Duration::from_millis(100));
+                    self.producer.poll(WAIT_SLICE);
+                    self.check_abort(&format!("sending to {tp} (queue full)"))?;
                     if started.elapsed() > self.give_up_after {
                         return Err(kafka_err(
                             format!("task `{}`: sending to {tp} (queue full)", self.task),
@@ -146,9 +166,13 @@ impl RecordSink for KafkaSink {
         let started = Instant::now();
         let mut warned = Instant::now();
         loop {
-            match self.producer.flush(Duration::from_secs(5)) {
+            match self.producer.flush(WAIT_SLICE) {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < self.give_up_after => {
+                    self.check_abort("flushing its producer")?;
+                    if started.elapsed() < Duration::from_secs(5) {
+                        continue;
+                    }
                     if warned.elapsed() >= Duration::from_secs(10) || warned == started {
                         tracing::warn!(
                             task = %self.task,
@@ -184,5 +208,21 @@ impl RecordSink for KafkaSink {
             ends.insert(tp, end);
         }
         Ok(ends)
+    }
+
+    fn set_abort(&mut self, abort: Option<AbortCheck>) {
+        self.abort = abort;
+    }
+}
+
+impl Drop for KafkaSink {
+    /// A sink dropped with records still queued belongs to a task dropped without a commit
+    /// (a crash-like close, or fenced): those records must not reach the broker later, when
+    /// a new owner may be writing the same partitions.
+    fn drop(&mut self) {
+        if self.producer.in_flight_count() > 0 {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
     }
 }
