@@ -24,6 +24,11 @@
 //! `cargo bench -p gregor-cli --bench serve_vs_redis` (5 s per cell, best of 2 rounds) or
 //! `-- --quick` (1.5 s, one round). Needs `redis-server` and `redis-benchmark` on `PATH`
 //! (Debian: `apt-get install redis-server`); fails without them.
+//!
+//! `-- --kafka [--quick]`: `gregor serve` on Kafka instead (a Kafka 0.9 broker started as the
+//! tests start it, `.ci/deps` installs it; no Redis): puts from 1 and 16 clients (10 s per
+//! cell, 3 s with `--quick`) and, as the floor on the same broker, a raw rdkafka
+//! produce→ack and produce→consumed round trip.
 
 #[path = "../tests/support/http_server.rs"]
 mod http_server;
@@ -250,13 +255,12 @@ fn measure(proto: Proto, addr: SocketAddr, workload: Workload, clients: usize, s
         }
         (all, elapsed)
     });
-    let mut lat = lat;
-    lat.sort_unstable();
-    let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    let ops_per_s = lat.len() as f64 / elapsed.as_secs_f64();
+    let (p50_ms, p99_ms) = percentiles(lat);
     Cell {
-        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
+        ops_per_s,
+        p50_ms,
+        p99_ms,
     }
 }
 
@@ -399,7 +403,8 @@ fn redis_benchmark(addr: SocketAddr, test: &str, clients: usize, requests: usize
     row(test)
 }
 
-fn machine() -> String {
+/// The machine, its load, and Redis's version when `redis` (it must be installed then).
+fn machine(redis: bool) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -409,6 +414,13 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    if !redis {
+        return format!(
+            "{} CPUs, {cpu}; load average {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+        );
+    }
     let redis = Command::new("redis-server")
         .arg("--version")
         .output()
@@ -433,8 +445,185 @@ fn arg(name: &str) -> Option<String> {
     args.get(i + 1).cloned()
 }
 
+/// Percentiles (ms) of latencies in µs.
+fn percentiles(mut lat: Vec<u32>) -> (f64, f64) {
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    (at(0.5), at(0.99))
+}
+
+/// The raw floor on the same broker: one rdkafka producer (the settings of gregor's sink on
+/// a 0.9 broker: `acks=all`, one request in flight, `linger.ms=5`) appends one record and
+/// flushes; a consumer assigned to the partition (librdkafka's defaults) polls until it has
+/// the record. Sequential, `n` times; p50/p99 of produce→ack and of produce→consumed.
+///
+/// With `stock_flush`, the producer waits with rdkafka's `Producer::flush`, whose polls last
+/// 100 ms each (what gregor's sinks did); otherwise in 1 ms polls, as gregor's sinks now do.
+fn kafka_round_trip(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    stock_flush: bool,
+) -> ((f64, f64), (f64, f64)) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let config = || {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap);
+        for (k, v) in gregor_testkit::Kafka09::client_config() {
+            c.set(k, v);
+        }
+        c
+    };
+    let mut pc = config();
+    pc.set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "5");
+    let producer: BaseProducer = pc.create().unwrap();
+    let consumer: BaseConsumer = config()
+        .set("group.id", "bench-round-trip")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    // From the end as it is now (`Offset::End` is resolved asynchronously: a record
+    // produced meanwhile would be missed).
+    let (_, end) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(end))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let (mut acked, mut consumed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 20 {
+        let payload = format!("{i}");
+        let t = Instant::now();
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(0)
+                    .payload(payload.as_bytes()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        if stock_flush {
+            producer.flush(Duration::from_secs(10)).unwrap();
+        } else {
+            // As gregor's sinks wait (`backend::kafka::flush_producer`).
+            while producer.flush(Duration::ZERO).is_err() {
+                assert!(t.elapsed() < Duration::from_secs(10), "no acknowledgement");
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+        let a = t.elapsed();
+        loop {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) if m.payload() == Some(payload.as_bytes()) => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("consuming: {e}"),
+                None => panic!("no record within 10 s"),
+            }
+        }
+        // The first records warm the connections up.
+        if i >= 20 {
+            acked.push(a.as_micros() as u32);
+            consumed.push(t.elapsed().as_micros() as u32);
+        }
+    }
+    (percentiles(acked), percentiles(consumed))
+}
+
+/// `--kafka`: `gregor serve` on a Kafka 0.9 broker (started here, as the tests do), the
+/// ready-made job's layout (4 partitions, RocksDB store with a changelog): sequential and
+/// concurrent puts, and a raw produce→consume round trip on the same broker as the floor.
+fn kafka_main(secs: f64) {
+    let mut kafka = gregor_testkit::Kafka09::start();
+    let dir = tempfile::tempdir().unwrap();
+    let client: String = gregor_testkit::Kafka09::client_config()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let job_file = dir.path().join("kv.toml");
+    std::fs::write(
+        &job_file,
+        format!(
+            r#"[job]
+name = "kv"
+task = "kv"
+system = "kafka"
+inputs = ["kv-in"]
+
+[kafka]
+bootstrap.servers = "{}"
+{client}
+[stores.kv]
+engine = "rocksdb"
+key.serde = "string"
+value.serde = "bytes"
+changelog = "kv-changelog"
+"#,
+            kafka.bootstrap()
+        ),
+    )
+    .unwrap();
+    kafka.create_topic("__gregor-checkpoints-kv", 1, true);
+    kafka.create_topic("kv-in", 4, false);
+    kafka.create_topic("kv-changelog", 4, true);
+    kafka.create_topic("round-trip", 1, false);
+    kafka.wait_for_leaders(&["kv-in", "kv-changelog", "round-trip"]);
+    println!("Kafka 0.9 broker on loopback; gregor serve with 4 input partitions");
+
+    let log = std::env::var("GREGOR_BENCH_LOG").ok();
+    let env: Vec<(&str, &str)> = log.iter().map(|l| ("GREGOR_LOG", l.as_str())).collect();
+    let state = dir.path().join("gregor-state");
+    let serve_args = ["serve", "--http", "127.0.0.1:0", job_file.to_str().unwrap()];
+    let gregor = Server::start(&state, &serve_args, &env);
+    gregor.wait_ready();
+    let addr: SocketAddr = gregor.base.trim_start_matches("http://").parse().unwrap();
+    // Warm up (producers and consumers connected).
+    measure(Proto::Http, addr, Workload::Put, 4, 1.0);
+    println!();
+    println!("| what | clients | ops/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|");
+    let clients: Vec<usize> =
+        arg("--clients").map_or(vec![1, 16], |c| vec![c.parse().expect("--clients N")]);
+    for c in clients {
+        let cell = measure(Proto::Http, addr, Workload::Put, c, secs);
+        println!(
+            "| gregor serve PUT | {c} | {:.0} | {:.3} | {:.3} |",
+            cell.ops_per_s, cell.p50_ms, cell.p99_ms
+        );
+    }
+    for (stock, how) in [(false, "1 ms polls"), (true, "rdkafka `flush()`")] {
+        let ((a50, a99), (c50, c99)) =
+            kafka_round_trip(&kafka.bootstrap(), "round-trip", 200, stock);
+        println!("| raw rdkafka produce → acknowledged ({how}) | 1 | | {a50:.3} | {a99:.3} |");
+        println!("| raw rdkafka produce → consumed ({how}) | 1 | | {c50:.3} | {c99:.3} |");
+    }
+    let out = gregor.stop();
+    if log.is_some() {
+        eprintln!("{out}");
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--kafka") {
+        let secs = arg("--secs").map_or(if quick { 3.0 } else { 10.0 }, |s| {
+            s.parse().expect("--secs S")
+        });
+        println!(
+            "# gregor serve on Kafka{}",
+            if quick { " (--quick)" } else { "" }
+        );
+        println!("machine: {}", machine(false));
+        println!(
+            "{VALUE_SIZE}-byte values, random keys of {KEYS}, closed-loop clients, {secs} s per cell"
+        );
+        kafka_main(secs);
+        return;
+    }
     // For profiling one cell: `--target gregor --workload put --clients 16 --secs 20`.
     let only_target = arg("--target");
     let only_workload = arg("--workload");
@@ -448,7 +637,7 @@ fn main() {
         "# gregor serve vs Redis{}",
         if quick { " (--quick)" } else { "" }
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", machine(true));
     println!(
         "{KEYS} keys, {VALUE_SIZE}-byte values, closed-loop clients {CLIENTS:?}, {secs} s per cell, best of {rounds} round(s)"
     );

@@ -1091,7 +1091,13 @@ impl<'a> Container<'a> {
             let mut progressed = 0u64;
             let mut poisoned = Vec::new();
             let mut fenced: Option<String> = None;
-            let ends = process_round(&mut self.tasks, job, &self.on_process_error, threads);
+            let ends = process_round(
+                &mut self.tasks,
+                job,
+                &*self.backend,
+                &self.on_process_error,
+                threads,
+            );
             // A failure while the fence says the tasks may be gone (a write that gave up
             // waiting for a broker it cannot reach) is the fence, not a fault of the job.
             let fence = self.claim.as_ref().map(|(_, f)| Arc::clone(f));
@@ -1397,6 +1403,7 @@ fn with_ctx<R>(
 fn process_round(
     tasks: &mut BTreeMap<u32, TaskRun>,
     job: &JobConfig,
+    backend: &dyn Backend,
     policy: &ProcessErrorPolicy,
     threads: usize,
 ) -> Vec<(u32, Result<BatchEnd, RuntimeError>)> {
@@ -1404,7 +1411,7 @@ fn process_round(
     if threads <= 1 {
         return tasks
             .iter_mut()
-            .map(|(&p, run)| (p, process_batch(run, job, policy)))
+            .map(|(&p, run)| (p, process_batch(run, job, backend, policy)))
             .collect();
     }
     let mut shares: Vec<Vec<(u32, &mut TaskRun)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -1414,7 +1421,7 @@ fn process_round(
     let work = |share: Vec<(u32, &mut TaskRun)>| -> Vec<(u32, Result<BatchEnd, RuntimeError>)> {
         share
             .into_iter()
-            .map(|(p, run)| (p, process_batch(run, job, policy)))
+            .map(|(p, run)| (p, process_batch(run, job, backend, policy)))
             .collect()
     };
     let mut ends = std::thread::scope(|scope| {
@@ -1442,6 +1449,7 @@ fn process_round(
 fn process_batch(
     run: &mut TaskRun,
     job: &JobConfig,
+    backend: &dyn Backend,
     policy: &ProcessErrorPolicy,
 ) -> Result<BatchEnd, RuntimeError> {
     let TaskRun {
@@ -1473,11 +1481,19 @@ fn process_batch(
             c.next = c.next.max(c.reader.position().min(c.limit));
             continue;
         }
-        let mut past_limit = false;
+        let (mut past_limit, mut refreshed) = (false, false);
         for r in records {
             if r.offset < c.next {
                 // A backend may return records before the position asked for.
                 continue;
+            }
+            if r.offset >= c.limit && !refreshed {
+                // The limit is refreshed when the loop idles; the reader may be past it
+                // because the input grew since. Ask again before stepping the reader back,
+                // which costs a Kafka reader a new fetch (under a steady stream of writes
+                // to `gregor serve`, one per batch).
+                refreshed = true;
+                c.refresh_limit(backend)?;
             }
             if r.offset >= c.limit {
                 past_limit = true;

@@ -5,9 +5,10 @@
 //! Every write is acknowledged before it returns.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 
 use super::reader::KafkaReader;
@@ -18,6 +19,8 @@ use crate::checkpoint::Checkpoint;
 pub(super) struct CheckpointTopic {
     settings: KafkaSettings,
     producer: BaseProducer,
+    /// The backend's metadata client (readers ask it for watermarks).
+    meta: Arc<BaseConsumer>,
     cache: Mutex<Cache>,
 }
 
@@ -29,7 +32,7 @@ struct Cache {
 }
 
 impl CheckpointTopic {
-    pub(super) fn new(settings: &KafkaSettings) -> Result<Self> {
+    pub(super) fn new(settings: &KafkaSettings, meta: &Arc<BaseConsumer>) -> Result<Self> {
         let mut cc = settings.producer_config();
         // One small record per commit, flushed at once: no reason to linger.
         cc.set("linger.ms", "0");
@@ -39,6 +42,7 @@ impl CheckpointTopic {
         Ok(CheckpointTopic {
             settings: settings.clone(),
             producer,
+            meta: Arc::clone(meta),
             cache: Mutex::new(Cache::default()),
         })
     }
@@ -50,7 +54,7 @@ impl CheckpointTopic {
     /// Reads what was appended since `cache.next` into `cache`.
     fn refresh(&self, cache: &mut Cache) -> Result<()> {
         let tp = self.tp();
-        let mut reader = KafkaReader::open(&self.settings, &tp, cache.next)?;
+        let mut reader = KafkaReader::open(&self.settings, &self.meta, &tp, cache.next)?;
         // Up to the end as it is now: other processes keep appending, so "until nothing
         // more arrives" might never come.
         let target = reader.high_watermark()?;
@@ -137,7 +141,7 @@ impl CheckpointTopic {
                 Some(_) => Duration::from_millis(100),
                 None => give_up,
             };
-            match self.producer.flush(slice) {
+            match super::flush_producer(&self.producer, slice) {
                 Ok(()) => break,
                 Err(e) if started.elapsed() >= give_up => {
                     return Err(kafka_err(

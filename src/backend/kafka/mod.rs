@@ -31,7 +31,8 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 use super::{
     Backend, BackendError, ErrorClass, LogReader, Offsets, RecordSink, Result, TopicPartition,
@@ -118,7 +119,9 @@ pub struct KafkaBackend {
 
 struct Inner {
     settings: KafkaSettings,
-    meta: BaseConsumer,
+    /// Metadata, watermarks and group commits; it fetches nothing, so readers ask it for
+    /// watermarks too (see `reader::KafkaReader`).
+    meta: Arc<BaseConsumer>,
     admin: Option<AdminClient<DefaultClientContext>>,
     checkpoints: checkpoints::CheckpointTopic,
     policy_warned: AtomicBool,
@@ -134,6 +137,36 @@ struct Inner {
 
 /// How long a quick watermark request ([`Backend::readable_end_once`]) may take.
 const QUICK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long one wait for delivery reports lasts in [`flush_producer`].
+const FLUSH_POLL: Duration = Duration::from_millis(1);
+
+/// Waits until every record `producer` was given is acknowledged (or failed: the delivery
+/// callbacks say which), for at most `timeout`.
+///
+/// Not `Producer::flush`: rdkafka's `BaseProducer::flush` (0.39) serves delivery reports with
+/// `poll(100 ms)`, which returns only when the 100 ms are over, so every flush took at least
+/// 100 ms however fast the broker answered (a put to `gregor serve` on Kafka took 100 ms of
+/// that alone). Here the reports are served in steps of [`FLUSH_POLL`], so a flush returns
+/// within a millisecond of the last acknowledgement. Each step first asks librdkafka to send
+/// what it holds (`rd_kafka_flush` with no wait: queued records go out without waiting for
+/// `linger.ms`).
+pub(crate) fn flush_producer<C>(producer: &BaseProducer<C>, timeout: Duration) -> KafkaResult<()>
+where
+    C: ProducerContext,
+{
+    let started = std::time::Instant::now();
+    loop {
+        // Sends what lingers; `Ok` once nothing is in flight and every report was served.
+        if producer.flush(Duration::ZERO).is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        producer.poll(FLUSH_POLL);
+    }
+}
 
 /// Classifies a librdkafka error.
 pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> BackendError {
@@ -204,7 +237,8 @@ impl KafkaBackend {
                     e,
                 )
             })?;
-        let checkpoints = checkpoints::CheckpointTopic::new(&settings)?;
+        let meta = Arc::new(meta);
+        let checkpoints = checkpoints::CheckpointTopic::new(&settings, &meta)?;
         let backend = KafkaBackend {
             inner: Arc::new(Inner {
                 settings,
@@ -374,7 +408,8 @@ impl KafkaBackend {
         // watermark is right, and the check costs a new consumer (~1.5 s there) per new
         // watermark, which a key-value service writing its input pays on every write.
         if high > low && !self.inner.settings.legacy() {
-            let mut r = reader::KafkaReader::open(&self.inner.settings, tp, high - 1)?;
+            let mut r =
+                reader::KafkaReader::open(&self.inner.settings, &self.inner.meta, tp, high - 1)?;
             loop {
                 let batch = r.next_batch(1024)?;
                 let Some(last) = batch.last() else { break };
@@ -488,6 +523,7 @@ impl Backend for KafkaBackend {
     fn open_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
         Ok(Box::new(reader::KafkaReader::open(
             &self.inner.settings,
+            &self.inner.meta,
             tp,
             from,
         )?))
@@ -496,6 +532,7 @@ impl Backend for KafkaBackend {
     fn open_bulk_reader(&self, tp: &TopicPartition, from: u64) -> Result<Box<dyn LogReader>> {
         Ok(Box::new(reader::KafkaReader::open_bulk(
             &self.inner.settings,
+            &self.inner.meta,
             tp,
             from,
         )?))

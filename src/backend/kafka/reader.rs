@@ -1,5 +1,6 @@
 //! Reading one partition with a consumer assigned to it (no group rebalancing).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
@@ -57,6 +58,12 @@ fn is_permanent(e: &KafkaError) -> bool {
 pub(super) struct KafkaReader {
     tp: TopicPartition,
     consumer: BaseConsumer,
+    /// The backend's metadata client, which asks for watermarks. Not `consumer`: Kafka
+    /// answers the requests of one connection in order, so a ListOffsets sent on the
+    /// reader's own connection waits behind its fetch, which the broker holds for up to
+    /// `fetch.wait.max.ms` (500 ms) at the end of the partition. Asked that way at every
+    /// end of the partition, it stalled the run loop ~0.5 s per write to `gregor serve`.
+    meta: Arc<BaseConsumer>,
     position: u64,
     at_end: bool,
     /// At the end, the high watermark was above the position (and when that was seen):
@@ -68,22 +75,30 @@ pub(super) struct KafkaReader {
 }
 
 impl KafkaReader {
-    /// A reader of `tp` from `from`.
-    pub(super) fn open(settings: &KafkaSettings, tp: &TopicPartition, from: u64) -> Result<Self> {
-        Self::open_with(settings, tp, from, false)
+    /// A reader of `tp` from `from`; `meta` (a client that fetches nothing) asks for
+    /// watermarks.
+    pub(super) fn open(
+        settings: &KafkaSettings,
+        meta: &Arc<BaseConsumer>,
+        tp: &TopicPartition,
+        from: u64,
+    ) -> Result<Self> {
+        Self::open_with(settings, meta, tp, from, false)
     }
 
     /// A reader of `tp` from `from` tuned for throughput ([`BULK_SETTINGS`]).
     pub(super) fn open_bulk(
         settings: &KafkaSettings,
+        meta: &Arc<BaseConsumer>,
         tp: &TopicPartition,
         from: u64,
     ) -> Result<Self> {
-        Self::open_with(settings, tp, from, true)
+        Self::open_with(settings, meta, tp, from, true)
     }
 
     fn open_with(
         settings: &KafkaSettings,
+        meta: &Arc<BaseConsumer>,
         tp: &TopicPartition,
         from: u64,
         bulk: bool,
@@ -109,6 +124,7 @@ impl KafkaReader {
         let mut r = KafkaReader {
             tp: tp.clone(),
             consumer,
+            meta: Arc::clone(meta),
             position: from,
             at_end: false,
             pending_end: None,
@@ -142,7 +158,7 @@ impl KafkaReader {
         let started = Instant::now();
         let mut warned = started;
         loop {
-            match self.consumer.fetch_watermarks(
+            match self.meta.fetch_watermarks(
                 &self.tp.topic,
                 self.tp.partition as i32,
                 Duration::from_secs(10),
@@ -204,7 +220,7 @@ impl KafkaReader {
                     self.at_end = true;
                     // The end of the partition as the consumer saw it; the watermark now may
                     // be higher (see `pending_end`).
-                    if let Ok((_, high)) = self.consumer.fetch_watermarks(
+                    if let Ok((_, high)) = self.meta.fetch_watermarks(
                         &self.tp.topic,
                         self.tp.partition as i32,
                         Duration::from_secs(5),

@@ -17,7 +17,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use serde::{Deserialize, Serialize};
 
 use super::reader::KafkaReader;
@@ -81,7 +81,7 @@ impl KafkaBackend {
     /// Every record of the roles topic, in offset order.
     fn read_roles(&self) -> Result<Vec<(String, Option<ClaimRecord>)>> {
         let tp = TopicPartition::new(ROLES_TOPIC, 0);
-        let mut reader = KafkaReader::open(&self.inner.settings, &tp, 0)?;
+        let mut reader = KafkaReader::open(&self.inner.settings, &self.inner.meta, &tp, 0)?;
         let mut out = Vec::new();
         loop {
             let batch = reader.next_batch(1024)?;
@@ -123,8 +123,7 @@ impl KafkaBackend {
         producer
             .send(record)
             .map_err(|(e, _)| kafka_err(context(), e))?;
-        producer
-            .flush(Duration::from_secs(60).max(self.timeout()))
+        super::flush_producer(&producer, Duration::from_secs(60).max(self.timeout()))
             .map_err(|e| kafka_err(context(), e))
     }
 

@@ -166,7 +166,7 @@ impl RecordSink for KafkaSink {
         let started = Instant::now();
         let mut warned = Instant::now();
         loop {
-            match self.producer.flush(WAIT_SLICE) {
+            match super::flush_producer(&self.producer, WAIT_SLICE) {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < self.give_up_after => {
                     self.check_abort("flushing its producer")?;
