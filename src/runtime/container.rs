@@ -43,7 +43,7 @@ use super::config::{CoordinatorConfig, JobConfig};
 use super::error::{RuntimeError, task_err, topic_err};
 use super::input::Cursor;
 use super::side_input::SideInputs;
-use super::standby::StandbyTask;
+use super::standby::{StandbyReadError, StandbyTask};
 use super::task::{
     Collector, Coordinator, Envelope, OutgoingMessage, StreamTask, TaskContext, TaskError,
     TaskFactory,
@@ -1028,6 +1028,10 @@ impl<'a> Container<'a> {
                 }
             }
         });
+        if let Some(link) = &self.serving {
+            link.serving()
+                .set_standbys(self.standbys.keys().copied().collect());
+        }
     }
 
     /// Rolls the task of partition `p` back to its last checkpoint because the message
@@ -1222,7 +1226,14 @@ impl Container<'_> {
                 run.storage.checkpoint(),
             );
         }
-        link.answer(idle, MAX_READS_PER_ROUND, &mut OpenTasks(&mut self.tasks));
+        link.answer(
+            idle,
+            MAX_READS_PER_ROUND,
+            &mut OpenTasks {
+                tasks: &mut self.tasks,
+                standbys: &mut self.standbys,
+            },
+        );
     }
 }
 
@@ -1334,8 +1345,11 @@ impl Opener<'_> {
     }
 }
 
-/// The open tasks, as the HTTP reads see them.
-struct OpenTasks<'a>(&'a mut BTreeMap<u32, TaskRun>);
+/// The open tasks and the standby copies, as the HTTP reads see them.
+struct OpenTasks<'a> {
+    tasks: &'a mut BTreeMap<u32, TaskRun>,
+    standbys: &'a mut BTreeMap<u32, StandbyTask>,
+}
 
 impl TaskStores for OpenTasks<'_> {
     fn store(
@@ -1344,7 +1358,7 @@ impl TaskStores for OpenTasks<'_> {
         store: &str,
         published: &BTreeMap<TopicPartition, u64>,
     ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError> {
-        let run = self.0.get_mut(&task).ok_or(QueryError::Unavailable {
+        let run = self.tasks.get_mut(&task).ok_or(QueryError::Unavailable {
             task,
             why: "is not open in this process",
         })?;
@@ -1364,6 +1378,30 @@ impl TaskStores for OpenTasks<'_> {
             .store(store)
             .map(|s| s.stack())
             .ok_or_else(|| QueryError::NoStore(store.to_string()))
+    }
+
+    fn standby_get(
+        &mut self,
+        task: u32,
+        store: &str,
+        key: &[u8],
+        max_lag: u64,
+    ) -> Result<crate::serve::StandbyAnswer, QueryError> {
+        let standby = self
+            .standbys
+            .get_mut(&task)
+            .ok_or_else(|| QueryError::NoStandby {
+                task,
+                why: "this process holds no standby of it".into(),
+            })?;
+        match standby.get(store, key, max_lag) {
+            Ok((value, lag, age)) => Ok(crate::serve::StandbyAnswer::new(value, lag, age)),
+            Err(StandbyReadError::Store(e)) => Err(QueryError::Store(e)),
+            Err(e) => Err(QueryError::NoStandby {
+                task,
+                why: e.to_string(),
+            }),
+        }
     }
 }
 

@@ -10,13 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, TopicPartition};
 use crate::restore::{NoProgress, apply_range};
 use crate::statedir::StateDir;
-use crate::store::Engine;
 use crate::store::config::EngineKind;
 use crate::store::stack::{self, Manifest};
+use crate::store::ttl::Clock;
+use crate::store::{Engine, StoreError};
 use crate::task_storage::TaskStoreError;
 use crate::telemetry::{self, StoreLabels};
 
@@ -37,7 +39,47 @@ struct StandbyStore {
     tp: TopicPartition,
     /// The changelog end the engine holds.
     applied: u64,
+    /// The changelog's end at the last catch-up (`None` before the first one).
+    end_seen: Option<u64>,
+    /// When the last catch-up ended.
+    caught_up_at: Option<Instant>,
+    /// The store's clock when it has `ttl.ms` (values carry an expiry header).
+    ttl_clock: Option<Clock>,
     lag: metrics::Gauge,
+}
+
+impl StandbyStore {
+    /// `gregor_standby_lag_records`: the changelog's end at the last catch-up minus the
+    /// changelog end applied; `None` before the first catch-up.
+    fn lag(&self) -> Option<u64> {
+        self.end_seen.map(|end| end.saturating_sub(self.applied))
+    }
+}
+
+/// A standby copy cannot answer a read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandbyReadError {
+    /// The standby has not caught up since it was opened: its lag is unknown.
+    #[error("its standby here has not caught up yet")]
+    NotCaughtUp,
+    /// The standby is further behind than the read allows.
+    #[error("its standby here is {lag} changelog records behind, more than max_lag={max_lag}")]
+    TooFarBehind {
+        /// Its lag in records.
+        lag: u64,
+        /// What the read allowed.
+        max_lag: u64,
+    },
+    /// The task has no such store, or the store is not kept by standbys (not RocksDB, or
+    /// without a changelog).
+    #[error(
+        "its standby here keeps no store `{0}` (standbys keep RocksDB stores with a changelog)"
+    )]
+    NoStore(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl StandbyTask {
@@ -83,6 +125,9 @@ impl StandbyTask {
                 engine,
                 tp: TopicPartition::new(topic.clone(), partition),
                 applied,
+                end_seen: None,
+                caught_up_at: None,
+                ttl_clock: cfg.ttl_ms.map(|_| cfg.clock.clone()),
                 lag: metrics::gauge!(telemetry::STANDBY_LAG, labels),
             });
         }
@@ -139,9 +184,44 @@ impl StandbyTask {
                 moved += target - s.applied;
                 s.applied = target;
             }
+            s.end_seen = Some(offsets.end);
+            s.caught_up_at = Some(Instant::now());
             s.lag.set(offsets.end.saturating_sub(s.applied) as f64);
         }
         Ok(moved)
+    }
+
+    /// The value under `key` in `store` as this standby holds it, with its lag in records
+    /// (see [`StandbyReadError::TooFarBehind`]) and the time since its last catch-up; only if
+    /// that lag is at most `max_lag`. Expired entries of a store with `ttl.ms` are absent.
+    ///
+    /// Called on the container's thread, like [`catch_up`](Self::catch_up): a read never
+    /// sees a catch-up half applied.
+    pub fn get(
+        &mut self,
+        store: &str,
+        key: &[u8],
+        max_lag: u64,
+    ) -> Result<(Option<Vec<u8>>, u64, Duration), StandbyReadError> {
+        let s = self
+            .stores
+            .iter_mut()
+            .find(|s| s.name == store)
+            .ok_or_else(|| StandbyReadError::NoStore(store.to_string()))?;
+        let (Some(lag), Some(at)) = (s.lag(), s.caught_up_at) else {
+            return Err(StandbyReadError::NotCaughtUp);
+        };
+        if lag > max_lag {
+            return Err(StandbyReadError::TooFarBehind { lag, max_lag });
+        }
+        let stored = s.engine.get(key)?;
+        let value = match (&s.ttl_clock, stored) {
+            (Some(clock), Some(v)) => {
+                crate::store::ttl::visible(&s.name, &v, clock.now_ms())?.map(<[u8]>::to_vec)
+            }
+            (_, v) => v,
+        };
+        Ok((value, lag, at.elapsed()))
     }
 
     /// The changelog end each store holds.

@@ -525,6 +525,45 @@ impl App {
         Ok(rx)
     }
 
+    /// Asks the run loop for the value under `key` from this process's standby copy of task
+    /// `p`; `None` when it has none that may answer (none, not caught up yet, or more than
+    /// `max_lag` records behind).
+    async fn standby_get(
+        &self,
+        p: u32,
+        store: &str,
+        key: &[u8],
+        max_lag: u64,
+    ) -> Result<Option<super::StandbyAnswer>, ApiError> {
+        self.store(store)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let request = Request::StandbyGet {
+            task: p,
+            store: store.to_string(),
+            key: key.to_vec(),
+            max_lag,
+            reply,
+        };
+        if !self.serving.send(request) {
+            return Err(ApiError::Unavailable(
+                "too many reads are waiting for the job, or it stopped".into(),
+            ));
+        }
+        match tokio::time::timeout(READ_TIMEOUT, rx).await {
+            Ok(Ok(Ok(answer))) => Ok(Some(answer)),
+            Ok(Ok(Err(QueryError::NoStandby { task, why }))) => {
+                tracing::debug!("read of task {task} not answered by a standby: {why}");
+                Ok(None)
+            }
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(_)) => Err(ApiError::Unavailable("the job stopped".into())),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the job did not answer within {} s",
+                READ_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     /// [`send_read`](Self::send_read) and wait for the answer.
     async fn read(&self, p: u32, store: &str, op: ReadOp) -> Result<ReadAnswer, ApiError> {
         reply(self.send_read(p, store, op)?).await
@@ -611,13 +650,55 @@ fn entry_json(cfg: &StoreConfig, key: &[u8], value: &[u8]) -> Result<Value, ApiE
     }))
 }
 
+/// The response header of a read answered by a standby copy: its lag in changelog records.
+pub const STANDBY_LAG_HEADER: &str = "gregor-standby-lag";
+/// The response header of a read answered by a standby copy: milliseconds since its last
+/// catch-up.
+pub const STANDBY_AGE_HEADER: &str = "gregor-standby-age-ms";
+
+/// `max_lag` of a GET: a whole number of changelog records, 0 or more.
+fn parse_max_lag(v: Option<&String>) -> Result<Option<u64>, ApiError> {
+    v.map(|t| {
+        t.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "max_lag must be a whole number of changelog records (0 or more), not {t:?}"
+            ))
+        })
+    })
+    .transpose()
+}
+
 async fn get_key(
     State(app): AppState,
     uri: axum::http::Uri,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((store, text)) = path?;
+    let Query(params) = query?;
+    let max_lag = parse_max_lag(params.get("max_lag"))?;
     let (key, p) = app.key_and_partition(&store, &text)?;
+    // Bounded staleness: a task that does not run here may be answered by this process's
+    // standby copy of it, if that is at most `max_lag` records behind; else as without.
+    if let Some(max_lag) = max_lag
+        && !app.serving.with_status(|s| s.running(p))
+        && app.serving.has_standby(p)
+        && let Some(answer) = app.standby_get(p, &store, &key, max_lag).await?
+    {
+        let mut r = match &answer.value {
+            Some(v) => Json(entry_json(app.store(&store)?, &key, v)?).into_response(),
+            None => {
+                ApiError::NotFound(format!("no key {text:?} in store `{store}`")).into_response()
+            }
+        };
+        let h = r.headers_mut();
+        h.insert(STANDBY_LAG_HEADER, HeaderValue::from(answer.lag));
+        h.insert(
+            STANDBY_AGE_HEADER,
+            HeaderValue::from(u64::try_from(answer.age.as_millis()).unwrap_or(u64::MAX)),
+        );
+        return Ok(r);
+    }
     app.route(p, &uri)?;
     match app.read(p, &store, ReadOp::Get(key.clone())).await? {
         ReadAnswer::Value(Some(v)) => {

@@ -30,7 +30,7 @@ use crate::checkpoint::Checkpoint;
 use crate::runtime::JobConfig;
 
 pub use http::{HttpOptions, HttpServer, ProcessInfo, ServeError};
-pub use query::{QueryError, ReadAnswer, ReadOp, Request};
+pub use query::{QueryError, ReadAnswer, ReadOp, Request, StandbyAnswer};
 pub use write::{KvWriter, WriteError};
 
 /// Read requests that may wait for the run loop; more are answered 503 at once.
@@ -135,6 +135,8 @@ struct Shared {
     advertised: Mutex<Option<String>>,
     /// Who runs each task, when a coordinator shares the job between processes.
     routes: RwLock<Option<Arc<Routes>>>,
+    /// The tasks this process holds a standby copy of (bounded-staleness reads).
+    standbys: RwLock<BTreeSet<u32>>,
 }
 
 /// Who runs each task of the job, as its coordinator last said: reads of a key whose task
@@ -175,6 +177,7 @@ impl Serving {
                 positions: Mutex::new(BTreeMap::new()),
                 advertised: Mutex::new(None),
                 routes: RwLock::new(None),
+                standbys: RwLock::new(BTreeSet::new()),
             }),
         }
     }
@@ -193,6 +196,17 @@ impl Serving {
     /// Who runs each task, when a coordinator shares the job between processes.
     pub fn routes(&self) -> Option<Arc<Routes>> {
         crate::sync::read(&self.inner.routes).clone()
+    }
+
+    /// Sets the tasks this process holds a standby copy of (from the container).
+    pub(crate) fn set_standbys(&self, tasks: BTreeSet<u32>) {
+        *crate::sync::write(&self.inner.standbys) = tasks;
+    }
+
+    /// Whether this process holds a standby copy of task `p` (which may answer a read with
+    /// `?max_lag=`, if it is not too far behind).
+    pub fn has_standby(&self, p: u32) -> bool {
+        crate::sync::read(&self.inner.standbys).contains(&p)
     }
 
     /// Where the HTTP server listens, if recorded.
@@ -287,6 +301,23 @@ pub(crate) trait TaskStores {
         store: &str,
         published: &BTreeMap<TopicPartition, u64>,
     ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError>;
+
+    /// The value under `key` in `store` of this process's standby copy of task `task`, if
+    /// it holds one that is at most `max_lag` changelog records behind
+    /// ([`QueryError::NoStandby`] otherwise).
+    fn standby_get(
+        &mut self,
+        task: u32,
+        store: &str,
+        key: &[u8],
+        max_lag: u64,
+    ) -> Result<StandbyAnswer, QueryError> {
+        let _ = (store, key, max_lag);
+        Err(QueryError::NoStandby {
+            task,
+            why: "this process holds no standby of it".into(),
+        })
+    }
 }
 
 impl ServeLink {
@@ -376,14 +407,29 @@ impl ServeLink {
     }
 
     fn answer_one(&self, request: Request, tasks: &mut dyn TaskStores) -> usize {
-        let Request::Read {
-            task,
-            store,
-            op,
-            reply,
-        } = request
-        else {
-            return 0;
+        let (task, store, op, reply) = match request {
+            Request::Read {
+                task,
+                store,
+                op,
+                reply,
+            } => (task, store, op, reply),
+            Request::StandbyGet {
+                task,
+                store,
+                key,
+                max_lag,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return 0;
+                }
+                // A standby and the task's catch-up writes both live on this (the container's)
+                // thread: the read sees the standby between two catch-ups, never during one.
+                let _ = reply.send(tasks.standby_get(task, &store, &key, max_lag));
+                return 1;
+            }
+            Request::Wake => return 0,
         };
         if reply.is_closed() {
             return 0; // the client gave up

@@ -21,8 +21,44 @@ pub enum Request {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<Result<ReadAnswer, QueryError>>,
     },
+    /// Read the value under `key` in store `store` from this process's *standby* copy of
+    /// the task of partition `task` (bounded staleness, `?max_lag=`): answered only if the
+    /// standby's lag is at most `max_lag` records, else [`QueryError::NoStandby`].
+    StandbyGet {
+        /// The task's partition.
+        task: u32,
+        /// The store.
+        store: String,
+        /// The serialized key.
+        key: Vec<u8>,
+        /// The most changelog records the standby may be behind.
+        max_lag: u64,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Result<StandbyAnswer, QueryError>>,
+    },
     /// New input was appended: an idle loop looks for it at once.
     Wake,
+}
+
+/// A value read from a standby copy ([`Request::StandbyGet`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StandbyAnswer {
+    /// The value, if the key is there.
+    pub value: Option<Vec<u8>>,
+    /// The standby's lag in changelog records (`gregor_standby_lag_records`): the
+    /// changelog's end at its last catch-up minus the changelog end it has applied.
+    pub lag: u64,
+    /// Time since that catch-up (changelog records the active task wrote meanwhile are not
+    /// in `lag`).
+    pub age: std::time::Duration,
+}
+
+impl StandbyAnswer {
+    /// An answer: `value`, `lag` records behind, caught up `age` ago.
+    pub fn new(value: Option<Vec<u8>>, lag: u64, age: std::time::Duration) -> Self {
+        StandbyAnswer { value, lag, age }
+    }
 }
 
 /// What to read, in serialized keys.
@@ -63,6 +99,15 @@ pub enum QueryError {
         task: u32,
         /// Why.
         why: &'static str,
+    },
+    /// This process holds no standby of the task that may answer (none, not caught up yet,
+    /// or more than `max_lag` records behind).
+    #[error("task of partition {task}: {why}")]
+    NoStandby {
+        /// The task's partition.
+        task: u32,
+        /// Why.
+        why: String,
     },
     /// The task has no such store.
     #[error("no store `{0}`")]
