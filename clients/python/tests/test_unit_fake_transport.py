@@ -182,6 +182,39 @@ def test_ttl_ms_travels_in_the_query_and_the_batch() -> None:
     assert len(reqs) == 4, "a refused ttl_ms sends nothing"
 
 
+def test_max_lag_travels_in_the_query_and_the_lag_comes_back() -> None:
+    def handler(r: httpx.Request) -> httpx.Response:
+        if r.url.params.get("max_lag") is not None:
+            return httpx.Response(200, json={"key": "a", "value": "c3RhbGU="}, headers={"Gregor-Standby-Lag": "12"})
+        return httpx.Response(200, json={"key": "a", "value": "ZnJlc2g="})
+
+    fake = FakeServer(handler)
+    with fake.client() as c:
+        assert c.get("a", max_lag=100) == "stale"
+        assert c.get_bytes("a", max_lag=0) == b"stale"
+        assert c.get("a") == "fresh"
+        assert c.get_with_lag("a", max_lag=100) == ("stale", 12)
+        for bad, err in [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("1", TypeError)]:
+            with pytest.raises(err):
+                c.get("a", max_lag=bad)  # type: ignore[arg-type]
+    assert [r.url.raw_path for r in fake.api_requests()] == [
+        b"/v1/stores/kv/keys/a?max_lag=100",
+        b"/v1/stores/kv/keys/a?max_lag=0",
+        b"/v1/stores/kv/keys/a",
+        b"/v1/stores/kv/keys/a?max_lag=100",
+    ]
+
+    async def run() -> None:
+        async with fake.async_client() as c:
+            assert await c.get_with_lag("a", max_lag=5) == ("stale", 12)
+            assert await c.get_bytes("a", max_lag=5) == b"stale"
+
+    fake2 = FakeServer(lambda r: httpx.Response(200, json={"key": "a", "value": "eA=="}))
+    with fake2.client() as c:
+        assert c.get_with_lag("a", max_lag=5) == ("x", None), "an active task answered: no lag"
+    asyncio.run(run())
+
+
 def test_values_by_serde() -> None:
     replies = {
         "/v1/stores/kv/keys/k": {"key": "k", "value": base64.b64encode(b'{"a": 1}').decode()},

@@ -139,26 +139,74 @@ class AsyncClient:
 
     # ---- reads -----------------------------------------------------------------------------
 
-    async def _get_wire(self, key: Key, timeout: CallTimeout, retries: int | None) -> tuple[Serde, Any]:
+    async def _get_resp(
+        self, key: Key, timeout: CallTimeout, retries: int | None, max_lag: int | None
+    ) -> tuple[Serde, httpx.Response]:
         ks, vs = await self.serdes(timeout=timeout, retries=retries)
-        return vs, _core.reply_value(await self._send(self._core.get(ks, key), timeout, retries))
+        return vs, await self._send(self._core.get(ks, key, max_lag), timeout, retries)
 
-    async def get(self, key: Key, *, timeout: CallTimeout = UNSET, retries: int | None = None) -> str:
+    async def _get_wire(
+        self, key: Key, timeout: CallTimeout, retries: int | None, max_lag: int | None = None
+    ) -> tuple[Serde, Any]:
+        vs, resp = await self._get_resp(key, timeout, retries, max_lag)
+        return vs, _core.reply_value(resp)
+
+    async def get(
+        self,
+        key: Key,
+        *,
+        max_lag: int | None = None,
+        timeout: CallTimeout = UNSET,
+        retries: int | None = None,
+    ) -> str:
         """The value of ``key`` as text (UTF-8 decoded for a ``bytes`` value serde; a
         ``UnicodeDecodeError`` when it is not UTF-8: use :meth:`get_bytes`).
 
-        Raises :class:`NotFound` when the key does not exist."""
-        return value_wire_text(*(await self._get_wire(key, timeout, retries)))
+        Raises :class:`NotFound` when the key does not exist.
 
-    async def get_bytes(self, key: Key, *, timeout: CallTimeout = UNSET, retries: int | None = None) -> bytes:
+        ``max_lag``: a bounded-staleness read (``?max_lag=``): a process that holds a standby
+        copy of the key's task may answer from it when the standby is at most ``max_lag``
+        changelog records behind (see :meth:`get_with_lag` for the lag)."""
+        return value_wire_text(*(await self._get_wire(key, timeout, retries, max_lag)))
+
+    async def get_bytes(
+        self,
+        key: Key,
+        *,
+        max_lag: int | None = None,
+        timeout: CallTimeout = UNSET,
+        retries: int | None = None,
+    ) -> bytes:
         """The value of ``key`` as bytes (exactly as stored for a ``bytes`` value serde).
         Raises :class:`NotFound` when the key does not exist."""
-        return value_wire_bytes(*(await self._get_wire(key, timeout, retries)))
+        return value_wire_bytes(*(await self._get_wire(key, timeout, retries, max_lag)))
 
-    async def get_json(self, key: Key, *, timeout: CallTimeout = UNSET, retries: int | None = None) -> Any:
+    async def get_json(
+        self,
+        key: Key,
+        *,
+        max_lag: int | None = None,
+        timeout: CallTimeout = UNSET,
+        retries: int | None = None,
+    ) -> Any:
         """The value of ``key`` parsed as JSON. Raises :class:`NotFound` when the key does not
         exist, ``ValueError`` when the value is not JSON."""
-        return value_wire_json(*(await self._get_wire(key, timeout, retries)))
+        return value_wire_json(*(await self._get_wire(key, timeout, retries, max_lag)))
+
+    async def get_with_lag(
+        self,
+        key: Key,
+        *,
+        max_lag: int,
+        timeout: CallTimeout = UNSET,
+        retries: int | None = None,
+    ) -> tuple[str, int | None]:
+        """A bounded-staleness read (as :meth:`get` with ``max_lag``): the value of ``key`` as
+        text and the lag in changelog records of the standby that answered
+        (``Gregor-Standby-Lag``), or ``None`` when the task's active process answered.
+        Raises :class:`NotFound` when the key does not exist (in the copy that answered)."""
+        vs, resp = await self._get_resp(key, timeout, retries, max_lag)
+        return value_wire_text(vs, _core.reply_value(resp)), _core.standby_lag(resp)
 
     async def meta(self, key: Key, *, timeout: CallTimeout = UNSET, retries: int | None = None) -> KeyMeta:
         """Where ``key`` lives: its partition, task and owning process (whether or not the key

@@ -240,8 +240,11 @@ class Core:
     def key_path(self, ks: Serde, key: object) -> str:
         return f"{self._store_path()}/keys/{key_segment(ks, key)}"
 
-    def get(self, ks: Serde, key: object) -> Request:
-        return Request("GET", self.key_path(ks, key))
+    def get(self, ks: Serde, key: object, max_lag: int | None = None) -> Request:
+        path = self.key_path(ks, key)
+        if max_lag is not None:
+            path += f"?max_lag={check_max_lag(max_lag)}"
+        return Request("GET", path)
 
     def meta(self, ks: Serde, key: object) -> Request:
         return Request("GET", self.key_path(ks, key) + "/meta")
@@ -322,6 +325,30 @@ def check_ttl_ms(ttl_ms: object) -> int:
     if ttl_ms < 1:
         raise ValueError(f"ttl_ms must be at least 1, not {ttl_ms}")
     return ttl_ms
+
+
+def check_max_lag(max_lag: object) -> int:
+    """A bounded-staleness read's ``max_lag``: an int of changelog records, 0 or more."""
+    if isinstance(max_lag, bool) or not isinstance(max_lag, int):
+        raise TypeError(f"max_lag is an int of changelog records, not {type(max_lag).__name__}")
+    if max_lag < 0:
+        raise ValueError(f"max_lag must be at least 0, not {max_lag}")
+    return max_lag
+
+
+STANDBY_LAG_HEADER = "gregor-standby-lag"
+
+
+def standby_lag(resp: httpx.Response) -> int | None:
+    """The ``Gregor-Standby-Lag`` of a GET answered by a standby, ``None`` when the task's
+    active process answered."""
+    v = resp.headers.get(STANDBY_LAG_HEADER)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise errors.ProtocolError(f"malformed {STANDBY_LAG_HEADER} header {v!r}", status=resp.status_code) from None
 
 
 def check_range_args(from_: object, to: object, prefix: object, page_size: int | None) -> None:
