@@ -233,8 +233,15 @@ fn check(c: &Cluster, expected: &BTreeMap<String, u64>) {
 }
 
 /// Runs `spawn()` until a run exits by itself, killing it with SIGKILL at random moments
-/// (at least `min_kills` times). Returns the number of kills.
-fn kill_loop(rng: &mut StdRng, min_kills: u32, mut spawn: impl FnMut(u32) -> Child) -> u32 {
+/// (at least `min_kills` times). A run that gets to the end of its input before `min_kills`
+/// kills calls `more_input`: if it produced more input (returns true) the loop goes on, so a
+/// faster job cannot make the test pass with fewer kills. Returns the number of kills.
+fn kill_loop(
+    rng: &mut StdRng,
+    min_kills: u32,
+    mut spawn: impl FnMut(u32) -> Child,
+    mut more_input: impl FnMut() -> bool,
+) -> u32 {
     let mut kills = 0;
     let started = Instant::now();
     loop {
@@ -262,6 +269,10 @@ fn kill_loop(rng: &mut StdRng, min_kills: u32, mut spawn: impl FnMut(u32) -> Chi
                     .read_to_string(&mut err)
                     .unwrap();
                 assert!(status.success(), "gregor run failed: {status}\n{err}");
+                if kills < min_kills && more_input() {
+                    eprintln!("a run finished after {kills} kills: more input produced");
+                    break;
+                }
                 return kills;
             }
             if t.elapsed() >= wait {
@@ -275,13 +286,30 @@ fn kill_loop(rng: &mut StdRng, min_kills: u32, mut spawn: impl FnMut(u32) -> Chi
     }
 }
 
+/// Adds the counts of a later batch of input to `expected`.
+fn merge_counts(expected: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
+    for (k, n) in more {
+        *expected.entry(k).or_default() += n;
+    }
+}
+
 #[test]
 fn count_job_on_kafka_survives_sigkills() {
     let c = Cluster::start();
-    let expected = c.produce(MESSAGES, 1);
+    let mut expected = c.produce(MESSAGES, 1);
     let state = c.dir.join("state");
     let mut rng = StdRng::seed_from_u64(7);
-    let kills = kill_loop(&mut rng, MIN_KILLS, |_| c.spawn(&state, None));
+    let mut batch = 1;
+    let kills = kill_loop(
+        &mut rng,
+        MIN_KILLS,
+        |_| c.spawn(&state, None),
+        || {
+            batch += 1;
+            merge_counts(&mut expected, c.produce(MESSAGES / 4, 100 + batch));
+            true
+        },
+    );
     eprintln!("single process: {kills} SIGKILLs before a run finished");
     assert!(kills >= MIN_KILLS);
     check(&c, &expected);
@@ -293,10 +321,20 @@ fn count_job_on_kafka_survives_sigkills() {
 #[test]
 fn count_job_on_tansu_survives_sigkills() {
     let c = Cluster::on(Broker::Tansu(Tansu::start()));
-    let expected = c.produce(MESSAGES / 2, 4);
+    let mut expected = c.produce(MESSAGES / 2, 4);
     let state = c.dir.join("state");
     let mut rng = StdRng::seed_from_u64(9);
-    let kills = kill_loop(&mut rng, MIN_KILLS, |_| c.spawn(&state, None));
+    let mut batch = 1;
+    let kills = kill_loop(
+        &mut rng,
+        MIN_KILLS,
+        |_| c.spawn(&state, None),
+        || {
+            batch += 1;
+            merge_counts(&mut expected, c.produce(MESSAGES / 8, 200 + batch));
+            true
+        },
+    );
     eprintln!("tansu: {kills} SIGKILLs before a run finished");
     assert!(kills >= MIN_KILLS);
     check(&c, &expected);
@@ -311,14 +349,20 @@ fn two_processes_one_killed_and_moved() {
     // continues on a fresh state directory (its tasks moved to another machine).
     let mut p0 = c.spawn(&s0, Some((0, 2)));
     let mut rng = StdRng::seed_from_u64(8);
-    let kills = kill_loop(&mut rng, 10, |k| {
-        let dir = if k >= 5 {
-            c.dir.join("p1-moved")
-        } else {
-            s1.clone()
-        };
-        c.spawn(&dir, Some((1, 2)))
-    });
+    let kills = kill_loop(
+        &mut rng,
+        10,
+        |k| {
+            let dir = if k >= 5 {
+                c.dir.join("p1-moved")
+            } else {
+                s1.clone()
+            };
+            c.spawn(&dir, Some((1, 2)))
+        },
+        // Process 0 may have finished: more input would not be counted by anyone.
+        || false,
+    );
     let status = p0.wait().unwrap();
     assert!(status.success());
     eprintln!("two processes: process 1 killed {kills} times");
