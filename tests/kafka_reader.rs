@@ -281,3 +281,58 @@ fn kafka09_full_restore_stops_at_the_checkpoint_inside_a_batch() {
         .collect();
     assert_eq!(got, expected);
 }
+
+/// Records a slow fetch hands over late are not skipped. The reader's end-of-partition event
+/// is left in its queue while records are appended, so the watermark it reads on taking the
+/// event is above its position; the broker holds each fetch for 5 s (`fetch.min.bytes` far
+/// above what is there), so those records arrive seconds later. A reader that took the
+/// offsets below the watermark as gaps after a timer (1 s, as it did) jumped past them and
+/// dropped them on arrival as "below the position"; now it asks a probe consumer first.
+#[test]
+fn kafka09_records_a_slow_fetch_hands_over_late_are_not_skipped() {
+    let mut kafka = Kafka09::start();
+    let mut s = settings(&kafka, "slow");
+    kafka.create_topic(&s.checkpoint_topic, 1, true);
+    let topic = "slow";
+    kafka.create_topic(topic, 1, false);
+    let record = |i: u32| (format!("k{i}"), Some(format!("v{i}")));
+    produce_compressed(&s, topic, &(0..5).map(record).collect::<Vec<_>>());
+    s.client
+        .insert("fetch.wait.max.ms".to_string(), "5000".to_string());
+    s.client
+        .insert("fetch.min.bytes".to_string(), "10000000".to_string());
+    let backend = KafkaBackend::connect(s.clone()).unwrap();
+    let tp = TopicPartition::new(topic, 0);
+    let mut reader = backend.open_reader(&tp, 0).unwrap();
+    let mut got: Vec<u64> = Vec::new();
+    // Reads for `d` or until `n` records were read.
+    let read_for = |reader: &mut Box<dyn LogReader>, got: &mut Vec<u64>, n: usize, d: Duration| {
+        let started = Instant::now();
+        while started.elapsed() < d && got.len() < n {
+            got.extend(reader.next_batch(100).unwrap().iter().map(|r| r.offset));
+        }
+    };
+    // Stops as soon as they are there, before the end-of-partition event that follows.
+    read_for(&mut reader, &mut got, 5, Duration::from_secs(20));
+    assert_eq!(got, (0..5).collect::<Vec<_>>(), "the first five records");
+    // The fetch at offset 5 comes back empty after 5 s: the end-of-partition event waits in
+    // the reader's queue (nothing polls it) while five more records are appended.
+    std::thread::sleep(Duration::from_millis(5500));
+    produce_compressed(&s, topic, &(5..10).map(record).collect::<Vec<_>>());
+    assert_eq!(backend.offsets(&tp).unwrap().end, 10);
+    let started = Instant::now();
+    read_for(&mut reader, &mut got, 10, Duration::from_secs(12));
+    eprintln!(
+        "{} records after {:.1}s",
+        got.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // Nothing more comes, and the reader stays at the end.
+    read_for(&mut reader, &mut got, 11, Duration::from_secs(2));
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<_>>(),
+        "every record, none skipped as a gap"
+    );
+    assert_eq!(reader.position(), 10);
+}

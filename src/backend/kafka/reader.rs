@@ -17,8 +17,11 @@ const POLL: Duration = Duration::from_millis(200);
 /// How long a reader keeps retrying errors that may pass (a broker restarting).
 const GIVE_UP: Duration = Duration::from_secs(300);
 /// How long the high watermark found at the end of a partition must stay unread before the
-/// reader takes the offsets below it as gaps (compacted away) and moves past them.
+/// reader checks whether the offsets below it hold records at all ([`GapProbe`]).
 const GAP_GRACE: Duration = Duration::from_secs(1);
+/// How long one such check may take before it counts as inconclusive (the broker is slow or
+/// down): the container thread calls the reader and must not wait long on the broker.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Consumer settings of a bulk reader (a full restore), each applied unless the user set it
 /// (or a setting it must agree with, listed after it): fetches of 8 MiB per partition
@@ -68,10 +71,78 @@ pub(super) struct KafkaReader {
     at_end: bool,
     /// At the end, the high watermark was above the position (and when that was seen):
     /// either records were appended after the consumer's end-of-partition event (they are
-    /// on their way) or the offsets below it were compacted away. Moved past only once
-    /// nothing arrived for [`GAP_GRACE`]: jumping at once skipped records appended right
-    /// after the event (the key-value service writes its input while it reads it).
+    /// on their way) or the offsets below it hold no records (compacted away, transaction
+    /// markers). Moved past only once nothing arrived for [`GAP_GRACE`] *and* the
+    /// [`GapProbe`] found no record below it: jumping at once skipped records appended right
+    /// after the event (the key-value service writes its input while it reads it), and
+    /// jumping after a timer alone would skip records a slow broker has not handed over yet.
     pending_end: Option<(u64, Instant)>,
+    /// Made at the first check (most readers never need one).
+    probe: Option<GapProbe>,
+    settings: KafkaSettings,
+}
+
+/// A second consumer of the reader's partition that answers one question: does any record
+/// lie in `[from, until)`? Offsets below the high watermark are final (nothing is ever
+/// appended below it), so "no" is a fact, not a guess: the probe is assigned at `from`
+/// after `until` was read as the watermark, and librdkafka signals the end of the partition
+/// only once its fetch position reached the watermark of a fetch made after that, having
+/// handed over every record on the way. It reads uncommitted records too, so an open
+/// transaction's records count as records (not gaps) until they are committed or aborted.
+struct GapProbe {
+    consumer: BaseConsumer,
+}
+
+impl GapProbe {
+    fn new(settings: &KafkaSettings, tp: &TopicPartition) -> Result<Self> {
+        let mut cc = settings.client_config();
+        cc.set("group.id", &settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            // Answer at once: no waiting for bytes that may never come.
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1");
+        if !settings.legacy() {
+            cc.set("isolation.level", "read_uncommitted");
+        }
+        let consumer: BaseConsumer = cc
+            .create()
+            .map_err(|e| kafka_err(format!("creating a consumer of {tp}"), e))?;
+        Ok(GapProbe { consumer })
+    }
+
+    /// `Some(true)` if no record lies in `[from, until)`, `Some(false)` if one does, `None`
+    /// if the broker did not answer within [`PROBE_TIMEOUT`].
+    fn only_gaps(&self, tp: &TopicPartition, from: u64, until: u64) -> Option<bool> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition as i32, Offset::Offset(from as i64))
+            .ok()?;
+        self.consumer.assign(&tpl).ok()?;
+        let started = Instant::now();
+        let answer = loop {
+            let left = PROBE_TIMEOUT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break None;
+            }
+            match self.consumer.poll(left) {
+                Some(Ok(m)) => {
+                    let offset = m.offset().max(0) as u64;
+                    if offset >= from {
+                        break Some(offset >= until);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break Some(true),
+                Some(Err(e)) => {
+                    tracing::debug!("checking {tp} for records in [{from}, {until}): {e}");
+                }
+                None => {}
+            }
+        };
+        // Stop fetching until the next check.
+        let _ = self.consumer.unassign();
+        answer
+    }
 }
 
 impl KafkaReader {
@@ -128,6 +199,8 @@ impl KafkaReader {
             position: from,
             at_end: false,
             pending_end: None,
+            probe: None,
+            settings: settings.clone(),
         };
         r.assign(from)?;
         Ok(r)
@@ -247,9 +320,14 @@ impl KafkaReader {
                     if let Some((high, since)) = self.pending_end
                         && since.elapsed() >= GAP_GRACE
                     {
-                        // Nothing arrived: the offsets below the watermark are gaps.
-                        self.position = self.position.max(high);
-                        self.pending_end = None;
+                        if self.only_gaps_below(high) {
+                            // Nothing lies below the watermark: move past the gaps.
+                            self.position = self.position.max(high);
+                            self.pending_end = None;
+                        } else {
+                            // Records are on their way (or in an open transaction): wait.
+                            self.pending_end = Some((high, Instant::now()));
+                        }
                     }
                     break;
                 }
@@ -266,6 +344,32 @@ impl KafkaReader {
             }
         }
         Ok(n)
+    }
+}
+
+impl KafkaReader {
+    /// Whether the [`GapProbe`] finds no record between the position and `high`; `false`
+    /// when it cannot tell.
+    fn only_gaps_below(&mut self, high: u64) -> bool {
+        if self.probe.is_none() {
+            match GapProbe::new(&self.settings, &self.tp) {
+                Ok(p) => self.probe = Some(p),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    return false;
+                }
+            }
+        }
+        let answer = self
+            .probe
+            .as_ref()
+            .and_then(|p| p.only_gaps(&self.tp, self.position, high));
+        tracing::debug!(
+            "{}: records in [{}, {high})? probe says only gaps: {answer:?}",
+            self.tp,
+            self.position
+        );
+        answer == Some(true)
     }
 }
 
