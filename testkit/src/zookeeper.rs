@@ -18,6 +18,39 @@ pub struct ZooKeeper {
     port: u16,
     started_in: Duration,
     dir: Workdir,
+    cfg: PathBuf,
+    log4j: PathBuf,
+}
+
+/// The JVM command that runs ZooKeeper with `cfg`.
+fn command(
+    home: &std::path::Path,
+    log4j: &std::path::Path,
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = java();
+    cmd.arg("-Xmx128m")
+        .arg("-XX:+UseSerialGC")
+        .arg("-Djava.awt.headless=true")
+        .arg(format!("-Dlog4j.configuration=file:{}", log4j.display()))
+        .arg("-cp")
+        .arg(format!("{}/libs/*", home.display()))
+        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+        .arg(cfg)
+        .current_dir(dir);
+    cmd
+}
+
+/// Waits until the server at `addr` answers `ruok`.
+fn wait_imok(proc: &mut Proc, addr: SocketAddr) -> Result<Duration, NotReady> {
+    proc.wait_ready(start_timeout(), || {
+        if four_letter(addr, "ruok").is_ok_and(|a| a == "imok") {
+            Probe::Ready
+        } else {
+            Probe::NotYet
+        }
+    })
 }
 
 impl ZooKeeper {
@@ -51,24 +84,9 @@ impl ZooKeeper {
                 ),
             )
             .expect("testkit: write zoo.cfg");
-            let mut cmd = java();
-            cmd.arg("-Xmx128m")
-                .arg("-XX:+UseSerialGC")
-                .arg("-Djava.awt.headless=true")
-                .arg(format!("-Dlog4j.configuration=file:{}", log4j.display()))
-                .arg("-cp")
-                .arg(format!("{}/libs/*", home.display()))
-                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-                .arg(&cfg)
-                .current_dir(dir.path());
+            let cmd = command(&home, &log4j, &cfg, dir.path());
             let mut proc = Proc::spawn("ZooKeeper", cmd, &log);
-            match proc.wait_ready(start_timeout(), || {
-                if four_letter(SocketAddr::from((host, port)), "ruok").is_ok_and(|a| a == "imok") {
-                    Probe::Ready
-                } else {
-                    Probe::NotYet
-                }
-            }) {
+            match wait_imok(&mut proc, SocketAddr::from((host, port))) {
                 Ok(started_in) => {
                     return ZooKeeper {
                         proc,
@@ -76,6 +94,8 @@ impl ZooKeeper {
                         port,
                         started_in,
                         dir,
+                        cfg,
+                        log4j,
                     };
                 }
                 Err(NotReady::Exited(_))
@@ -122,6 +142,26 @@ impl ZooKeeper {
     /// The process id (the JVM).
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// SIGKILL the server (its data stays on disk): every client loses its connection.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts the server again on the same port and data (after [`ZooKeeper::kill9`]; a
+    /// running server is killed first) and waits until it answers. Sessions that had not
+    /// expired when it died live on (ZooKeeper restarts their timeout on recovery). Panics
+    /// with the log tail if it does not come back.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let cmd = command(&kafka_home(), &self.log4j, &self.cfg, self.dir.path());
+        self.proc = Proc::spawn("ZooKeeper", cmd, &self.log_path());
+        let addr = self.addr();
+        match wait_imok(&mut self.proc, addr) {
+            Ok(started_in) => self.started_in = started_in,
+            Err(e) => self.proc.fail(&e.to_string()),
+        }
     }
 
     /// Whether some session holds an ephemeral node at `path` (from the `dump` command).

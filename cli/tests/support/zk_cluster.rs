@@ -18,7 +18,7 @@ use gregor::backend::kafka::{KafkaBackend, KafkaSettings};
 use gregor::checkpoint::Checkpoint;
 use gregor::partitioner::partition_for_key;
 use gregor::runtime::JobConfig;
-use gregor_testkit::{Kafka09, NetNs};
+use gregor_testkit::{Kafka09, NetNs, ZooKeeper};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -67,6 +67,8 @@ pub struct Cluster {
     pub job: JobConfig,
     pub job_file: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The job's own ZooKeeper, when it is not the broker's ([`Cluster::with_own_zookeeper`]).
+    pub job_zk: Option<ZooKeeper>,
 }
 
 impl Cluster {
@@ -80,11 +82,30 @@ impl Cluster {
 
     /// A cluster whose broker and ZooKeeper listen on `host` (say a [`NetNs`]'s host end).
     pub fn at(host: Ipv4Addr, session_ms: u64, standbys: u32) -> Cluster {
-        let mut kafka = Kafka09::start_at(host);
+        let kafka = Kafka09::start_at(host);
         let zk = kafka
             .zookeeper()
             .expect("its own ZooKeeper")
             .connect_string();
+        Self::build(kafka, zk, None, session_ms, standbys)
+    }
+
+    /// A cluster whose job coordinates through a ZooKeeper of its own, not the broker's, so a
+    /// test can take the job's ZooKeeper down while the broker keeps running.
+    pub fn with_own_zookeeper(session_ms: u64) -> Cluster {
+        let kafka = Kafka09::start();
+        let job_zk = ZooKeeper::start();
+        let zk = job_zk.connect_string();
+        Self::build(kafka, zk, Some(job_zk), session_ms, 0)
+    }
+
+    fn build(
+        mut kafka: Kafka09,
+        zk: String,
+        job_zk: Option<ZooKeeper>,
+        session_ms: u64,
+        standbys: u32,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let job_file = dir.path().join("counts.toml");
         std::fs::write(
@@ -103,6 +124,7 @@ impl Cluster {
             job,
             job_file,
             dir,
+            job_zk,
         }
     }
 

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
+use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
+
+use super::context::{Consumer, KafkaContext, Producer};
 
 use super::reader::KafkaReader;
 use super::{KafkaSettings, kafka_err};
@@ -18,9 +19,9 @@ use crate::checkpoint::Checkpoint;
 
 pub(super) struct CheckpointTopic {
     settings: KafkaSettings,
-    producer: BaseProducer,
+    producer: Producer,
     /// The backend's metadata client (readers ask it for watermarks).
-    meta: Arc<BaseConsumer>,
+    meta: Arc<Consumer>,
     cache: Mutex<Cache>,
 }
 
@@ -32,12 +33,12 @@ struct Cache {
 }
 
 impl CheckpointTopic {
-    pub(super) fn new(settings: &KafkaSettings, meta: &Arc<BaseConsumer>) -> Result<Self> {
+    pub(super) fn new(settings: &KafkaSettings, meta: &Arc<Consumer>) -> Result<Self> {
         let mut cc = settings.producer_config();
         // One small record per commit, flushed at once: no reason to linger.
         cc.set("linger.ms", "0");
         let producer = cc
-            .create()
+            .create_with_context(KafkaContext)
             .map_err(|e| kafka_err("creating the checkpoint producer", e))?;
         Ok(CheckpointTopic {
             settings: settings.clone(),

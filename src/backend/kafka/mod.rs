@@ -18,6 +18,7 @@
 //!   output is at-least-once.
 
 mod checkpoints;
+mod context;
 mod reader;
 pub mod roles;
 mod sink;
@@ -29,8 +30,9 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer as _;
+
+use context::{Consumer, KafkaContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
@@ -121,8 +123,8 @@ struct Inner {
     settings: KafkaSettings,
     /// Metadata, watermarks and group commits; it fetches nothing, so readers ask it for
     /// watermarks too (see `reader::KafkaReader`).
-    meta: Arc<BaseConsumer>,
-    admin: Option<AdminClient<DefaultClientContext>>,
+    meta: Arc<Consumer>,
+    admin: Option<AdminClient<KafkaContext>>,
     checkpoints: checkpoints::CheckpointTopic,
     policy_warned: AtomicBool,
     group_warned: AtomicBool,
@@ -212,8 +214,8 @@ impl KafkaBackend {
         let mut cc = settings.client_config();
         cc.set("enable.auto.commit", "false");
         cc.set("group.id", &settings.group);
-        let meta: BaseConsumer = cc
-            .create()
+        let meta: Consumer = cc
+            .create_with_context(KafkaContext)
             .map_err(|e| kafka_err("creating a Kafka client", e))?;
         let admin = if settings.legacy() {
             None
@@ -221,7 +223,7 @@ impl KafkaBackend {
             Some(
                 settings
                     .client_config()
-                    .create()
+                    .create_with_context(KafkaContext)
                     .map_err(|e| kafka_err("creating a Kafka admin client", e))?,
             )
         };

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer as _;
+
+use super::context::{Consumer, KafkaContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
@@ -60,13 +62,13 @@ fn is_permanent(e: &KafkaError) -> bool {
 /// A reader of one Kafka partition.
 pub(super) struct KafkaReader {
     tp: TopicPartition,
-    consumer: BaseConsumer,
+    consumer: Consumer,
     /// The backend's metadata client, which asks for watermarks. Not `consumer`: Kafka
     /// answers the requests of one connection in order, so a ListOffsets sent on the
     /// reader's own connection waits behind its fetch, which the broker holds for up to
     /// `fetch.wait.max.ms` (500 ms) at the end of the partition. Asked that way at every
     /// end of the partition, it stalled the run loop ~0.5 s per write to `gregor serve`.
-    meta: Arc<BaseConsumer>,
+    meta: Arc<Consumer>,
     position: u64,
     at_end: bool,
     /// At the end, the high watermark was above the position (and when that was seen):
@@ -90,7 +92,7 @@ pub(super) struct KafkaReader {
 /// handed over every record on the way. It reads uncommitted records too, so an open
 /// transaction's records count as records (not gaps) until they are committed or aborted.
 struct GapProbe {
-    consumer: BaseConsumer,
+    consumer: Consumer,
 }
 
 impl GapProbe {
@@ -106,8 +108,8 @@ impl GapProbe {
         if !settings.legacy() {
             cc.set("isolation.level", "read_uncommitted");
         }
-        let consumer: BaseConsumer = cc
-            .create()
+        let consumer: Consumer = cc
+            .create_with_context(KafkaContext)
             .map_err(|e| kafka_err(format!("creating a consumer of {tp}"), e))?;
         Ok(GapProbe { consumer })
     }
@@ -150,7 +152,7 @@ impl KafkaReader {
     /// watermarks.
     pub(super) fn open(
         settings: &KafkaSettings,
-        meta: &Arc<BaseConsumer>,
+        meta: &Arc<Consumer>,
         tp: &TopicPartition,
         from: u64,
     ) -> Result<Self> {
@@ -160,7 +162,7 @@ impl KafkaReader {
     /// A reader of `tp` from `from` tuned for throughput ([`BULK_SETTINGS`]).
     pub(super) fn open_bulk(
         settings: &KafkaSettings,
-        meta: &Arc<BaseConsumer>,
+        meta: &Arc<Consumer>,
         tp: &TopicPartition,
         from: u64,
     ) -> Result<Self> {
@@ -169,7 +171,7 @@ impl KafkaReader {
 
     fn open_with(
         settings: &KafkaSettings,
-        meta: &Arc<BaseConsumer>,
+        meta: &Arc<Consumer>,
         tp: &TopicPartition,
         from: u64,
         bulk: bool,
@@ -189,8 +191,8 @@ impl KafkaReader {
                 }
             }
         }
-        let consumer: BaseConsumer = cc
-            .create()
+        let consumer: Consumer = cc
+            .create_with_context(KafkaContext)
             .map_err(|e| kafka_err(format!("creating a consumer of {tp}"), e))?;
         let mut r = KafkaReader {
             tp: tp.clone(),

@@ -17,7 +17,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseRecord;
+
+use super::context::{KafkaContext, Producer};
 use serde::{Deserialize, Serialize};
 
 use super::reader::KafkaReader;
@@ -109,7 +111,9 @@ impl KafkaBackend {
         let context = || format!("job `{job}`: writing its topic roles to {ROLES_TOPIC}");
         let mut cc = self.inner.settings.producer_config();
         cc.set("linger.ms", "0");
-        let producer: BaseProducer = cc.create().map_err(|e| kafka_err(context(), e))?;
+        let producer: Producer = cc
+            .create_with_context(KafkaContext)
+            .map_err(|e| kafka_err(context(), e))?;
         let payload = value
             .map(serde_json::to_vec)
             .transpose()

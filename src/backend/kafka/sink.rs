@@ -26,7 +26,15 @@ struct SinkContext {
     deliveries: Mutex<Deliveries>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::context::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::context::error(&error, reason);
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
