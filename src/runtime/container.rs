@@ -58,6 +58,9 @@ const MAX_READS_PER_ROUND: usize = 64;
 
 /// How long an idle run loop waits for new input (or a read to answer) before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Tasks gained in a rebalance opened at once, whatever `job.container.thread.pool.size` is
+/// (see `Container::coordinate`).
+const MIN_OPEN_THREADS: usize = 4;
 
 /// What the container does when a task's `process` returns an error (a *poison message*:
 /// one that fails the same way on every restart), like Kafka Streams' processing exception
@@ -681,19 +684,21 @@ impl<'a> Container<'a> {
         progress: &mut (dyn RestoreProgress + Send),
     ) -> Result<Vec<RestoreStats>, RuntimeError> {
         Ok(self
-            .open_tasks_timed(partitions, progress)?
+            .open_tasks_timed(partitions, self.job.thread_pool_size, progress)?
             .into_iter()
             .flat_map(|t| t.restores)
             .collect())
     }
 
-    /// [`open_tasks`](Self::open_tasks), with what each task's opening took.
+    /// [`open_tasks`](Self::open_tasks) on up to `threads` threads, with what each task's
+    /// opening took.
     fn open_tasks_timed(
         &mut self,
         partitions: &[u32],
+        threads: usize,
         progress: &mut (dyn RestoreProgress + Send),
     ) -> Result<Vec<OpenedTask>, RuntimeError> {
-        let threads = self.job.thread_pool_size.min(partitions.len());
+        let threads = threads.min(partitions.len());
         if threads <= 1 {
             let mut opened = Vec::new();
             for &p in partitions {
@@ -934,7 +939,12 @@ impl<'a> Container<'a> {
                     link.serving()
                         .set_tasks(self.n_tasks, &gained, |p| task_name(job, p));
                 }
-                let opened = match self.open_tasks_timed(&gained, progress) {
+                // Tasks gained in a rebalance are opened at least `MIN_OPEN_THREADS` at a
+                // time: opening is mostly waiting (broker round trips for the checkpoint,
+                // changelog ends and input positions; fsyncs), so a failover onto standbys
+                // is one round of waits, not one per task, even with a pool of one thread.
+                let threads = self.job.thread_pool_size.max(MIN_OPEN_THREADS);
+                let opened = match self.open_tasks_timed(&gained, threads, progress) {
                     Err(e) if is_fenced(&e) => {
                         self.fence_all(&e.to_string());
                         return Ok(());
