@@ -1203,10 +1203,17 @@ impl<'a> Container<'a> {
             if stop_requested || opts.stop.load(Ordering::SeqCst) || (opts.until_end && caught_up) {
                 return Ok(());
             }
-            self.serve_reads(None);
-            if progressed == 0 && side_applied == 0 {
+            // New input appended by this process's writer (the key-value service) while the
+            // round ran: its limits are read again now. A wake taken here would otherwise be
+            // gone, and the idle wait below would sleep its full length before the write is
+            // applied.
+            let woken = self.serve_reads(None);
+            let idle = progressed == 0 && side_applied == 0;
+            if idle && !woken {
                 // Idle: wait for input, answering reads at once as they come.
                 self.serve_reads(Some(IDLE_WAIT));
+            }
+            if idle || woken {
                 for run in self.tasks.values_mut() {
                     for c in &mut run.cursors {
                         c.refresh_limit(&*self.backend)?;
@@ -1220,13 +1227,14 @@ impl<'a> Container<'a> {
 impl Container<'_> {
     /// Publishes where the tasks are in their inputs and answers waiting HTTP reads (at
     /// most [`MAX_READS_PER_ROUND`]); with `idle`, first waits that long for one. Without
-    /// serving, `idle` is a sleep.
-    fn serve_reads(&mut self, idle: Option<Duration>) {
+    /// serving, `idle` is a sleep. Returns whether new input was appended meanwhile
+    /// ([`ServeLink::take_woken`]).
+    fn serve_reads(&mut self, idle: Option<Duration>) -> bool {
         let Some(link) = self.serving.as_mut() else {
             if let Some(d) = idle {
                 std::thread::sleep(d);
             }
-            return;
+            return false;
         };
         for (&p, run) in &self.tasks {
             link.publish_task(
@@ -1244,6 +1252,7 @@ impl Container<'_> {
                 standbys: &mut self.standbys,
             },
         );
+        link.take_woken()
     }
 }
 

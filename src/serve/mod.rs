@@ -242,6 +242,7 @@ impl Serving {
             published: BTreeMap::new(),
             senders: BTreeMap::new(),
             ready: BTreeSet::new(),
+            woken: false,
         })
     }
 
@@ -290,6 +291,8 @@ pub struct ServeLink {
     senders: BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>,
     /// Tasks that answer reads (open, and caught up where the job asks for it).
     ready: BTreeSet<u32>,
+    /// A [`Serving::wake`] arrived since [`ServeLink::take_woken`] was last asked.
+    woken: bool,
 }
 
 /// How the container lets a request reach a task's store.
@@ -385,7 +388,7 @@ impl ServeLink {
     /// Answers queued requests, at most `max`. With `wait`, first waits that long for one
     /// (the run loop's idle wait). Returns how many reads were answered.
     pub(crate) fn answer(
-        &self,
+        &mut self,
         wait: Option<Duration>,
         max: usize,
         tasks: &mut dyn TaskStores,
@@ -406,7 +409,13 @@ impl ServeLink {
         answered
     }
 
-    fn answer_one(&self, request: Request, tasks: &mut dyn TaskStores) -> usize {
+    /// Whether new input was appended (a [`Serving::wake`] came) since the last call: the
+    /// run loop then reads its input limits again at once instead of waiting.
+    pub(crate) fn take_woken(&mut self) -> bool {
+        std::mem::take(&mut self.woken)
+    }
+
+    fn answer_one(&mut self, request: Request, tasks: &mut dyn TaskStores) -> usize {
         let (task, store, op, reply) = match request {
             Request::Read {
                 task,
@@ -429,7 +438,10 @@ impl ServeLink {
                 let _ = reply.send(tasks.standby_get(task, &store, &key, max_lag));
                 return 1;
             }
-            Request::Wake => return 0,
+            Request::Wake => {
+                self.woken = true;
+                return 0;
+            }
         };
         if reply.is_closed() {
             return 0; // the client gave up
