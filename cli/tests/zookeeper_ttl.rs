@@ -8,7 +8,7 @@
 //!   min) stay;
 //! - `gone-*` expire early; the test waits until every one is a tombstone in the committed
 //!   changelog (the expiry passes deleted them and a checkpoint covers that);
-//! - `late-*` expire 150 ms before the kill: the expiry passes (20 entries per commit) have
+//! - `late-*` expire 150 ms before the kill: the expiry passes (5 entries per commit) have
 //!   deleted few of them by then, so most are, in the killed process's last checkpoint, a
 //!   committed value with a past deadline (the test checks there are such keys);
 //! - `edge-*` expire 1.5 s after the kill, before the failover completes (the session
@@ -41,8 +41,8 @@ use zk_cluster::*;
 const TASKS: u32 = 4;
 const SESSION_MS: u64 = 4_000;
 const TTL_MS: u64 = 600_000;
-const CLEANUP_ENTRIES: usize = 20;
-const COMMIT_MS: u64 = 200;
+const CLEANUP_ENTRIES: usize = 5;
+const COMMIT_MS: u64 = 100;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -137,6 +137,34 @@ fn get(agent: &ureq::Agent, entry: &str, key: &str) -> Option<String> {
             }
             s => panic!("GET {key} through {entry}: {s} {body}"),
         }
+    }
+}
+
+/// Waits until the process at `entry` runs every task (`GET /v1/job`); returns how long it
+/// took.
+fn wait_all_running(agent: &ureq::Agent, entry: &str, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let mut r = agent.get(format!("http://{entry}/v1/job")).call().unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        if r.status().as_u16() == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let running: BTreeSet<u64> = v["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["state"] == "running")
+                .map(|t| t["partition"].as_u64().unwrap())
+                .collect();
+            if running.len() == TASKS as usize {
+                return t.elapsed();
+            }
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{entry} does not run every task after {limit:?}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -242,10 +270,33 @@ fn expired_keys_stay_gone_after_failover(standbys: u32) {
         t.elapsed()
     );
 
+    // The process to kill, its member id and its tasks (the kill checks they did not move:
+    // its checkpoints are the newest of these tasks).
+    let status = c.status();
+    let victim_pid = procs[0].pid();
+    let member = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["pid"].as_u64() == Some(u64::from(victim_pid)))
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no member with pid {}: {status:#}", victim_pid));
+    let victim_tasks: BTreeSet<u32> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["active"].as_str() == Some(member.as_str()))
+        .map(|t| t["partition"].as_u64().unwrap() as u32)
+        .collect();
+    assert!(
+        !victim_tasks.is_empty() && victim_tasks.len() < TASKS as usize,
+        "process 0 runs tasks {victim_tasks:?}: {status:#}"
+    );
+
     // Keys that expire just before the kill, and just after it.
     let late = keys("late", 1_000);
     let edge = keys("edge", 100);
-    let late_at = now_ms() + 7_000;
+    let late_at = now_ms() + 8_000;
     produce(&backend, &late, Some(late_at));
     produce(&backend, &edge, Some(late_at + 1_650));
     let took = wait_settled(&c, &mut procs, Duration::from_secs(30));
@@ -265,28 +316,7 @@ fn expired_keys_stay_gone_after_failover(standbys: u32) {
         assert_eq!(get(&agent, &entry, k), None, "{k}");
     }
 
-    // The process to kill, its member id and its tasks.
-    let status = c.status();
     let victim = procs.remove(0);
-    let member = status["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["pid"].as_u64() == Some(u64::from(victim.pid())))
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no member with pid {}: {status:#}", victim.pid()));
-    let victim_tasks: BTreeSet<u32> = status["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["active"].as_str() == Some(member.as_str()))
-        .map(|t| t["partition"].as_u64().unwrap() as u32)
-        .collect();
-    assert!(
-        !victim_tasks.is_empty() && victim_tasks.len() < TASKS as usize,
-        "process 0 runs tasks {victim_tasks:?}: {status:#}"
-    );
-
     eprintln!(
         "[standbys {standbys}] ready to kill {} ms before the late deadline",
         late_at as i64 - now_ms() as i64
@@ -336,22 +366,24 @@ fn expired_keys_stay_gone_after_failover(standbys: u32) {
         "no expired key without a committed tombstone at the kill"
     );
 
-    // The failover: the survivor runs every task.
-    let took = wait_settled(&c, &mut procs, Duration::from_secs(40));
+    // The failover: read as soon as the survivor runs every task, before its expiry passes
+    // (5 entries per task per commit) deleted much.
+    let entry = procs[0].http();
+    let took = wait_all_running(&agent, &entry, Duration::from_secs(40));
     let failover_ms = now_ms() - killed_at;
     eprintln!(
-        "[standbys {standbys}] failed over and settled {failover_ms} ms after the kill ({took:?} waiting)"
+        "[standbys {standbys}] the survivor runs every task {failover_ms} ms after the kill ({took:?} waiting)"
     );
     assert!(
         now_ms() > late_at + 1_650,
         "the edge keys are not expired yet"
     );
-    let entry = procs[0].http();
     let expected: BTreeMap<String, String> = live
         .iter()
         .chain(&far)
         .map(|k| (k.clone(), k.clone()))
         .collect();
+    assert_eq!(range(&agent, &entry), expected);
     for k in live.iter().chain(&far) {
         assert_eq!(get(&agent, &entry, k).as_deref(), Some(k.as_str()), "{k}");
     }
@@ -362,9 +394,25 @@ fn expired_keys_stay_gone_after_failover(standbys: u32) {
             "{k}: expired, read after the failover"
         );
     }
-    assert_eq!(range(&agent, &entry), expected);
     // A restore from Kafka alone.
     assert_eq!(restored(&c), expected);
+    // The reads above met expired entries still in the store: keys the committed changelog
+    // still holds with their values now (tombstones are only ever added).
+    let state = committed(&backend, &last_checkpoints(&backend));
+    let still = late
+        .iter()
+        .chain(&edge)
+        .filter(|k| matches!(state.get(*k), Some(Some(_))))
+        .count();
+    eprintln!(
+        "[standbys {standbys}] after the reads, {still} expired keys still committed with their values"
+    );
+    assert!(
+        still > 0,
+        "no expired entry left in the store by the time of the reads: they tested nothing"
+    );
+    let took = wait_settled(&c, &mut procs, Duration::from_secs(30));
+    eprintln!("[standbys {standbys}] settled {took:?} later");
 
     // The new owner's expiry passes delete the rest: every expired key becomes a committed
     // tombstone; every live key keeps its committed value.
