@@ -164,7 +164,12 @@ fn main() {
             .get(i + 1)
             .and_then(|n| n.parse().ok())
             .expect("--ttl-ops N");
-        ttl_ops(n, args.get(i + 2).map(String::as_str));
+        // `plain` or `ttl` only (what follows may be the `--bench` cargo appends).
+        let only = args
+            .get(i + 2)
+            .map(String::as_str)
+            .filter(|a| matches!(*a, "plain" | "ttl"));
+        ttl_ops(n, only);
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
