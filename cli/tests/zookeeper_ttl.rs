@@ -309,10 +309,11 @@ fn expired_keys_stay_gone_after_failover(standbys: u32) {
         now_ms() + 500 < late_at,
         "settling took {took:?}: too late to read the late keys before their deadline"
     );
-    for k in late.iter().step_by(50).chain(&live[..5]).chain(&far[..5]) {
+    // (A GET redirected to the other process takes ~0.2 s here: a few keys only.)
+    for k in late.iter().step_by(100).chain(&live[..5]).chain(&far[..5]) {
         assert_eq!(get(&agent, &entry, k).as_deref(), Some(k.as_str()), "{k}");
     }
-    for k in gone.iter().step_by(20) {
+    for k in gone.iter().step_by(40) {
         assert_eq!(get(&agent, &entry, k), None, "{k}");
     }
 
