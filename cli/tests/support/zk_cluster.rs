@@ -1,6 +1,7 @@
 //! A job of `gregor run` processes under the ZooKeeper coordinator, on a real Kafka 0.9.0.1
 //! and its ZooKeeper 3.4.6 (gregor-testkit), as the ZooKeeper tests drive it: the count job
-//! (8 partitions, `job.coordinator = "zookeeper"`), processes spawned on their own state
+//! (8 partitions, `job.coordinator = "zookeeper"`; or another job, `Cluster::with_job`, such as
+//! the `kv` job with a TTL store, `ttl_job_text`), processes spawned on their own state
 //! directories (optionally inside a network namespace), `gregor job status`, waiting until the
 //! job settles, and the audit of the whole checkpoint history.
 
