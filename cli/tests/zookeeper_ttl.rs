@@ -16,9 +16,10 @@
 //!
 //! Then the process running half the tasks is SIGKILLed and its tasks fail over to the other
 //! one: with `standby.replicas = 1` to its standby replicas, without to a restore from the
-//! changelog. After the job settled: over HTTP every expired key is a 404 and absent from a
-//! range, every live key has its value; a fresh restore from Kafka alone holds exactly the
-//! live keys; and soon the committed changelog holds a tombstone for every expired key (the
+//! changelog. As soon as the survivor runs every task (before its expiry passes deleted much:
+//! the test checks that expired entries were still committed with their values after the
+//! reads): over HTTP every expired key is a 404 and absent from a range, every live key has
+//! its value; a fresh restore from Kafka alone holds exactly the live keys; and soon the committed changelog holds a tombstone for every expired key (the
 //! new owner's expiry passes), so no later restore, standby or replay brings one back.
 
 use std::collections::{BTreeMap, BTreeSet};
