@@ -16,8 +16,8 @@
 //!   when all expired (scan + a tombstone each), vs a full scan of the stack without TTL.
 //!
 //! `cargo bench --bench store` (1M keys) or `cargo bench --bench store -- --quick` (100k).
-//! `cargo bench --bench store -- --ttl-ops N [plain|ttl]` runs only the cache-hit cost of TTL
-//! on the memory engine (N gets and N puts of 500 hot keys per stack; with `plain` or `ttl`
+//! `cargo bench --bench store -- --ttl-ops N [plain|ttl] [--rounds R]` runs only the
+//! cache-hit cost of TTL on the memory engine (N gets and N puts of 500 hot keys per stack; with `plain` or `ttl`
 //! only that stack): quick, and deterministic under `valgrind --tool=callgrind`
 //! (instructions per operation, whatever the load).
 
@@ -127,11 +127,20 @@ impl Row {
 /// Runs `ROUNDS` rounds of `a` and `b` (given the round number), alternating which goes
 /// first so background load falls on both alike, and returns the best time of each.
 fn paired(
+    a: impl FnMut(usize) -> Duration,
+    b: impl FnMut(usize) -> Duration,
+) -> (Duration, Duration) {
+    paired_rounds(ROUNDS, a, b)
+}
+
+/// [`paired`] over `rounds` rounds.
+fn paired_rounds(
+    rounds: usize,
     mut a: impl FnMut(usize) -> Duration,
     mut b: impl FnMut(usize) -> Duration,
 ) -> (Duration, Duration) {
     let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
-    for r in 0..ROUNDS {
+    for r in 0..rounds {
         if r % 2 == 0 {
             best_a = best_a.min(a(r));
             best_b = best_b.min(b(r));
@@ -164,7 +173,19 @@ fn main() {
             .get(i + 1)
             .and_then(|n| n.parse().ok())
             .expect("--ttl-ops N");
-        ttl_ops(n, args.get(i + 2).map(String::as_str));
+        // `plain` or `ttl` only (what follows may be the `--bench` cargo appends).
+        let only = args
+            .get(i + 2)
+            .map(String::as_str)
+            .filter(|a| matches!(*a, "plain" | "ttl"));
+        // `--rounds R`: best of R interleaved rounds (many short rounds resist a loaded
+        // machine better than a few long ones).
+        let rounds = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|j| args.get(j + 1))
+            .map_or(ROUNDS, |r| r.parse().expect("--rounds R"));
+        ttl_ops(n, only, rounds);
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -629,10 +650,11 @@ fn ttl_cost(dir: &Path, keys: &[Vec<u8>], rng: &mut rand::rngs::StdRng) {
     );
 }
 
-/// `--ttl-ops N`: gets and puts that hit the cache, the default stack over the memory engine
-/// with `ttl.ms` (system clock) and without, best of `ROUNDS` interleaved rounds of `n` each;
+/// `--ttl-ops N [--rounds R]`: gets and puts that hit the cache, the default stack over the
+/// memory engine with `ttl.ms` (system clock) and without, best of `rounds` (default
+/// `ROUNDS`) interleaved rounds of `n` each;
 /// `only` = `plain` or `ttl` runs one stack only, one round (for callgrind).
-fn ttl_ops(n: usize, only: Option<&str>) {
+fn ttl_ops(n: usize, only: Option<&str>, rounds: usize) {
     use gregor::store::config::EngineKind;
     use gregor::store::memory::MemoryEngine;
     let open = |ttl: bool| -> Stack {
@@ -680,10 +702,10 @@ fn ttl_ops(n: usize, only: Option<&str>) {
         println!("{only}: put {:.1} ns, get {:.1} ns", ns(p), ns(g));
         return;
     }
-    let (p_put, t_put) = paired(|_| puts(&mut plain), |_| puts(&mut with_ttl));
-    let (p_get, t_get) = paired(|_| gets(&mut plain), |_| gets(&mut with_ttl));
+    let (p_put, t_put) = paired_rounds(rounds, |_| puts(&mut plain), |_| puts(&mut with_ttl));
+    let (p_get, t_get) = paired_rounds(rounds, |_| gets(&mut plain), |_| gets(&mut with_ttl));
     let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
-    println!("cache hits, memory engine, {n} ops per round, best of {ROUNDS}:");
+    println!("cache hits, memory engine, {n} ops per round, best of {rounds}:");
     println!("| operation | without TTL ns/op | with TTL ns/op | with/without (speed) |");
     println!("|---|---:|---:|---:|");
     for (what, p, t) in [("put", p_put, t_put), ("get", p_get, t_get)] {

@@ -32,8 +32,9 @@
 //! - [`checked_file`], [`fsutil`]: atomic, checksummed small files.
 
 #![warn(missing_docs)]
-// One `unsafe` block in the crate, documented where it is (`store::rocks`, a RocksDB snapshot
-// that owns its database handle); everything else is safe Rust.
+// Two `unsafe` blocks in the crate, documented where they are (`store::rocks`, a RocksDB
+// snapshot that owns its database handle; `store::ttl::coarse_secs`, `time(NULL)`);
+// everything else is safe Rust.
 #![deny(unsafe_code)]
 // Library code returns errors; an `expect` states the invariant that makes it unreachable.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -54,10 +54,12 @@ impl Clock {
     }
 
     /// Whether an entry with deadline `expires_at_ms` is still visible now (the deadline is
-    /// after now). On the system clock this reads the kernel's coarse clock (~10 ns, no
-    /// system call), which lags the precise clock by at most one tick: only a deadline
-    /// within two ticks of it needs the precise clock, so the answer is exactly
-    /// `expires_at_ms > now_ms()`.
+    /// after now). On the system clock this reads the kernel's coarse clock, which lags the
+    /// precise clock by at most one tick (no system call): first its whole seconds (`time`,
+    /// ~2 ns), which settle any deadline not within a second and two ticks of now; then, for
+    /// those, its milliseconds (~10 ns), which settle any deadline not within two ticks;
+    /// only those need the precise clock. So the answer is exactly `expires_at_ms >
+    /// now_ms()`, whatever the deadline.
     #[inline]
     pub fn is_live(&self, expires_at_ms: u64) -> bool {
         match self {
@@ -65,6 +67,18 @@ impl Clock {
             Clock::System => {
                 if expires_at_ms == NEVER {
                     return true;
+                }
+                if let (Some(tick), Some(secs)) = (coarse_tick(), coarse_secs()) {
+                    // Most checks: the coarse clock's whole seconds. They are at or before
+                    // now, and now is less than a second and the margin after them, so only
+                    // a deadline within that span needs the clock to the ms.
+                    let lo = secs.saturating_mul(1000);
+                    if expires_at_ms <= lo {
+                        return false;
+                    }
+                    if expires_at_ms > lo.saturating_add(1000 + tick) {
+                        return true;
+                    }
                 }
                 let (coarse, tick) = coarse_ms();
                 if expires_at_ms <= coarse {
@@ -94,27 +108,47 @@ fn system_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The coarse realtime clock in ms and how far (ms) it may lag the precise one. It is
-/// updated every tick (its resolution), so it lags by at most one; the margin taken is two
-/// ticks (a tick handled late), plus 1 ms for the rounding of both readings to ms. Where the
-/// coarse clock cannot be read, the precise clock with a lag of 0.
-fn coarse_ms() -> (u64, u64) {
-    // Through libc (nix): glibc calls the vDSO (~8-14 ns here). rustix reads the vDSO itself
-    // (~3 ns) but then no longer runs under valgrind (rustix issue #1559).
-    use nix::time::{ClockId, clock_getres, clock_gettime};
+/// The coarse clock's margin (see [`coarse_ms`]), `None` without a coarse clock.
+#[inline]
+fn coarse_tick() -> Option<u64> {
     static TICK: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    let tick = TICK.get_or_init(|| {
+    *TICK.get_or_init(|| {
+        use nix::time::{ClockId, clock_getres};
         let res = clock_getres(ClockId::CLOCK_REALTIME_COARSE).ok()?;
         let ns = u64::try_from(res.tv_sec()).ok()? * 1_000_000_000 + res.tv_nsec() as u64;
         // No coarse clock (a resolution of 0), or one coarser than 100 ms: not worth it.
         (1..=100_000_000)
             .contains(&ns)
             .then(|| 2 * ns.div_ceil(1_000_000) + 1)
-    });
-    match (tick, clock_gettime(ClockId::CLOCK_REALTIME_COARSE)) {
+    })
+}
+
+/// The coarse realtime clock's whole seconds since the epoch (`time(2)`), `None` if it
+/// cannot be read. glibc resolves `time` to the vDSO's, which reads the seconds the kernel
+/// last stored at a tick (those of the coarse clock): one load, no sequence lock (~2 ns
+/// here, against 3-6 ns for `clock_gettime` of the coarse clock in C and more through nix
+/// and the conversion to ms). Under valgrind (no vDSO) glibc makes the system call: slower,
+/// the same seconds.
+#[allow(unsafe_code)]
+#[inline]
+fn coarse_secs() -> Option<u64> {
+    // SAFETY: `time` with a null pointer writes nothing; it only returns the time (or -1).
+    let t = unsafe { nix::libc::time(std::ptr::null_mut()) };
+    u64::try_from(t).ok()
+}
+
+/// The coarse realtime clock in ms and how far (ms) it may lag the precise one. It is
+/// updated every tick (its resolution), so it lags by at most one; the margin taken is two
+/// ticks (a tick handled late), plus 1 ms for the rounding of both readings to ms. Where the
+/// coarse clock cannot be read, the precise clock with a lag of 0.
+fn coarse_ms() -> (u64, u64) {
+    // Through libc (nix): glibc calls the vDSO. rustix reads the vDSO itself (~3 ns) but then
+    // no longer runs under valgrind (rustix issue #1559).
+    use nix::time::{ClockId, clock_gettime};
+    match (coarse_tick(), clock_gettime(ClockId::CLOCK_REALTIME_COARSE)) {
         (Some(tick), Ok(t)) => (
             t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000,
-            *tick,
+            tick,
         ),
         _ => (system_ms(), 0),
     }
@@ -551,7 +585,27 @@ mod tests {
         let c = Clock::System;
         for round in 0..2_000u64 {
             let base = system_ms();
-            for d in [base.saturating_sub(30), base, base + 1, base + 5, base + 30] {
+            // Around now, and around the next whole seconds (where the seconds-only check
+            // hands over to the finer ones).
+            let second = base.div_ceil(1000) * 1000;
+            let tick = coarse_tick().unwrap_or(0);
+            for d in [
+                base.saturating_sub(1_030),
+                base.saturating_sub(30),
+                base,
+                base + 1,
+                base + 5,
+                base + 30,
+                base + 999,
+                base + 1_000 + tick,
+                base + 1_001 + tick,
+                base + 2_500,
+                second - 1,
+                second,
+                second + 1,
+                second + 1_000 + tick,
+                second + 1_001 + tick,
+            ] {
                 let d = d + round % 3;
                 let before = system_ms();
                 let live = c.is_live(d);
@@ -565,6 +619,23 @@ mod tests {
         }
         assert!(c.is_live(NEVER));
         assert!(!c.is_live(0));
+    }
+
+    /// The coarse clock's seconds are at or before the precise clock, and less than a
+    /// second and the margin behind it.
+    #[test]
+    fn coarse_seconds_bound_the_precise_clock() {
+        let tick = coarse_tick().unwrap_or(0);
+        for _ in 0..100_000 {
+            let before = system_ms();
+            let secs = coarse_secs().expect("time(2)");
+            let after = system_ms();
+            assert!(secs * 1000 <= after, "{secs} s after {after} ms");
+            assert!(
+                before < secs * 1000 + 1000 + tick,
+                "{secs} s at {before} ms"
+            );
+        }
     }
 
     #[test]

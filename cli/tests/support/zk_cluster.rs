@@ -1,6 +1,7 @@
 //! A job of `gregor run` processes under the ZooKeeper coordinator, on a real Kafka 0.9.0.1
 //! and its ZooKeeper 3.4.6 (gregor-testkit), as the ZooKeeper tests drive it: the count job
-//! (8 partitions, `job.coordinator = "zookeeper"`), processes spawned on their own state
+//! (8 partitions, `job.coordinator = "zookeeper"`; or another job, `Cluster::with_job`, such as
+//! the `kv` job with a TTL store, `ttl_job_text`), processes spawned on their own state
 //! directories (optionally inside a network namespace), `gregor job status`, waiting until the
 //! job settles, and the audit of the whole checkpoint history.
 
@@ -57,6 +58,50 @@ session.timeout.ms = {session_ms}
 key.serde = "string"
 value.serde = "u64"
 changelog = "counts-changelog"
+"#
+    )
+}
+
+/// The `kv` job `sessions` (input `in`, store `kv`: string keys and values, changelog
+/// `kv-changelog`) under ZooKeeper, its store with `ttl.ms = ttl_ms` and
+/// `ttl.cleanup.entries = cleanup_entries`, committing every `commit_ms`.
+pub fn ttl_job_text(
+    bootstrap: &str,
+    zk: &str,
+    session_ms: u64,
+    standbys: u32,
+    ttl_ms: u64,
+    cleanup_entries: usize,
+    commit_ms: u64,
+) -> String {
+    let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
+    for (k, v) in Kafka09::client_config() {
+        kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    format!(
+        r#"[job]
+name = "sessions"
+task = "kv"
+system = "kafka"
+inputs = ["in"]
+commit.ms = {commit_ms}
+coordinator = "zookeeper"
+debounce.time.ms = 500
+container.thread.pool.size = 1
+standby.replicas = {standbys}
+
+[zookeeper]
+connect = "{zk}"
+session.timeout.ms = {session_ms}
+
+[kafka]
+{kafka}
+[stores.kv]
+key.serde = "string"
+value.serde = "string"
+changelog = "kv-changelog"
+ttl.ms = {ttl_ms}
+ttl.cleanup.entries = {cleanup_entries}
 "#
     )
 }
@@ -125,6 +170,36 @@ impl Cluster {
             job_file,
             dir,
             job_zk,
+        }
+    }
+
+    /// A cluster on localhost running the job `text` makes from the broker's bootstrap
+    /// address and the ZooKeeper connect string: its input `in` with `partitions`
+    /// partitions and the compacted topic `changelog` are created.
+    pub fn with_job(
+        partitions: u32,
+        changelog: &str,
+        text: impl FnOnce(&str, &str) -> String,
+    ) -> Cluster {
+        let mut kafka = Kafka09::start_at(Ipv4Addr::LOCALHOST);
+        let zk = kafka
+            .zookeeper()
+            .expect("its own ZooKeeper")
+            .connect_string();
+        let dir = tempfile::tempdir().unwrap();
+        let job_file = dir.path().join("job.toml");
+        std::fs::write(&job_file, text(&kafka.bootstrap(), &zk)).unwrap();
+        let job = JobConfig::from_file(&job_file).unwrap();
+        let settings = job.kafka_settings();
+        kafka.create_topic(&settings.checkpoint_topic, 1, true);
+        kafka.create_topic("in", partitions, false);
+        kafka.create_topic(changelog, partitions, true);
+        Cluster {
+            kafka,
+            settings,
+            job,
+            job_file,
+            dir,
         }
     }
 
