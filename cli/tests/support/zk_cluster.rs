@@ -132,7 +132,15 @@ impl Cluster {
             .zookeeper()
             .expect("its own ZooKeeper")
             .connect_string();
-        Self::build(kafka, zk, None, session_ms, standbys)
+        let text = job_text(&kafka.bootstrap(), &zk, session_ms, standbys);
+        Self::build(
+            kafka,
+            None,
+            "counts.toml",
+            &text,
+            PARTITIONS,
+            "counts-changelog",
+        )
     }
 
     /// A cluster whose job coordinates through a ZooKeeper of its own, not the broker's, so a
@@ -140,37 +148,15 @@ impl Cluster {
     pub fn with_own_zookeeper(session_ms: u64) -> Cluster {
         let kafka = Kafka09::start();
         let job_zk = ZooKeeper::start();
-        let zk = job_zk.connect_string();
-        Self::build(kafka, zk, Some(job_zk), session_ms, 0)
-    }
-
-    fn build(
-        mut kafka: Kafka09,
-        zk: String,
-        job_zk: Option<ZooKeeper>,
-        session_ms: u64,
-        standbys: u32,
-    ) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let job_file = dir.path().join("counts.toml");
-        std::fs::write(
-            &job_file,
-            job_text(&kafka.bootstrap(), &zk, session_ms, standbys),
-        )
-        .unwrap();
-        let job = JobConfig::from_file(&job_file).unwrap();
-        let settings = job.kafka_settings();
-        kafka.create_topic(&settings.checkpoint_topic, 1, true);
-        kafka.create_topic("in", PARTITIONS, false);
-        kafka.create_topic("counts-changelog", PARTITIONS, true);
-        Cluster {
+        let text = job_text(&kafka.bootstrap(), &job_zk.connect_string(), session_ms, 0);
+        Self::build(
             kafka,
-            settings,
-            job,
-            job_file,
-            dir,
-            job_zk,
-        }
+            Some(job_zk),
+            "counts.toml",
+            &text,
+            PARTITIONS,
+            "counts-changelog",
+        )
     }
 
     /// A cluster on localhost running the job `text` makes from the broker's bootstrap
@@ -181,14 +167,28 @@ impl Cluster {
         changelog: &str,
         text: impl FnOnce(&str, &str) -> String,
     ) -> Cluster {
-        let mut kafka = Kafka09::start_at(Ipv4Addr::LOCALHOST);
+        let kafka = Kafka09::start_at(Ipv4Addr::LOCALHOST);
         let zk = kafka
             .zookeeper()
             .expect("its own ZooKeeper")
             .connect_string();
+        let text = text(&kafka.bootstrap(), &zk);
+        Self::build(kafka, None, "job.toml", &text, partitions, changelog)
+    }
+
+    /// Writes the job file `name` with `text`, creates the checkpoint topic, the input `in`
+    /// with `partitions` partitions and the compacted topic `changelog`.
+    fn build(
+        mut kafka: Kafka09,
+        job_zk: Option<ZooKeeper>,
+        name: &str,
+        text: &str,
+        partitions: u32,
+        changelog: &str,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let job_file = dir.path().join("job.toml");
-        std::fs::write(&job_file, text(&kafka.bootstrap(), &zk)).unwrap();
+        let job_file = dir.path().join(name);
+        std::fs::write(&job_file, text).unwrap();
         let job = JobConfig::from_file(&job_file).unwrap();
         let settings = job.kafka_settings();
         kafka.create_topic(&settings.checkpoint_topic, 1, true);
@@ -200,6 +200,7 @@ impl Cluster {
             job,
             job_file,
             dir,
+            job_zk,
         }
     }
 
