@@ -10,7 +10,9 @@
 //!    = 1`) vs in parallel (4), vs the raw read of the same segments.
 //!
 //! `cargo bench --bench restore` (1M records) or `cargo bench --bench restore -- --quick`
-//! (200k records).
+//! (200k records). `RESTORE_BENCH_ROUNDS=N` repeats the raw read and the full restore of 1.
+//! N times, alternated (a shared machine's noise shows); `RESTORE_BENCH_PARALLEL=0` skips 3.;
+//! `RUST_LOG=gregor::restore=debug` prints the full restore's stage times.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -110,6 +112,13 @@ fn fill(state: &StateDir, logs: &LogDir, task: &str, config: &StoreConfig, n: u6
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -135,16 +144,50 @@ fn main() {
     let config = store_config(Some("bench-changelog"));
     let logged_put = fill(&state, &logs, "t", &config, n);
     let plain_put = fill(&state, &logs, "plain", &store_config(None), n);
+    eprintln!("changelog written; restores follow");
 
-    // Raw read of the changelog segments with CRC checks.
     let part_dir = logs
         .topic("bench-changelog")
         .unwrap()
         .partition_dir(0)
         .unwrap();
+    let rounds: usize = std::env::var("RESTORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut storage = None;
+    for round in 0..rounds {
+        if round > 0 {
+            println!();
+        }
+        drop(storage.take());
+        storage = Some(restore_round(&state, &logs, &part_dir, &config, n));
+    }
+    println!("| stack puts without changelog | | {plain_put:.0} puts/s | 1.00 |");
+    println!(
+        "| stack puts with changelog | | {logged_put:.0} puts/s | {:.2} (target >= 0.7) |",
+        logged_put / plain_put
+    );
+    let _ = TopicConfig::default();
+    drop(storage);
+    if std::env::var("RESTORE_BENCH_PARALLEL").as_deref() != Ok("0") {
+        parallel_restore(&state, &logs, n);
+    }
+}
+
+/// Part 1, one round: the raw read, the log reader alone and a full restore of `n` records
+/// from `part_dir`; prints their table and returns the restored storage.
+fn restore_round(
+    state: &StateDir,
+    logs: &LogDir,
+    part_dir: &Path,
+    config: &StoreConfig,
+    n: u64,
+) -> TaskStorage {
+    // Raw read of the changelog segments with CRC checks.
     let dropped = drop_caches();
     let t = Instant::now();
-    let (records, bytes) = raw_read(&part_dir);
+    let (records, bytes) = raw_read(part_dir);
     let raw_secs = t.elapsed().as_secs_f64();
     // Frames: the records plus a sync marker per fsync.
     assert!(records >= n, "{records} frames for {n} records");
@@ -152,7 +195,7 @@ fn main() {
     // The log reader alone (decode + CRC, no engine): the read half of a restore.
     let dropped_r = drop_caches();
     let t = Instant::now();
-    let mut reader = gregor::log::PartitionReader::open(&part_dir, 0).unwrap();
+    let mut reader = gregor::log::PartitionReader::open(part_dir, 0).unwrap();
     let mut seen = 0u64;
     loop {
         let b = reader.next_batch(8192).unwrap();
@@ -168,7 +211,7 @@ fn main() {
     std::fs::remove_dir_all(state.store_dir("t", "s").join("data")).unwrap();
     let dropped2 = drop_caches();
     let t = Instant::now();
-    let (mut storage, stats) = open(&state, &logs, "t", &config);
+    let (mut storage, stats) = open(state, logs, "t", config);
     let restore_secs = t.elapsed().as_secs_f64();
     let stats = stats.unwrap();
     let store = storage.store("s").unwrap();
@@ -201,14 +244,7 @@ fn main() {
         mb / restore_secs,
         raw_secs / restore_secs
     );
-    println!("| stack puts without changelog | | {plain_put:.0} puts/s | 1.00 |");
-    println!(
-        "| stack puts with changelog | | {logged_put:.0} puts/s | {:.2} (target >= 0.7) |",
-        logged_put / plain_put
-    );
-    let _ = TopicConfig::default();
-    drop(storage);
-    parallel_restore(&state, &logs, n);
+    storage
 }
 
 /// Part 3: 4 tasks' changelogs of `n / 4` records each, restored by the container serially
