@@ -25,6 +25,10 @@ use super::{
 
 const META_CF: &str = "gregor-meta";
 const OFFSET_KEY: &[u8] = b"changelog.end";
+/// Bulk loads (chunks of a full restore) during which automatic compactions stay off: the
+/// ingested runs of an empty store land on levels 6 down to 1, so up to 6 chunks (about
+/// 200 MB of changelog) leave no more sorted runs than a normal tree has, and none in level 0.
+const DEFERRED_COMPACTION_LOADS: u64 = 6;
 
 /// Compression of RocksDB blocks (`stores.<name>.rocksdb.compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -143,6 +147,10 @@ pub struct RocksEngine {
     /// What `db_opts` was derived from; kept alive with the database (block cache).
     _base_opts: Options,
     ingested: u64,
+    /// Bulk loads since the last flush outside one (the restore in progress).
+    bulk_loads: u64,
+    /// Whether automatic compactions are off (during a bulk load).
+    compactions_off: bool,
 }
 
 impl RocksEngine {
@@ -186,6 +194,8 @@ impl RocksEngine {
             db_opts,
             _base_opts: base_opts,
             ingested: 0,
+            bulk_loads: 0,
+            compactions_off: false,
         })
     }
 
@@ -235,6 +245,8 @@ impl RocksEngine {
             db_opts,
             _base_opts: base_opts,
             ingested: 0,
+            bulk_loads: 0,
+            compactions_off: false,
         })
     }
 
@@ -365,6 +377,27 @@ impl KeyValueStore for RocksEngine {
     }
 
     fn flush(&mut self) -> Result<()> {
+        // The end of a bulk load (a restore ends with a flush): compactions resume.
+        self.bulk_loads = 0;
+        self.set_auto_compactions(true)?;
+        self.flush_cfs()
+    }
+}
+
+impl RocksEngine {
+    /// Turns RocksDB's automatic compactions on or off (nothing if they already are).
+    fn set_auto_compactions(&mut self, on: bool) -> Result<()> {
+        if self.compactions_off != on {
+            return Ok(());
+        }
+        let value = if on { "false" } else { "true" };
+        self.rocks(self.db.set_options(&[("disable_auto_compactions", value)]))?;
+        self.compactions_off = !on;
+        Ok(())
+    }
+
+    /// Flushes the memtables of both column families (and the WAL if on) and waits.
+    fn flush_cfs(&mut self) -> Result<()> {
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         let meta = self
@@ -418,6 +451,12 @@ impl Engine for RocksEngine {
         // the slow part of a full restore), then ingest both at once.
         let mut sst_opts = self.db_opts.clone();
         sst_opts.set_compression_type(DBCompressionType::None);
+        // Automatic compactions wait for the end of the load (the next flush outside a bulk
+        // load) for the first chunks, so that rewriting the ingested files (compressed) does
+        // not compete with the restore for the CPU; a longer load turns them back on rather
+        // than pile up sorted runs.
+        self.set_auto_compactions(self.bulk_loads >= DEFERRED_COMPACTION_LOADS)?;
+        self.bulk_loads += 1;
         let (low, high) = entries.split_at(entries.len() / 2);
         let paths: Vec<PathBuf> = (0..2)
             .map(|i| {
@@ -449,7 +488,7 @@ impl Engine for RocksEngine {
         // The ingested file is durable at once; flush the marker too so a crash now does not
         // leave data without its changelog end (which would force a full restore).
         self.write_logged(Vec::new(), changelog_end)?;
-        self.flush()?;
+        self.flush_cfs()?;
         tracing::debug!(
             store = %self.name,
             records = entries.len(),
