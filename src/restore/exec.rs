@@ -350,10 +350,23 @@ pub fn apply_range(
     Ok(stats)
 }
 
+/// Chunks of at least this many records are first distributed on 16 bits of their key
+/// prefixes (see [`bucket_sort`]); smaller ones are sorted directly.
+const BUCKET_SORT_MIN: usize = 1 << 12;
+
 /// The positions in `chunk` of the records to load, in key order: the newest record per key
 /// (records of a chunk are in offset order), without the tombstones when nothing older lies
 /// below (`drop_tombstones`).
 fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
+    newest_per_key_with(chunk, drop_tombstones, BUCKET_SORT_MIN)
+}
+
+/// A record to sort: its key's first 16 bytes (zero-padded, big-endian), its key length and
+/// its position in the chunk.
+type SortEntry = (u128, u32, u32);
+
+/// [`newest_per_key`], distributing on key bits first from `bucket_min` records on.
+fn newest_per_key_with(chunk: &RecordBatch, drop_tombstones: bool, bucket_min: usize) -> Vec<u32> {
     // Sort on an inline 16-byte key prefix and the key length first: keys of up to 16 bytes
     // (most keys) are then ordered and compared without reading them from the buffer (a
     // cache miss each); longer keys with equal prefixes are compared in full. Then the
@@ -365,7 +378,7 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
         u128::from_be_bytes(p)
     };
     let key = |i: u32| chunk.get(i as usize).map_or(&[][..], |r| r.key);
-    let mut order: Vec<(u128, u32, u32)> = chunk
+    let mut order: Vec<SortEntry> = chunk
         .iter()
         .zip(0u32..)
         .map(|(r, i)| {
@@ -378,7 +391,7 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
         .collect();
     // Same prefix and length: equal if the key fits in the prefix. Else a shorter key is a
     // prefix of the longer one (padding is zeros), so it sorts first.
-    let by_key = |a: &(u128, u32, u32), b: &(u128, u32, u32)| {
+    let by_key = |a: &SortEntry, b: &SortEntry| {
         a.0.cmp(&b.0).then_with(|| {
             if a.1 <= 16 && b.1 <= 16 {
                 a.1.cmp(&b.1)
@@ -387,9 +400,14 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
             }
         })
     };
-    order.sort_unstable_by(|a, b| by_key(a, b).then(a.2.cmp(&b.2)));
+    let by_key_then_position = |a: &SortEntry, b: &SortEntry| by_key(a, b).then(a.2.cmp(&b.2));
+    if order.len() >= bucket_min {
+        order = bucket_sort(order, by_key_then_position);
+    } else {
+        order.sort_unstable_by(by_key_then_position);
+    }
     let mut out: Vec<u32> = Vec::with_capacity(order.len());
-    let mut prev: Option<&(u128, u32, u32)> = None;
+    let mut prev: Option<&SortEntry> = None;
     for e in &order {
         match (prev, out.last_mut()) {
             (Some(p), Some(last)) if by_key(p, e).is_eq() => *last = e.2,
@@ -401,6 +419,43 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
         out.retain(|&i| chunk.get(i as usize).is_some_and(|r| r.value.is_some()));
     }
     out
+}
+
+/// Sorts `entries` with `cmp` (which orders by prefix first): distributes them into 65536
+/// buckets on the 16 prefix bits that follow the bits all prefixes share (a counting sort,
+/// two passes), then sorts each bucket. Random keys leave a handful of entries per bucket,
+/// so nearly all the work is two linear passes instead of a comparison sort's ~log2(n).
+fn bucket_sort(
+    entries: Vec<SortEntry>,
+    cmp: impl Fn(&SortEntry, &SortEntry) -> std::cmp::Ordering,
+) -> Vec<SortEntry> {
+    let Some(first) = entries.first().map(|e| e.0) else {
+        return entries;
+    };
+    let differing = entries.iter().fold(0u128, |acc, e| acc | (e.0 ^ first));
+    // The 16 bits from the first one that differs (or the last 16 if fewer remain).
+    let shift = 128u32.saturating_sub(differing.leading_zeros() + 16);
+    let bucket = |e: &SortEntry| ((e.0 >> shift) & 0xFFFF) as usize;
+    let mut starts = vec![0usize; (1 << 16) + 1];
+    for e in &entries {
+        starts[bucket(e) + 1] += 1;
+    }
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
+    }
+    let mut next = starts.clone();
+    let mut sorted: Vec<SortEntry> = vec![(0, 0, 0); entries.len()];
+    for e in entries {
+        let b = bucket(&e);
+        sorted[next[b]] = e;
+        next[b] += 1;
+    }
+    for w in starts.windows(2) {
+        if w[1] - w[0] > 1 {
+            sorted[w[0]..w[1]].sort_unstable_by(&cmp);
+        }
+    }
+    sorted
 }
 
 /// Where replays read.
@@ -821,8 +876,13 @@ mod tests {
         for (k, v) in &writes {
             expected.insert(k.clone(), *v);
         }
-        for drop_tombstones in [false, true] {
-            let order = newest_per_key(&chunk, drop_tombstones);
+        for (drop_tombstones, bucket_min) in [
+            (false, usize::MAX),
+            (true, usize::MAX),
+            (false, 0),
+            (true, 0),
+        ] {
+            let order = newest_per_key_with(&chunk, drop_tombstones, bucket_min);
             let mut sorted = SortedChunk::default();
             sorted.fill(&chunk, &order);
             let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = sorted
@@ -836,6 +896,50 @@ mod tests {
                 .map(|(k, v)| (k.clone(), v.map(<[u8]>::to_vec)))
                 .collect();
             assert_eq!(got, want, "drop_tombstones: {drop_tombstones}");
+        }
+    }
+
+    /// The bucket sort against the comparison sort and a model, on chunks of many records:
+    /// keys sharing a long prefix (the bucket bits come after it), keys longer than the
+    /// 16-byte prefix, random binary keys, repeated keys and tombstones.
+    #[test]
+    fn bucket_sort_matches_the_comparison_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let shapes: [fn(&mut rand::rngs::StdRng) -> Vec<u8>; 3] = [
+            |r| format!("user:{}", r.gen_range(0..5000)).into_bytes(),
+            |r| format!("tenant-0000000000:{:x}", r.gen_range(0..3000)).into_bytes(),
+            |r| {
+                let mut k = vec![0u8; r.gen_range(0..24)];
+                r.fill(&mut k[..]);
+                k
+            },
+        ];
+        for shape in shapes {
+            let mut chunk = RecordBatch::new();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for offset in 0..20_000u64 {
+                let key = shape(&mut rng);
+                let value = (!rng.gen_ratio(1, 10)).then(|| offset.to_be_bytes().to_vec());
+                chunk.push(offset, 0, &key, value.as_deref());
+                model.insert(key, value);
+            }
+            for drop_tombstones in [false, true] {
+                let bucketed = newest_per_key_with(&chunk, drop_tombstones, 0);
+                let compared = newest_per_key_with(&chunk, drop_tombstones, usize::MAX);
+                assert_eq!(bucketed, compared);
+                let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = bucketed
+                    .iter()
+                    .filter_map(|&i| chunk.get(i as usize))
+                    .map(|r| (r.key.to_vec(), r.value.map(<[u8]>::to_vec)))
+                    .collect();
+                let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = model
+                    .iter()
+                    .filter(|(_, v)| !drop_tombstones || v.is_some())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(got, want, "drop_tombstones: {drop_tombstones}");
+            }
         }
     }
 }
