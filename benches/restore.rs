@@ -150,7 +150,7 @@ fn sst_variants(dir: &Path, n: u64) {
             (k, v)
         })
         .collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_unstable_by_key(|a| a.0);
     entries.dedup_by(|a, b| a.0 == b.0);
     let variants: [(&str, DBCompressionType, f64, usize); 6] = [
         (
