@@ -18,6 +18,9 @@ const BATCH_RECORDS: usize = 8192;
 const BULK_CHUNK_BYTES: usize = 32 << 20;
 /// At most this many records per bulk-loaded chunk (records may be tiny).
 const BULK_CHUNK_RECORDS: usize = 1 << 22;
+/// Chunks of at least this many records are first distributed on 16 bits of their key
+/// prefixes (see [`bucket_sort`]); smaller ones are sorted directly.
+const BUCKET_SORT_MIN: usize = 1 << 12;
 
 /// A restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -350,23 +353,39 @@ pub fn apply_range(
     Ok(stats)
 }
 
-/// Chunks of at least this many records are first distributed on 16 bits of their key
-/// prefixes (see [`bucket_sort`]); smaller ones are sorted directly.
-const BUCKET_SORT_MIN: usize = 1 << 12;
-
 /// The positions in `chunk` of the records to load, in key order: the newest record per key
 /// (records of a chunk are in offset order), without the tombstones when nothing older lies
-/// below (`drop_tombstones`).
-fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
-    newest_per_key_with(chunk, drop_tombstones, BUCKET_SORT_MIN)
+/// below (`drop_tombstones`). The result and the sort's work space live in `bufs`, reused
+/// from chunk to chunk.
+fn newest_per_key<'b>(
+    chunk: &RecordBatch,
+    drop_tombstones: bool,
+    bufs: &'b mut SortBuffers,
+) -> &'b [u32] {
+    newest_per_key_with(chunk, drop_tombstones, BUCKET_SORT_MIN, bufs)
 }
 
 /// A record to sort: its key's first 16 bytes (zero-padded, big-endian), its key length and
 /// its position in the chunk.
 type SortEntry = (u128, u32, u32);
 
+/// The buffers of [`newest_per_key`], kept across the chunks of a restore: allocating them
+/// per chunk made the kernel fault their pages in (and free them) every time.
+#[derive(Debug, Default)]
+struct SortBuffers {
+    order: Vec<SortEntry>,
+    scratch: Vec<SortEntry>,
+    buckets: Vec<usize>,
+    out: Vec<u32>,
+}
+
 /// [`newest_per_key`], distributing on key bits first from `bucket_min` records on.
-fn newest_per_key_with(chunk: &RecordBatch, drop_tombstones: bool, bucket_min: usize) -> Vec<u32> {
+fn newest_per_key_with<'b>(
+    chunk: &RecordBatch,
+    drop_tombstones: bool,
+    bucket_min: usize,
+    bufs: &'b mut SortBuffers,
+) -> &'b [u32] {
     // Sort on an inline 16-byte key prefix and the key length first: keys of up to 16 bytes
     // (most keys) are then ordered and compared without reading them from the buffer (a
     // cache miss each); longer keys with equal prefixes are compared in full. Then the
@@ -378,17 +397,20 @@ fn newest_per_key_with(chunk: &RecordBatch, drop_tombstones: bool, bucket_min: u
         u128::from_be_bytes(p)
     };
     let key = |i: u32| chunk.get(i as usize).map_or(&[][..], |r| r.key);
-    let mut order: Vec<SortEntry> = chunk
-        .iter()
-        .zip(0u32..)
-        .map(|(r, i)| {
-            (
-                prefix(r.key),
-                u32::try_from(r.key.len()).unwrap_or(u32::MAX),
-                i,
-            )
-        })
-        .collect();
+    let SortBuffers {
+        order,
+        scratch,
+        buckets,
+        out,
+    } = bufs;
+    order.clear();
+    order.extend(chunk.iter().zip(0u32..).map(|(r, i)| {
+        (
+            prefix(r.key),
+            u32::try_from(r.key.len()).unwrap_or(u32::MAX),
+            i,
+        )
+    }));
     // Same prefix and length: equal if the key fits in the prefix. Else a shorter key is a
     // prefix of the longer one (padding is zeros), so it sorts first.
     let by_key = |a: &SortEntry, b: &SortEntry| {
@@ -402,13 +424,13 @@ fn newest_per_key_with(chunk: &RecordBatch, drop_tombstones: bool, bucket_min: u
     };
     let by_key_then_position = |a: &SortEntry, b: &SortEntry| by_key(a, b).then(a.2.cmp(&b.2));
     if order.len() >= bucket_min {
-        order = bucket_sort(order, by_key_then_position);
+        bucket_sort(order, scratch, buckets, by_key_then_position);
     } else {
         order.sort_unstable_by(by_key_then_position);
     }
-    let mut out: Vec<u32> = Vec::with_capacity(order.len());
+    out.clear();
     let mut prev: Option<&SortEntry> = None;
-    for e in &order {
+    for e in order.iter() {
         match (prev, out.last_mut()) {
             (Some(p), Some(last)) if by_key(p, e).is_eq() => *last = e.2,
             _ => out.push(e.2),
@@ -423,39 +445,49 @@ fn newest_per_key_with(chunk: &RecordBatch, drop_tombstones: bool, bucket_min: u
 
 /// Sorts `entries` with `cmp` (which orders by prefix first): distributes them into 65536
 /// buckets on the 16 prefix bits that follow the bits all prefixes share (a counting sort,
-/// two passes), then sorts each bucket. Random keys leave a handful of entries per bucket,
-/// so nearly all the work is two linear passes instead of a comparison sort's ~log2(n).
+/// two passes, through `scratch`; `buckets` holds the counts), then sorts each bucket.
+/// Random keys leave a handful of entries per bucket, so nearly all the work is two linear
+/// passes instead of a comparison sort's ~log2(n).
 fn bucket_sort(
-    entries: Vec<SortEntry>,
+    entries: &mut Vec<SortEntry>,
+    scratch: &mut Vec<SortEntry>,
+    buckets: &mut Vec<usize>,
     cmp: impl Fn(&SortEntry, &SortEntry) -> std::cmp::Ordering,
-) -> Vec<SortEntry> {
+) {
     let Some(first) = entries.first().map(|e| e.0) else {
-        return entries;
+        return;
     };
     let differing = entries.iter().fold(0u128, |acc, e| acc | (e.0 ^ first));
     // The 16 bits from the first one that differs (or the last 16 if fewer remain).
     let shift = 128u32.saturating_sub(differing.leading_zeros() + 16);
     let bucket = |e: &SortEntry| ((e.0 >> shift) & 0xFFFF) as usize;
-    let mut starts = vec![0usize; (1 << 16) + 1];
-    for e in &entries {
-        starts[bucket(e) + 1] += 1;
+    // Counts, then each bucket's start; the scatter moves each start to the bucket's end.
+    buckets.clear();
+    buckets.resize(1 << 16, 0);
+    for e in entries.iter() {
+        buckets[bucket(e)] += 1;
     }
-    for b in 1..starts.len() {
-        starts[b] += starts[b - 1];
+    let mut start = 0;
+    for b in buckets.iter_mut() {
+        let n = *b;
+        *b = start;
+        start += n;
     }
-    let mut next = starts.clone();
-    let mut sorted: Vec<SortEntry> = vec![(0, 0, 0); entries.len()];
-    for e in entries {
-        let b = bucket(&e);
-        sorted[next[b]] = e;
-        next[b] += 1;
+    scratch.clear();
+    scratch.resize(entries.len(), (0, 0, 0));
+    for e in entries.iter() {
+        let b = &mut buckets[bucket(e)];
+        scratch[*b] = *e;
+        *b += 1;
     }
-    for w in starts.windows(2) {
-        if w[1] - w[0] > 1 {
-            sorted[w[0]..w[1]].sort_unstable_by(&cmp);
+    std::mem::swap(entries, scratch);
+    let mut begin = 0;
+    for &end in buckets.iter() {
+        if end - begin > 1 {
+            entries[begin..end].sort_unstable_by(&cmp);
         }
+        begin = end;
     }
-    sorted
 }
 
 /// Where replays read.
@@ -653,6 +685,7 @@ fn bulk_replay(
         let mut idle: Option<&mut dyn Engine> = Some(engine);
         let mut loading: Option<std::thread::ScopedJoinHandle<'_, Loaded<'_>>> = None;
         let mut spare: Option<SortedChunk> = None;
+        let mut sort_bufs = SortBuffers::default();
         let mut chunk = RecordBatch::new();
         let mut first = true;
         loop {
@@ -688,9 +721,10 @@ fn bulk_replay(
                 continue;
             }
             let t = Instant::now();
-            let order = newest_per_key(&chunk, std::mem::replace(&mut first, false));
+            let order =
+                newest_per_key(&chunk, std::mem::replace(&mut first, false), &mut sort_bufs);
             let mut sorted = spare.take().unwrap_or_default();
-            sorted.fill(&chunk, &order);
+            sorted.fill(&chunk, order);
             chunk.clear();
             times.sort += t.elapsed();
             if let Some(h) = loading.take() {
@@ -882,9 +916,10 @@ mod tests {
             (false, 0),
             (true, 0),
         ] {
-            let order = newest_per_key_with(&chunk, drop_tombstones, bucket_min);
+            let mut bufs = SortBuffers::default();
+            let order = newest_per_key_with(&chunk, drop_tombstones, bucket_min, &mut bufs);
             let mut sorted = SortedChunk::default();
-            sorted.fill(&chunk, &order);
+            sorted.fill(&chunk, order);
             let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = sorted
                 .refs()
                 .iter()
@@ -925,9 +960,15 @@ mod tests {
                 model.insert(key, value);
             }
             for drop_tombstones in [false, true] {
-                let bucketed = newest_per_key_with(&chunk, drop_tombstones, 0);
-                let compared = newest_per_key_with(&chunk, drop_tombstones, usize::MAX);
-                assert_eq!(bucketed, compared);
+                let mut bufs = SortBuffers::default();
+                let compared =
+                    newest_per_key_with(&chunk, drop_tombstones, usize::MAX, &mut bufs).to_vec();
+                // Twice with the same buffers: what they held must not matter.
+                for _ in 0..2 {
+                    let bucketed = newest_per_key_with(&chunk, drop_tombstones, 0, &mut bufs);
+                    assert_eq!(bucketed, compared);
+                }
+                let bucketed = compared;
                 let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = bucketed
                     .iter()
                     .filter_map(|&i| chunk.get(i as usize))
