@@ -387,12 +387,13 @@ impl KeyValueStore for RocksEngine {
 impl RocksEngine {
     /// Turns RocksDB's automatic compactions on or off (nothing if they already are).
     fn set_auto_compactions(&mut self, on: bool) -> Result<()> {
-        if self.compactions_off != on {
+        let off = !on;
+        if self.compactions_off == off {
             return Ok(());
         }
-        let value = if on { "false" } else { "true" };
+        let value = if off { "true" } else { "false" };
         self.rocks(self.db.set_options(&[("disable_auto_compactions", value)]))?;
-        self.compactions_off = !on;
+        self.compactions_off = off;
         Ok(())
     }
 
