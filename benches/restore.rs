@@ -10,7 +10,9 @@
 //!    = 1`) vs in parallel (4), vs the raw read of the same segments.
 //!
 //! `cargo bench --bench restore` (1M records) or `cargo bench --bench restore -- --quick`
-//! (200k records).
+//! (200k records). `RESTORE_BENCH_ROUNDS=N` repeats the raw read and the full restore of 1.
+//! N times, alternated (a shared machine's noise shows); `RESTORE_BENCH_PARALLEL=0` skips 3.;
+//! `RUST_LOG=gregor::restore=debug` prints the full restore's stage times.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -30,6 +32,22 @@ fn drop_caches() -> bool {
     // SAFETY-free best effort: needs root; sync first so dirty pages can be dropped.
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// CPU seconds (user + system) the process has used so far, all threads (RocksDB's
+/// background threads too), from `/proc/self/stat` (10 ms ticks); 0 where it is missing.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): utime and stime are the
+    // 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
 }
 
 /// Reads every segment file of a partition directory and checks every frame's CRC32C:
@@ -109,7 +127,115 @@ fn fill(state: &StateDir, logs: &LogDir, task: &str, config: &StoreConfig, n: u6
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// CPU seconds this thread has run (`/proc/thread-self/schedstat`, ns): unlike wall time,
+/// barely moved by other processes on a shared machine.
+fn thread_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e9)
+}
+
+/// SST writer settings for a restore's files, compared on one thread: `n` sorted entries
+/// (16-byte keys, 100-byte values) written by RocksDB's `SstFileWriter` with each variant,
+/// thread CPU time (`RESTORE_BENCH_SST=1`).
+fn sst_variants(dir: &Path, n: u64) {
+    use rocksdb::{BlockBasedOptions, DBCompressionType, Options, SstFileWriter};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut entries: Vec<([u8; 16], [u8; 100])> = (0..n)
+        .map(|_| {
+            let (mut k, mut v) = ([0u8; 16], [0u8; 100]);
+            rng.fill(&mut k);
+            rng.fill(&mut v[..]);
+            (k, v)
+        })
+        .collect();
+    entries.sort_unstable_by_key(|a| a.0);
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let variants: [(&str, DBCompressionType, f64, usize); 6] = [
+        (
+            "no compression, bloom 10, 4 KiB blocks (today)",
+            DBCompressionType::None,
+            10.0,
+            4096,
+        ),
+        (
+            "no compression, no bloom, 4 KiB",
+            DBCompressionType::None,
+            0.0,
+            4096,
+        ),
+        (
+            "no compression, bloom 10, 16 KiB",
+            DBCompressionType::None,
+            10.0,
+            16384,
+        ),
+        (
+            "no compression, bloom 10, 64 KiB",
+            DBCompressionType::None,
+            10.0,
+            65536,
+        ),
+        (
+            "no compression, no bloom, 64 KiB",
+            DBCompressionType::None,
+            0.0,
+            65536,
+        ),
+        (
+            "LZ4, bloom 10, 4 KiB (the store's settings)",
+            DBCompressionType::Lz4,
+            10.0,
+            4096,
+        ),
+    ];
+    println!();
+    println!(
+        "SstFileWriter, {} entries, one thread, 3 runs each",
+        entries.len()
+    );
+    println!("| settings | thread CPU (min of 3) | wall (min of 3) | file |");
+    println!("|---|---|---|---|");
+    for (name, compression, bloom, block) in variants {
+        let mut o = Options::default();
+        o.set_compression_type(compression);
+        let mut t = BlockBasedOptions::default();
+        if bloom > 0.0 {
+            t.set_bloom_filter(bloom, false);
+        }
+        t.set_block_size(block);
+        o.set_block_based_table_factory(&t);
+        let (mut cpu, mut wall, mut size) = (f64::MAX, f64::MAX, 0);
+        for _ in 0..3 {
+            let path = dir.join("variant.sst");
+            let (w, c) = (Instant::now(), thread_cpu_secs());
+            let mut writer = SstFileWriter::create(&o);
+            writer.open(&path).unwrap();
+            for (k, v) in &entries {
+                writer.put(k, v).unwrap();
+            }
+            writer.finish().unwrap();
+            cpu = cpu.min(thread_cpu_secs() - c);
+            wall = wall.min(w.elapsed().as_secs_f64());
+            size = std::fs::metadata(&path).unwrap().len();
+            std::fs::remove_file(&path).unwrap();
+        }
+        println!(
+            "| {name} | {cpu:.3} s | {wall:.3} s | {:.1} MB |",
+            size as f64 / 1e6
+        );
+    }
+}
+
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -128,6 +254,10 @@ fn main() {
 
     let tmp =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    if std::env::var("RESTORE_BENCH_SST").as_deref() == Ok("1") {
+        sst_variants(tmp.path(), n);
+        return;
+    }
     let state = StateDir::open(tmp.path()).unwrap();
     let logs = LogDir::open(state.root()).unwrap();
     // Write the changelog through the stack (this is also the "with changelog" put figure),
@@ -135,24 +265,59 @@ fn main() {
     let config = store_config(Some("bench-changelog"));
     let logged_put = fill(&state, &logs, "t", &config, n);
     let plain_put = fill(&state, &logs, "plain", &store_config(None), n);
+    eprintln!("changelog written; restores follow");
 
-    // Raw read of the changelog segments with CRC checks.
     let part_dir = logs
         .topic("bench-changelog")
         .unwrap()
         .partition_dir(0)
         .unwrap();
+    let rounds: usize = std::env::var("RESTORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut storage = None;
+    for round in 0..rounds {
+        if round > 0 {
+            println!();
+        }
+        drop(storage.take());
+        storage = Some(restore_round(&state, &logs, &part_dir, &config, n));
+    }
+    println!("| stack puts without changelog | | {plain_put:.0} puts/s | 1.00 |");
+    println!(
+        "| stack puts with changelog | | {logged_put:.0} puts/s | {:.2} (target >= 0.7) |",
+        logged_put / plain_put
+    );
+    let _ = TopicConfig::default();
+    drop(storage);
+    if std::env::var("RESTORE_BENCH_PARALLEL").as_deref() != Ok("0") {
+        parallel_restore(&state, &logs, n);
+    }
+}
+
+/// Part 1, one round: the raw read, the log reader alone and a full restore of `n` records
+/// from `part_dir`; prints their table and returns the restored storage.
+fn restore_round(
+    state: &StateDir,
+    logs: &LogDir,
+    part_dir: &Path,
+    config: &StoreConfig,
+    n: u64,
+) -> TaskStorage {
+    // Raw read of the changelog segments with CRC checks.
     let dropped = drop_caches();
-    let t = Instant::now();
-    let (records, bytes) = raw_read(&part_dir);
+    let (t, cpu) = (Instant::now(), cpu_secs());
+    let (records, bytes) = raw_read(part_dir);
     let raw_secs = t.elapsed().as_secs_f64();
+    let raw_cpu = cpu_secs() - cpu;
     // Frames: the records plus a sync marker per fsync.
     assert!(records >= n, "{records} frames for {n} records");
 
     // The log reader alone (decode + CRC, no engine): the read half of a restore.
     let dropped_r = drop_caches();
     let t = Instant::now();
-    let mut reader = gregor::log::PartitionReader::open(&part_dir, 0).unwrap();
+    let mut reader = gregor::log::PartitionReader::open(part_dir, 0).unwrap();
     let mut seen = 0u64;
     loop {
         let b = reader.next_batch(8192).unwrap();
@@ -167,9 +332,10 @@ fn main() {
     // Full restore: delete the local store, reopen (restores from the changelog).
     std::fs::remove_dir_all(state.store_dir("t", "s").join("data")).unwrap();
     let dropped2 = drop_caches();
-    let t = Instant::now();
-    let (mut storage, stats) = open(&state, &logs, "t", &config);
+    let (t, cpu) = (Instant::now(), cpu_secs());
+    let (mut storage, stats) = open(state, logs, "t", config);
     let restore_secs = t.elapsed().as_secs_f64();
+    let restore_cpu = cpu_secs() - cpu;
     let stats = stats.unwrap();
     let store = storage.store("s").unwrap();
     assert_eq!(stats.records, n);
@@ -185,30 +351,23 @@ fn main() {
         dropped && dropped2 && dropped_r
     );
     println!("changelog: {records} records, {mb:.1} MB");
-    println!("| what | time | rate | ratio |");
-    println!("|---|---|---|---|");
+    println!("| what | time | rate | ratio | CPU time (all threads) |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| raw segment read + CRC32C | {raw_secs:.2} s | {:.0} MB/s | 1.00 |",
+        "| raw segment read + CRC32C | {raw_secs:.2} s | {:.0} MB/s | 1.00 | {raw_cpu:.2} s |",
         mb / raw_secs
     );
     println!(
-        "| gregor log reader (decode + CRC) | {reader_secs:.2} s | {:.0} MB/s | {:.2} |",
+        "| gregor log reader (decode + CRC) | {reader_secs:.2} s | {:.0} MB/s | {:.2} | |",
         mb / reader_secs,
         raw_secs / reader_secs
     );
     println!(
-        "| full restore into RocksDB | {restore_secs:.2} s | {:.0} MB/s | {:.2} (target >= 0.5) |",
+        "| full restore into RocksDB | {restore_secs:.2} s | {:.0} MB/s | {:.2} (target >= 0.5) | {restore_cpu:.2} s |",
         mb / restore_secs,
         raw_secs / restore_secs
     );
-    println!("| stack puts without changelog | | {plain_put:.0} puts/s | 1.00 |");
-    println!(
-        "| stack puts with changelog | | {logged_put:.0} puts/s | {:.2} (target >= 0.7) |",
-        logged_put / plain_put
-    );
-    let _ = TopicConfig::default();
-    drop(storage);
-    parallel_restore(&state, &logs, n);
+    storage
 }
 
 /// Part 3: 4 tasks' changelogs of `n / 4` records each, restored by the container serially

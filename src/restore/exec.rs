@@ -18,6 +18,9 @@ const BATCH_RECORDS: usize = 8192;
 const BULK_CHUNK_BYTES: usize = 32 << 20;
 /// At most this many records per bulk-loaded chunk (records may be tiny).
 const BULK_CHUNK_RECORDS: usize = 1 << 22;
+/// Chunks of at least this many records are first distributed on 16 bits of their key
+/// prefixes (see [`bucket_sort`]); smaller ones are sorted directly.
+const BUCKET_SORT_MIN: usize = 1 << 12;
 
 /// A restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -352,8 +355,37 @@ pub fn apply_range(
 
 /// The positions in `chunk` of the records to load, in key order: the newest record per key
 /// (records of a chunk are in offset order), without the tombstones when nothing older lies
-/// below (`drop_tombstones`).
-fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
+/// below (`drop_tombstones`). The result and the sort's work space live in `bufs`, reused
+/// from chunk to chunk.
+fn newest_per_key<'b>(
+    chunk: &RecordBatch,
+    drop_tombstones: bool,
+    bufs: &'b mut SortBuffers,
+) -> &'b [u32] {
+    newest_per_key_with(chunk, drop_tombstones, BUCKET_SORT_MIN, bufs)
+}
+
+/// A record to sort: its key's first 16 bytes (zero-padded, big-endian), its key length and
+/// its position in the chunk.
+type SortEntry = (u128, u32, u32);
+
+/// The buffers of [`newest_per_key`], kept across the chunks of a restore: allocating them
+/// per chunk made the kernel fault their pages in (and free them) every time.
+#[derive(Debug, Default)]
+struct SortBuffers {
+    order: Vec<SortEntry>,
+    scratch: Vec<SortEntry>,
+    buckets: Vec<usize>,
+    out: Vec<u32>,
+}
+
+/// [`newest_per_key`], distributing on key bits first from `bucket_min` records on.
+fn newest_per_key_with<'b>(
+    chunk: &RecordBatch,
+    drop_tombstones: bool,
+    bucket_min: usize,
+    bufs: &'b mut SortBuffers,
+) -> &'b [u32] {
     // Sort on an inline 16-byte key prefix and the key length first: keys of up to 16 bytes
     // (most keys) are then ordered and compared without reading them from the buffer (a
     // cache miss each); longer keys with equal prefixes are compared in full. Then the
@@ -365,20 +397,23 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
         u128::from_be_bytes(p)
     };
     let key = |i: u32| chunk.get(i as usize).map_or(&[][..], |r| r.key);
-    let mut order: Vec<(u128, u32, u32)> = chunk
-        .iter()
-        .zip(0u32..)
-        .map(|(r, i)| {
-            (
-                prefix(r.key),
-                u32::try_from(r.key.len()).unwrap_or(u32::MAX),
-                i,
-            )
-        })
-        .collect();
+    let SortBuffers {
+        order,
+        scratch,
+        buckets,
+        out,
+    } = bufs;
+    order.clear();
+    order.extend(chunk.iter().zip(0u32..).map(|(r, i)| {
+        (
+            prefix(r.key),
+            u32::try_from(r.key.len()).unwrap_or(u32::MAX),
+            i,
+        )
+    }));
     // Same prefix and length: equal if the key fits in the prefix. Else a shorter key is a
     // prefix of the longer one (padding is zeros), so it sorts first.
-    let by_key = |a: &(u128, u32, u32), b: &(u128, u32, u32)| {
+    let by_key = |a: &SortEntry, b: &SortEntry| {
         a.0.cmp(&b.0).then_with(|| {
             if a.1 <= 16 && b.1 <= 16 {
                 a.1.cmp(&b.1)
@@ -387,10 +422,15 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
             }
         })
     };
-    order.sort_unstable_by(|a, b| by_key(a, b).then(a.2.cmp(&b.2)));
-    let mut out: Vec<u32> = Vec::with_capacity(order.len());
-    let mut prev: Option<&(u128, u32, u32)> = None;
-    for e in &order {
+    let by_key_then_position = |a: &SortEntry, b: &SortEntry| by_key(a, b).then(a.2.cmp(&b.2));
+    if order.len() >= bucket_min {
+        bucket_sort(order, scratch, buckets, by_key_then_position);
+    } else {
+        order.sort_unstable_by(by_key_then_position);
+    }
+    out.clear();
+    let mut prev: Option<&SortEntry> = None;
+    for e in order.iter() {
         match (prev, out.last_mut()) {
             (Some(p), Some(last)) if by_key(p, e).is_eq() => *last = e.2,
             _ => out.push(e.2),
@@ -401,6 +441,53 @@ fn newest_per_key(chunk: &RecordBatch, drop_tombstones: bool) -> Vec<u32> {
         out.retain(|&i| chunk.get(i as usize).is_some_and(|r| r.value.is_some()));
     }
     out
+}
+
+/// Sorts `entries` with `cmp` (which orders by prefix first): distributes them into 65536
+/// buckets on the 16 prefix bits that follow the bits all prefixes share (a counting sort,
+/// two passes, through `scratch`; `buckets` holds the counts), then sorts each bucket.
+/// Random keys leave a handful of entries per bucket, so nearly all the work is two linear
+/// passes instead of a comparison sort's ~log2(n).
+fn bucket_sort(
+    entries: &mut Vec<SortEntry>,
+    scratch: &mut Vec<SortEntry>,
+    buckets: &mut Vec<usize>,
+    cmp: impl Fn(&SortEntry, &SortEntry) -> std::cmp::Ordering,
+) {
+    let Some(first) = entries.first().map(|e| e.0) else {
+        return;
+    };
+    let differing = entries.iter().fold(0u128, |acc, e| acc | (e.0 ^ first));
+    // The 16 bits from the first one that differs (or the last 16 if fewer remain).
+    let shift = 128u32.saturating_sub(differing.leading_zeros() + 16);
+    let bucket = |e: &SortEntry| ((e.0 >> shift) & 0xFFFF) as usize;
+    // Counts, then each bucket's start; the scatter moves each start to the bucket's end.
+    buckets.clear();
+    buckets.resize(1 << 16, 0);
+    for e in entries.iter() {
+        buckets[bucket(e)] += 1;
+    }
+    let mut start = 0;
+    for b in buckets.iter_mut() {
+        let n = *b;
+        *b = start;
+        start += n;
+    }
+    scratch.clear();
+    scratch.resize(entries.len(), (0, 0, 0));
+    for e in entries.iter() {
+        let b = &mut buckets[bucket(e)];
+        scratch[*b] = *e;
+        *b += 1;
+    }
+    std::mem::swap(entries, scratch);
+    let mut begin = 0;
+    for &end in buckets.iter() {
+        if end - begin > 1 {
+            entries[begin..end].sort_unstable_by(&cmp);
+        }
+        begin = end;
+    }
 }
 
 /// Where replays read.
@@ -598,6 +685,7 @@ fn bulk_replay(
         let mut idle: Option<&mut dyn Engine> = Some(engine);
         let mut loading: Option<std::thread::ScopedJoinHandle<'_, Loaded<'_>>> = None;
         let mut spare: Option<SortedChunk> = None;
+        let mut sort_bufs = SortBuffers::default();
         let mut chunk = RecordBatch::new();
         let mut first = true;
         loop {
@@ -633,9 +721,10 @@ fn bulk_replay(
                 continue;
             }
             let t = Instant::now();
-            let order = newest_per_key(&chunk, std::mem::replace(&mut first, false));
+            let order =
+                newest_per_key(&chunk, std::mem::replace(&mut first, false), &mut sort_bufs);
             let mut sorted = spare.take().unwrap_or_default();
-            sorted.fill(&chunk, &order);
+            sorted.fill(&chunk, order);
             chunk.clear();
             times.sort += t.elapsed();
             if let Some(h) = loading.take() {
@@ -821,10 +910,16 @@ mod tests {
         for (k, v) in &writes {
             expected.insert(k.clone(), *v);
         }
-        for drop_tombstones in [false, true] {
-            let order = newest_per_key(&chunk, drop_tombstones);
+        for (drop_tombstones, bucket_min) in [
+            (false, usize::MAX),
+            (true, usize::MAX),
+            (false, 0),
+            (true, 0),
+        ] {
+            let mut bufs = SortBuffers::default();
+            let order = newest_per_key_with(&chunk, drop_tombstones, bucket_min, &mut bufs);
             let mut sorted = SortedChunk::default();
-            sorted.fill(&chunk, &order);
+            sorted.fill(&chunk, order);
             let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = sorted
                 .refs()
                 .iter()
@@ -836,6 +931,56 @@ mod tests {
                 .map(|(k, v)| (k.clone(), v.map(<[u8]>::to_vec)))
                 .collect();
             assert_eq!(got, want, "drop_tombstones: {drop_tombstones}");
+        }
+    }
+
+    /// The bucket sort against the comparison sort and a model, on chunks of many records:
+    /// keys sharing a long prefix (the bucket bits come after it), keys longer than the
+    /// 16-byte prefix, random binary keys, repeated keys and tombstones.
+    #[test]
+    fn bucket_sort_matches_the_comparison_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let shapes: [fn(&mut rand::rngs::StdRng) -> Vec<u8>; 3] = [
+            |r| format!("user:{}", r.gen_range(0..5000)).into_bytes(),
+            |r| format!("tenant-0000000000:{:x}", r.gen_range(0..3000)).into_bytes(),
+            |r| {
+                let mut k = vec![0u8; r.gen_range(0..24)];
+                r.fill(&mut k[..]);
+                k
+            },
+        ];
+        for shape in shapes {
+            let mut chunk = RecordBatch::new();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for offset in 0..20_000u64 {
+                let key = shape(&mut rng);
+                let value = (!rng.gen_ratio(1, 10)).then(|| offset.to_be_bytes().to_vec());
+                chunk.push(offset, 0, &key, value.as_deref());
+                model.insert(key, value);
+            }
+            for drop_tombstones in [false, true] {
+                let mut bufs = SortBuffers::default();
+                let compared =
+                    newest_per_key_with(&chunk, drop_tombstones, usize::MAX, &mut bufs).to_vec();
+                // Twice with the same buffers: what they held must not matter.
+                for _ in 0..2 {
+                    let bucketed = newest_per_key_with(&chunk, drop_tombstones, 0, &mut bufs);
+                    assert_eq!(bucketed, compared);
+                }
+                let bucketed = compared;
+                let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = bucketed
+                    .iter()
+                    .filter_map(|&i| chunk.get(i as usize))
+                    .map(|r| (r.key.to_vec(), r.value.map(<[u8]>::to_vec)))
+                    .collect();
+                let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = model
+                    .iter()
+                    .filter(|(_, v)| !drop_tombstones || v.is_some())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(got, want, "drop_tombstones: {drop_tombstones}");
+            }
         }
     }
 }
