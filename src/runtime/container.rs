@@ -925,14 +925,20 @@ impl<'a> Container<'a> {
             Directive::Run { version, active } => {
                 let started = Instant::now();
                 let gained: Vec<u32> = active.difference(&open).copied().collect();
-                let promoted: Vec<u32> = gained
+                let standbys: Vec<(u32, StandbyTask)> = gained
                     .iter()
-                    .filter(|p| self.standbys.remove(p).is_some())
-                    .copied()
+                    .filter_map(|p| self.standbys.remove(p).map(|s| (*p, s)))
                     .collect();
+                let promoted: Vec<u32> = standbys.iter().map(|(p, _)| *p).collect();
                 if !promoted.is_empty() {
                     tracing::info!(job = %self.job.name, "promoting standbys of tasks {promoted:?}");
                 }
+                // Closing a standby's stores flushes their memtables: side by side.
+                std::thread::scope(|scope| {
+                    for (_, s) in standbys {
+                        scope.spawn(move || drop(s));
+                    }
+                });
                 self.claim = Some((coordinator.owner(version), coordinator.fence()));
                 if let Some(link) = &self.serving {
                     let job = &self.job.name;
@@ -1025,19 +1031,50 @@ impl<'a> Container<'a> {
                 }
             }
         }
-        let backend = Arc::clone(&self.backend);
-        self.standbys.retain(|p, s| {
-            if promoting.contains(p) {
-                return true;
+        // The catch-ups run side by side (each is broker round trips: the checkpoint, the
+        // changelog's ends, a reader): the container's thread waits for the slowest, not for
+        // their sum, before it processes or answers its coordinator again.
+        let backend = &*self.backend;
+        let catch_up = |s: &mut StandbyTask| match s.catch_up(backend) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(task = %s.task(), "standby: catching up failed: {e}");
+                false
             }
-            match s.catch_up(&*backend) {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(task = %s.task(), "standby: catching up failed: {e}");
-                    false
-                }
+        };
+        let mut due: Vec<(u32, &mut StandbyTask)> = self
+            .standbys
+            .iter_mut()
+            .filter(|(p, _)| !promoting.contains(p))
+            .map(|(&p, s)| (p, s))
+            .collect();
+        let failed: Vec<u32> = match due.len() {
+            0 => Vec::new(),
+            1 => {
+                let (p, s) = due.pop().expect("one");
+                if catch_up(s) { Vec::new() } else { vec![p] }
             }
-        });
+            _ => std::thread::scope(|scope| {
+                let handles: Vec<_> = due
+                    .into_iter()
+                    .map(|(p, s)| {
+                        let catch_up = &catch_up;
+                        (p, scope.spawn(move || catch_up(s)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|(p, h)| match h.join() {
+                        Ok(true) => None,
+                        Ok(false) => Some(p),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            }),
+        };
+        for p in failed {
+            self.standbys.remove(&p);
+        }
         if let Some(link) = &self.serving {
             link.serving()
                 .set_standbys(self.standbys.keys().copied().collect());
