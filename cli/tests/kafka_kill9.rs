@@ -293,12 +293,22 @@ fn merge_counts(expected: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64
     }
 }
 
-#[test]
-fn count_job_on_kafka_survives_sigkills() {
-    let c = Cluster::start();
-    let mut expected = c.produce(MESSAGES, 1);
+/// One process of the count job over `messages` messages (from `seed`), SIGKILLed at
+/// random moments (from `rng_seed`) at least `MIN_KILLS` times; a run that finishes before
+/// that gets `more` messages again (seeds from `more_seed`). Checks the kills and the
+/// state, changelog and output at the end.
+fn single_process_under_kills(
+    c: &Cluster,
+    messages: u64,
+    seed: u64,
+    rng_seed: u64,
+    more: u64,
+    more_seed: u64,
+    label: &str,
+) {
+    let mut expected = c.produce(messages, seed);
     let state = c.dir.join("state");
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(rng_seed);
     let mut batch = 1;
     let kills = kill_loop(
         &mut rng,
@@ -306,13 +316,19 @@ fn count_job_on_kafka_survives_sigkills() {
         |_| c.spawn(&state, None),
         || {
             batch += 1;
-            merge_counts(&mut expected, c.produce(MESSAGES / 4, 100 + batch));
+            merge_counts(&mut expected, c.produce(more, more_seed + batch));
             true
         },
     );
-    eprintln!("single process: {kills} SIGKILLs before a run finished");
+    eprintln!("{label}: {kills} SIGKILLs before a run finished");
     assert!(kills >= MIN_KILLS);
-    check(&c, &expected);
+    check(c, &expected);
+}
+
+#[test]
+fn count_job_on_kafka_survives_sigkills() {
+    let c = Cluster::start();
+    single_process_under_kills(&c, MESSAGES, 1, 7, MESSAGES / 4, 100, "single process");
 }
 
 /// The modern protocol paths (admin API topic creation, idempotent producer) under the same
@@ -321,23 +337,7 @@ fn count_job_on_kafka_survives_sigkills() {
 #[test]
 fn count_job_on_tansu_survives_sigkills() {
     let c = Cluster::on(Broker::Tansu(Tansu::start()));
-    let mut expected = c.produce(MESSAGES / 2, 4);
-    let state = c.dir.join("state");
-    let mut rng = StdRng::seed_from_u64(9);
-    let mut batch = 1;
-    let kills = kill_loop(
-        &mut rng,
-        MIN_KILLS,
-        |_| c.spawn(&state, None),
-        || {
-            batch += 1;
-            merge_counts(&mut expected, c.produce(MESSAGES / 8, 200 + batch));
-            true
-        },
-    );
-    eprintln!("tansu: {kills} SIGKILLs before a run finished");
-    assert!(kills >= MIN_KILLS);
-    check(&c, &expected);
+    single_process_under_kills(&c, MESSAGES / 2, 4, 9, MESSAGES / 8, 200, "tansu");
 }
 
 #[test]

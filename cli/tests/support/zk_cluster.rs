@@ -31,18 +31,31 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gregor");
 pub const PARTITIONS: u32 = 8;
 pub const KEYS: u64 = 4_000;
 
-pub fn job_text(bootstrap: &str, zk: &str, session_ms: u64, standbys: u32) -> String {
+/// A job file under the ZooKeeper coordinator (debounce 500 ms, one processing thread) on the
+/// broker at `bootstrap`: the `[job]` keys common to the tests' jobs, `[zookeeper]`,
+/// `[kafka]` (with [`Kafka09::client_config`]), then `stores` (the `[stores.*]` tables).
+#[allow(clippy::too_many_arguments)]
+fn zk_job_text(
+    name: &str,
+    task: &str,
+    commit_ms: u64,
+    standbys: u32,
+    bootstrap: &str,
+    zk: &str,
+    session_ms: u64,
+    stores: &str,
+) -> String {
     let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
     for (k, v) in Kafka09::client_config() {
         kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
     format!(
         r#"[job]
-name = "counts"
-task = "count"
+name = "{name}"
+task = "{task}"
 system = "kafka"
 inputs = ["in"]
-commit.ms = 300
+commit.ms = {commit_ms}
 coordinator = "zookeeper"
 debounce.time.ms = 500
 container.thread.pool.size = 1
@@ -54,11 +67,24 @@ session.timeout.ms = {session_ms}
 
 [kafka]
 {kafka}
-[stores.counts]
+{stores}"#
+    )
+}
+
+pub fn job_text(bootstrap: &str, zk: &str, session_ms: u64, standbys: u32) -> String {
+    zk_job_text(
+        "counts",
+        "count",
+        300,
+        standbys,
+        bootstrap,
+        zk,
+        session_ms,
+        r#"[stores.counts]
 key.serde = "string"
 value.serde = "u64"
 changelog = "counts-changelog"
-"#
+"#,
     )
 }
 
@@ -74,35 +100,17 @@ pub fn ttl_job_text(
     cleanup_entries: usize,
     commit_ms: u64,
 ) -> String {
-    let mut kafka = format!("bootstrap.servers = \"{bootstrap}\"\n");
-    for (k, v) in Kafka09::client_config() {
-        kafka.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
-    format!(
-        r#"[job]
-name = "sessions"
-task = "kv"
-system = "kafka"
-inputs = ["in"]
-commit.ms = {commit_ms}
-coordinator = "zookeeper"
-debounce.time.ms = 500
-container.thread.pool.size = 1
-standby.replicas = {standbys}
-
-[zookeeper]
-connect = "{zk}"
-session.timeout.ms = {session_ms}
-
-[kafka]
-{kafka}
-[stores.kv]
+    let stores = format!(
+        r#"[stores.kv]
 key.serde = "string"
 value.serde = "string"
 changelog = "kv-changelog"
 ttl.ms = {ttl_ms}
 ttl.cleanup.entries = {cleanup_entries}
 "#
+    );
+    zk_job_text(
+        "sessions", "kv", commit_ms, standbys, bootstrap, zk, session_ms, &stores,
     )
 }
 
