@@ -97,13 +97,31 @@ fn serve_reads_writes_pages_and_explains_errors() {
         s.base.trim_start_matches("http://")
     );
 
-    // Read-your-writes: every PUT is visible to the GET right after it.
+    // Read-your-writes: every PUT is visible to the GET right after it, and to a range
+    // (a PUT is answered once durable; the read waits for its task to apply it).
     for i in 0..1000 {
         let k = format!("ryw-{}", i % 37);
         let v = format!("v{i}");
         assert_eq!(s.put(&key_path("kv", &k), v.as_bytes()).status, 204);
         let r = s.get(&key_path("kv", &k));
         assert_eq!(r.json()["value"], b64(v.as_bytes()), "write {i}");
+        if i % 10 == 0 {
+            let v2 = format!("w{i}");
+            assert_eq!(s.put(&key_path("kv", &k), v2.as_bytes()).status, 204);
+            let r = s.get(&format!("/v1/stores/kv/range?prefix={k}&limit=1000"));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let found = r.json()["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["key"] == k.as_str())
+                .map(|e| e["value"].clone());
+            assert_eq!(
+                found,
+                Some(Value::from(b64(v2.as_bytes()))),
+                "range after write {i}"
+            );
+        }
     }
 
     // Delete: gone at once; deleting again is fine.

@@ -2,8 +2,10 @@
 //! `docs/http-api.md`, their error replies, and the wait for the run loop's answers.
 //!
 //! Handlers never touch a store: reads become [`Request`]s the run loop answers (see the
-//! [module doc](super)); writes go to the [`KvWriter`] and then wait until the owning task
-//! has processed them. Nothing a client sends can panic a handler.
+//! [module doc](super)); writes go to the [`KvWriter`] and are answered once durable. A read
+//! first waits until its task has processed every write acknowledged before it arrived (the
+//! read barrier), so a client reads its own writes. Nothing a client sends can panic a
+//! handler.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -31,9 +33,10 @@ use super::{KvWriter, Phase, QueryError, ReadAnswer, ReadOp, Request, Serving};
 
 /// How long a read waits for the run loop before it is answered 503.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a durable write waits for its task to apply it before it is answered 503.
+/// How long a read waits for its task to apply the writes acknowledged before it (the read
+/// barrier) before it is answered 503.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a write waiting to be applied checks that its task still runs here.
+/// How often a read waiting at the barrier checks that its task still runs here.
 const APPLY_STEP: Duration = Duration::from_millis(200);
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
@@ -564,8 +567,10 @@ impl App {
         }
     }
 
-    /// [`send_read`](Self::send_read) and wait for the answer.
+    /// [`send_read`](Self::send_read) once past the read barrier, and wait for the answer.
     async fn read(&self, p: u32, store: &str, op: ReadOp) -> Result<ReadAnswer, ApiError> {
+        self.check_running(p)?;
+        self.await_barrier(p).await?;
         reply(self.send_read(p, store, op)?).await
     }
 
@@ -585,47 +590,80 @@ impl App {
         }
     }
 
-    /// Appends `records` durably, then waits until their tasks applied them.
+    /// Appends `records` durably. The write is answered once durable: a read that arrives
+    /// after the answer waits for the write's task to apply it first (the read barrier,
+    /// [`App::await_barrier`]).
     async fn write(&self, w: &Writes, records: Vec<WriteRecord>) -> Result<(), ApiError> {
-        // Every task the records go to must run here (it confirms the write by applying it).
+        // Every task the records go to must run here (reads of its keys come here, and wait
+        // for it to apply the write).
         let n = self.tasks_total()?;
         let tasks: BTreeSet<u32> = records
             .iter()
             .map(|(k, _)| crate::partitioner::partition_for_key(k, n))
             .collect();
-        for p in tasks {
+        for &p in &tasks {
             self.check_running(p)
                 .map_err(|e| ApiError::Unavailable(format!("{e}; nothing was written")))?;
         }
         let started = std::time::Instant::now();
         let ends = w.writer.append(records).await?;
         tracing::debug!("write durable after {:?}", started.elapsed());
-        for (tp, end) in ends {
-            // Waits in short steps: a task that moves to another process meanwhile (its
-            // coordinator rebalanced) will apply the write there, not here.
-            let deadline = started + APPLY_TIMEOUT;
-            loop {
-                if self.serving.processed(&tp, end, APPLY_STEP).await {
-                    break;
-                }
-                let moved = self
-                    .serving
-                    .with_status(|s| !s.tasks.contains_key(&tp.partition));
-                if moved || std::time::Instant::now() >= deadline {
-                    return Err(ApiError::Unavailable(format!(
-                        "the write is durable in {tp} but its task {}; it will be applied \
-                         (repeating it is safe)",
-                        if moved {
-                            "moved to another process before applying it".to_string()
-                        } else {
-                            format!("did not apply it within {} s", APPLY_TIMEOUT.as_secs())
-                        }
-                    )));
-                }
+        // A task that moved to another process meanwhile (its coordinator rebalanced) applies
+        // the write there, where this process's read barrier does not reach: say so.
+        let moved: Vec<String> = self.serving.with_status(|s| {
+            ends.keys()
+                .filter(|tp| !s.tasks.contains_key(&tp.partition))
+                .map(ToString::to_string)
+                .collect()
+        });
+        if !moved.is_empty() {
+            return Err(ApiError::Unavailable(format!(
+                "the write is durable in {} but its task moved to another process before \
+                 applying it; it will be applied there (repeating it is safe)",
+                moved.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The read barrier of task `p`: waits until it has processed every write the
+    /// key-value service acknowledged before now (nothing to wait for in a job without
+    /// writes, or when it is there already).
+    async fn await_barrier(&self, p: u32) -> Result<(), ApiError> {
+        let Some(w) = &self.writes else {
+            return Ok(());
+        };
+        let tp = crate::backend::TopicPartition::new(w.writer.topic(), p);
+        let end = self.serving.read_barrier(&tp);
+        if self.serving.has_processed(&tp, end) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        // Waits in short steps: a task that moves to another process meanwhile answers
+        // there.
+        loop {
+            if self.serving.processed(&tp, end, APPLY_STEP).await {
+                tracing::debug!(
+                    "read waited {:?} for its task to apply writes",
+                    started.elapsed()
+                );
+                return Ok(());
+            }
+            let moved = self
+                .serving
+                .with_status(|s| !s.tasks.contains_key(&tp.partition));
+            if moved || started.elapsed() >= APPLY_TIMEOUT {
+                return Err(ApiError::Unavailable(format!(
+                    "task `{}` {} the writes acknowledged before this read (up to offset {end} of {tp})",
+                    task_name(&self.serving.job().name, p),
+                    if moved {
+                        "moved to another process before applying".to_string()
+                    } else {
+                        format!("did not apply within {} s", APPLY_TIMEOUT.as_secs())
+                    }
+                )));
             }
         }
-        tracing::debug!("write applied after {:?}", started.elapsed());
-        Ok(())
     }
 }
 
@@ -811,6 +849,8 @@ async fn range(
         if hi.as_ref().is_some_and(|h| from >= *h) {
             continue;
         }
+        app.check_running(t)?;
+        app.await_barrier(t).await?;
         let op = ReadOp::Scan {
             from,
             to: hi.clone(),

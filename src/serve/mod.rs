@@ -8,8 +8,9 @@
 //!
 //! - this module: [`Serving`], what the container and the HTTP server share: the request
 //!   channel, the job's status ([`JobStatus`]: tasks restoring / running, restore progress,
-//!   checkpoints) and each input partition's processed position (so a write can wait until
-//!   its task applied it); [`ServeLink`], the container's end of it;
+//!   checkpoints), each input partition's processed position and the key-value service's
+//!   durable ends (the read barrier: a read waits until its task applied every write
+//!   acknowledged before it); [`ServeLink`], the container's end of it;
 //! - [`query`]: the read requests and how the task thread answers them;
 //! - [`render`]: keys and values to and from URLs and JSON through the store's serdes;
 //! - [`write`](mod@write): the key-value service's writer (appends to the input topic, group commit);
@@ -131,6 +132,10 @@ struct Shared {
     requests: SyncSender<Request>,
     receiver: Mutex<Option<Receiver<Request>>>,
     positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
+    /// The key-value service's durable ends per input partition: every write acknowledged
+    /// lies below them, so a read waits until its task has processed up to them (the read
+    /// barrier, see [`Serving::read_barrier`]).
+    durable: Mutex<BTreeMap<TopicPartition, u64>>,
     /// Where the HTTP server listens (told to the job's other processes).
     advertised: Mutex<Option<String>>,
     /// Who runs each task, when a coordinator shares the job between processes.
@@ -175,6 +180,7 @@ impl Serving {
                 requests: tx,
                 receiver: Mutex::new(Some(rx)),
                 positions: Mutex::new(BTreeMap::new()),
+                durable: Mutex::new(BTreeMap::new()),
                 advertised: Mutex::new(None),
                 routes: RwLock::new(None),
                 standbys: RwLock::new(BTreeSet::new()),
@@ -266,6 +272,34 @@ impl Serving {
                 .entry(tp.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::watch::Sender::new(0))),
         )
+    }
+
+    /// Records that the key-value service's writer made input partitions durable up to
+    /// `ends` (called before the writes are acknowledged).
+    pub fn note_durable<'a>(&self, ends: impl IntoIterator<Item = (&'a TopicPartition, &'a u64)>) {
+        let mut durable = lock(&self.inner.durable);
+        for (tp, &end) in ends {
+            match durable.get_mut(tp) {
+                Some(e) => *e = (*e).max(end),
+                None => {
+                    durable.insert(tp.clone(), end);
+                }
+            }
+        }
+    }
+
+    /// The read barrier of input partition `tp`: the end of every write to it acknowledged
+    /// so far (0 if none was). A read of its task waits until the task has processed up to
+    /// it, so it sees every write acknowledged before the read arrived: writes are answered
+    /// once durable, not once applied.
+    pub fn read_barrier(&self, tp: &TopicPartition) -> u64 {
+        lock(&self.inner.durable).get(tp).copied().unwrap_or(0)
+    }
+
+    /// Whether the task consuming `tp` has processed every record below `end` (without
+    /// waiting).
+    pub fn has_processed(&self, tp: &TopicPartition, end: u64) -> bool {
+        end == 0 || *self.position_sender(tp).borrow() >= end
     }
 
     /// Waits until the task consuming `tp` has processed every record below `end`; `false`

@@ -2,25 +2,26 @@
 //! partition (murmur2, as a Kafka producer would), through the backend seam
 //! ([`Backend::open_sink`] / [`RecordSink`]).
 //!
-//! One thread owns one sink per partition (one producer each, so writes to one partition keep
-//! their order). It takes every write waiting when it wakes, appends them all and flushes the
-//! partitions written, in parallel: a group commit, one fsync per partition file (embedded)
-//! or one acknowledgement round (Kafka) for all writers waiting together. A write is
-//! answered with the partition ends the flush made durable; the HTTP handler then waits until
-//! the owning task has processed up to them ([`Serving::processed`]).
+//! One thread per input partition (started on the partition's first write), each with a sink
+//! of its own (one producer each, so writes to one partition keep their order). It takes
+//! every write waiting when it wakes, appends them all and flushes: a group commit, one fsync
+//! of the partition file (embedded) or one acknowledgement round (Kafka) for all writers
+//! waiting together. Partitions commit side by side and independently: a write waits for
+//! its own partitions' flushes only. A write is answered with the partition ends the flush
+//! made durable, after they are recorded as the read barrier ([`Serving::note_durable`]).
 //!
 //! On the embedded log the sink shares the partition with the task reading it (one open
 //! partition per backend, appends under its lock), and the task reads only up to what a sync
 //! made durable ([`crate::log::Partition::synced_end`]), so it never applies a write that a
 //! machine crash could still take back.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, BackendError, RecordSink, TopicPartition};
 use crate::partitioner::partition_for_key;
+use crate::sync::lock;
 
 use super::Serving;
 
@@ -53,22 +54,38 @@ pub type WriteRecord = (Vec<u8>, Option<Vec<u8>>);
 /// Partition ends a flush made durable.
 pub type Ends = BTreeMap<TopicPartition, u64>;
 
+/// The records of one write that go to one partition, in order.
 struct Append {
-    records: Vec<(u32, Vec<u8>, Option<Vec<u8>>)>,
-    reply: tokio::sync::oneshot::Sender<Result<Ends, WriteError>>,
+    records: Vec<WriteRecord>,
+    reply: tokio::sync::oneshot::Sender<Result<u64, WriteError>>,
 }
 
 /// Appends writes to a job's input topic (see the module doc). Cheap to clone.
 #[derive(Clone)]
 pub struct KvWriter {
-    tx: mpsc::Sender<Append>,
-    topic: String,
+    inner: Arc<Inner>,
     partitions: u32,
+    /// Each partition's writer thread, once started (a thread ends when every
+    /// [`KvWriter`] is dropped).
+    threads: Arc<Mutex<BTreeMap<u32, mpsc::Sender<Append>>>>,
+}
+
+/// What the writer threads share.
+struct Inner {
+    backend: Arc<dyn Backend>,
+    serving: Serving,
+    topic: String,
+    /// The sink name (`<job>.http-writer`).
+    name: String,
+    /// The sink `start` opened (so a backend that cannot open one fails there), for the
+    /// first partition written.
+    spare: Mutex<Option<Box<dyn RecordSink>>>,
 }
 
 impl KvWriter {
-    /// Starts the writer thread for input `topic` of the job `serving` serves, appending
-    /// through a sink of `backend`; it wakes the run loop after every flush.
+    /// Prepares the writer of input `topic` of the job `serving` serves, appending through
+    /// sinks of `backend` (one opened now, so a backend that cannot fails here); each
+    /// partition's thread wakes the run loop after every flush.
     pub fn start(
         backend: Arc<dyn Backend>,
         serving: Serving,
@@ -84,25 +101,22 @@ impl KvWriter {
             .ok_or_else(|| WriteError::NoTopic(topic.to_string()))?;
         let name = format!("{}.http-writer", serving.job().name);
         let sink = backend.open_sink(&name).map_err(err)?;
-        let (tx, rx) = mpsc::channel::<Append>();
-        let t = topic.to_string();
-        std::thread::Builder::new()
-            .name("gregor-kv-writer".into())
-            .spawn(move || write_loop(backend, sink, &name, &t, rx, serving))
-            .map_err(|e| WriteError::Backend {
-                topic: topic.to_string(),
-                message: format!("cannot start the writer thread: {e}"),
-            })?;
         Ok(KvWriter {
-            tx,
-            topic: topic.to_string(),
+            inner: Arc::new(Inner {
+                backend,
+                serving,
+                topic: topic.to_string(),
+                name,
+                spare: Mutex::new(Some(sink)),
+            }),
             partitions,
+            threads: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
     /// The input topic written.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.inner.topic
     }
 
     /// The partition a serialized key goes to.
@@ -110,44 +124,65 @@ impl KvWriter {
         partition_for_key(key, self.partitions)
     }
 
-    /// Appends `records` (serialized key; value, `None` a tombstone) in order and waits until
-    /// they are durable; returns the durable end of every partition written.
-    pub async fn append(
-        &self,
-        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<Ends, WriteError> {
-        let records = records
-            .into_iter()
-            .map(|(k, v)| (self.partition(&k), k, v))
-            .collect();
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Append { records, reply })
-            .map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?
+    /// Appends `records` (serialized key; value, `None` a tombstone) and waits until they are
+    /// durable; returns the durable end of every partition written. Records of one partition
+    /// keep their order; a write over several partitions is durable once all are, and if
+    /// one fails the others may be durable (each partition is its own log).
+    pub async fn append(&self, records: Vec<WriteRecord>) -> Result<Ends, WriteError> {
+        let mut by_partition: BTreeMap<u32, Vec<WriteRecord>> = BTreeMap::new();
+        for (k, v) in records {
+            by_partition
+                .entry(self.partition(&k))
+                .or_default()
+                .push((k, v));
+        }
+        let mut waiting = Vec::with_capacity(by_partition.len());
+        for (p, records) in by_partition {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.sender(p)?
+                .send(Append { records, reply })
+                .map_err(|_| WriteError::Stopped)?;
+            waiting.push((p, rx));
+        }
+        let mut ends = Ends::new();
+        for (p, rx) in waiting {
+            let end = rx.await.map_err(|_| WriteError::Stopped)??;
+            ends.insert(TopicPartition::new(&self.inner.topic, p), end);
+        }
+        Ok(ends)
+    }
+
+    /// Partition `p`'s writer thread, started on first use.
+    fn sender(&self, p: u32) -> Result<mpsc::Sender<Append>, WriteError> {
+        let mut threads = lock(&self.threads);
+        if let Some(tx) = threads.get(&p) {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Append>();
+        let inner = Arc::clone(&self.inner);
+        std::thread::Builder::new()
+            .name(format!("gregor-kv-writer-{p}"))
+            .spawn(move || write_loop(&inner, p, rx))
+            .map_err(|e| WriteError::Backend {
+                topic: self.inner.topic.clone(),
+                message: format!("cannot start the writer thread of partition {p}: {e}"),
+            })?;
+        threads.insert(p, tx.clone());
+        Ok(tx)
     }
 }
 
-/// One sink per input partition, opened on first use and dropped after a failed flush (a
-/// poisoned partition): the next write to it opens a new one.
-type Sinks = BTreeMap<u32, Box<dyn RecordSink>>;
-
-fn write_loop(
-    backend: Arc<dyn Backend>,
-    sink: Box<dyn RecordSink>,
-    name: &str,
-    topic: &str,
-    rx: mpsc::Receiver<Append>,
-    serving: Serving,
-) {
+/// Partition `p`'s writer: group commits until every [`KvWriter`] is dropped. Its sink is
+/// opened on first use and dropped after a failed append or flush (a poisoned partition):
+/// the next write opens a new one.
+fn write_loop(inner: &Inner, p: u32, rx: mpsc::Receiver<Append>) {
+    let topic = inner.topic.as_str();
+    let tp = TopicPartition::new(topic, p);
     let err = |e: BackendError| WriteError::Backend {
         topic: topic.to_string(),
         message: e.to_string(),
     };
-    // The sink `start` opened (so a backend that cannot open one fails there) serves the
-    // first partition written.
-    let mut spare = Some(sink);
-    let mut sinks = Sinks::new();
+    let mut sink: Option<Box<dyn RecordSink>> = None;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -156,100 +191,58 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        let s = match sink.take() {
+            Some(s) => Ok(s),
+            None => match lock(&inner.spare).take() {
+                Some(s) => Ok(s),
+                None => inner.backend.open_sink(&inner.name),
+            },
+        };
+        let mut s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                let e = err(e);
+                for a in group {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
         let now = crate::changelog::now_ms();
-        // Append everything, each record through its partition's sink (so one partition's
-        // records keep their order); a write whose append fails is answered with the error.
+        // Append everything (a write whose append fails is answered with the error), then
+        // one flush for all.
         let mut failed: Vec<Option<WriteError>> = Vec::with_capacity(group.len());
-        let mut touched = BTreeSet::new();
         for a in &group {
-            let mut result = None;
-            for (p, key, value) in &a.records {
-                let sink = match sinks.entry(*p) {
-                    Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => {
-                        match spare.take().map_or_else(|| backend.open_sink(name), Ok) {
-                            Ok(s) => v.insert(s),
-                            Err(e) => {
-                                result = Some(err(e));
-                                break;
-                            }
-                        }
-                    }
-                };
-                touched.insert(*p);
-                let tp = TopicPartition::new(topic, *p);
-                if let Err(e) = sink.send(&tp, now, key, value.as_deref()) {
-                    result = Some(err(e));
-                    break;
+            let r = a
+                .records
+                .iter()
+                .try_for_each(|(key, value)| s.send(&tp, now, key, value.as_deref()));
+            failed.push(r.err().map(err));
+        }
+        let flushed = s.flush().map_err(err).and_then(|ends| {
+            ends.get(&tp).copied().ok_or_else(|| WriteError::Backend {
+                topic: topic.to_string(),
+                message: format!("the flush did not report partition {p}"),
+            })
+        });
+        match &flushed {
+            Ok(end) => {
+                inner.serving.note_durable([(&tp, end)]);
+                if failed.iter().all(Option::is_none) {
+                    sink = Some(s);
                 }
             }
-            failed.push(result);
+            Err(_) => drop(s),
         }
-        let flushed: BTreeMap<u32, Result<Ends, WriteError>> = flush_all(&mut sinks, &touched)
-            .into_iter()
-            .map(|(p, r)| (p, r.map_err(err)))
-            .collect();
         for (a, failed) in group.into_iter().zip(failed) {
             let answer = match failed {
                 Some(e) => Err(e),
-                None => a
-                    .records
-                    .iter()
-                    .map(|(p, _, _)| {
-                        let tp = TopicPartition::new(topic, *p);
-                        match flushed.get(p) {
-                            Some(Ok(ends)) => Ok(ends.get(&tp).map(|&e| (tp, e))),
-                            Some(Err(e)) => Err(e.clone()),
-                            None => Ok(None),
-                        }
-                    })
-                    .filter_map(Result::transpose)
-                    .collect(),
+                None => flushed.clone(),
             };
             let _ = a.reply.send(answer);
         }
-        for (p, r) in &flushed {
-            if r.is_err() {
-                sinks.remove(p);
-            }
-        }
-        serving.wake();
+        inner.serving.wake();
     }
-}
-
-/// Flushes the sinks of the `touched` partitions, in parallel when there are several (one
-/// fsync per partition file on the embedded log: done one after the other they add up, and
-/// the file system can commit concurrent ones together); each partition's result.
-fn flush_all(
-    sinks: &mut Sinks,
-    touched: &BTreeSet<u32>,
-) -> BTreeMap<u32, Result<Ends, BackendError>> {
-    let mut todo: Vec<(u32, &mut Box<dyn RecordSink>)> = sinks
-        .iter_mut()
-        .filter(|(p, _)| touched.contains(p))
-        .map(|(&p, s)| (p, s))
-        .collect();
-    let Some((p0, s0)) = todo.pop() else {
-        return BTreeMap::new();
-    };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = todo
-            .into_iter()
-            .map(|(p, s)| (p, scope.spawn(move || s.flush())))
-            .collect();
-        let mut out = BTreeMap::new();
-        out.insert(p0, s0.flush());
-        for (p, h) in others {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(BackendError::fatal(
-                    format!("flushing partition {p}"),
-                    "the flushing thread panicked",
-                ))
-            });
-            out.insert(p, r);
-        }
-        out
-    })
 }
 
 #[cfg(test)]
@@ -258,10 +251,12 @@ mod tests {
     use crate::log::TopicConfig;
     use crate::runtime::{JobConfig, embedded_backend};
     use crate::statedir::StateDir;
+    use std::collections::BTreeSet;
 
-    /// Concurrent writes of several keys each, over every partition (each group flushes
-    /// several partitions at once): every write is answered with the durable ends of exactly
-    /// its partitions, and each partition holds every record once, each writer's in order.
+    /// Concurrent writes of several keys each, over every partition (the partitions' threads
+    /// commit side by side): every write is answered with the durable ends of exactly its
+    /// partitions, each partition holds every record once, each writer's in order, and the
+    /// read barrier is the highest end answered.
     #[test]
     fn group_commits_over_partitions_answer_each_write_with_its_durable_ends() {
         let dir = tempfile::tempdir().unwrap();
@@ -287,8 +282,8 @@ mod tests {
             .topic_or_create("kv-in", 4, TopicConfig::default())
             .unwrap();
         let backend: Arc<dyn Backend> = Arc::new(backend);
-        let writer =
-            KvWriter::start(Arc::clone(&backend), Serving::new(job, true), "kv-in").unwrap();
+        let serving = Serving::new(job, true);
+        let writer = KvWriter::start(Arc::clone(&backend), serving.clone(), "kv-in").unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
@@ -337,6 +332,11 @@ mod tests {
                 backend.readable_end(tp).unwrap() >= end,
                 "{tp}: {end} not durable"
             );
+            // The read barrier is the highest end acknowledged; no task ran, so a read
+            // would wait.
+            assert_eq!(serving.read_barrier(tp), end, "{tp}");
+            assert!(!serving.has_processed(tp, end));
+            assert!(serving.has_processed(tp, 0));
             let mut reader = backend.open_reader(tp, 0).unwrap();
             let mut last: BTreeMap<String, String> = BTreeMap::new();
             loop {

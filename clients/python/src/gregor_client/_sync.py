@@ -250,8 +250,8 @@ class Client:
     ) -> None:
         """Sets ``key`` to ``value``: bytes as they are, str as UTF-8. The body is what the
         store's value serde reads: raw bytes for ``bytes``, UTF-8 text for ``string``, JSON
-        text for ``json`` (see :meth:`put_json`). Returns once the write is durable in the log
-        and applied. :class:`BadRequest` (or its :class:`PayloadTooLarge`) for a value the
+        text for ``json`` (see :meth:`put_json`). Returns once the write is durable in the log;
+        every later read sees it. :class:`BadRequest` (or its :class:`PayloadTooLarge`) for a value the
         store refuses, e.g. over its size limit; nothing is written then. ``ttl_ms``: the
         entry expires that many milliseconds after the write instead of after the store's
         ``ttl.ms`` (a store with ``stores.<name>.ttl.ms`` only; others answer
