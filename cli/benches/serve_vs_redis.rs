@@ -2,8 +2,9 @@
 //! same load generator, value size and client concurrency, in the same run, on loopback.
 //!
 //! Targets, all running for the whole bench, each in a temp dir under the same file system:
-//! - `gregor serve` (this crate's release binary, the ready-made job: 4 partitions, RocksDB
-//!   store with a changelog). A 2xx PUT is fsync'd in the log and applied by the owning task.
+//! - `gregor serve` (this crate's release binary, the ready-made job: 1 partition, RocksDB
+//!   store with a changelog; `--partitions N` for N). A 2xx PUT is fsync'd in the log; a
+//!   read waits until the writes acknowledged before it are applied.
 //! - `redis-server --appendonly yes --appendfsync always`: a SET is answered after the AOF is
 //!   fsync'd (the same durability as a gregor 2xx).
 //! - `redis-server` with its default configuration (no AOF; RDB snapshots): a SET is in memory.
@@ -535,7 +536,7 @@ fn kafka_round_trip(
 }
 
 /// `--kafka`: `gregor serve` on a Kafka 0.9 broker (started here, as the tests do), the
-/// ready-made job's layout (4 partitions, RocksDB store with a changelog): sequential and
+/// ready-made job's store layout with 4 partitions (RocksDB store with a changelog): sequential and
 /// concurrent puts, and a raw produce→consume round trip on the same broker as the floor.
 fn kafka_main(secs: f64) {
     let mut kafka = gregor_testkit::Kafka09::start();
@@ -648,7 +649,15 @@ fn main() {
     let mut serve_args = vec!["serve", "--http", "127.0.0.1:0"];
     serve_args.extend(job.as_deref());
     let state = dir.path().join("gregor-state");
-    let partitions: u32 = arg("--partitions").map_or(4, |p| p.parse().expect("--partitions N"));
+    // `--partitions N`: the input's partitions (default 1, as `gregor serve` has it).
+    let partitions_arg = arg("--partitions");
+    let partitions: u32 = partitions_arg
+        .as_deref()
+        .map_or(1, |p| p.parse().expect("--partitions N"));
+    if job.is_none() && partitions_arg.is_some() {
+        serve_args.extend(["--partitions", partitions_arg.as_deref().unwrap_or("1")]);
+    }
+    println!("gregor serve: {partitions} input partition(s)");
     if job.is_some() {
         // As the ready-made job has it (the job file's input must be `kv-in`).
         gregor::log::LogDir::open(&state)

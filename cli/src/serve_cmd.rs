@@ -37,8 +37,10 @@ value.serde = "bytes"
 changelog = "kv-changelog"
 "#;
 
-/// Partitions of the ready-made job's input topic, created if missing.
-const BUILTIN_PARTITIONS: u32 = 4;
+/// Partitions of the ready-made job's input topic when it is created (`--partitions`). One
+/// by default: one log file, so a group commit is one fsync for every writer waiting, as
+/// Redis's append-only file; N partitions are N tasks (and N fsyncs per round of writes).
+const BUILTIN_PARTITIONS: u32 = 1;
 
 /// `gregor serve`'s arguments.
 #[derive(clap::Args, Debug)]
@@ -47,9 +49,13 @@ pub struct ServeArgs {
     /// `http.listen`, else 127.0.0.1:8080.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// The ready-made job's input partitions (tasks), when its input topic is created on
+    /// first start (default 1: one log, one fsync per group commit). Not with a job file.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: Option<u32>,
     /// A job file running the `kv` task; without one, the ready-made job `kv` (input
-    /// `kv-in`, 4 partitions, store `kv`: string keys, bytes values, changelog
-    /// `kv-changelog`).
+    /// `kv-in`, 1 partition unless `--partitions`, store `kv`: string keys, bytes values,
+    /// changelog `kv-changelog`).
     job: Option<PathBuf>,
 }
 
@@ -131,6 +137,12 @@ pub fn run(state_dir: &Path, args: ServeArgs) -> Result<i32> {
             "gregor serve".to_string(),
         ),
     };
+    if let (Some(_), Some(f)) = (args.partitions, &args.job) {
+        bail!(
+            "--partitions sets the ready-made job's input; {} names its own input topic (create it with `gregor topic create`)",
+            f.display()
+        );
+    }
     if job.task != "kv" {
         bail!(
             "{source}: job.task = \"{}\": gregor serve runs the `kv` task (gregor run --http serves any job's stores read-only)",
@@ -157,10 +169,19 @@ pub fn run(state_dir: &Path, args: ServeArgs) -> Result<i32> {
     let backend = backend_for(&state, &job, &source, |backend| {
         if args.job.is_none() {
             // The ready-made job's input: created on first start.
-            backend
+            let want = args.partitions.unwrap_or(BUILTIN_PARTITIONS);
+            let topic = backend
                 .logs()
-                .topic_or_create(input, BUILTIN_PARTITIONS, TopicConfig::default())
+                .topic_or_create(input, want, TopicConfig::default())
                 .with_context(|| format!("creating input topic `{input}`"))?;
+            if let Some(asked) = args.partitions
+                && topic.partitions() != asked
+            {
+                bail!(
+                    "--partitions {asked}: input topic `{input}` exists with {} partitions; its writes stay where they are (a new state directory starts with {asked})",
+                    topic.partitions()
+                );
+            }
         }
         Ok(())
     })?;

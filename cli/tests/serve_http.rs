@@ -2,7 +2,8 @@
 //! processes on free loopback ports, a blocking HTTP client.
 //!
 //! - reads, writes, meta, paging, job status, health, metrics and error replies;
-//! - read-your-writes (a PUT then a GET at once, 1000 times);
+//! - read-your-writes (a PUT then a GET or a range at once, 1000 times);
+//! - the ready-made job's partitions: 1 by default, `--partitions N`, checked;
 //! - batches are all-or-nothing; malformed keys are 400s naming the serde;
 //! - 503 + Retry-After while tasks restore;
 //! - kill -9 after acknowledged PUTs: every acknowledged write is readable after a restart;
@@ -62,7 +63,11 @@ fn page_all(s: &Server, query: &str, limit: usize) -> Vec<String> {
 #[test]
 fn serve_reads_writes_pages_and_explains_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &["serve", "--http", "127.0.0.1:0"], &[]);
+    let s = Server::start(
+        dir.path(),
+        &["serve", "--http", "127.0.0.1:0", "--partitions", "4"],
+        &[],
+    );
     s.wait_ready();
 
     // A missing key; an unknown store; an unknown route; a wrong method.
@@ -421,7 +426,11 @@ fn restoring_tasks_answer_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     {
-        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        let s = Server::start(
+            &state,
+            &["serve", "--http", "127.0.0.1:0", "--partitions", "4"],
+            &[],
+        );
         s.wait_ready();
         assert_eq!(s.put(&key_path("kv", "kept"), b"v1").status, 204);
         s.stop();
@@ -429,7 +438,7 @@ fn restoring_tasks_answer_503_with_retry_after() {
     // Each task takes 1.5 s to open: 6 s of restore to observe.
     let s = Server::start(
         &state,
-        &["serve", "--http", "127.0.0.1:0"],
+        &["serve", "--http", "127.0.0.1:0", "--partitions", "4"],
         &[("GREGOR_TEST_OPEN_DELAY_MS", "1500")],
     );
     let mut saw_restoring = false;
@@ -798,7 +807,11 @@ fn kill9_under_concurrent_mixed_load_loses_no_acknowledged_write() {
     let (mut puts, mut reads, mut in_flight, mut applied) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     for round in 0..=rounds {
-        let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+        let s = Server::start(
+            &state,
+            &["serve", "--http", "127.0.0.1:0", "--partitions", "4"],
+            &[],
+        );
         s.wait_ready();
         let (f, a) = check_after_restart(&s, &keys, round);
         in_flight += f;
@@ -836,4 +849,66 @@ fn kill9_under_concurrent_mixed_load_loses_no_acknowledged_write() {
     );
     assert!(puts >= rounds * 10, "only {puts} puts acknowledged");
     assert!(reads >= rounds * 10, "only {reads} reads");
+}
+
+/// `gregor --state-dir STATE ARGS…`, expected to fail: its stderr.
+fn serve_fails(state: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gregor"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_ready_made_job_has_one_partition_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let s = Server::start(&state, &["serve", "--http", "127.0.0.1:0"], &[]);
+    s.wait_ready();
+    let job = s.get("/v1/job").json();
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{job}");
+    assert_eq!(tasks[0]["task"], "kv.partition-0");
+    assert_eq!(s.put(&key_path("kv", "a"), b"1").status, 204);
+    s.stop();
+
+    // The topic exists: another count is refused, naming both; the same count is fine.
+    let err = serve_fails(
+        &state,
+        &["serve", "--http", "127.0.0.1:0", "--partitions", "4"],
+    );
+    assert!(
+        err.contains("--partitions 4") && err.contains("exists with 1 partitions"),
+        "{err}"
+    );
+    let s = Server::start(
+        &state,
+        &["serve", "--http", "127.0.0.1:0", "--partitions", "1"],
+        &[],
+    );
+    s.wait_ready();
+    assert_eq!(s.get(&key_path("kv", "a")).json()["value"], b64(b"1"));
+    s.stop();
+
+    // Not with a job file (it names its own input); out of range is refused by the parser.
+    let job = dir.path().join("kv.toml");
+    std::fs::write(
+        &job,
+        "[job]\nname = \"kv\"\ntask = \"kv\"\ninputs = [\"kv-in\"]\n",
+    )
+    .unwrap();
+    let err = serve_fails(
+        &state,
+        &["serve", "--partitions", "2", job.to_str().unwrap()],
+    );
+    assert!(
+        err.contains("--partitions sets the ready-made job's input"),
+        "{err}"
+    );
+    let err = serve_fails(&dir.path().join("other"), &["serve", "--partitions", "0"]);
+    assert!(err.contains("--partitions"), "{err}");
 }
