@@ -424,10 +424,16 @@ impl RecordSink for EmbeddedSink {
         Ok(())
     }
 
+    /// Syncs each partition written without holding it during the fsync: the run loop's
+    /// `readable_end`, readers and other writers of the partition go on meanwhile (see
+    /// [`Partition::start_sync`]). The end returned is the one the fsync covered.
     fn flush(&mut self) -> Result<BTreeMap<TopicPartition, u64>> {
         let mut ends = BTreeMap::new();
         for tp in std::mem::take(&mut self.touched) {
-            let end = lock(&self.open[&tp]).sync().map_err(log_err(&tp))?;
+            let p = &self.open[&tp];
+            let ticket = lock(p).start_sync().map_err(log_err(&tp))?;
+            let fsynced = ticket.fsync();
+            let end = lock(p).finish_sync(fsynced).map_err(log_err(&tp))?;
             ends.insert(tp, end);
         }
         Ok(ends)

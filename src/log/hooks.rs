@@ -19,7 +19,8 @@ pub trait IoHooks: Send + Sync {
         let _ = (path, len);
         None
     }
-    /// Before fsyncing `path` (a file or a directory).
+    /// Before fsyncing `path` (a file or a directory). For a [`super::SyncTicket`] it is
+    /// called by the thread that fsyncs the ticket, which does not hold the partition.
     fn before_sync(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())

@@ -21,7 +21,11 @@
 //!
 //! # Durability
 //! `append` buffers in user space; `flush_to_os` writes the buffer (write(2)); `sync`
-//! also fsyncs (when `TopicConfig::fsync`). A segment is fsynced before the next one is
+//! also fsyncs (when `TopicConfig::fsync`). A partition shared behind a lock syncs in three
+//! steps so that the fsync runs without the lock: `Partition::start_sync` (flush, and a
+//! [`SyncTicket`] naming the end offset and the bytes written so far), [`SyncTicket::fsync`],
+//! then `Partition::finish_sync`, which reports the ticket's end durable (never records
+//! appended during the fsync). A segment is fsynced before the next one is
 //! created, so only the last segment can have a torn tail. Any failed write or fsync
 //! poisons the partition ([`LogError::Poisoned`]): fsync is never retried, the partition
 //! must be reopened (which re-reads what actually reached the disk). All writes and fsyncs
@@ -39,7 +43,11 @@
 //! To tell the two apart, `sync` writes a *sync marker* ([`record::SyncMarker`], a 32-byte
 //! control frame that readers skip) right after each fsync that covered new records: "the
 //! first `synced_len` bytes of this segment were fsynced; the next record's offset is at least
-//! `end_offset`". The marker is written to the OS (one small write(2)) but not fsynced itself:
+//! `end_offset`". When records were appended while the fsync ran (a [`SyncTicket`]), the
+//! marker goes after them: its `synced_len` names only the bytes the fsync covered, its
+//! `end_offset` the current end (recovery checks a marker's end offset against the records
+//! before it, it is no claim of durability). No marker is written for a segment a roll closed
+//! meanwhile (the roll fsynced it whole). The marker is written to the OS (one small write(2)) but not fsynced itself:
 //! a second fsync per sync would double the commit cost. That is enough, because the marker
 //! is only ever *evidence*: it was written after the fsync returned, so if a marker is found
 //! intact (its CRC holds) the fsync it describes completed, and every byte below its
@@ -56,8 +64,8 @@
 //! what was never fsynced; a checkpoint only ever names offsets a `sync` returned.
 //!
 //! The window where synced data has no proof is the time between an fsync and the write(2)
-//! of its marker (microseconds; a process crash does not lose a marker already written to
-//! the OS). Damage there after a power loss is judged a torn tail; for a changelog, restore
+//! of its marker (microseconds, plus for a [`SyncTicket`] the wait for the partition's lock;
+//! a process crash does not lose a marker already written to the OS). Damage there after a power loss is judged a torn tail; for a changelog, restore
 //! then finds the log ending below its checkpoint and fails loudly rather than silently.
 //! Segments written before sync markers existed have none: damage in their last segment is
 //! a torn tail.
@@ -124,8 +132,8 @@ pub use compaction::CompactionReport;
 pub use error::LogError;
 pub use hooks::{IoHooks, NoHooks};
 pub use partition::{
-    CleanupReport, Partition, PartitionInfo, RecoveryReport, TRUNCATE_INTENT_FILE, TornTailCut,
-    VerifyReport, partition_info, verify_partition,
+    CleanupReport, FsyncedTicket, Partition, PartitionInfo, RecoveryReport, SyncTicket,
+    TRUNCATE_INTENT_FILE, TornTailCut, VerifyReport, partition_info, verify_partition,
 };
 pub use reader::PartitionReader;
 pub use record::{Record, SyncMarker};

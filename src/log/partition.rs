@@ -91,7 +91,20 @@ pub struct Partition {
     hooks: Arc<dyn IoHooks>,
     /// Ascending by base; the last one is active.
     segments: Vec<SegmentMeta>,
-    active: File,
+    /// Shared with the [`SyncTicket`]s in flight, which fsync it without the partition.
+    active: Arc<File>,
+    /// Bumped whenever `active` is replaced (a roll, or a (re)load after a truncation): a
+    /// [`SyncTicket`] of an earlier generation covers a segment that is no longer active.
+    generation: u64,
+    /// Bumped by every truncation that removes records: a [`SyncTicket`] taken before one
+    /// may name records that are gone.
+    truncations: u64,
+    /// Serialises the fsyncs of the active segment (those of [`SyncTicket`]s, which run
+    /// without the partition, and those of rolls and truncations) and remembers the first
+    /// one that failed. Linux reports a failed writeback to only one fsync of a file
+    /// description, so an fsync that started after a failed one may return success without
+    /// the lost pages: every fsync after a failure must fail too.
+    fsync_gate: Arc<Mutex<Option<String>>>,
     /// Bytes of the active segment written to the OS.
     active_len: u64,
     /// Position of the last sparse-index entry of the active segment.
@@ -102,7 +115,7 @@ pub struct Partition {
     index: SharedIndex,
     /// A segment was created or deleted without fsyncing the directory (fsync disabled).
     dir_dirty: bool,
-    /// The end offset named by the newest sync marker of the active segment (or its base):
+    /// The end offset proven by the sync markers of the active segment (or its base):
     /// records from here on are not proven fsynced yet.
     marked_end: u64,
     /// The end offset as of the last successful [`Partition::sync`] (or open): what a
@@ -496,7 +509,10 @@ impl Partition {
             config,
             hooks,
             segments: Vec::new(),
-            active: File::open(dir).map_err(|e| LogError::io("open", dir, e))?,
+            active: Arc::new(File::open(dir).map_err(|e| LogError::io("open", dir, e))?),
+            generation: 0,
+            truncations: 0,
+            fsync_gate: Arc::new(Mutex::new(None)),
             active_len: 0,
             active_indexed: None,
             buf: Vec::new(),
@@ -602,11 +618,12 @@ impl Partition {
         self.active_indexed = scan.index.last().map(|&(_, p)| p);
         crate::sync::lock(&self.index).set(base, scan.index);
         self.segments = segments;
-        self.active = file;
+        self.active = Arc::new(file);
+        self.generation += 1;
         self.active_len = scan.valid_len;
         self.end_offset = end_offset;
         self.synced_end = end_offset;
-        self.marked_end = scan.marker_end.unwrap_or(base).max(base);
+        self.marked_end = scan.proven_end.unwrap_or(base).max(base);
         self.buf.clear();
         report.segments = self.segments.len();
         report.start_offset = self.start_offset();
@@ -687,7 +704,8 @@ impl Partition {
         });
         crate::sync::lock(&self.index).set(base, scan.index);
         self.segments = segments;
-        self.active = file;
+        self.active = Arc::new(file);
+        self.generation += 1;
         self.active_len = valid_len;
         self.end_offset = end_offset;
         self.marked_end = end_offset;
@@ -890,31 +908,101 @@ impl Partition {
     /// `flush_to_os`, then fsync the active segment (and the directory if segments were
     /// created or deleted) when `config.fsync`. Returns the end offset, all of which is
     /// durable. A failed fsync poisons the partition: it is never retried.
-    /// `flush_to_os`, then fsync the active segment (and the directory if segments were
-    /// created or deleted) when `config.fsync`. Returns the end offset, all of which is
-    /// durable. A failed fsync poisons the partition: it is never retried.
     ///
     /// After a successful fsync that covered new records, a sync marker recording it is
     /// written to the OS (one small write(2), no second fsync): it is what lets recovery
     /// tell a torn never-synced tail from corruption of synced data (see [`crate::log`]).
+    ///
+    /// The three steps of [`start_sync`](Self::start_sync), [`SyncTicket::fsync`] and
+    /// [`finish_sync`](Self::finish_sync) in one call. A partition shared between threads
+    /// behind a lock should use them instead, releasing the lock for the fsync.
     pub fn sync(&mut self) -> Result<u64> {
+        let ticket = self.start_sync()?;
+        self.finish_sync(ticket.fsync())
+    }
+
+    /// The first step of a sync that does not hold the partition during its fsync:
+    /// `flush_to_os`, then a [`SyncTicket`] for what was written so far (the end offset now
+    /// and the bytes of the active segment). Fsync it with [`SyncTicket::fsync`] — without
+    /// the partition, so appends, reads and syncs of it go on meanwhile — and hand the
+    /// result to [`finish_sync`](Self::finish_sync). Records appended after this call are
+    /// not covered: the sync returns the ticket's end offset.
+    pub fn start_sync(&mut self) -> Result<SyncTicket> {
         self.flush_to_os()?;
-        if self.config.fsync {
-            let path = self.active_path();
-            if let Err(e) = self
-                .hooks
-                .before_sync(&path)
-                .and_then(|_| self.active.sync_data())
-            {
-                return Err(self.poison("fsync", &path, e));
-            }
-            if self.dir_dirty {
-                self.sync_dir()?;
-            }
-            self.write_sync_marker()?;
+        let job = self.config.fsync.then(|| FsyncJob {
+            file: Arc::clone(&self.active),
+            path: self.active_path(),
+            dir: self.dir_dirty.then(|| self.dir.clone()),
+            hooks: Arc::clone(&self.hooks),
+        });
+        Ok(SyncTicket {
+            partition: self.name.clone(),
+            gate: Arc::clone(&self.fsync_gate),
+            job,
+            end: self.end_offset,
+            synced_len: self.active_len,
+            generation: self.generation,
+            truncations: self.truncations,
+        })
+    }
+
+    /// The last step of a sync: records the outcome of [`SyncTicket::fsync`] and returns
+    /// the ticket's end offset, every record below which is now durable.
+    ///
+    /// A failed fsync poisons the partition (it is never retried; nothing appended is
+    /// reported durable by any later sync). On success [`synced_end`](Self::synced_end)
+    /// moves up to the ticket's end (never down: syncs may finish out of order), and a sync
+    /// marker is written naming the ticket's `synced_len` — the bytes the fsync covered, not
+    /// those written since — if the fsync covered records no marker proves yet and the
+    /// ticket's segment is still the active one. After a roll (which fsynced the old segment
+    /// in full before closing it) no marker is needed: one would land in the new segment.
+    /// If the partition was truncated after the ticket was taken, the records it covered
+    /// may be gone: that is an error ([`LogError::InvalidArgument`]; the partition is not
+    /// poisoned, the truncation made what it kept durable).
+    pub fn finish_sync(&mut self, done: FsyncedTicket) -> Result<u64> {
+        let FsyncedTicket { ticket, result } = done;
+        if !Arc::ptr_eq(&ticket.gate, &self.fsync_gate) {
+            return Err(LogError::InvalidArgument(format!(
+                "a sync ticket of partition {} cannot finish a sync of partition {} (or of an \
+                 earlier opening of it)",
+                ticket.partition, self.name
+            )));
         }
-        self.synced_end = self.end_offset;
-        Ok(self.end_offset)
+        if let Err(e) = result {
+            if self.poisoned.is_none() {
+                return Err(match e {
+                    LogError::Poisoned { cause, .. } => {
+                        self.poisoned = Some(cause.clone());
+                        LogError::Poisoned {
+                            partition: self.name.clone(),
+                            cause,
+                        }
+                    }
+                    e => self.poison_with(e),
+                });
+            }
+            return Err(e);
+        }
+        self.check_poisoned()?;
+        if ticket.truncations != self.truncations {
+            return Err(LogError::InvalidArgument(format!(
+                "partition {} was truncated (now ending at {}) while a sync of the records below \
+                 offset {} was in flight: they may be gone, the sync proves nothing",
+                self.name, self.end_offset, ticket.end
+            )));
+        }
+        if let Some(job) = &ticket.job
+            && ticket.generation == self.generation
+        {
+            if job.dir.is_some() {
+                self.dir_dirty = false;
+            }
+            if ticket.end > self.marked_end {
+                self.write_sync_marker(ticket.end, ticket.synced_len)?;
+            }
+        }
+        self.synced_end = self.synced_end.max(ticket.end);
+        Ok(ticket.end)
     }
 
     /// The end offset as of the last successful [`sync`](Self::sync) (or of opening): every
@@ -922,27 +1010,61 @@ impl Partition {
     /// appended since may already be visible to readers (after a `flush_to_os`) but not yet
     /// fsynced; a task of the same process must not process them, or its checkpoint could
     /// name input a machine crash then removes (the key-value service appends to a running
-    /// job's input in the same process).
+    /// job's input in the same process). A sync in flight ([`start_sync`](Self::start_sync))
+    /// moves it only when it finishes.
     pub fn synced_end(&self) -> u64 {
         self.synced_end
     }
 
-    /// Right after an fsync of the whole active segment: records it in a sync marker.
-    fn write_sync_marker(&mut self) -> Result<()> {
-        if self.end_offset <= self.marked_end {
-            return Ok(());
-        }
-        debug_assert!(self.buf.is_empty());
+    /// After an fsync of the first `synced_len` bytes of the active segment, which held the
+    /// records below `proven_end`: records it in a sync marker. Records appended since (and
+    /// still buffered) are written first: the marker goes after every record written, and
+    /// names the current end offset (a marker's end offset is a lower bound of the next
+    /// record's offset, which recovery checks against the records before it); only its
+    /// `synced_len` is a claim of durability.
+    fn write_sync_marker(&mut self, proven_end: u64, synced_len: u64) -> Result<()> {
+        debug_assert!(synced_len <= self.active_len);
         encode_sync_marker(
             &mut self.buf,
             SyncMarker {
                 end_offset: self.end_offset,
-                synced_len: self.active_len,
+                synced_len,
             },
         );
         self.flush_to_os()?;
-        self.marked_end = self.end_offset;
+        self.marked_end = self.marked_end.max(proven_end);
         Ok(())
+    }
+
+    /// fsyncs the active segment (`sync_all` with `all`, else `sync_data`) under the partition
+    /// (a roll or a truncation), through the fsync gate: after any failed fsync of it this one
+    /// fails too. Poisons on failure.
+    fn fsync_active(&mut self, all: bool) -> Result<()> {
+        let path = self.active_path();
+        let gate = Arc::clone(&self.fsync_gate);
+        let mut failed = crate::sync::lock(&gate);
+        if let Some(cause) = failed.as_ref() {
+            self.poisoned = Some(cause.clone());
+            return Err(LogError::Poisoned {
+                partition: self.name.clone(),
+                cause: cause.clone(),
+            });
+        }
+        let synced = self.hooks.before_sync(&path).and_then(|_| {
+            if all {
+                self.active.sync_all()
+            } else {
+                self.active.sync_data()
+            }
+        });
+        match synced {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = self.poison("fsync", &path, e);
+                *failed = Some(err.to_string());
+                Err(err)
+            }
+        }
     }
 
     /// Closes the active segment (fsynced first when fsync is on, so a closed segment is
@@ -950,14 +1072,7 @@ impl Partition {
     fn roll(&mut self) -> Result<()> {
         self.flush_to_os()?;
         if self.config.fsync {
-            let path = self.active_path();
-            if let Err(e) = self
-                .hooks
-                .before_sync(&path)
-                .and_then(|_| self.active.sync_data())
-            {
-                return Err(self.poison("fsync", &path, e));
-            }
+            self.fsync_active(false)?;
         }
         let base = self.end_offset;
         let path = segment_path(&self.dir, base);
@@ -976,7 +1091,8 @@ impl Partition {
             bytes: 0,
             max_timestamp: Some(None),
         });
-        self.active = file;
+        self.active = Arc::new(file);
+        self.generation += 1;
         self.active_len = 0;
         self.active_indexed = None;
         self.marked_end = base;
@@ -1042,26 +1158,19 @@ impl Partition {
         let keep = k.saturating_sub(1);
         let kbase = self.segments[keep].base;
         let kpath = segment_path(&self.dir, kbase);
+        // A sync ticket taken before this point may cover records removed below.
+        self.truncations += 1;
         // 1. Everything the truncation keeps must be durable before the intent: the segment
         //    to cut (closed segments are not fsynced at roll when fsync is off) and the
         //    directory (segments created without a directory fsync).
-        let mut to_sync = vec![self.active_path()];
-        if kpath != to_sync[0] {
-            to_sync.push(kpath.clone());
-        }
-        for path in to_sync {
-            let synced = if path == self.active_path() {
-                self.hooks
-                    .before_sync(&path)
-                    .and_then(|_| self.active.sync_all())
-            } else {
-                self.hooks
-                    .before_sync(&path)
-                    .and_then(|_| File::open(&path).and_then(|f| f.sync_all()))
-            };
-            if let Err(e) = synced {
-                return Err(self.poison("fsync", &path, e));
-            }
+        self.fsync_active(true)?;
+        if kpath != self.active_path()
+            && let Err(e) = self
+                .hooks
+                .before_sync(&kpath)
+                .and_then(|_| File::open(&kpath).and_then(|f| f.sync_all()))
+        {
+            return Err(self.poison("fsync", &kpath, e));
         }
         let dir = self.dir.clone();
         if let Err(e) = self
@@ -1310,6 +1419,106 @@ impl Partition {
         }
         report.start_offset = self.start_offset();
         Ok(report)
+    }
+}
+
+/// A sync in flight, from [`Partition::start_sync`]: what it covers (the records below
+/// [`end_offset`](Self::end_offset), the first [`synced_len`](Self::synced_len) bytes of the
+/// segment active then) and a handle to fsync them with [`fsync`](Self::fsync), which needs
+/// no access to the partition. Hand the result to [`Partition::finish_sync`] of the same
+/// partition; a ticket dropped instead proves nothing.
+#[derive(Debug)]
+pub struct SyncTicket {
+    partition: String,
+    gate: Arc<Mutex<Option<String>>>,
+    /// `None` when the topic does not fsync.
+    job: Option<FsyncJob>,
+    end: u64,
+    synced_len: u64,
+    generation: u64,
+    truncations: u64,
+}
+
+/// The fsyncs of a [`SyncTicket`].
+#[derive(Debug)]
+struct FsyncJob {
+    /// The segment that was active at [`Partition::start_sync`].
+    file: Arc<File>,
+    path: PathBuf,
+    /// The partition directory, if segments were created or deleted without an fsync of it.
+    dir: Option<PathBuf>,
+    hooks: Arc<dyn IoHooks>,
+}
+
+impl SyncTicket {
+    /// The end offset the sync covers: [`Partition::finish_sync`] reports every record below
+    /// it durable.
+    pub fn end_offset(&self) -> u64 {
+        self.end
+    }
+
+    /// The bytes of the (then) active segment the sync covers.
+    pub fn synced_len(&self) -> u64 {
+        self.synced_len
+    }
+
+    /// fsyncs the segment (through `IoHooks::before_sync`), and the directory if the ticket
+    /// needs it, when the topic fsyncs. Call it without holding the partition: appends,
+    /// reads and syncs of the partition go on meanwhile (fsyncs of the same segment are
+    /// serialised). Fails without an fsync if an earlier fsync of the segment failed (the
+    /// kernel may report a lost write to only one of them). Never retried.
+    pub fn fsync(self) -> FsyncedTicket {
+        let result = match &self.job {
+            None => Ok(()),
+            Some(job) => {
+                let mut failed = crate::sync::lock(&self.gate);
+                match failed.as_ref() {
+                    Some(cause) => Err(LogError::Poisoned {
+                        partition: self.partition.clone(),
+                        cause: cause.clone(),
+                    }),
+                    None => {
+                        let result = job
+                            .hooks
+                            .before_sync(&job.path)
+                            .and_then(|_| job.file.sync_data())
+                            .map_err(|e| LogError::io("fsync", &job.path, e))
+                            .and_then(|()| match &job.dir {
+                                Some(dir) => fsync_dir_hooked(dir, job.hooks.as_ref()),
+                                None => Ok(()),
+                            });
+                        if let Err(e) = &result {
+                            *failed = Some(e.to_string());
+                        }
+                        result
+                    }
+                }
+            }
+        };
+        FsyncedTicket {
+            ticket: self,
+            result,
+        }
+    }
+}
+
+/// A [`SyncTicket`] after its fsync, with the outcome: hand it to
+/// [`Partition::finish_sync`].
+#[derive(Debug)]
+pub struct FsyncedTicket {
+    ticket: SyncTicket,
+    result: Result<()>,
+}
+
+impl FsyncedTicket {
+    /// The end offset the sync covers.
+    pub fn end_offset(&self) -> u64 {
+        self.ticket.end
+    }
+
+    /// The fsync's error, if it failed (`finish_sync` poisons the partition with it).
+    pub fn error(&self) -> Option<&LogError> {
+        self.result.as_ref().err()
     }
 }
 

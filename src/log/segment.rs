@@ -307,6 +307,11 @@ pub struct SegmentScan {
     pub synced_len: u64,
     /// Largest `end_offset` of a sync marker in the valid prefix.
     pub marker_end: Option<u64>,
+    /// Largest `end_offset` of a sync marker in the valid prefix that proves every record
+    /// before it fsynced (its `synced_len` reaches the end of the last record before it).
+    /// A marker written after records appended while its fsync ran proves less than its
+    /// end offset says, and does not count.
+    pub proven_end: Option<u64>,
     /// The offset carried by the frame at byte 0 (a record's offset or a sync marker's end
     /// offset), if that frame is valid.
     pub head_offset: Option<u64>,
@@ -341,6 +346,8 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
     let mut last_indexed: Option<u64> = None;
     // The least offset the next record may carry.
     let mut min = base;
+    // Where the last record's frame ends.
+    let mut records_end = 0;
     loop {
         let pos = reader.position();
         let next = reader
@@ -373,6 +380,7 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                             .map_or(slot.timestamp, |t| t.max(slot.timestamp)),
                     );
                     scan.valid_len = reader.position();
+                    records_end = scan.valid_len;
                     // Decoded offsets are below u64::MAX.
                     min = slot.offset + 1;
                     None
@@ -401,6 +409,9 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                     }
                     scan.synced_len = scan.synced_len.max(m.synced_len);
                     scan.marker_end = Some(m.end_offset);
+                    if m.synced_len >= records_end {
+                        scan.proven_end = Some(m.end_offset);
+                    }
                     scan.valid_len = reader.position();
                     min = m.end_offset;
                     None
