@@ -270,3 +270,80 @@ fn reader_reads_on_after_seeing_a_half_written_frame() {
         );
     }
 }
+
+/// Reads everything left in `r`, `step` records at a time.
+fn read_rest(r: &mut PartitionReader, step: usize) -> Vec<Record> {
+    let mut got = Vec::new();
+    loop {
+        let batch = r.next_batch(step).unwrap();
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend_from_slice(batch);
+    }
+}
+
+/// `rewind` goes back to any record of the last batch (also after an empty read at the end,
+/// across a segment roll, and past the read buffer), then reads exactly what a fresh reader
+/// would from there; an offset outside the last batch is refused and changes nothing.
+#[test]
+fn rewind_goes_back_within_the_last_batch_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = open(dir.path(), 64 << 20);
+    let mut recs = fill(&mut p, 100);
+    p.flush_to_os().unwrap();
+    let mut r = p.reader(0).unwrap();
+    assert_eq!(r.next_batch(30).unwrap().len(), 30);
+    let batch: Vec<u64> = r.next_batch(30).unwrap().iter().map(|x| x.offset).collect();
+    assert_eq!(batch, (30..60).collect::<Vec<_>>());
+    // Not in the last batch: refused, nothing moves.
+    for o in [0, 29, 60, 1000] {
+        assert!(!r.rewind(o), "{o}");
+        assert_eq!(r.next_offset(), 60);
+    }
+    for o in [59, 45, 30] {
+        let mut r = p.reader(0).unwrap();
+        assert_eq!(r.next_batch(30).unwrap().len(), 30);
+        assert_eq!(r.next_batch(30).unwrap().len(), 30);
+        assert!(r.rewind(o), "{o}");
+        assert_eq!(r.next_offset(), o);
+        let again = r.next_batch(30).unwrap().to_vec();
+        assert_eq!(again, recs[o as usize..o as usize + 30].to_vec(), "{o}");
+    }
+    // At the end of the log: an empty read keeps the last batch; records appended after the
+    // rewind are read on.
+    assert_eq!(read_rest(&mut r, 1000), recs[60..].to_vec());
+    assert!(r.next_batch(10).unwrap().is_empty());
+    assert!(r.rewind(70));
+    recs.extend(fill(&mut p, 20));
+    p.flush_to_os().unwrap();
+    assert_eq!(read_rest(&mut r, 7), recs[70..].to_vec());
+
+    // Records far apart in a big segment (the frames behind the read buffer): read again.
+    let big = tempfile::tempdir().unwrap();
+    let mut q = open(big.path(), 64 << 20);
+    let value = vec![b'x'; 200 << 10];
+    for i in 0..20u64 {
+        q.append(i as i64, format!("k{i}").as_bytes(), Some(&value))
+            .unwrap();
+    }
+    q.flush_to_os().unwrap();
+    let mut r = q.reader(0).unwrap();
+    let first: Vec<Record> = r.next_batch(20).unwrap().to_vec();
+    assert_eq!(first.len(), 20);
+    assert!(r.rewind(1));
+    assert_eq!(read_rest(&mut r, 3), first[1..].to_vec());
+
+    // A roll between: the last batch's records of the earlier segment are not rewound to.
+    let rolled = tempfile::tempdir().unwrap();
+    let mut s = open(rolled.path(), 500);
+    let recs = fill(&mut s, 60);
+    assert!(s.segment_bases().len() > 2);
+    let mut r = s.reader(0).unwrap();
+    let got = r.next_batch(60).unwrap().to_vec();
+    assert_eq!(got, recs);
+    let last_base = *s.segment_bases().last().unwrap();
+    assert!(!r.rewind(last_base - 1), "a record of an earlier segment");
+    assert!(r.rewind(last_base));
+    assert_eq!(read_rest(&mut r, 5), recs[last_base as usize..].to_vec());
+}

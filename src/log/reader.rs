@@ -23,6 +23,10 @@ pub struct PartitionReader {
     cur: Option<Cursor>,
     next_offset: u64,
     batch: Vec<Record>,
+    /// `(offset, file position)` of each record the last `next_batch` that returned any
+    /// returned from the current segment, in order: where [`rewind`](Self::rewind) can go
+    /// back to.
+    returned: Vec<(u64, u64)>,
     /// `(segment base, byte length)`: read nothing beyond it (a read-only view).
     bound: Option<(u64, u64)>,
 }
@@ -72,6 +76,7 @@ impl PartitionReader {
             cur: None,
             next_offset: from_offset,
             batch: Vec::new(),
+            returned: Vec::new(),
             bound,
         })
     }
@@ -81,8 +86,37 @@ impl PartitionReader {
         self.next_offset
     }
 
+    /// Goes back to `offset`, a record the last [`next_batch`](Self::next_batch) returned
+    /// from the segment it reads now, without reopening anything (the frames are usually
+    /// still in the buffer): what a consumer that read past its limit does before reading
+    /// again. False (nothing changed) when `offset` is not such a record: seek by opening a
+    /// new reader then.
+    pub fn rewind(&mut self, offset: u64) -> bool {
+        let Some(cur) = self.cur.as_mut() else {
+            return false;
+        };
+        // The first record at or past `offset`; with one before it in the batch, nothing lies
+        // between the two (a compaction gap at most), else it must be `offset` itself.
+        let i = self.returned.partition_point(|&(o, _)| o < offset);
+        let Some(&(found, pos)) = self.returned.get(i) else {
+            return false;
+        };
+        if i == 0 && found != offset {
+            return false;
+        }
+        cur.reader.rewind_to(pos);
+        cur.prev_offset = match i {
+            0 => offset.checked_sub(1),
+            _ => Some(self.returned[i - 1].0),
+        };
+        self.returned.truncate(i);
+        self.next_offset = offset;
+        true
+    }
+
     /// Opens the next segment to visit; false if there is none.
     fn open_next(&mut self) -> Result<bool> {
+        self.returned.clear();
         while let Some(base) = self.bases.pop() {
             let path = segment_path(&self.dir, base);
             // Look up the index and open the file under the index lock, so a concurrent
@@ -181,6 +215,9 @@ impl PartitionReader {
     /// the log. The returned records are reused by the next call.
     pub fn next_batch(&mut self, max_records: usize) -> Result<&[Record]> {
         let mut n = 0;
+        // What `rewind` can go back to: this call's records, once it returns one (an empty
+        // call, as `read` makes at the end, keeps the last batch's).
+        let mut fresh = false;
         while n < max_records {
             if self.cur.is_none() && !self.open_next()? {
                 break;
@@ -223,6 +260,11 @@ impl PartitionReader {
                     }
                     if slot.offset >= self.next_offset {
                         self.next_offset = slot.offset + 1;
+                        if !fresh {
+                            self.returned.clear();
+                            fresh = true;
+                        }
+                        self.returned.push((slot.offset, pos));
                         n += 1;
                     }
                 }

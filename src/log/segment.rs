@@ -167,6 +167,21 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         self.limit
     }
 
+    /// Moves back to the frame at file position `pos` (at most [`position`](Self::position)):
+    /// free when the bytes are still in the buffer, else the next read starts there.
+    pub fn rewind_to(&mut self, pos: u64) {
+        debug_assert!(pos <= self.pos);
+        // `buf[i]` holds the byte at file position `self.pos - lo + i` for every `i < hi`.
+        let buf_start = self.pos - self.lo as u64;
+        if (buf_start..=self.pos).contains(&pos) {
+            self.lo = (pos - buf_start) as usize;
+        } else {
+            self.lo = 0;
+            self.hi = 0;
+        }
+        self.pos = pos;
+    }
+
     /// Extends the limit (the file grew).
     pub fn set_limit(&mut self, limit: u64) {
         self.limit = limit.max(self.pos + (self.hi - self.lo) as u64);
