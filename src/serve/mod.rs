@@ -299,7 +299,10 @@ impl Serving {
     /// Whether the task consuming `tp` has processed every record below `end` (without
     /// waiting).
     pub fn has_processed(&self, tp: &TopicPartition, end: u64) -> bool {
-        end == 0 || *self.position_sender(tp).borrow() >= end
+        end == 0
+            || lock(&self.inner.positions)
+                .get(tp)
+                .is_some_and(|s| *s.borrow() >= end)
     }
 
     /// Waits until the task consuming `tp` has processed every record below `end`; `false`
