@@ -504,15 +504,17 @@ impl App {
         })
     }
 
-    /// Asks the run loop for `op` on `store` of task `p`; the answer comes through the
-    /// returned channel (see [`reply`]).
-    fn send_read(
+    /// Asks the run loop for `op` on `store` of task `p` once the task runs here and is past
+    /// its read barrier ([`await_barrier`](Self::await_barrier)); the answer comes through
+    /// the returned channel (see [`reply`]).
+    async fn send_read(
         &self,
         p: u32,
         store: &str,
         op: ReadOp,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>, ApiError> {
         self.check_running(p)?;
+        self.await_barrier(p).await?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let request = Request::Read {
             task: p,
@@ -567,11 +569,9 @@ impl App {
         }
     }
 
-    /// [`send_read`](Self::send_read) once past the read barrier, and wait for the answer.
+    /// [`send_read`](Self::send_read) and wait for the answer.
     async fn read(&self, p: u32, store: &str, op: ReadOp) -> Result<ReadAnswer, ApiError> {
-        self.check_running(p)?;
-        self.await_barrier(p).await?;
-        reply(self.send_read(p, store, op)?).await
+        reply(self.send_read(p, store, op).await?).await
     }
 
     fn writes(&self, store: &str) -> Result<&Writes, ApiError> {
@@ -849,14 +849,12 @@ async fn range(
         if hi.as_ref().is_some_and(|h| from >= *h) {
             continue;
         }
-        app.check_running(t)?;
-        app.await_barrier(t).await?;
         let op = ReadOp::Scan {
             from,
             to: hi.clone(),
             limit: limit + 1,
         };
-        pending.push((t, app.send_read(t, &store, op)?));
+        pending.push((t, app.send_read(t, &store, op).await?));
     }
     let mut merged: Vec<(Vec<u8>, u32, Vec<u8>)> = Vec::new();
     for (t, answer) in pending {
