@@ -177,6 +177,10 @@ impl Backend for EmbeddedBackend {
         "embedded"
     }
 
+    fn flushes_locally(&self) -> bool {
+        true
+    }
+
     fn partitions(&self, topic: &str) -> Result<Option<u32>> {
         match self.inner.logs.topic(topic) {
             Ok(t) => Ok(Some(t.partitions())),

@@ -150,6 +150,10 @@ impl Backend for MemoryBackend {
         "memory"
     }
 
+    fn flushes_locally(&self) -> bool {
+        true
+    }
+
     fn partitions(&self, topic: &str) -> Result<Option<u32>> {
         Ok(lock(&self.state)
             .topics

@@ -162,6 +162,14 @@ pub trait Backend: Send + Sync {
     /// A short name for messages ("embedded", "kafka", "memory").
     fn name(&self) -> &'static str;
 
+    /// Whether a sink's [`flush`](RecordSink::flush) completes on this machine (an fsync,
+    /// or nothing to do), so an async caller may run it on its own thread as Redis runs its
+    /// fsync; `false` (the default) when it waits for a network round trip, which may last
+    /// up to the backend's timeout and so belongs on a thread that may block.
+    fn flushes_locally(&self) -> bool {
+        false
+    }
+
     /// The partition count of `topic`, `None` if it does not exist.
     fn partitions(&self, topic: &str) -> Result<Option<u32>>;
 

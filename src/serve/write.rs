@@ -2,22 +2,34 @@
 //! partition (murmur2, as a Kafka producer would), through the backend seam
 //! ([`Backend::open_sink`] / [`RecordSink`]).
 //!
-//! One thread per input partition (started on the partition's first write), each with a sink
-//! of its own (one producer each, so writes to one partition keep their order). It takes
-//! every write waiting when it wakes, appends them all and flushes: a group commit, one fsync
-//! of the partition file (embedded) or one acknowledgement round (Kafka) for all writers
-//! waiting together. Partitions commit side by side and independently: a write waits for
-//! its own partitions' flushes only. A write is answered with the partition ends the flush
-//! made durable, after they are recorded as the read barrier ([`Serving::note_durable`]).
+//! Each input partition has a lane: a queue of writes, one sink (one producer per partition,
+//! so writes to one partition keep their order) and a writer thread, started on first need.
+//! Writes commit in groups, one group at a time per lane: the group's leader appends every
+//! write of the group and flushes once (one fsync of the partition file on the embedded log;
+//! one acknowledgement round on Kafka), then answers them all. Who leads, as in RocksDB's
+//! write thread:
+//! - a write that finds its lane idle leads its own group on the thread that made it (an
+//!   HTTP worker), when the flush is local ([`Backend::flushes_locally`]): a lone client's
+//!   write is appended, fsynced and answered without crossing a thread, as Redis does with
+//!   `appendfsync always`;
+//! - writes that arrive while a group commits queue behind it; when it ends, the lead passes
+//!   to the lane's writer thread, which commits everything queued as one group, and again
+//!   until the queue is empty. An HTTP worker thus blocks in at most one fsync at a time per
+//!   lane, and never in a network round trip (a Kafka write always goes to the thread).
+//!
+//! Lanes commit side by side and independently: a write waits for its own partitions'
+//! flushes only. A write is answered with the partition ends the flush made durable, after
+//! they are recorded as the read barrier ([`Serving::note_durable`]).
 //!
 //! On the embedded log the sink shares the partition with the task reading it (one open
 //! partition per backend, appends under its lock), and the task reads only up to what a sync
 //! made durable ([`crate::log::Partition::synced_end`]), so it never applies a write that a
 //! machine crash could still take back.
 
-use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
 
 use crate::backend::{Backend, BackendError, RecordSink, TopicPartition};
 use crate::partitioner::partition_for_key;
@@ -43,7 +55,8 @@ pub enum WriteError {
         /// The backend's error.
         message: String,
     },
-    /// The writer thread is gone.
+    /// The group commit the write was queued in ended without an answer (its leader
+    /// panicked, or the writer is shutting down); the write may or may not be durable.
     #[error("the writer has stopped")]
     Stopped,
 }
@@ -54,23 +67,15 @@ pub type WriteRecord = (Vec<u8>, Option<Vec<u8>>);
 /// Partition ends a flush made durable.
 pub type Ends = BTreeMap<TopicPartition, u64>;
 
-/// The records of one write that go to one partition, in order.
-struct Append {
-    records: Vec<WriteRecord>,
-    reply: tokio::sync::oneshot::Sender<Result<u64, WriteError>>,
-}
-
-/// Appends writes to a job's input topic (see the module doc). Cheap to clone.
+/// Appends writes to a job's input topic (see the module doc). Cheap to clone; the writer
+/// threads end when the last clone is dropped.
 #[derive(Clone)]
 pub struct KvWriter {
     inner: Arc<Inner>,
-    partitions: u32,
-    /// Each partition's writer thread, once started (a thread ends when every
-    /// [`KvWriter`] is dropped).
-    threads: Arc<Mutex<BTreeMap<u32, mpsc::Sender<Append>>>>,
+    _threads: Arc<StopThreads>,
 }
 
-/// What the writer threads share.
+/// What the writers share.
 struct Inner {
     backend: Arc<dyn Backend>,
     serving: Serving,
@@ -80,12 +85,47 @@ struct Inner {
     /// The sink `start` opened (so a backend that cannot open one fails there), for the
     /// first partition written.
     spare: Mutex<Option<Box<dyn RecordSink>>>,
+    /// One lane per input partition.
+    lanes: Vec<Lane>,
+    /// Whether a write finding its lane idle may lead on its own thread.
+    lead_inline: bool,
+}
+
+/// One partition's writes: the queue behind its leader, its sink, its writer thread.
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+    /// Wakes the lane's writer thread.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// A group is committing or about to (the writes arriving queue in `waiting`).
+    leading: bool,
+    /// Writes queued, in arrival order.
+    waiting: VecDeque<Waiter>,
+    /// The lane's sink between groups (`None` before the first write and after a failed
+    /// append or flush: the next leader opens a new one).
+    sink: Option<Box<dyn RecordSink>>,
+    /// The lead was handed to the writer thread (which takes `waiting` as its group).
+    thread_leads: bool,
+    /// The writer thread is running.
+    thread: bool,
+    /// Every [`KvWriter`] is gone: the thread ends once idle.
+    closed: bool,
+}
+
+/// A write queued behind a leader, and where its answer goes.
+struct Waiter {
+    records: Vec<WriteRecord>,
+    answer: oneshot::Sender<Result<u64, WriteError>>,
 }
 
 impl KvWriter {
     /// Prepares the writer of input `topic` of the job `serving` serves, appending through
-    /// sinks of `backend` (one opened now, so a backend that cannot fails here); each
-    /// partition's thread wakes the run loop after every flush.
+    /// sinks of `backend` (one opened now, so a backend that cannot fails here); the run
+    /// loop is woken after every group commit.
     pub fn start(
         backend: Arc<dyn Backend>,
         serving: Serving,
@@ -101,17 +141,41 @@ impl KvWriter {
             .ok_or_else(|| WriteError::NoTopic(topic.to_string()))?;
         let name = format!("{}.http-writer", serving.job().name);
         let sink = backend.open_sink(&name).map_err(err)?;
-        Ok(KvWriter {
-            inner: Arc::new(Inner {
-                backend,
-                serving,
-                topic: topic.to_string(),
-                name,
-                spare: Mutex::new(Some(sink)),
-            }),
+        let lead_inline = backend.flushes_locally();
+        Ok(Self::with_sink(
+            backend,
+            serving,
+            topic,
             partitions,
-            threads: Arc::new(Mutex::new(BTreeMap::new())),
-        })
+            sink,
+            lead_inline,
+        ))
+    }
+
+    /// The writer [`start`](Self::start) makes, given its first sink and whether a write
+    /// may lead inline.
+    fn with_sink(
+        backend: Arc<dyn Backend>,
+        serving: Serving,
+        topic: &str,
+        partitions: u32,
+        sink: Box<dyn RecordSink>,
+        lead_inline: bool,
+    ) -> Self {
+        let name = format!("{}.http-writer", serving.job().name);
+        let inner = Arc::new(Inner {
+            backend,
+            serving,
+            topic: topic.to_string(),
+            name,
+            spare: Mutex::new(Some(sink)),
+            lanes: (0..partitions).map(|_| Lane::default()).collect(),
+            lead_inline,
+        });
+        KvWriter {
+            _threads: Arc::new(StopThreads(Arc::clone(&inner))),
+            inner,
+        }
     }
 
     /// The input topic written.
@@ -121,13 +185,14 @@ impl KvWriter {
 
     /// The partition a serialized key goes to.
     pub fn partition(&self, key: &[u8]) -> u32 {
-        partition_for_key(key, self.partitions)
+        partition_for_key(key, self.inner.lanes.len() as u32)
     }
 
     /// Appends `records` (serialized key; value, `None` a tombstone) and waits until they are
     /// durable; returns the durable end of every partition written. Records of one partition
     /// keep their order; a write over several partitions is durable once all are, and if
-    /// one fails the others may be durable (each partition is its own log).
+    /// one fails the others may be durable (each partition is its own log). A write whose
+    /// future is dropped before its answer may or may not become durable.
     pub async fn append(&self, records: Vec<WriteRecord>) -> Result<Ends, WriteError> {
         let mut by_partition: BTreeMap<u32, Vec<WriteRecord>> = BTreeMap::new();
         for (k, v) in records {
@@ -136,112 +201,227 @@ impl KvWriter {
                 .or_default()
                 .push((k, v));
         }
-        let mut waiting = Vec::with_capacity(by_partition.len());
-        for (p, records) in by_partition {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            self.sender(p)?
-                .send(Append { records, reply })
-                .map_err(|_| WriteError::Stopped)?;
-            waiting.push((p, rx));
-        }
+        // Queue in (or take the lead of) every lane first, so the lanes commit side by
+        // side; then lead the groups this write leads (no await in between), then wait.
+        let mut tickets: Vec<(u32, Ticket)> = by_partition
+            .into_iter()
+            .map(|(p, records)| (p, self.inner.enqueue(p, records)))
+            .collect();
+        tickets.sort_by_key(|(p, t)| (matches!(t, Ticket::Queued(_)), *p));
         let mut ends = Ends::new();
-        for (p, rx) in waiting {
-            let end = rx.await.map_err(|_| WriteError::Stopped)??;
-            ends.insert(TopicPartition::new(&self.inner.topic, p), end);
+        let mut failed = None;
+        for (p, ticket) in tickets {
+            let end = match ticket {
+                Ticket::Lead(records) => self.inner.lead(p, records),
+                Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
+            };
+            match end {
+                Ok(end) => {
+                    ends.insert(TopicPartition::new(&self.inner.topic, p), end);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
-        Ok(ends)
-    }
-
-    /// Partition `p`'s writer thread, started on first use.
-    fn sender(&self, p: u32) -> Result<mpsc::Sender<Append>, WriteError> {
-        let mut threads = lock(&self.threads);
-        if let Some(tx) = threads.get(&p) {
-            return Ok(tx.clone());
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(ends),
         }
-        let (tx, rx) = mpsc::channel::<Append>();
-        let inner = Arc::clone(&self.inner);
-        std::thread::Builder::new()
-            .name(format!("gregor-kv-writer-{p}"))
-            .spawn(move || write_loop(&inner, p, rx))
-            .map_err(|e| WriteError::Backend {
-                topic: self.inner.topic.clone(),
-                message: format!("cannot start the writer thread of partition {p}: {e}"),
-            })?;
-        threads.insert(p, tx.clone());
-        Ok(tx)
     }
 }
 
-/// Partition `p`'s writer: group commits until every [`KvWriter`] is dropped. Its sink is
-/// opened on first use and dropped after a failed append or flush (a poisoned partition):
-/// the next write opens a new one.
-fn write_loop(inner: &Inner, p: u32, rx: mpsc::Receiver<Append>) {
-    let topic = inner.topic.as_str();
-    let tp = TopicPartition::new(topic, p);
-    let err = |e: BackendError| WriteError::Backend {
-        topic: topic.to_string(),
-        message: e.to_string(),
-    };
-    let mut sink: Option<Box<dyn RecordSink>> = None;
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(a) => group.push(a),
-                Err(_) => break,
+/// A write's place in its lane.
+enum Ticket {
+    /// It leads its own group, on the caller's thread (the lane was idle).
+    Lead(Vec<WriteRecord>),
+    /// It is queued; the group's answer comes here.
+    Queued(oneshot::Receiver<Result<u64, WriteError>>),
+}
+
+/// Ends the writer threads when the last [`KvWriter`] is dropped.
+struct StopThreads(Arc<Inner>);
+
+impl Drop for StopThreads {
+    fn drop(&mut self) {
+        for lane in &self.0.lanes {
+            lock(&lane.state).closed = true;
+            lane.wake.notify_all();
+        }
+    }
+}
+
+impl Inner {
+    /// Takes the lead of partition `p`'s lane if it is idle and leading inline is allowed;
+    /// otherwise queues `records` (handing an idle lane to its writer thread).
+    fn enqueue(self: &Arc<Self>, p: u32, records: Vec<WriteRecord>) -> Ticket {
+        let lane = &self.lanes[p as usize];
+        let mut st = lock(&lane.state);
+        if !st.leading && self.lead_inline {
+            st.leading = true;
+            return Ticket::Lead(records);
+        }
+        let (answer, rx) = oneshot::channel();
+        st.waiting.push_back(Waiter { records, answer });
+        if !st.leading {
+            st.leading = true;
+            self.hand_to_thread(p, &mut st);
+        }
+        Ticket::Queued(rx)
+    }
+
+    /// Hands lane `p`'s lead to its writer thread (started if needed). `st` is the lane's
+    /// locked state, with writes waiting. If the thread cannot start, they are answered
+    /// with the error and the lane is idle again.
+    fn hand_to_thread(self: &Arc<Self>, p: u32, st: &mut LaneState) {
+        st.thread_leads = true;
+        if st.thread {
+            self.lanes[p as usize].wake.notify_one();
+            return;
+        }
+        let inner = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name(format!("gregor-kv-writer-{p}"))
+            .spawn(move || inner.write_loop(p))
+        {
+            Ok(_) => st.thread = true,
+            Err(e) => {
+                let e = WriteError::Backend {
+                    topic: self.topic.clone(),
+                    message: format!("cannot start the writer thread of partition {p}: {e}"),
+                };
+                for w in st.waiting.drain(..) {
+                    let _ = w.answer.send(Err(e.clone()));
+                }
+                st.thread_leads = false;
+                st.leading = false;
             }
         }
-        let s = match sink.take() {
+    }
+
+    /// Lane `p`'s writer thread: leads a group whenever the lead is handed to it; ends once
+    /// every [`KvWriter`] is gone and the lane is idle.
+    fn write_loop(self: &Arc<Self>, p: u32) {
+        let lane = &self.lanes[p as usize];
+        loop {
+            {
+                let mut st = lock(&lane.state);
+                while !st.thread_leads && !st.closed {
+                    st = lane.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if !st.thread_leads {
+                    st.thread = false;
+                    return;
+                }
+                st.thread_leads = false;
+            }
+            let _ = self.lead(p, Vec::new());
+        }
+    }
+
+    /// Leads one group commit of partition `p`: `mine` (the leader's own records, if any)
+    /// first, then every write queued (up to [`MAX_GROUP`]); appends, flushes once, passes
+    /// the lead on, answers the group and returns `mine`'s answer.
+    fn lead(self: &Arc<Self>, p: u32, mine: Vec<WriteRecord>) -> Result<u64, WriteError> {
+        let lane = &self.lanes[p as usize];
+        let mut guard = LeadGuard {
+            inner: self,
+            p,
+            done: false,
+        };
+        let (sink, group) = {
+            let mut st = lock(&lane.state);
+            let n = st.waiting.len().min(MAX_GROUP);
+            let group: Vec<Waiter> = st.waiting.drain(..n).collect();
+            (st.sink.take(), group)
+        };
+        let topic = self.topic.as_str();
+        let tp = TopicPartition::new(topic, p);
+        let err = |e: BackendError| WriteError::Backend {
+            topic: topic.to_string(),
+            message: e.to_string(),
+        };
+        let sink = match sink {
             Some(s) => Ok(s),
-            None => match lock(&inner.spare).take() {
+            None => match lock(&self.spare).take() {
                 Some(s) => Ok(s),
-                None => inner.backend.open_sink(&inner.name),
+                None => self.backend.open_sink(&self.name),
             },
         };
-        let mut s = match s {
-            Ok(s) => s,
+        let (kept, mine_answer, answers) = match sink {
             Err(e) => {
                 let e = err(e);
-                for a in group {
-                    let _ = a.reply.send(Err(e.clone()));
+                (None, Err(e.clone()), vec![Err(e); group.len()])
+            }
+            Ok(mut s) => {
+                let now = crate::changelog::now_ms();
+                // Append everything (a write whose append fails is answered with the
+                // error), then one flush for all.
+                let mut append = |records: &[WriteRecord]| {
+                    records
+                        .iter()
+                        .try_for_each(|(key, value)| s.send(&tp, now, key, value.as_deref()))
+                        .err()
+                        .map(err)
+                };
+                let mine_failed = append(&mine);
+                let failed: Vec<Option<WriteError>> =
+                    group.iter().map(|w| append(&w.records)).collect();
+                let flushed = s.flush().map_err(err).and_then(|ends| {
+                    ends.get(&tp).copied().ok_or_else(|| WriteError::Backend {
+                        topic: topic.to_string(),
+                        message: format!("the flush did not report partition {p}"),
+                    })
+                });
+                let healthy =
+                    flushed.is_ok() && mine_failed.is_none() && failed.iter().all(Option::is_none);
+                if let Ok(end) = &flushed {
+                    self.serving.note_durable([(&tp, end)]);
                 }
-                continue;
+                let answer = |failed: Option<WriteError>| match failed {
+                    Some(e) => Err(e),
+                    None => flushed.clone(),
+                };
+                let answers = failed.into_iter().map(answer).collect();
+                (healthy.then_some(s), answer(mine_failed), answers)
             }
         };
-        let now = crate::changelog::now_ms();
-        // Append everything (a write whose append fails is answered with the error), then
-        // one flush for all.
-        let mut failed: Vec<Option<WriteError>> = Vec::with_capacity(group.len());
-        for a in &group {
-            let r = a
-                .records
-                .iter()
-                .try_for_each(|(key, value)| s.send(&tp, now, key, value.as_deref()));
-            failed.push(r.err().map(err));
+        // The next group may start before this one's writers hear back.
+        guard.done = true;
+        self.pass_lead(p, kept);
+        for (w, answer) in group.into_iter().zip(answers) {
+            let _ = w.answer.send(answer);
         }
-        let flushed = s.flush().map_err(err).and_then(|ends| {
-            ends.get(&tp).copied().ok_or_else(|| WriteError::Backend {
-                topic: topic.to_string(),
-                message: format!("the flush did not report partition {p}"),
-            })
-        });
-        match &flushed {
-            Ok(end) => {
-                inner.serving.note_durable([(&tp, end)]);
-                if failed.iter().all(Option::is_none) {
-                    sink = Some(s);
-                }
-            }
-            Err(_) => drop(s),
+        self.serving.wake();
+        mine_answer
+    }
+
+    /// Ends a group: keeps `sink` for the next one and hands the lead to the writer thread
+    /// if writes are waiting, else leaves the lane idle.
+    fn pass_lead(self: &Arc<Self>, p: u32, sink: Option<Box<dyn RecordSink>>) {
+        let mut st = lock(&self.lanes[p as usize].state);
+        if sink.is_some() {
+            st.sink = sink;
         }
-        for (a, failed) in group.into_iter().zip(failed) {
-            let answer = match failed {
-                Some(e) => Err(e),
-                None => flushed.clone(),
-            };
-            let _ = a.reply.send(answer);
+        if st.waiting.is_empty() {
+            st.leading = false;
+        } else {
+            self.hand_to_thread(p, &mut st);
         }
-        inner.serving.wake();
+    }
+}
+
+/// A group's lead, held: if its leader unwinds (a panic in a sink) instead of finishing,
+/// the lead still passes on, so the lane never stalls.
+struct LeadGuard<'a> {
+    inner: &'a Arc<Inner>,
+    p: u32,
+    done: bool,
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.pass_lead(self.p, None);
+        }
     }
 }
 
@@ -252,14 +432,10 @@ mod tests {
     use crate::runtime::{JobConfig, embedded_backend};
     use crate::statedir::StateDir;
     use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
 
-    /// Concurrent writes of several keys each, over every partition (the partitions' threads
-    /// commit side by side): every write is answered with the durable ends of exactly its
-    /// partitions, each partition holds every record once, each writer's in order, and the
-    /// read barrier is the highest end answered.
-    #[test]
-    fn group_commits_over_partitions_answer_each_write_with_its_durable_ends() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A job `kv` on the embedded backend of `dir`, with input `kv-in` of `partitions`.
+    fn embedded(dir: &std::path::Path, partitions: u32) -> (Arc<dyn Backend>, Serving) {
         let job = JobConfig::from_toml_str(
             "<test>",
             r#"
@@ -275,21 +451,120 @@ mod tests {
             "#,
         )
         .unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
+        let state = StateDir::open(dir).unwrap();
         let backend = embedded_backend(&state, &job).unwrap();
         backend
             .logs()
-            .topic_or_create("kv-in", 4, TopicConfig::default())
+            .topic_or_create("kv-in", partitions, TopicConfig::default())
             .unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(backend);
-        let serving = Serving::new(job, true);
+        (Arc::new(backend), Serving::new(job, true))
+    }
+
+    fn rec(k: &str) -> Vec<WriteRecord> {
+        vec![(k.as_bytes().to_vec(), Some(k.as_bytes().to_vec()))]
+    }
+
+    fn queued(t: Ticket) -> oneshot::Receiver<Result<u64, WriteError>> {
+        match t {
+            Ticket::Queued(rx) => rx,
+            Ticket::Lead(_) => panic!("expected to queue"),
+        }
+    }
+
+    /// The answer to a queued write (within 10 s).
+    fn answer(mut rx: oneshot::Receiver<Result<u64, WriteError>>) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(end) => return end.unwrap(),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    assert!(Instant::now() < deadline, "no answer within 10 s");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn idle(inner: &Inner) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&inner.lanes[0].state).leading {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Who leads: a write finding its lane idle leads inline and takes the writes queued
+    /// behind it into its group; writes queued while a group commits go to the lane's
+    /// thread when it ends; with a flush that is not local every write goes to the thread;
+    /// the log holds every write once, in order.
+    #[test]
+    fn an_idle_lane_is_led_inline_and_queued_writes_by_the_lane_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, serving) = embedded(dir.path(), 1);
+        let writer = KvWriter::start(Arc::clone(&backend), serving.clone(), "kv-in").unwrap();
+        let inner = Arc::clone(&writer.inner);
+        let Ticket::Lead(a) = inner.enqueue(0, rec("a")) else {
+            panic!("an idle lane is led inline")
+        };
+        let b = queued(inner.enqueue(0, rec("b")));
+        let c = queued(inner.enqueue(0, rec("c")));
+        assert_eq!(inner.lead(0, a).unwrap(), 3, "one group: a, b, c");
+        assert_eq!(answer(b), 3);
+        assert_eq!(answer(c), 3);
+        assert!(!lock(&inner.lanes[0].state).leading);
+        assert!(!lock(&inner.lanes[0].state).thread, "no thread was needed");
+        // Writes queued while a group commits: the thread leads them when it ends.
+        lock(&inner.lanes[0].state).leading = true;
+        let d = queued(inner.enqueue(0, rec("d")));
+        let e = queued(inner.enqueue(0, rec("e")));
+        inner.pass_lead(0, None);
+        assert_eq!(answer(d), 5);
+        assert_eq!(answer(e), 5);
+        assert!(idle(&inner));
+        assert!(lock(&inner.lanes[0].state).thread);
+        assert!(matches!(inner.enqueue(0, rec("f")), Ticket::Lead(_)));
+        lock(&inner.lanes[0].state).leading = false;
+        // A flush that waits for the network never runs on the caller's thread.
+        let sink = backend.open_sink("kv.http-writer").unwrap();
+        let remote = KvWriter::with_sink(Arc::clone(&backend), serving, "kv-in", 1, sink, false);
+        let g = queued(remote.inner.enqueue(0, rec("g")));
+        assert_eq!(answer(g), 6);
+        assert!(idle(&remote.inner));
+        let tp = TopicPartition::new("kv-in", 0);
+        let mut reader = backend.open_reader(&tp, 0).unwrap();
+        let keys: Vec<Vec<u8>> = reader
+            .next_batch(100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        let want: Vec<Vec<u8>> = ["a", "b", "c", "d", "e", "g"]
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(keys, want);
+    }
+
+    /// Concurrent writes of several keys each, over every partition (the partitions' threads
+    /// commit side by side): every write is answered with the durable ends of exactly its
+    /// partitions, each partition holds every record once, each writer's in order, and the
+    /// read barrier is the highest end answered.
+    #[test]
+    fn group_commits_over_partitions_answer_each_write_with_its_durable_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, serving) = embedded(dir.path(), 4);
         let writer = KvWriter::start(Arc::clone(&backend), serving.clone(), "kv-in").unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .enable_time()
             .build()
             .unwrap();
         let (writers, writes, keys) = (8u32, 40u32, 3u32);
-        let results = rt.block_on(async {
+        let all = async {
             let tasks: Vec<_> = (0..writers)
                 .map(|w| {
                     let writer = writer.clone();
@@ -314,7 +589,10 @@ mod tests {
                 all.extend(t.await.unwrap());
             }
             all
-        });
+        };
+        let results = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), all).await })
+            .expect("every write answered within 60 s");
         let mut highest: BTreeMap<TopicPartition, u64> = BTreeMap::new();
         for (records, ends) in &results {
             let parts: BTreeSet<u32> = records.iter().map(|(k, _)| writer.partition(k)).collect();
@@ -356,5 +634,15 @@ mod tests {
             }
         }
         assert_eq!(total, writers * writes * keys);
+        // Some groups were led by the writer threads (writes queued behind a leader), and
+        // the threads end with the last writer.
+        let inner = Arc::clone(&writer.inner);
+        assert!(inner.lanes.iter().any(|l| lock(&l.state).thread));
+        drop(writer);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while inner.lanes.iter().any(|l| lock(&l.state).thread) {
+            assert!(Instant::now() < deadline, "writer threads still running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
