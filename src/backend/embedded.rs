@@ -100,6 +100,12 @@ struct Inner {
     logs: LogDir,
     settings: EmbeddedSettings,
     partitions: Mutex<BTreeMap<TopicPartition, SharedPartition>>,
+    /// Each partition's read-committed marker (`COMMITTED`) as this backend last read or
+    /// wrote it, so `readable_end` (asked every round of the run loop) reads no file. While
+    /// the partition is open here only this backend's jobs move its marker, and what another
+    /// process appends is not readable here anyway: the readable end is also bounded by the
+    /// partition's synced end, which only this process's appends move.
+    markers: Mutex<BTreeMap<TopicPartition, Option<u64>>>,
 }
 
 type SharedPartition = Arc<Mutex<Partition>>;
@@ -136,6 +142,7 @@ impl EmbeddedBackend {
                 logs,
                 settings,
                 partitions: Mutex::new(BTreeMap::new()),
+                markers: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -165,6 +172,34 @@ impl EmbeddedBackend {
         let p = Arc::new(Mutex::new(p));
         parts.insert(tp.clone(), Arc::clone(&p));
         Ok(p)
+    }
+
+    /// The read-committed marker of `tp` (whose directory is `dir`), from the cache or
+    /// its file.
+    fn marker(&self, tp: &TopicPartition, dir: &Path) -> Result<Option<u64>> {
+        if let Some(&m) = lock(&self.inner.markers).get(tp) {
+            return Ok(m);
+        }
+        let m = committed::read(dir).map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+        lock(&self.inner.markers).insert(tp.clone(), m);
+        Ok(m)
+    }
+
+    /// Writes `end` as the read-committed marker of `tp` (directory `dir`).
+    fn write_marker(&self, tp: &TopicPartition, dir: &Path, end: u64) -> Result<()> {
+        let written = committed::write(dir, end);
+        let mut markers = lock(&self.inner.markers);
+        match written {
+            Ok(()) => {
+                markers.insert(tp.clone(), Some(end));
+                Ok(())
+            }
+            Err(e) => {
+                // Old or new: read the file again next time.
+                markers.remove(tp);
+                Err(BackendError::fatal(format!("topic {tp}"), e))
+            }
+        }
     }
 
     fn checkpoint_path(&self, task: &str) -> PathBuf {
@@ -265,8 +300,7 @@ impl Backend for EmbeddedBackend {
     fn readable_end(&self, tp: &TopicPartition) -> Result<u64> {
         let p = self.partition(tp)?;
         let p = lock(&p);
-        let marker =
-            committed::read(p.dir()).map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+        let marker = self.marker(tp, p.dir())?;
         // Up to what is synced: another writer of the process (the key-value service's) may
         // have appended records that are visible but not durable yet.
         Ok(marker.map_or(p.synced_end(), |m| m.min(p.synced_end())))
@@ -319,8 +353,7 @@ impl Backend for EmbeddedBackend {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, "dropping {} uncommitted output records", p.end_offset() - c);
                 p.truncate(c).map_err(log_err(tp))?;
             }
-            committed::write(p.dir(), p.end_offset())
-                .map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+            self.write_marker(tp, p.dir(), p.end_offset())?;
         }
         Ok(())
     }
@@ -329,8 +362,7 @@ impl Backend for EmbeddedBackend {
         for (tp, &end) in ends {
             let p = self.partition(tp)?;
             let p = lock(&p);
-            committed::write(p.dir(), end)
-                .map_err(|e| BackendError::fatal(format!("topic {tp}"), e))?;
+            self.write_marker(tp, p.dir(), end)?;
         }
         Ok(())
     }

@@ -1565,10 +1565,13 @@ fn process_batch(
         if c.next >= c.limit {
             continue;
         }
-        let records = c
-            .reader
-            .next_batch(FETCH_RECORDS)
-            .map_err(topic_err(&c.tp.topic))?;
+        // No more records than there are offsets below the limit: on a partition without
+        // gaps (an input not compacted) the reader stops at the limit instead of reading on
+        // to the end of what was written (records not yet readable, to step back from) and
+        // then looking for more (a stat and a directory listing on the embedded log).
+        let want =
+            usize::try_from(c.limit - c.next).map_or(FETCH_RECORDS, |n| n.min(FETCH_RECORDS));
+        let records = c.reader.next_batch(want).map_err(topic_err(&c.tp.topic))?;
         if records.is_empty() {
             // The end of the partition: offsets up to the reader's position hold nothing
             // (compacted away), so they count as processed.
