@@ -203,7 +203,7 @@ impl KvWriter {
         }
         // Queue in (or take the lead of) every lane first, so the lanes commit side by
         // side; then lead the groups this write leads (no await in between), then wait.
-        let mut tickets: Vec<(u32, Ticket)> = by_partition
+        let mut tickets: Vec<(u32, Ticket<'_>)> = by_partition
             .into_iter()
             .map(|(p, records)| (p, self.inner.enqueue(p, records)))
             .collect();
@@ -212,7 +212,7 @@ impl KvWriter {
         let mut failed = None;
         for (p, ticket) in tickets {
             let end = match ticket {
-                Ticket::Lead(records) => self.inner.lead(p, records),
+                Ticket::Lead(seat) => seat.lead(),
                 Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
             };
             match end {
@@ -230,11 +230,36 @@ impl KvWriter {
 }
 
 /// A write's place in its lane.
-enum Ticket {
+enum Ticket<'a> {
     /// It leads its own group, on the caller's thread (the lane was idle).
-    Lead(Vec<WriteRecord>),
+    Lead(Seat<'a>),
     /// It is queued; the group's answer comes here.
     Queued(oneshot::Receiver<Result<u64, WriteError>>),
+}
+
+/// The lead of an idle lane, taken by a write that has not led its group yet: dropped unused
+/// (a panic while leading another lane first), it passes the lead on, so the lane never
+/// stalls.
+struct Seat<'a> {
+    inner: &'a Arc<Inner>,
+    p: u32,
+    records: Option<Vec<WriteRecord>>,
+}
+
+impl Seat<'_> {
+    /// Leads the group, this write's records first.
+    fn lead(mut self) -> Result<u64, WriteError> {
+        let records = self.records.take().unwrap_or_default();
+        self.inner.lead(self.p, records)
+    }
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        if self.records.is_some() {
+            self.inner.pass_lead(self.p, None);
+        }
+    }
 }
 
 /// Ends the writer threads when the last [`KvWriter`] is dropped.
@@ -252,12 +277,16 @@ impl Drop for StopThreads {
 impl Inner {
     /// Takes the lead of partition `p`'s lane if it is idle and leading inline is allowed;
     /// otherwise queues `records` (handing an idle lane to its writer thread).
-    fn enqueue(self: &Arc<Self>, p: u32, records: Vec<WriteRecord>) -> Ticket {
+    fn enqueue(self: &Arc<Self>, p: u32, records: Vec<WriteRecord>) -> Ticket<'_> {
         let lane = &self.lanes[p as usize];
         let mut st = lock(&lane.state);
         if !st.leading && self.lead_inline {
             st.leading = true;
-            return Ticket::Lead(records);
+            return Ticket::Lead(Seat {
+                inner: self,
+                p,
+                records: Some(records),
+            });
         }
         let (answer, rx) = oneshot::channel();
         st.waiting.push_back(Waiter { records, answer });
@@ -464,7 +493,7 @@ mod tests {
         vec![(k.as_bytes().to_vec(), Some(k.as_bytes().to_vec()))]
     }
 
-    fn queued(t: Ticket) -> oneshot::Receiver<Result<u64, WriteError>> {
+    fn queued(t: Ticket<'_>) -> oneshot::Receiver<Result<u64, WriteError>> {
         match t {
             Ticket::Queued(rx) => rx,
             Ticket::Lead(_) => panic!("expected to queue"),
@@ -512,7 +541,7 @@ mod tests {
         };
         let b = queued(inner.enqueue(0, rec("b")));
         let c = queued(inner.enqueue(0, rec("c")));
-        assert_eq!(inner.lead(0, a).unwrap(), 3, "one group: a, b, c");
+        assert_eq!(a.lead().unwrap(), 3, "one group: a, b, c");
         assert_eq!(answer(b), 3);
         assert_eq!(answer(c), 3);
         assert!(!lock(&inner.lanes[0].state).leading);
@@ -526,13 +555,19 @@ mod tests {
         assert_eq!(answer(e), 5);
         assert!(idle(&inner));
         assert!(lock(&inner.lanes[0].state).thread);
-        assert!(matches!(inner.enqueue(0, rec("f")), Ticket::Lead(_)));
-        lock(&inner.lanes[0].state).leading = false;
+        // A lead taken and dropped unused (a panic before it led) leaves the lane idle.
+        let Ticket::Lead(f) = inner.enqueue(0, rec("f")) else {
+            panic!("an idle lane is led inline")
+        };
+        let h = queued(inner.enqueue(0, rec("h")));
+        drop(f);
+        assert_eq!(answer(h), 6, "the lead passed on to the thread");
+        assert!(idle(&inner));
         // A flush that waits for the network never runs on the caller's thread.
         let sink = backend.open_sink("kv.http-writer").unwrap();
         let remote = KvWriter::with_sink(Arc::clone(&backend), serving, "kv-in", 1, sink, false);
         let g = queued(remote.inner.enqueue(0, rec("g")));
-        assert_eq!(answer(g), 6);
+        assert_eq!(answer(g), 7);
         assert!(idle(&remote.inner));
         let tp = TopicPartition::new("kv-in", 0);
         let mut reader = backend.open_reader(&tp, 0).unwrap();
@@ -542,7 +577,7 @@ mod tests {
             .into_iter()
             .map(|r| r.key)
             .collect();
-        let want: Vec<Vec<u8>> = ["a", "b", "c", "d", "e", "g"]
+        let want: Vec<Vec<u8>> = ["a", "b", "c", "d", "e", "h", "g"]
             .iter()
             .map(|k| k.as_bytes().to_vec())
             .collect();
