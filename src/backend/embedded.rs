@@ -633,4 +633,41 @@ mod tests {
             .collect();
         assert_eq!(got, want);
     }
+
+    /// `readable_end` is the synced end bounded by the read-committed marker, following the
+    /// marker as this backend moves it (cached, with no file read per call), and the marker
+    /// a new backend reads from its file after a restart.
+    #[test]
+    fn readable_end_follows_the_read_committed_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogDir::open(dir.path()).unwrap();
+        let topic = logs.create_topic("out", 1, TopicConfig::default()).unwrap();
+        let (mut p, _) = topic.open_partition(0).unwrap();
+        for i in 0..10u64 {
+            p.append(i as i64, format!("k{i}").as_bytes(), Some(b"v"))
+                .unwrap();
+        }
+        p.sync().unwrap();
+        drop(p);
+        let tp = TopicPartition::new("out", 0);
+        let open =
+            || EmbeddedBackend::with_log_dir(dir.path(), logs.clone(), EmbeddedSettings::default());
+        let backend = open();
+        assert_eq!(
+            backend.readable_end(&tp).unwrap(),
+            10,
+            "no marker: all synced"
+        );
+        let ends = |end| BTreeMap::from([(tp.clone(), end)]);
+        backend.outputs_committed(&ends(4)).unwrap();
+        assert_eq!(backend.readable_end(&tp).unwrap(), 4);
+        backend.outputs_committed(&ends(8)).unwrap();
+        assert_eq!(backend.readable_end(&tp).unwrap(), 8);
+        // Start-up recovery cuts what no checkpoint committed and moves the marker there.
+        backend.recover_outputs(&ends(6)).unwrap();
+        assert_eq!(backend.readable_end(&tp).unwrap(), 6);
+        assert_eq!(backend.offsets(&tp).unwrap().end, 6);
+        drop(backend);
+        assert_eq!(open().readable_end(&tp).unwrap(), 6, "read from the file");
+    }
 }
