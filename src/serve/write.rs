@@ -131,38 +131,25 @@ impl KvWriter {
         serving: Serving,
         topic: &str,
     ) -> Result<Self, WriteError> {
-        let err = |e: BackendError| WriteError::Backend {
-            topic: topic.to_string(),
-            message: e.to_string(),
-        };
         let partitions = backend
             .partitions(topic)
-            .map_err(err)?
+            .map_err(backend_err(topic))?
             .ok_or_else(|| WriteError::NoTopic(topic.to_string()))?;
-        let name = format!("{}.http-writer", serving.job().name);
-        let sink = backend.open_sink(&name).map_err(err)?;
         let lead_inline = backend.flushes_locally();
-        Ok(Self::with_sink(
-            backend,
-            serving,
-            topic,
-            partitions,
-            sink,
-            lead_inline,
-        ))
+        Self::open(backend, serving, topic, partitions, lead_inline)
     }
 
-    /// The writer [`start`](Self::start) makes, given its first sink and whether a write
-    /// may lead inline.
-    fn with_sink(
+    /// The writer [`start`](Self::start) makes, once it knows the partition count and
+    /// whether a write may lead inline.
+    fn open(
         backend: Arc<dyn Backend>,
         serving: Serving,
         topic: &str,
         partitions: u32,
-        sink: Box<dyn RecordSink>,
         lead_inline: bool,
-    ) -> Self {
+    ) -> Result<Self, WriteError> {
         let name = format!("{}.http-writer", serving.job().name);
+        let sink = backend.open_sink(&name).map_err(backend_err(topic))?;
         let inner = Arc::new(Inner {
             backend,
             serving,
@@ -172,10 +159,10 @@ impl KvWriter {
             lanes: (0..partitions).map(|_| Lane::default()).collect(),
             lead_inline,
         });
-        KvWriter {
+        Ok(KvWriter {
             _threads: Arc::new(StopThreads(Arc::clone(&inner))),
             inner,
-        }
+        })
     }
 
     /// The input topic written.
@@ -212,7 +199,7 @@ impl KvWriter {
         let mut failed = None;
         for (p, ticket) in tickets {
             let end = match ticket {
-                Ticket::Lead(seat) => seat.lead(),
+                Ticket::Lead(seat, records) => self.inner.lead(seat, records),
                 Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
             };
             match end {
@@ -229,34 +216,34 @@ impl KvWriter {
     }
 }
 
+/// The error mapping of a backend failure while writing `topic`.
+fn backend_err(topic: &str) -> impl Fn(BackendError) -> WriteError + '_ {
+    move |e| WriteError::Backend {
+        topic: topic.to_string(),
+        message: e.to_string(),
+    }
+}
+
 /// A write's place in its lane.
 enum Ticket<'a> {
-    /// It leads its own group, on the caller's thread (the lane was idle).
-    Lead(Seat<'a>),
+    /// It leads its own group (its records first), on the caller's thread (the lane was
+    /// idle).
+    Lead(Seat<'a>, Vec<WriteRecord>),
     /// It is queued; the group's answer comes here.
     Queued(oneshot::Receiver<Result<u64, WriteError>>),
 }
 
-/// The lead of an idle lane, taken by a write that has not led its group yet: dropped unused
-/// (a panic while leading another lane first), it passes the lead on, so the lane never
-/// stalls.
+/// A lane's lead, held: dropped before its group commits (a panic in a sink, or while
+/// leading another lane first), it passes the lead on, so the lane never stalls.
 struct Seat<'a> {
     inner: &'a Arc<Inner>,
     p: u32,
-    records: Option<Vec<WriteRecord>>,
-}
-
-impl Seat<'_> {
-    /// Leads the group, this write's records first.
-    fn lead(mut self) -> Result<u64, WriteError> {
-        let records = self.records.take().unwrap_or_default();
-        self.inner.lead(self.p, records)
-    }
+    done: bool,
 }
 
 impl Drop for Seat<'_> {
     fn drop(&mut self) {
-        if self.records.is_some() {
+        if !self.done {
             self.inner.pass_lead(self.p, None);
         }
     }
@@ -282,11 +269,7 @@ impl Inner {
         let mut st = lock(&lane.state);
         if !st.leading && self.lead_inline {
             st.leading = true;
-            return Ticket::Lead(Seat {
-                inner: self,
-                p,
-                records: Some(records),
-            });
+            return Ticket::Lead(self.seat(p), records);
         }
         let (answer, rx) = oneshot::channel();
         st.waiting.push_back(Waiter { records, answer });
@@ -342,20 +325,25 @@ impl Inner {
                 }
                 st.thread_leads = false;
             }
-            let _ = self.lead(p, Vec::new());
+            let _ = self.lead(self.seat(p), Vec::new());
         }
     }
 
-    /// Leads one group commit of partition `p`: `mine` (the leader's own records, if any)
-    /// first, then every write queued (up to [`MAX_GROUP`]); appends, flushes once, passes
-    /// the lead on, answers the group and returns `mine`'s answer.
-    fn lead(self: &Arc<Self>, p: u32, mine: Vec<WriteRecord>) -> Result<u64, WriteError> {
-        let lane = &self.lanes[p as usize];
-        let mut guard = LeadGuard {
+    /// The lead of lane `p`, which the caller has just taken (`leading` set).
+    fn seat(self: &Arc<Self>, p: u32) -> Seat<'_> {
+        Seat {
             inner: self,
             p,
             done: false,
-        };
+        }
+    }
+
+    /// Leads one group commit of `seat`'s lane: `mine` (the leader's own records, if any)
+    /// first, then every write queued (up to [`MAX_GROUP`]); appends, flushes once, passes
+    /// the lead on, answers the group and returns `mine`'s answer.
+    fn lead(&self, mut seat: Seat<'_>, mine: Vec<WriteRecord>) -> Result<u64, WriteError> {
+        let p = seat.p;
+        let lane = &self.lanes[p as usize];
         let (sink, group) = {
             let mut st = lock(&lane.state);
             let n = st.waiting.len().min(MAX_GROUP);
@@ -364,10 +352,7 @@ impl Inner {
         };
         let topic = self.topic.as_str();
         let tp = TopicPartition::new(topic, p);
-        let err = |e: BackendError| WriteError::Backend {
-            topic: topic.to_string(),
-            message: e.to_string(),
-        };
+        let err = backend_err(topic);
         let sink = match sink {
             Some(s) => Ok(s),
             None => match lock(&self.spare).take() {
@@ -389,12 +374,12 @@ impl Inner {
                         .iter()
                         .try_for_each(|(key, value)| s.send(&tp, now, key, value.as_deref()))
                         .err()
-                        .map(err)
+                        .map(&err)
                 };
                 let mine_failed = append(&mine);
                 let failed: Vec<Option<WriteError>> =
                     group.iter().map(|w| append(&w.records)).collect();
-                let flushed = s.flush().map_err(err).and_then(|ends| {
+                let flushed = s.flush().map_err(&err).and_then(|ends| {
                     ends.get(&tp).copied().ok_or_else(|| WriteError::Backend {
                         topic: topic.to_string(),
                         message: format!("the flush did not report partition {p}"),
@@ -414,8 +399,8 @@ impl Inner {
             }
         };
         // The next group may start before this one's writers hear back.
-        guard.done = true;
-        self.pass_lead(p, kept);
+        seat.done = true;
+        seat.inner.pass_lead(p, kept);
         for (w, answer) in group.into_iter().zip(answers) {
             let _ = w.answer.send(answer);
         }
@@ -434,22 +419,6 @@ impl Inner {
             st.leading = false;
         } else {
             self.hand_to_thread(p, &mut st);
-        }
-    }
-}
-
-/// A group's lead, held: if its leader unwinds (a panic in a sink) instead of finishing,
-/// the lead still passes on, so the lane never stalls.
-struct LeadGuard<'a> {
-    inner: &'a Arc<Inner>,
-    p: u32,
-    done: bool,
-}
-
-impl Drop for LeadGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.inner.pass_lead(self.p, None);
         }
     }
 }
@@ -496,7 +465,7 @@ mod tests {
     fn queued(t: Ticket<'_>) -> oneshot::Receiver<Result<u64, WriteError>> {
         match t {
             Ticket::Queued(rx) => rx,
-            Ticket::Lead(_) => panic!("expected to queue"),
+            Ticket::Lead(..) => panic!("expected to queue"),
         }
     }
 
@@ -536,12 +505,12 @@ mod tests {
         let (backend, serving) = embedded(dir.path(), 1);
         let writer = KvWriter::start(Arc::clone(&backend), serving.clone(), "kv-in").unwrap();
         let inner = Arc::clone(&writer.inner);
-        let Ticket::Lead(a) = inner.enqueue(0, rec("a")) else {
+        let Ticket::Lead(a, a_records) = inner.enqueue(0, rec("a")) else {
             panic!("an idle lane is led inline")
         };
         let b = queued(inner.enqueue(0, rec("b")));
         let c = queued(inner.enqueue(0, rec("c")));
-        assert_eq!(a.lead().unwrap(), 3, "one group: a, b, c");
+        assert_eq!(inner.lead(a, a_records).unwrap(), 3, "one group: a, b, c");
         assert_eq!(answer(b), 3);
         assert_eq!(answer(c), 3);
         assert!(!lock(&inner.lanes[0].state).leading);
@@ -556,7 +525,7 @@ mod tests {
         assert!(idle(&inner));
         assert!(lock(&inner.lanes[0].state).thread);
         // A lead taken and dropped unused (a panic before it led) leaves the lane idle.
-        let Ticket::Lead(f) = inner.enqueue(0, rec("f")) else {
+        let Ticket::Lead(f, _) = inner.enqueue(0, rec("f")) else {
             panic!("an idle lane is led inline")
         };
         let h = queued(inner.enqueue(0, rec("h")));
@@ -564,8 +533,7 @@ mod tests {
         assert_eq!(answer(h), 6, "the lead passed on to the thread");
         assert!(idle(&inner));
         // A flush that waits for the network never runs on the caller's thread.
-        let sink = backend.open_sink("kv.http-writer").unwrap();
-        let remote = KvWriter::with_sink(Arc::clone(&backend), serving, "kv-in", 1, sink, false);
+        let remote = KvWriter::open(Arc::clone(&backend), serving, "kv-in", 1, false).unwrap();
         let g = queued(remote.inner.enqueue(0, rec("g")));
         assert_eq!(answer(g), 7);
         assert!(idle(&remote.inner));
