@@ -103,19 +103,26 @@ fn fsync_failure_poisons_and_is_not_retried() {
 
 #[test]
 fn write_failure_poisons() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = partition_dir(root.path());
-    let hooks = Faulty::new(true, ".log");
-    let (mut p, _) = Partition::open(&dir, config(1 << 20), hooks.clone()).unwrap();
-    p.append(1, b"a", Some(b"1")).unwrap();
-    hooks.arm();
-    let e = p.flush_to_os().unwrap_err();
-    assert!(matches!(e, LogError::Io { op: "write", .. }), "{e}");
-    assert_poisoned(&mut p);
-    // The record never reached the file.
-    drop(p);
-    let (p, _) = Partition::open(&dir, config(1 << 20), Arc::new(NoHooks)).unwrap();
-    assert_eq!(p.end_offset(), 0);
+    // With preallocation the zeros are written first: their write is the one that fails.
+    for (preallocate, op) in [(false, "write"), (true, "preallocate")] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = partition_dir(root.path());
+        let hooks = Faulty::new(true, ".log");
+        let cfg = TopicConfig {
+            preallocate,
+            ..config(1 << 20)
+        };
+        let (mut p, _) = Partition::open(&dir, cfg.clone(), hooks.clone()).unwrap();
+        p.append(1, b"a", Some(b"1")).unwrap();
+        hooks.arm();
+        let e = p.flush_to_os().unwrap_err();
+        assert!(matches!(&e, LogError::Io { op: o, .. } if *o == op), "{e}");
+        assert_poisoned(&mut p);
+        // The record never reached the file.
+        drop(p);
+        let (p, _) = Partition::open(&dir, cfg, Arc::new(NoHooks)).unwrap();
+        assert_eq!(p.end_offset(), 0);
+    }
 }
 
 #[test]

@@ -195,7 +195,9 @@ fn large_records_roll_and_read_back() {
 fn concurrent_reader_during_appends_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = open(dir.path(), 2000);
-    let path = dir.path().to_path_buf();
+    // Readers of a partition a writer has open share it (how far the writer has written the
+    // active segment: the rest is preallocated zeros); `reopen` keeps that.
+    let first = p.reader(0).unwrap();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done2 = done.clone();
     let tailer = std::thread::spawn(move || {
@@ -204,8 +206,8 @@ fn concurrent_reader_during_appends_and_compaction() {
         loop {
             // Read once more after the writer is done, so the last round sees everything.
             let finished = done2.load(std::sync::atomic::Ordering::SeqCst);
-            // A fresh reader each round exercises the shared-nothing path; offsets must rise.
-            let mut r = PartitionReader::open(&path, last.map_or(0, |o| o + 1)).unwrap();
+            // A fresh reader each round (no index entries, no buffer); offsets must rise.
+            let mut r = first.reopen(last.map_or(0, |o| o + 1)).unwrap();
             loop {
                 let batch = r.next_batch(100).unwrap();
                 if batch.is_empty() {
@@ -251,7 +253,8 @@ fn reader_reads_on_after_seeing_a_half_written_frame() {
     let first = fill(&mut p, 3);
     p.sync().unwrap();
     let seg = dir.path().join(format!("{:020}.log", 0));
-    let synced = std::fs::metadata(&seg).unwrap().len();
+    // (The file is longer: zeros preallocated after the frames.)
+    let synced = p.size_bytes();
     let second = fill(&mut p, 2);
     p.sync().unwrap();
     drop(p);

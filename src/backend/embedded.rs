@@ -312,7 +312,6 @@ impl Backend for EmbeddedBackend {
         let reader = p.reader(from).map_err(log_err(tp))?;
         Ok(Box::new(EmbeddedReader {
             tp: tp.clone(),
-            dir: p.dir().to_path_buf(),
             reader,
         }))
     }
@@ -378,7 +377,6 @@ impl Backend for EmbeddedBackend {
 /// A reader of one embedded partition.
 struct EmbeddedReader {
     tp: TopicPartition,
-    dir: PathBuf,
     reader: PartitionReader,
 }
 
@@ -418,7 +416,7 @@ impl LogReader for EmbeddedReader {
     /// by opening a new reader.
     fn seek(&mut self, offset: u64) -> Result<()> {
         if !self.reader.rewind(offset) {
-            self.reader = PartitionReader::open(&self.dir, offset).map_err(log_err(&self.tp))?;
+            self.reader = self.reader.reopen(offset).map_err(log_err(&self.tp))?;
         }
         Ok(())
     }

@@ -34,6 +34,28 @@
 //! durability depends on it (new partition and topic directories, new segments, truncation,
 //! compaction's rename — the latter also with fsync disabled, see [`compaction`]).
 //!
+//! # Preallocation
+//! With `fsync` and [`TopicConfig::preallocate`] (both default), the active segment's file is
+//! extended with zeros ahead of the appends ([`partition::PREALLOCATE_BYTES`] beyond the
+//! bytes being written, at most up to `segment_bytes`), before the appends are written. An
+//! append then overwrites zeros instead of growing the file, so the `fdatasync` that makes it
+//! durable writes data only: an fdatasync of a file whose size changed must also write its
+//! inode (on ext4, about a third of the cost of a small append's fsync). Only the fsync after
+//! an extension pays for one. The zeros after the last frame are the end of the log:
+//! - the writer knows where its data ends; readers of the same process read the active
+//!   segment up to what the writer has written (published in the partition's shared index
+//!   state), never into the zeros;
+//! - a reader of no writer in its process (or opened after the writer closed) takes the file
+//!   length and stops at a zero-filled tail of the last segment as at a partial frame ("not
+//!   written yet"), and reads on when frames replace the zeros;
+//! - the recovery scan accepts a tail of the last segment that is zero up to the end of the
+//!   file, starting at a frame boundary at or above every proven fsync, as the end (no torn
+//!   tail, nothing cut: a writable open appends over the zeros). A bad frame followed by
+//!   anything non-zero is judged as before (torn tail or corruption);
+//! - a roll cuts the zeros off the segment it closes (before its fsync), so closed segments
+//!   end at their last frame; a clean close (`Drop`) cuts them too; truncation cuts at the
+//!   last kept frame.
+//!
 //! # Sync markers: what a power loss can leave
 //! After a power loss only what an fsync covered is certain. Bytes written after the last
 //! completed fsync may be missing, zeroed, stale or torn in any pattern of pages: a zeroed
@@ -53,6 +75,9 @@
 //! intact (its CRC holds) the fsync it describes completed, and every byte below its
 //! `synced_len` is durable. If the marker itself was lost, recovery falls back to an earlier
 //! marker: the proven synced position can only be underestimated, never overestimated.
+//!
+//! With preallocation, bytes past the last fsync may also be the zeros written ahead of the
+//! appends (the appends over them lost): a zero tail, accepted as the end as above.
 //!
 //! Recovery of the last segment: let `P` be the largest `synced_len` of any intact marker,
 //! whether it lies before the first bad frame or anywhere after it (found by resynchronising

@@ -17,13 +17,17 @@ use super::record::{
 use super::retention::{self, RetentionReport, SegmentStat};
 use super::segment::{
     COMPACTING_SUFFIX, FrameReader, INDEX_INTERVAL, IndexCache, NextFrame, SegmentScan,
-    SharedIndex, list_segments, scan_segment, segment_path,
+    SharedIndex, all_zero, list_segments, scan_segment, segment_path,
 };
 use super::topic::{CleanupPolicy, TopicConfig};
 
 /// Appends are buffered in user space and written to the OS once this many bytes pile up
 /// (or on `flush_to_os` / `sync` / a segment roll).
 pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// With [`TopicConfig::preallocate`], the active segment is extended with zeros this far
+/// beyond the appends that reach its end (never beyond `segment_bytes`).
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// Name of the truncation intent file in a partition directory: present while a
 /// [`Partition::truncate`] is under way; an open finishes the truncation it names.
@@ -107,6 +111,9 @@ pub struct Partition {
     fsync_gate: Arc<Mutex<Option<String>>>,
     /// Bytes of the active segment written to the OS.
     active_len: u64,
+    /// Length of the active segment's file: `active_len` plus the zeros preallocated after
+    /// it (see [`TopicConfig::preallocate`]).
+    file_len: u64,
     /// Position of the last sparse-index entry of the active segment.
     active_indexed: Option<u64>,
     buf: Vec<u8>,
@@ -264,7 +271,7 @@ fn check_last_segment_identity(
     }
     let prev_end = prev_scan.end_offset(prev);
     if prev_end != base {
-        let what = if len == 0 {
+        let what = if len == scan.zero_tail {
             "is empty"
         } else {
             "starts with an invalid frame"
@@ -362,6 +369,12 @@ fn plan_cut(path: &Path, start: u64, to: u64, after_crash: bool) -> Result<(u64,
             NextFrame::Record => last_kept = Some(slot.offset),
             NextFrame::SyncMarker(m) if m.end_offset >= to => return Ok((pos, last_kept)),
             NextFrame::SyncMarker(_) => {}
+            // Zeros preallocated after the last frame: the end.
+            NextFrame::Bad { position, .. }
+                if all_zero(&file, position, len).map_err(|e| LogError::io("read", path, e))? =>
+            {
+                return Ok((position, last_kept));
+            }
             NextFrame::Bad { position, .. }
                 if after_crash && len - position <= SYNC_MARKER_FRAME_LEN as u64 =>
             {
@@ -514,6 +527,7 @@ impl Partition {
             truncations: 0,
             fsync_gate: Arc::new(Mutex::new(None)),
             active_len: 0,
+            file_len: 0,
             active_indexed: None,
             buf: Vec::new(),
             end_offset: 0,
@@ -616,11 +630,16 @@ impl Partition {
             max_timestamp: Some(scan.max_timestamp),
         });
         self.active_indexed = scan.index.last().map(|&(_, p)| p);
-        crate::sync::lock(&self.index).set(base, scan.index);
+        let mut index = crate::sync::lock(&self.index);
+        index.set(base, scan.index);
+        index.set_written(Some((base, scan.valid_len)));
+        drop(index);
         self.segments = segments;
         self.active = Arc::new(file);
         self.generation += 1;
         self.active_len = scan.valid_len;
+        // A torn tail was cut just above; a zero tail (preallocated) is kept for appends.
+        self.file_len = scan.valid_len + scan.zero_tail;
         self.end_offset = end_offset;
         self.synced_end = end_offset;
         self.marked_end = scan.proven_end.unwrap_or(base).max(base);
@@ -783,10 +802,7 @@ impl Partition {
 
     /// Records a write/fsync failure: the partition refuses all later writes.
     fn poison(&mut self, op: &'static str, path: &Path, e: io::Error) -> LogError {
-        let err = LogError::io(op, path, e);
-        tracing::error!(partition = %self.name, error = %err, "log partition poisoned");
-        self.poisoned = Some(err.to_string());
-        err
+        self.poison_with(LogError::io(op, path, e))
     }
 
     fn active_path(&self) -> PathBuf {
@@ -877,6 +893,7 @@ impl Partition {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.preallocate(self.active_len + self.buf.len() as u64)?;
         let path = self.active_path();
         let written = self.hooks.before_write(&path).and_then(|_| {
             match self.hooks.write_limit(&path, self.buf.len()) {
@@ -894,14 +911,46 @@ impl Partition {
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
-        self.segments
+        self.file_len = self.file_len.max(self.active_len);
+        let meta = self
+            .segments
             .last_mut()
-            .expect("a partition always keeps its active segment")
-            .bytes = self.active_len;
+            .expect("a partition always keeps its active segment");
+        meta.bytes = self.active_len;
+        let written = (meta.base, self.active_len);
+        crate::sync::lock(&self.index).set_written(Some(written));
         self.buf.clear();
         if self.buf.capacity() > 4 * WRITE_BUFFER_BYTES {
             self.buf = Vec::new();
         }
+        Ok(())
+    }
+
+    /// With [`TopicConfig::preallocate`] (and `fsync`): makes the active segment's file at
+    /// least `end` bytes long before appends up to `end` are written, extending it with
+    /// zeros up to [`PREALLOCATE_BYTES`] beyond `end` (not beyond `segment_bytes`). Appends
+    /// then overwrite zeros instead of growing the file, so the fsync that makes them durable
+    /// writes their data and no new file size (an `fdatasync` of a growing file also writes
+    /// its inode). Only the fsync after an extension pays for it. A failed write poisons the
+    /// partition like any failed append (nothing appended is lost: the zeros go first).
+    fn preallocate(&mut self, end: u64) -> Result<()> {
+        if !(self.config.fsync && self.config.preallocate) || end <= self.file_len {
+            return Ok(());
+        }
+        let target = end
+            .saturating_add(PREALLOCATE_BYTES)
+            .min(self.config.segment_bytes)
+            .max(end);
+        let path = self.active_path();
+        let from = self.file_len;
+        let zeroed = self
+            .hooks
+            .before_write(&path)
+            .and_then(|_| write_zeros(&self.active, from, target));
+        if let Err(e) = zeroed {
+            return Err(self.poison("preallocate", &path, e));
+        }
+        self.file_len = target;
         Ok(())
     }
 
@@ -973,6 +1022,7 @@ impl Partition {
                 return Err(match e {
                     LogError::Poisoned { cause, .. } => {
                         self.poisoned = Some(cause.clone());
+                        crate::sync::lock(&self.index).set_written(None);
                         LogError::Poisoned {
                             partition: self.name.clone(),
                             cause,
@@ -1045,6 +1095,7 @@ impl Partition {
         let mut failed = crate::sync::lock(&gate);
         if let Some(cause) = failed.as_ref() {
             self.poisoned = Some(cause.clone());
+            crate::sync::lock(&self.index).set_written(None);
             return Err(LogError::Poisoned {
                 partition: self.name.clone(),
                 cause: cause.clone(),
@@ -1067,12 +1118,27 @@ impl Partition {
         }
     }
 
-    /// Closes the active segment (fsynced first when fsync is on, so a closed segment is
-    /// never torn) and starts a new one at the end offset.
+    /// Closes the active segment (cut to its data, without the zeros preallocated after it,
+    /// and fsynced first when fsync is on, so a closed segment is never torn and ends at
+    /// its last frame) and starts a new one at the end offset.
     fn roll(&mut self) -> Result<()> {
         self.flush_to_os()?;
+        let trimmed = self.file_len > self.active_len;
+        if trimmed {
+            let path = self.active_path();
+            let len = self.active_len;
+            if let Err(e) = self
+                .hooks
+                .before_write(&path)
+                .and_then(|_| self.active.set_len(len))
+            {
+                return Err(self.poison("cut the preallocated tail of", &path, e));
+            }
+            self.file_len = len;
+        }
         if self.config.fsync {
-            self.fsync_active(false)?;
+            // A new file size (the cut) is metadata `fdatasync` may not write everywhere.
+            self.fsync_active(trimmed)?;
         }
         let base = self.end_offset;
         let path = segment_path(&self.dir, base);
@@ -1094,8 +1160,10 @@ impl Partition {
         self.active = Arc::new(file);
         self.generation += 1;
         self.active_len = 0;
+        self.file_len = 0;
         self.active_indexed = None;
         self.marked_end = base;
+        crate::sync::lock(&self.index).set_written(Some((base, 0)));
         self.sync_dir()
     }
 
@@ -1232,6 +1300,9 @@ impl Partition {
     fn poison_with(&mut self, err: LogError) -> LogError {
         tracing::error!(partition = %self.name, error = %err, "log partition poisoned");
         self.poisoned = Some(err.to_string());
+        // What it published as written may not hold for the partition opened in its place:
+        // readers go by the file from now on.
+        crate::sync::lock(&self.index).set_written(None);
         err
     }
 
@@ -1523,12 +1594,38 @@ impl FsyncedTicket {
 }
 
 impl Drop for Partition {
-    /// Best effort: hands buffered appends to the OS (no fsync).
+    /// Best effort: hands buffered appends to the OS (no fsync) and cuts the zeros
+    /// preallocated after them (a crash leaves them, which the next open accepts as the end).
+    /// Readers still open read up to the file's length from then on.
     fn drop(&mut self) {
-        if self.poisoned.is_none() && !self.read_only && !self.buf.is_empty() {
-            let _ = self.flush_to_os();
+        if self.read_only {
+            return;
         }
+        if self.poisoned.is_none() {
+            let _ = self.flush_to_os();
+            if self.poisoned.is_none() && self.file_len > self.active_len {
+                let path = self.active_path();
+                let len = self.active_len;
+                let _ = self
+                    .hooks
+                    .before_write(&path)
+                    .and_then(|_| self.active.set_len(len));
+            }
+        }
+        crate::sync::lock(&self.index).set_written(None);
     }
+}
+
+/// Writes zeros to `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
 }
 
 /// Read-only summary of a partition directory (no repair; a torn tail is ignored).
@@ -1540,7 +1637,8 @@ pub struct PartitionInfo {
     pub start_offset: u64,
     /// Next offset to be assigned.
     pub end_offset: u64,
-    /// Total bytes of the segment files.
+    /// Total bytes of the segments' frames (zeros preallocated after the last frame, and a
+    /// torn tail, not counted).
     pub bytes: u64,
     /// Number of segments.
     pub segments: usize,
@@ -1550,21 +1648,13 @@ pub struct PartitionInfo {
 /// (scans only the last segment). The offsets are those [`Partition::open_read_only`] and
 /// [`Partition::open`] see.
 pub fn partition_info(dir: &Path, partition: u32) -> Result<PartitionInfo> {
-    let bases = list_segments(dir)?;
-    let mut bytes = 0;
-    for &b in &bases {
-        let path = segment_path(dir, b);
-        bytes += fs::metadata(&path)
-            .map_err(|e| LogError::io("stat", &path, e))?
-            .len();
-    }
     let (p, report) = Partition::open_read_only(dir, TopicConfig::default())?;
     Ok(PartitionInfo {
         partition,
         start_offset: report.start_offset,
         end_offset: p.end_offset(),
-        bytes,
-        segments: bases.len(),
+        bytes: p.size_bytes(),
+        segments: p.segments.len(),
     })
 }
 

@@ -2,19 +2,81 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::error::{LogError, Result};
-use super::record::Record;
-use super::segment::{FrameReader, IndexCache, Next, SharedIndex, list_segments, segment_path};
+use super::record::{FRAME_HEADER_LEN, Record};
+use super::segment::{
+    FrameReader, IndexCache, Next, SharedIndex, all_zero, list_segments, segment_path,
+};
+
+/// Whether segment `cur` has grown past the reader's limit: up to what the writer of this
+/// process published, else the file length. Moves the limit up to it.
+fn grew(index: &SharedIndex, cur: &mut Cursor) -> Result<bool> {
+    let written = crate::sync::lock(index).written(cur.base);
+    let len = match written {
+        Some(len) => len,
+        None => match std::fs::metadata(&cur.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(LogError::io("stat", &cur.path, e)),
+        },
+    };
+    if len > cur.reader.limit() {
+        cur.reader.set_limit(len);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Reads segment `cur` again from frame position `at`, up to the length of its open file now
+/// (not of the file its path names now: compaction may have replaced that one).
+fn reread_from(cur: &mut Cursor, at: u64) -> Result<()> {
+    let len = cur
+        .reader
+        .source()
+        .metadata()
+        .map_err(|e| LogError::io("stat", &cur.path, e))?
+        .len();
+    cur.reader.stop_at(at);
+    cur.reader.set_limit(len);
+    Ok(())
+}
+
+/// Whether the bad frame at `position` of `file` (read up to `limit`) is zeros a writer
+/// preallocated, or an append still being copied over them: from `position`, or from inside
+/// the frame its header describes, every byte up to `limit` is zero. (A copy in progress
+/// has written a prefix of its bytes; everything after it still reads as zeros, including
+/// the last byte of the frame it is in.)
+/// A file found shorter than `limit` (a roll cut its zeros meanwhile) counts as zeros too:
+/// it is read again up to its new length.
+fn ends_in_zeros(file: &File, position: u64, limit: u64) -> io::Result<bool> {
+    let shrunk = |r: io::Result<bool>| match r {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(true),
+        r => r,
+    };
+    if shrunk(all_zero(file, position, limit))? {
+        return Ok(true);
+    }
+    if limit - position < FRAME_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    let mut len = [0u8; 4];
+    file.read_exact_at(&mut len, position)?;
+    let frame_end = position + FRAME_HEADER_LEN as u64 + u64::from(u32::from_le_bytes(len));
+    Ok(frame_end <= limit && shrunk(all_zero(file, frame_end - 1, limit))?)
+}
 
 /// Reads the records of one partition in offset order, from a starting offset, crossing
 /// segments. Reads 1 MiB chunks into a reused buffer and decodes into reused `Record`s.
 ///
 /// It sees what has been written to the OS (`Partition::flush_to_os`); when it reaches the
-/// end it re-checks the file length and the segment list, so it can tail a live partition.
-/// A partial frame at the very end of the last segment is treated as "not written yet".
+/// end it re-checks how far the active segment was written (published by the writer of the
+/// same process, else the file length) and the segment list, so it can tail a live
+/// partition. A partial frame or a zero-filled (preallocated) tail at the very end of the
+/// last segment is treated as "not written yet".
 pub struct PartitionReader {
     dir: PathBuf,
     index: SharedIndex,
@@ -38,11 +100,20 @@ struct Cursor {
     reader: FrameReader<Box<File>>,
     prev_offset: Option<u64>,
     last_indexed: Option<u64>,
+    /// Where zeros were last found in a segment that turned out closed: found there again,
+    /// they are corruption.
+    zeros_at: Option<u64>,
 }
 
 impl PartitionReader {
     /// A reader of the partition in `dir` from `from_offset` (records below it are skipped;
     /// reading from before the first segment starts at the first record).
+    ///
+    /// It shares nothing with a writer: it reads segments up to their file length and stops
+    /// at zeros preallocated at the end of the last one. To tail a partition that a writer
+    /// has open, use [`Partition::reader`](super::Partition::reader) (and
+    /// [`reopen`](Self::reopen)): it reads up to what the writer has written. This one may
+    /// judge an append it catches half copied over the zeros as corruption.
     pub fn open(dir: &Path, from_offset: u64) -> Result<Self> {
         Self::with_index(
             dir,
@@ -133,11 +204,15 @@ impl PartitionReader {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(LogError::io("open", &path, e)),
             };
+            let written = cache.written(base);
             drop(cache);
-            let mut len = file
-                .metadata()
-                .map_err(|e| LogError::io("stat", &path, e))?
-                .len();
+            let mut len = match written {
+                Some(len) => len,
+                None => file
+                    .metadata()
+                    .map_err(|e| LogError::io("stat", &path, e))?
+                    .len(),
+            };
             if let Some((b, limit)) = self.bound
                 && b == base
             {
@@ -151,6 +226,7 @@ impl PartitionReader {
                 reader: FrameReader::new(Box::new(file), start, len),
                 prev_offset: None,
                 last_indexed: indexed.then_some(start),
+                zeros_at: None,
             });
             return Ok(true);
         }
@@ -169,13 +245,7 @@ impl PartitionReader {
             return Ok(false);
         }
         if self.bases.is_empty() {
-            let len = cur.reader.limit().max(match std::fs::metadata(&cur.path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(LogError::io("stat", &cur.path, e)),
-            });
-            if len > cur.reader.limit() {
-                cur.reader.set_limit(len);
+            if grew(&self.index, cur)? {
                 return Ok(true);
             }
             let base = cur.base;
@@ -192,23 +262,14 @@ impl PartitionReader {
         Ok(true)
     }
 
-    /// Whether the current segment's file has grown past the reader's limit (which is then
-    /// moved up to its length).
+    /// Whether the current segment has grown past the reader's limit (which is then moved
+    /// up to its new end).
     fn grew(&mut self) -> Result<bool> {
         let cur = self
             .cur
             .as_mut()
             .expect("called only while a segment is open");
-        let len = match std::fs::metadata(&cur.path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(LogError::io("stat", &cur.path, e)),
-        };
-        if len > cur.reader.limit() {
-            cur.reader.set_limit(len);
-            return Ok(true);
-        }
-        Ok(false)
+        grew(&self.index, cur)
     }
 
     /// Reads up to `max_records` records. An empty slice means caught up with the end of
@@ -227,10 +288,24 @@ impl PartitionReader {
             }
             let cur = self.cur.as_mut().expect("the cursor was opened just above");
             let slot = &mut self.batch[n];
-            let next = cur
-                .reader
-                .next(slot)
-                .map_err(|e| LogError::io("read", &cur.path, e))?;
+            let next = match cur.reader.next(slot) {
+                Ok(next) => next,
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        && crate::sync::lock(&self.index).written(cur.base).is_none() =>
+                {
+                    // Shorter than when its length was taken: a roll (or a close) cut the
+                    // zeros preallocated after its frames. Read on up to its length now.
+                    let at = cur.reader.position();
+                    if cur.zeros_at == Some(at) {
+                        return Err(LogError::io("read", &cur.path, e));
+                    }
+                    cur.zeros_at = Some(at);
+                    reread_from(cur, at)?;
+                    continue;
+                }
+                Err(e) => return Err(LogError::io("read", &cur.path, e)),
+            };
             match next {
                 Next::Record => {
                     let (pos, _) = cur.reader.last_frame();
@@ -278,10 +353,31 @@ impl PartitionReader {
                     reason,
                     past_end,
                 } => {
-                    if past_end
-                        && self.bases.is_empty()
-                        && list_segments(&self.dir)?.last() == Some(&cur.base)
+                    let last = |cur: &Cursor| -> Result<bool> {
+                        Ok(self.bases.is_empty()
+                            && list_segments(&self.dir)?.last() == Some(&cur.base))
+                    };
+                    if !past_end
+                        && cur.zeros_at != Some(position)
+                        && crate::sync::lock(&self.index).written(cur.base).is_none()
+                        && ends_in_zeros(cur.reader.source(), position, cur.reader.limit())
+                            .map_err(|e| LogError::io("read", &cur.path, e))?
                     {
+                        // Zeros a writer preallocated (a writer this reader does not share
+                        // the partition with, or one that stopped without cutting them), or
+                        // an append still being copied over them: not written yet. Read
+                        // from here again, from the file.
+                        cur.reader.stop_at(position);
+                        if last(cur)? {
+                            break;
+                        }
+                        // The segment was closed since: the roll wrote the frames over the
+                        // zeros and cut the rest. Read it once more up to its length now.
+                        cur.zeros_at = Some(position);
+                        reread_from(cur, position)?;
+                        continue;
+                    }
+                    if past_end && last(cur)? {
                         // Partial frame at the end of the last segment: not written yet (a
                         // reader can see an append half done). Read on if the file has grown
                         // since the limit was taken, else stop here and look again next call.
@@ -300,6 +396,12 @@ impl PartitionReader {
             }
         }
         Ok(&self.batch[..n])
+    }
+
+    /// A new reader of the same partition from `from_offset`, sharing this one's index and
+    /// view (what a seek that [`rewind`](Self::rewind) cannot serve opens).
+    pub fn reopen(&self, from_offset: u64) -> Result<PartitionReader> {
+        Self::with_index_bounded(&self.dir, from_offset, self.index.clone(), self.bound)
     }
 
     /// Reads up to `max_records` records into owned values.

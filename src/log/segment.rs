@@ -157,6 +157,11 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
         self.pos
     }
 
+    /// What the frames are read from.
+    pub fn source(&self) -> &T {
+        &self.src
+    }
+
     /// Position and length of the frame returned by the last `Next::Record`.
     pub fn last_frame(&self) -> (u64, u64) {
         (self.last_frame_pos, self.last_frame_len)
@@ -185,6 +190,18 @@ impl<S: std::ops::Deref<Target = T>, T: ReadAt + ?Sized> FrameReader<S> {
     /// Extends the limit (the file grew).
     pub fn set_limit(&mut self, limit: u64) {
         self.limit = limit.max(self.pos + (self.hi - self.lo) as u64);
+    }
+
+    /// Moves back to frame position `pos` (at most [`position`](Self::position)) and ends
+    /// the readable range there, forgetting every buffered byte: bytes read beyond it (the
+    /// zeros of a preallocated tail) are read again from the source once the limit is
+    /// extended.
+    pub fn stop_at(&mut self, pos: u64) {
+        debug_assert!(pos <= self.pos);
+        self.pos = pos;
+        self.lo = 0;
+        self.hi = 0;
+        self.limit = pos;
     }
 
     /// Makes at least `n` bytes available at `buf[lo..]`; `n` is within the limit.
@@ -302,8 +319,12 @@ pub struct TornTail {
 /// Result of scanning one segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SegmentScan {
-    /// Bytes of valid frames (the file length unless there is a torn tail).
+    /// Bytes of valid frames (the file length unless there is a torn tail or a zero tail).
     pub valid_len: u64,
+    /// Bytes of zeros from `valid_len` to the end of the file: space the writer preallocated
+    /// ahead of its appends ([`super::TopicConfig::preallocate`]), not a torn tail. Only in
+    /// the last segment, and only at or above every proven fsync.
+    pub zero_tail: u64,
     /// Number of valid records.
     pub records: u64,
     /// Offset of the first record.
@@ -453,6 +474,12 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
                     scan.synced_len
                 )));
             }
+            if all_zero(src, position, len).map_err(|e| LogError::io("read", path, e))? {
+                // Preallocated space the appends have not reached (or, after a power loss,
+                // unsynced appends that never reached the disk): the end of the log.
+                scan.zero_tail = len - position;
+                break;
+            }
             let after = scan_after(src, position + 1, len, min)
                 .map_err(|e| LogError::io("read", path, e))?;
             if let Some((at, m)) = after.proof
@@ -482,6 +509,21 @@ pub fn scan_segment<T: ReadAt + ?Sized>(
         }
     }
     Ok(scan)
+}
+
+/// Whether every byte of `[from, to)` of `src` is zero (true for an empty range).
+pub fn all_zero<T: ReadAt + ?Sized>(src: &T, from: u64, to: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; (to.saturating_sub(from)).min(64 << 10) as usize];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(chunk.len() as u64) as usize;
+        src.read_exact_at(pos, &mut chunk[..n])?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
 }
 
 /// What [`scan_after`] found behind a bad frame.
@@ -659,11 +701,17 @@ impl SegmentIndex {
     }
 }
 
-/// Indexes of the segments of one partition, shared by the partition and its readers.
+/// Indexes of the segments of one partition, shared by the partition and its readers, and
+/// how far the writer of the same process has written the active segment.
 #[derive(Debug, Default)]
 pub(crate) struct IndexCache {
     segments: HashMap<u64, SegmentIndex>,
     next_generation: u64,
+    /// `(active segment base, bytes written to the OS)` while a writable partition of this
+    /// process has it open: readers read the active segment up to there, never into the
+    /// zeros preallocated after it. `None` without a writer: readers take the file length
+    /// and stop at a zero tail.
+    written: Option<(u64, u64)>,
 }
 
 /// Shared handle to an [`IndexCache`].
@@ -691,6 +739,18 @@ impl IndexCache {
     /// Forgets segment `base` (its file was replaced, truncated or deleted).
     pub fn invalidate(&mut self, base: u64) {
         self.segments.remove(&base);
+    }
+
+    /// Publishes how far the writer has written the active segment `base` (`None`: no
+    /// writer any more).
+    pub fn set_written(&mut self, written: Option<(u64, u64)>) {
+        self.written = written;
+    }
+
+    /// The bytes of segment `base` written, if it is the active segment of a writer of
+    /// this process (else the file length is the data end).
+    pub fn written(&self, base: u64) -> Option<u64> {
+        self.written.and_then(|(b, len)| (b == base).then_some(len))
     }
 
     /// Adds an entry if `generation` is still current.

@@ -47,6 +47,12 @@ pub struct TopicConfig {
     /// after it are lost) and a damaged non-last segment is reported as corruption (see the
     /// module doc of [`crate::log`]). Truncation and compaction fsync regardless.
     pub fsync: bool,
+    /// `preallocate` (Kafka's name): with `fsync`, extend the active segment with zeros
+    /// ahead of the appends ([`super::partition::PREALLOCATE_BYTES`] at a time), so that
+    /// the fsync of an append writes no new file size (default true). The zeros after the
+    /// last frame are the end of the log to every reader and to recovery; a roll cuts them
+    /// off the segment it closes.
+    pub preallocate: bool,
 }
 
 impl Default for TopicConfig {
@@ -58,6 +64,7 @@ impl Default for TopicConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             delete_retention_ms: 24 * 3600 * 1000,
             fsync: true,
+            preallocate: true,
         }
     }
 }

@@ -21,8 +21,10 @@ pub struct Loss {
 
 /// Writes the crash image of the files of `dir` into `out`. `durable(name)` is what the
 /// file's last fsync made durable; `entries` the directory's entries at its last fsync
-/// (empty if it never was). The image keeps the durable bytes exactly; past them each
-/// unsynced 4 KiB page either reached the disk or reads as zeros, the length lands anywhere
+/// (empty if it never was). The image keeps the durable bytes exactly where they were not
+/// written since (a page overwritten since the fsync, as the zeros a segment preallocates
+/// are, holds the old or the new bytes); past them each unsynced 4 KiB page either reached
+/// the disk or reads as zeros, the length lands anywhere
 /// between the durable and the current one, and entries created or removed since the
 /// directory's last fsync may or may not be there.
 pub fn dir_image(
@@ -67,13 +69,20 @@ pub fn dir_image(
             // Past the fsynced bytes a page reached the disk (true) or was lost (zeros).
             let reached = rng.gen_bool(0.5);
             for i in page * PAGE..((page + 1) * PAGE).min(len) {
-                img[i] = if i < old.len() {
-                    // Bytes an fsync covered are on the disk exactly as fsynced.
-                    old[i]
-                } else if reached {
-                    cur.get(i).copied().unwrap_or(0)
-                } else {
-                    0
+                img[i] = match (old.get(i), cur.get(i)) {
+                    // Overwritten since the fsync (the zeros a segment preallocates ahead of
+                    // its appends): the page holds the old or the new bytes.
+                    (Some(&o), Some(&c)) if o != c => {
+                        if reached {
+                            c
+                        } else {
+                            o
+                        }
+                    }
+                    // Bytes an fsync covered, unchanged since, are on the disk exactly.
+                    (Some(&o), _) => o,
+                    (None, c) if reached => c.copied().unwrap_or(0),
+                    (None, _) => 0,
                 };
             }
         }
