@@ -68,8 +68,14 @@ pub fn dir_image(
         for page in 0..len.div_ceil(PAGE) {
             // Past the fsynced bytes a page reached the disk (true) or was lost (zeros).
             let reached = rng.gen_bool(0.5);
-            for i in page * PAGE..((page + 1) * PAGE).min(len) {
-                img[i] = match (old.get(i), cur.get(i)) {
+            let start = page * PAGE;
+            for (i, byte) in img
+                .iter_mut()
+                .enumerate()
+                .take((start + PAGE).min(len))
+                .skip(start)
+            {
+                *byte = match (old.get(i), cur.get(i)) {
                     // Overwritten since the fsync (the zeros a segment preallocates ahead of
                     // its appends): the page holds the old or the new bytes.
                     (Some(&o), Some(&c)) if o != c => {
