@@ -128,8 +128,11 @@ fn scan(dir: &Path, base: u64) -> gregor::log::segment::SegmentScan {
     scan_segment(&file, len, &path, base, true).unwrap()
 }
 
+/// Bytes of the frames of a segment: its length without the zeros preallocated after them
+/// (every frame here ends in a non-zero byte: text values, or a marker's value length).
 fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).unwrap().len()
+    let bytes = fs::read(path).unwrap();
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
 }
 
 /// While the key-value service's sink is inside the fsync of partition P, the run loop's
