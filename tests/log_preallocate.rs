@@ -66,6 +66,18 @@ fn data_len(path: &Path) -> u64 {
     nonzero as u64
 }
 
+/// Appends records `0..synced` and syncs, appends `synced..written` and writes them to the
+/// OS, then crashes (no `Drop`: the zeros stay). Returns the segment.
+fn crash_after(dir: &Path, synced: u64, written: u64) -> PathBuf {
+    let mut p = open(dir, config(128 << 20));
+    append(&mut p, 0, synced);
+    p.sync().unwrap();
+    append(&mut p, synced, written);
+    p.flush_to_os().unwrap();
+    std::mem::forget(p);
+    segments(dir)[0].clone()
+}
+
 fn read_all(reader: &mut PartitionReader) -> Vec<Record> {
     reader.read(usize::MAX).unwrap()
 }
@@ -132,14 +144,7 @@ fn appends_overwrite_preallocated_zeros_and_readers_stop_at_the_last_frame() {
 fn a_crash_leaves_the_zeros_and_recovery_accepts_them_as_the_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t/0");
-    let mut p = open(&dir, config(128 << 20));
-    append(&mut p, 0, 200);
-    p.sync().unwrap();
-    append(&mut p, 200, 210);
-    p.flush_to_os().unwrap();
-    // A process crash: no Drop, the zeros stay.
-    std::mem::forget(p);
-    let seg = segments(&dir)[0].clone();
+    let seg = crash_after(&dir, 200, 210);
     let crashed_len = file_len(&seg);
     assert!(crashed_len > data_len(&seg));
 
@@ -236,13 +241,7 @@ fn a_roll_cuts_the_zeros_off_the_segment_it_closes() {
 fn damage_before_the_zeros_is_still_a_torn_tail_or_corruption() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t/0");
-    let mut p = open(&dir, config(128 << 20));
-    append(&mut p, 0, 50);
-    p.sync().unwrap();
-    append(&mut p, 50, 60);
-    p.flush_to_os().unwrap();
-    std::mem::forget(p);
-    let seg = segments(&dir)[0].clone();
+    let seg = crash_after(&dir, 50, 60);
     let end = data_len(&seg);
     // A half-written last frame (its last bytes still zero): a torn tail, cut.
     let mut bytes = fs::read(&seg).unwrap();

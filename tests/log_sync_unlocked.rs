@@ -132,7 +132,10 @@ fn scan(dir: &Path, base: u64) -> gregor::log::segment::SegmentScan {
 /// (every frame here ends in a non-zero byte: text values, or a marker's value length).
 fn file_len(path: &Path) -> u64 {
     let bytes = fs::read(path).unwrap();
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
 }
 
 /// While the key-value service's sink is inside the fsync of partition P, the run loop's
