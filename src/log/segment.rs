@@ -794,6 +794,40 @@ mod tests {
     }
 
     #[test]
+    fn zeros_after_the_frames_are_the_end_not_a_torn_tail() {
+        // Only zeros (a preallocated segment nothing was written to), of any length.
+        for n in [1, 7, 8, 24, 4096] {
+            let s = scan_bytes(&vec![0; n]).unwrap();
+            assert_eq!(
+                (s.valid_len, s.zero_tail, s.records, s.torn),
+                (0, n as u64, 0, None)
+            );
+        }
+        let bytes = synced_segment(9, 0);
+        let mut b = bytes.clone();
+        b.resize(bytes.len() + 5000, 0);
+        let s = scan_bytes(&b).unwrap();
+        assert_eq!((s.valid_len, s.zero_tail), (bytes.len() as u64, 5000));
+        assert_eq!((s.records, s.torn), (9, None));
+        // A non-zero byte anywhere in the zeros: a torn tail as before, cut from the frames' end.
+        b[bytes.len() + 4000] = 1;
+        let s = scan_bytes(&b).unwrap();
+        assert_eq!(
+            (s.zero_tail, s.torn.unwrap().position),
+            (0, bytes.len() as u64)
+        );
+        // In a closed segment zeros are corruption (a roll cuts them).
+        let e = scan_segment(
+            &b[..bytes.len() + 10],
+            bytes.len() as u64 + 10,
+            Path::new("x"),
+            0,
+            false,
+        );
+        assert!(matches!(e, Err(LogError::Corrupt { .. })));
+    }
+
+    #[test]
     fn damage_before_a_sync_marker_is_corrupt_after_it_torn() {
         let bytes = synced_segment(9, 0);
         let s = scan_bytes(&bytes).unwrap();
