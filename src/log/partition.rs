@@ -954,6 +954,19 @@ impl Partition {
         Ok(())
     }
 
+    /// Cuts the zeros preallocated after the active segment's last written byte (no fsync).
+    fn cut_zeros(&mut self) -> io::Result<()> {
+        if self.file_len <= self.active_len {
+            return Ok(());
+        }
+        let len = self.active_len;
+        self.hooks
+            .before_write(&self.active_path())
+            .and_then(|_| self.active.set_len(len))?;
+        self.file_len = len;
+        Ok(())
+    }
+
     /// `flush_to_os`, then fsync the active segment (and the directory if segments were
     /// created or deleted) when `config.fsync`. Returns the end offset, all of which is
     /// durable. A failed fsync poisons the partition: it is never retried.
@@ -1021,8 +1034,7 @@ impl Partition {
             if self.poisoned.is_none() {
                 return Err(match e {
                     LogError::Poisoned { cause, .. } => {
-                        self.poisoned = Some(cause.clone());
-                        crate::sync::lock(&self.index).set_written(None);
+                        self.set_poisoned(cause.clone());
                         LogError::Poisoned {
                             partition: self.name.clone(),
                             cause,
@@ -1094,8 +1106,7 @@ impl Partition {
         let gate = Arc::clone(&self.fsync_gate);
         let mut failed = crate::sync::lock(&gate);
         if let Some(cause) = failed.as_ref() {
-            self.poisoned = Some(cause.clone());
-            crate::sync::lock(&self.index).set_written(None);
+            self.set_poisoned(cause.clone());
             return Err(LogError::Poisoned {
                 partition: self.name.clone(),
                 cause: cause.clone(),
@@ -1124,17 +1135,9 @@ impl Partition {
     fn roll(&mut self) -> Result<()> {
         self.flush_to_os()?;
         let trimmed = self.file_len > self.active_len;
-        if trimmed {
+        if let Err(e) = self.cut_zeros() {
             let path = self.active_path();
-            let len = self.active_len;
-            if let Err(e) = self
-                .hooks
-                .before_write(&path)
-                .and_then(|_| self.active.set_len(len))
-            {
-                return Err(self.poison("cut the preallocated tail of", &path, e));
-            }
-            self.file_len = len;
+            return Err(self.poison("cut the preallocated tail of", &path, e));
         }
         if self.config.fsync {
             // A new file size (the cut) is metadata `fdatasync` may not write everywhere.
@@ -1299,11 +1302,16 @@ impl Partition {
     /// Poisons the partition with an error that is already a `LogError`.
     fn poison_with(&mut self, err: LogError) -> LogError {
         tracing::error!(partition = %self.name, error = %err, "log partition poisoned");
-        self.poisoned = Some(err.to_string());
+        self.set_poisoned(err.to_string());
+        err
+    }
+
+    /// Refuses every later write with `cause`.
+    fn set_poisoned(&mut self, cause: String) {
+        self.poisoned = Some(cause);
         // What it published as written may not hold for the partition opened in its place:
         // readers go by the file from now on.
         crate::sync::lock(&self.index).set_written(None);
-        err
     }
 
     /// Writes the truncation intent atomically: temp file, fsync, rename, directory fsync.
@@ -1603,13 +1611,8 @@ impl Drop for Partition {
         }
         if self.poisoned.is_none() {
             let _ = self.flush_to_os();
-            if self.poisoned.is_none() && self.file_len > self.active_len {
-                let path = self.active_path();
-                let len = self.active_len;
-                let _ = self
-                    .hooks
-                    .before_write(&path)
-                    .and_then(|_| self.active.set_len(len));
+            if self.poisoned.is_none() {
+                let _ = self.cut_zeros();
             }
         }
         crate::sync::lock(&self.index).set_written(None);

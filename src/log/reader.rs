@@ -262,16 +262,6 @@ impl PartitionReader {
         Ok(true)
     }
 
-    /// Whether the current segment has grown past the reader's limit (which is then moved
-    /// up to its new end).
-    fn grew(&mut self) -> Result<bool> {
-        let cur = self
-            .cur
-            .as_mut()
-            .expect("called only while a segment is open");
-        grew(&self.index, cur)
-    }
-
     /// Reads up to `max_records` records. An empty slice means caught up with the end of
     /// the log. The returned records are reused by the next call.
     pub fn next_batch(&mut self, max_records: usize) -> Result<&[Record]> {
@@ -381,7 +371,7 @@ impl PartitionReader {
                         // Partial frame at the end of the last segment: not written yet (a
                         // reader can see an append half done). Read on if the file has grown
                         // since the limit was taken, else stop here and look again next call.
-                        if self.bound.is_none() && self.grew()? {
+                        if self.bound.is_none() && grew(&self.index, cur)? {
                             continue;
                         }
                         break;
