@@ -92,6 +92,15 @@ fn enriched(root: &std::path::Path) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Sets the flag when dropped (also while unwinding from a failed assertion).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn all_values(out: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     out.values().flatten().cloned().collect()
 }
@@ -154,6 +163,9 @@ fn a_join_with_a_side_input_table_updated_while_the_job_runs() {
         }
     };
     std::thread::scope(|scope| {
+        // A failed check below stops the job too, so the scope ends and the test fails
+        // instead of waiting for the job forever.
+        let _stop_on_exit = StopOnDrop(stop.clone());
         let running = {
             let (backend, job, state, factory) = (backend.clone(), &job, &state, factory());
             scope.spawn(move || run_job_on(backend, state, job, &factory, opts))

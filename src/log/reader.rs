@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::error::{LogError, Result};
 use super::record::{FRAME_HEADER_LEN, Record};
 use super::segment::{
-    FrameReader, IndexCache, Next, SharedIndex, all_zero, list_segments, segment_path,
+    FrameReader, IndexCache, Next, NextFrame, SharedIndex, all_zero, list_segments, segment_path,
 };
 
 /// Whether segment `cur` has grown past the reader's limit: up to what the writer of this
@@ -43,6 +43,20 @@ fn reread_from(cur: &mut Cursor, at: u64) -> Result<()> {
     cur.reader.stop_at(at);
     cur.reader.set_limit(len);
     Ok(())
+}
+
+/// Whether a valid frame is at `position` of `file` now: a reader's buffer may hold an
+/// append caught half copied that the writer has finished since (and appended more after).
+fn valid_frame_now(file: &File, position: u64) -> io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len <= position {
+        return Ok(false);
+    }
+    let mut reader = FrameReader::new(file, position, len);
+    Ok(matches!(
+        reader.next_frame(&mut Record::default())?,
+        NextFrame::Record | NextFrame::SyncMarker(_)
+    ))
 }
 
 /// Whether the bad frame at `position` of `file` (read up to `limit`) is zeros a writer
@@ -112,8 +126,10 @@ impl PartitionReader {
     /// It shares nothing with a writer: it reads segments up to their file length and stops
     /// at zeros preallocated at the end of the last one. To tail a partition that a writer
     /// has open, use [`Partition::reader`](super::Partition::reader) (and
-    /// [`reopen`](Self::reopen)): it reads up to what the writer has written. This one may
-    /// judge an append it catches half copied over the zeros as corruption.
+    /// [`reopen`](Self::reopen)): it reads up to what the writer has written. This one
+    /// catches appends half copied over the zeros; before it judges a bad frame it reads
+    /// the file again: zeros from inside the frame on are "not written yet", a frame valid
+    /// in the file now is read on.
     pub fn open(dir: &Path, from_offset: u64) -> Result<Self> {
         Self::with_index(
             dir,
@@ -347,9 +363,10 @@ impl PartitionReader {
                         Ok(self.bases.is_empty()
                             && list_segments(&self.dir)?.last() == Some(&cur.base))
                     };
+                    let shares_nothing = crate::sync::lock(&self.index).written(cur.base).is_none();
                     if !past_end
+                        && shares_nothing
                         && cur.zeros_at != Some(position)
-                        && crate::sync::lock(&self.index).written(cur.base).is_none()
                         && ends_in_zeros(cur.reader.source(), position, cur.reader.limit())
                             .map_err(|e| LogError::io("read", &cur.path, e))?
                     {
@@ -364,6 +381,17 @@ impl PartitionReader {
                         // The segment was closed since: the roll wrote the frames over the
                         // zeros and cut the rest. Read it once more up to its length now.
                         cur.zeros_at = Some(position);
+                        reread_from(cur, position)?;
+                        continue;
+                    }
+                    if !past_end
+                        && shares_nothing
+                        && valid_frame_now(cur.reader.source(), position)
+                            .map_err(|e| LogError::io("read", &cur.path, e))?
+                    {
+                        // Buffered while a writer was copying it over the zeros, complete
+                        // in the file now (with more written after it, so it did not look
+                        // like zeros just above). Read on from the file.
                         reread_from(cur, position)?;
                         continue;
                     }
