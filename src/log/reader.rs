@@ -47,16 +47,35 @@ fn reread_from(cur: &mut Cursor, at: u64) -> Result<()> {
 
 /// Whether a valid frame is at `position` of `file` now: a reader's buffer may hold an
 /// append caught half copied that the writer has finished since (and appended more after).
+/// Reads only that frame. A file found shorter than its length just taken (a roll or a
+/// close cut the zeros preallocated after its frames meanwhile) is looked at again up to
+/// its new length: a file only shrinks, so this ends.
 fn valid_frame_now(file: &File, position: u64) -> io::Result<bool> {
-    let len = file.metadata()?.len();
-    if len <= position {
-        return Ok(false);
+    loop {
+        let len = file.metadata()?.len();
+        if len < position + FRAME_HEADER_LEN as u64 {
+            return Ok(false);
+        }
+        let read = (|| {
+            let mut header = [0u8; 4];
+            file.read_exact_at(&mut header, position)?;
+            let end = position + FRAME_HEADER_LEN as u64 + u64::from(u32::from_le_bytes(header));
+            let mut reader = FrameReader::new(file, position, end.min(len));
+            reader.next_frame(&mut Record::default())
+        })();
+        match read {
+            Ok(frame) => {
+                return Ok(matches!(
+                    frame,
+                    NextFrame::Record | NextFrame::SyncMarker(_)
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && file.metadata()?.len() < len => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let mut reader = FrameReader::new(file, position, len);
-    Ok(matches!(
-        reader.next_frame(&mut Record::default())?,
-        NextFrame::Record | NextFrame::SyncMarker(_)
-    ))
 }
 
 /// Whether the bad frame at `position` of `file` (read up to `limit`) is zeros a writer
@@ -78,7 +97,9 @@ fn ends_in_zeros(file: &File, position: u64, limit: u64) -> io::Result<bool> {
         return Ok(false);
     }
     let mut len = [0u8; 4];
-    file.read_exact_at(&mut len, position)?;
+    if shrunk(file.read_exact_at(&mut len, position).map(|()| false))? {
+        return Ok(true);
+    }
     let frame_end = position + FRAME_HEADER_LEN as u64 + u64::from(u32::from_le_bytes(len));
     Ok(frame_end <= limit && shrunk(all_zero(file, frame_end - 1, limit))?)
 }
@@ -364,36 +385,34 @@ impl PartitionReader {
                             && list_segments(&self.dir)?.last() == Some(&cur.base))
                     };
                     let shares_nothing = crate::sync::lock(&self.index).written(cur.base).is_none();
-                    if !past_end
-                        && shares_nothing
-                        && cur.zeros_at != Some(position)
-                        && ends_in_zeros(cur.reader.source(), position, cur.reader.limit())
-                            .map_err(|e| LogError::io("read", &cur.path, e))?
-                    {
-                        // Zeros a writer preallocated (a writer this reader does not share
-                        // the partition with, or one that stopped without cutting them), or
-                        // an append still being copied over them: not written yet. Read
-                        // from here again, from the file.
-                        cur.reader.stop_at(position);
-                        if last(cur)? {
-                            break;
+                    if !past_end && shares_nothing {
+                        let io = |e| LogError::io("read", &cur.path, e);
+                        if cur.zeros_at != Some(position)
+                            && ends_in_zeros(cur.reader.source(), position, cur.reader.limit())
+                                .map_err(io)?
+                        {
+                            // Zeros a writer preallocated (a writer this reader does not
+                            // share the partition with, or one that stopped without cutting
+                            // them), or an append still being copied over them: not written
+                            // yet. Read from here again, from the file.
+                            cur.reader.stop_at(position);
+                            if last(cur)? {
+                                break;
+                            }
+                            // The segment was closed since: the roll wrote the frames over
+                            // the zeros and cut the rest. Read it once more up to its length
+                            // now.
+                            cur.zeros_at = Some(position);
+                            reread_from(cur, position)?;
+                            continue;
                         }
-                        // The segment was closed since: the roll wrote the frames over the
-                        // zeros and cut the rest. Read it once more up to its length now.
-                        cur.zeros_at = Some(position);
-                        reread_from(cur, position)?;
-                        continue;
-                    }
-                    if !past_end
-                        && shares_nothing
-                        && valid_frame_now(cur.reader.source(), position)
-                            .map_err(|e| LogError::io("read", &cur.path, e))?
-                    {
-                        // Buffered while a writer was copying it over the zeros, complete
-                        // in the file now (with more written after it, so it did not look
-                        // like zeros just above). Read on from the file.
-                        reread_from(cur, position)?;
-                        continue;
+                        if valid_frame_now(cur.reader.source(), position).map_err(io)? {
+                            // Buffered while a writer was copying it over the zeros, complete
+                            // in the file now (with more written after it, so it did not
+                            // look like zeros just above). Read on from the file.
+                            reread_from(cur, position)?;
+                            continue;
+                        }
                     }
                     if past_end && last(cur)? {
                         // Partial frame at the end of the last segment: not written yet (a
