@@ -31,15 +31,20 @@ fn grew(index: &SharedIndex, cur: &mut Cursor) -> Result<bool> {
     Ok(false)
 }
 
-/// Reads segment `cur` again from frame position `at`, up to the length of its open file now
-/// (not of the file its path names now: compaction may have replaced that one).
-fn reread_from(cur: &mut Cursor, at: u64) -> Result<()> {
-    let len = cur
+/// The length of segment `cur`'s open file now (not of the file its path names now:
+/// compaction may have replaced that one).
+fn file_len(cur: &Cursor) -> Result<u64> {
+    Ok(cur
         .reader
         .source()
         .metadata()
         .map_err(|e| LogError::io("stat", &cur.path, e))?
-        .len();
+        .len())
+}
+
+/// Reads segment `cur` again from frame position `at`, up to the length of its open file now.
+fn reread_from(cur: &mut Cursor, at: u64) -> Result<()> {
+    let len = file_len(cur)?;
     cur.reader.stop_at(at);
     cur.reader.set_limit(len);
     Ok(())
@@ -294,6 +299,11 @@ impl PartitionReader {
             if self.bases.is_empty() {
                 return Ok(false);
             }
+            // A newer segment exists, so this one is closed and its length final: the writer
+            // may have appended to it (then rolled) after its length was looked at above.
+            if grew(&self.index, cur)? {
+                return Ok(true);
+            }
         }
         self.cur = None;
         Ok(true)
@@ -422,6 +432,17 @@ impl PartitionReader {
                             continue;
                         }
                         break;
+                    }
+                    if past_end && self.bound.is_none() {
+                        // A segment no longer last is closed: its length is final now. The
+                        // limit may predate the writer finishing this frame and rolling
+                        // (which also cuts preallocated zeros): read again up to the length
+                        // now. A closed segment never changes again, so this ends.
+                        let now = file_len(cur)?;
+                        if now != cur.reader.limit() {
+                            reread_from(cur, position)?;
+                            continue;
+                        }
                     }
                     return Err(LogError::Corrupt {
                         file: cur.path.clone(),
