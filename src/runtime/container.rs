@@ -33,7 +33,11 @@ use crate::coordinator::{
     Coordinator as JobCoordinator, CoordinatorError, Directive, StaticCoordinator,
 };
 use crate::restore::{RestoreKind, RestoreProgress, RestoreStats};
-use crate::serve::{Phase, QueryError, ServeLink, Serving, StatusProgress, TaskStores};
+use crate::runtime::shared_storage::SharedStorage;
+use crate::serve::{
+    DirectRead, Phase, QueryError, ReadAnswer, ReadOp, ServeLink, Serving, StatusProgress,
+    TaskStores,
+};
 use crate::statedir::StateDir;
 use crate::task_storage::{
     CommitFence, OutputRecord, TaskStorage, TaskStorageContext, TaskStoreError,
@@ -150,7 +154,8 @@ struct TaskRun {
     name: String,
     partition: u32,
     task: Box<dyn StreamTask>,
-    storage: TaskStorage,
+    /// Its stores, shared with the HTTP workers that read them between batches.
+    storage: Arc<SharedStorage>,
     cursors: Vec<Cursor>,
     collector: Collector,
     coordinator: Coordinator,
@@ -793,13 +798,14 @@ impl<'a> Container<'a> {
     /// The second half of opening a task, on the container's thread: its first checkpoint
     /// if it has none covering its inputs, `init`, then it runs.
     fn install_task(&mut self, mut run: TaskRun) -> Result<(), RuntimeError> {
-        set_crash_failpoint(&mut run.storage);
+        set_crash_failpoint(&mut run.storage.lock());
         if let Some((owner, fence)) = &self.claim {
-            run.storage.set_owner(owner.clone());
-            run.storage.set_fence(Some(Arc::clone(fence)));
+            let mut storage = run.storage.lock();
+            storage.set_owner(owner.clone());
+            storage.set_fence(Some(Arc::clone(fence)));
         }
         let inputs: Vec<TopicPartition> = run.cursors.iter().map(|c| c.tp.clone()).collect();
-        if !run.storage.checkpoint_covers(&inputs) {
+        if !run.storage.lock().checkpoint_covers(&inputs) {
             // A first checkpoint before any processing: from now on the checkpoint is the
             // single truth about what this task has committed (without it, a crash before
             // the first commit would make the next restore trust uncommitted changelog
@@ -810,7 +816,7 @@ impl<'a> Container<'a> {
         with_ctx(&mut run, self.job, |task, ctx| task.init(ctx))
             .map_err(task_err(&name, "init".into()))?;
         if let Some(s) = &run.serving {
-            s.task_checkpoint(run.partition, run.storage.checkpoint(), false);
+            s.task_checkpoint(run.partition, run.storage.lock().checkpoint(), false);
         }
         self.tasks.insert(run.partition, run);
         Ok(())
@@ -1221,7 +1227,7 @@ impl<'a> Container<'a> {
                     }
                     if clean {
                         // Right after the commit everything in the changelogs is committed.
-                        run.storage.clean_changelogs(now_ms())?;
+                        run.storage.lock().clean_changelogs(now_ms())?;
                     }
                 }
                 if let Some(reason) = fenced.take() {
@@ -1274,11 +1280,13 @@ impl Container<'_> {
             return false;
         };
         for (&p, run) in &self.tasks {
+            let reads: Arc<dyn DirectRead> = run.storage.clone();
             link.publish_task(
                 p,
                 run.cursors.iter().map(|c| (&c.tp, c.next)),
                 run.cursors.iter().all(|c| c.next >= c.target),
-                run.storage.checkpoint(),
+                run.storage.lock().checkpoint(),
+                &reads,
             );
         }
         link.answer(
@@ -1380,7 +1388,7 @@ impl Opener<'_> {
             name: name.clone(),
             partition: p,
             task: (self.factory)(&name),
-            storage,
+            storage: Arc::new(SharedStorage::new(storage)),
             cursors,
             collector: Collector {
                 partitions: self
@@ -1408,12 +1416,13 @@ struct OpenTasks<'a> {
 }
 
 impl TaskStores for OpenTasks<'_> {
-    fn store(
+    fn read(
         &mut self,
         task: u32,
         store: &str,
+        op: &ReadOp,
         published: &BTreeMap<TopicPartition, u64>,
-    ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError> {
+    ) -> Result<ReadAnswer, QueryError> {
         let run = self.tasks.get_mut(&task).ok_or(QueryError::Unavailable {
             task,
             why: "is not open in this process",
@@ -1430,10 +1439,11 @@ impl TaskStores for OpenTasks<'_> {
                 why: "is replaying its input after a rollback",
             });
         }
-        run.storage
+        let mut storage = run.storage.lock();
+        let s = storage
             .store(store)
-            .map(|s| s.stack())
-            .ok_or_else(|| QueryError::NoStore(store.to_string()))
+            .ok_or_else(|| QueryError::NoStore(store.to_string()))?;
+        crate::serve::query::run(op, s.stack()).map_err(QueryError::from)
     }
 
     fn standby_get(
@@ -1477,10 +1487,11 @@ fn with_ctx<R>(
     job: &JobConfig,
     f: impl FnOnce(&mut dyn StreamTask, &mut TaskContext<'_>) -> R,
 ) -> R {
+    let mut storage = run.storage.lock();
     let mut ctx = TaskContext {
         task: &run.name,
         partition: run.partition,
-        stores: run.storage.stores(),
+        stores: storage.stores(),
         side: &mut run.side,
         collector: &mut run.collector,
         coordinator: &mut run.coordinator,
@@ -1558,7 +1569,9 @@ fn process_batch(
         side,
         ..
     } = run;
-    let stores = storage.stores();
+    // Held for the whole batch: a direct read sees the stores between batches only.
+    let mut held = storage.lock();
+    let stores = held.stores();
     let mut n = 0;
     let now = now_ms();
     for c in cursors.iter_mut() {
@@ -1632,6 +1645,9 @@ fn process_batch(
                         source,
                     });
                 }
+                // Its writes so far stay in the stores until the rollback: no direct read
+                // may see them (set while the batch still holds the stores).
+                storage.poison();
                 return Ok(BatchEnd::Poisoned(Poisoned {
                     tp: c.tp.clone(),
                     offset: r.offset,
@@ -1738,10 +1754,12 @@ fn commit_task(run: &mut TaskRun) -> Result<(), RuntimeError> {
             value: m.value,
         })
         .collect();
-    run.storage.commit(&inputs, outputs)?;
+    let mut storage = run.storage.lock();
+    storage.commit(&inputs, outputs)?;
     if let Some(s) = &run.serving {
-        s.task_checkpoint(run.partition, run.storage.checkpoint(), false);
+        s.task_checkpoint(run.partition, storage.checkpoint(), false);
     }
+    drop(storage);
     if !run.skips.is_empty() {
         // Skips this commit passed are final: log and count each once.
         let name = &run.name;

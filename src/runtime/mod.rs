@@ -13,6 +13,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 mod input;
+mod shared_storage;
 pub mod side_input;
 pub mod standby;
 pub mod task;

@@ -504,17 +504,16 @@ impl App {
         })
     }
 
-    /// Asks the run loop for `op` on `store` of task `p` once the task runs here and is past
-    /// its read barrier ([`await_barrier`](Self::await_barrier)); the answer comes through
-    /// the returned channel (see [`reply`]).
-    async fn send_read(
-        &self,
-        p: u32,
-        store: &str,
-        op: ReadOp,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>, ApiError> {
+    /// Reads `op` on `store` of task `p` once the task runs here and is past its read
+    /// barrier ([`await_barrier`](Self::await_barrier)): on this thread when the task's
+    /// stores are free ([`Serving::try_read`]), else through the run loop, which answers
+    /// between batches (wait for either with [`reply`]).
+    async fn send_read(&self, p: u32, store: &str, op: ReadOp) -> Result<PendingRead, ApiError> {
         self.check_running(p)?;
         self.await_barrier(p).await?;
+        if let Some(answer) = self.serving.try_read(p, store, &op) {
+            return Ok(PendingRead::Now(answer));
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         let request = Request::Read {
             task: p,
@@ -527,7 +526,7 @@ impl App {
                 "too many reads are waiting for the job, or it stopped".into(),
             ));
         }
-        Ok(rx)
+        Ok(PendingRead::Later(rx))
     }
 
     /// Asks the run loop for the value under `key` from this process's standby copy of task
@@ -668,9 +667,20 @@ impl App {
 }
 
 /// The run loop's answer to a read, or 503 if it does not come in [`READ_TIMEOUT`].
-async fn reply(
-    rx: tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>,
-) -> Result<ReadAnswer, ApiError> {
+/// A read answered already, or sent to the run loop ([`App::send_read`]).
+enum PendingRead {
+    /// Answered on the HTTP worker.
+    Now(Result<ReadAnswer, QueryError>),
+    /// The run loop's answer comes through this channel.
+    Later(tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>),
+}
+
+/// The answer of a read [`App::send_read`] made.
+async fn reply(read: PendingRead) -> Result<ReadAnswer, ApiError> {
+    let rx = match read {
+        PendingRead::Now(answer) => return Ok(answer?),
+        PendingRead::Later(rx) => rx,
+    };
     match tokio::time::timeout(READ_TIMEOUT, rx).await {
         Ok(Ok(answer)) => Ok(answer?),
         Ok(Err(_)) => Err(ApiError::Unavailable("the job stopped".into())),

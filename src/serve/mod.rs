@@ -1,10 +1,13 @@
 //! Serving a job's stores over HTTP (the contract is `docs/http-api.md`; the design is
 //! `docs/design.md`, "Serving").
 //!
-//! The HTTP handlers never touch a store. A read is a [`query::Request`] sent into a bounded
-//! channel that the container's run loop drains between batches: it is answered from the
-//! owning task's own store stack, write-back cache included, on the task's thread, so it
-//! sees every write the task made before it and never an older value.
+//! A read is answered from the owning task's own store stack, write-back cache included,
+//! between two batches of the task, so it sees every write the task made before it and
+//! never an older value, and never half a batch. The HTTP worker that parsed it answers it
+//! itself when the task's stores are free (the run loop holds them for a batch or a commit;
+//! see `runtime::shared_storage` and [`Serving::try_read`]); otherwise the read is a
+//! [`query::Request`] sent into a bounded channel that the container's run loop drains
+//! between batches.
 //!
 //! - this module: [`Serving`], what the container and the HTTP server share: the request
 //!   channel, the job's status ([`JobStatus`]: tasks restoring / running, restore progress,
@@ -142,6 +145,19 @@ struct Shared {
     routes: RwLock<Option<Arc<Routes>>>,
     /// The tasks this process holds a standby copy of (bounded-staleness reads).
     standbys: RwLock<BTreeSet<u32>>,
+    /// The tasks an HTTP worker may read directly, without the run loop's hop
+    /// ([`Serving::try_read`]): ready, and not replaying after a rollback.
+    direct: RwLock<BTreeMap<u32, Arc<dyn DirectRead>>>,
+}
+
+/// A task's stores as an HTTP worker reads them itself, between two batches of the task
+/// (the run loop holds them while it processes a batch or commits).
+pub(crate) trait DirectRead: Send + Sync {
+    /// `op` on `store`, answered now from the task's store stack (write-back cache
+    /// included); `None` when the task's stores are busy (a batch or a commit runs) or may
+    /// hold what must not be seen (a message failed mid-batch and the task will be rolled
+    /// back, or it closed): the read then goes through the run loop.
+    fn try_read(&self, store: &str, op: &ReadOp) -> Option<Result<ReadAnswer, QueryError>>;
 }
 
 /// Who runs each task of the job, as its coordinator last said: reads of a key whose task
@@ -184,6 +200,7 @@ impl Serving {
                 advertised: Mutex::new(None),
                 routes: RwLock::new(None),
                 standbys: RwLock::new(BTreeSet::new()),
+                direct: RwLock::new(BTreeMap::new()),
             }),
         }
     }
@@ -248,6 +265,7 @@ impl Serving {
             published: BTreeMap::new(),
             senders: BTreeMap::new(),
             ready: BTreeSet::new(),
+            direct: BTreeMap::new(),
             woken: false,
         })
     }
@@ -259,6 +277,28 @@ impl Serving {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Answers `op` on `store` of task `task` on the calling thread, without the run loop,
+    /// if the task is ready and its stores are free now; `None` otherwise (send the read
+    /// to the run loop, which answers it between batches with the same result or says why
+    /// it cannot). The answer reflects every record the task has published as processed.
+    pub fn try_read(
+        &self,
+        task: u32,
+        store: &str,
+        op: &ReadOp,
+    ) -> Option<Result<ReadAnswer, QueryError>> {
+        let reads = crate::sync::read(&self.inner.direct).get(&task).cloned()?;
+        reads.try_read(store, op)
+    }
+
+    fn set_direct(&self, task: u32, reads: Option<&Arc<dyn DirectRead>>) {
+        let mut direct = crate::sync::write(&self.inner.direct);
+        match reads {
+            Some(r) => direct.insert(task, Arc::clone(r)),
+            None => direct.remove(&task),
+        };
     }
 
     /// Wakes an idle run loop (new input was appended).
@@ -328,19 +368,24 @@ pub struct ServeLink {
     senders: BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>,
     /// Tasks that answer reads (open, and caught up where the job asks for it).
     ready: BTreeSet<u32>,
+    /// Tasks an HTTP worker reads directly (ready, and not behind a published position),
+    /// with the stores it reads.
+    direct: BTreeMap<u32, Arc<dyn DirectRead>>,
     /// A [`Serving::wake`] arrived since [`ServeLink::take_woken`] was last asked.
     woken: bool,
 }
 
 /// How the container lets a request reach a task's store.
 pub(crate) trait TaskStores {
-    /// The store stack of `store` in task `task`, if the task can answer exactly now.
-    fn store(
+    /// `op` on the store stack of `store` in task `task`, if the task can answer exactly
+    /// now.
+    fn read(
         &mut self,
         task: u32,
         store: &str,
+        op: &ReadOp,
         published: &BTreeMap<TopicPartition, u64>,
-    ) -> Result<&mut dyn crate::store::KeyValueStore, QueryError>;
+    ) -> Result<ReadAnswer, QueryError>;
 
     /// The value under `key` in `store` of this process's standby copy of task `task`, if
     /// it holds one that is at most `max_lag` changelog records behind
@@ -370,33 +415,53 @@ impl ServeLink {
     /// read until [`publish_task`](Self::publish_task) finds it ready.
     pub(crate) fn task_opening(&mut self, p: u32, name: &str) {
         self.ready.remove(&p);
+        self.stop_direct(p);
         self.serving.task_restoring(p, name);
     }
 
     /// Task `p` was closed here (its coordinator moved it to another process).
     pub(crate) fn task_closed(&mut self, p: u32) {
         self.ready.remove(&p);
+        self.stop_direct(p);
         self.serving.update(|s| {
             s.tasks.remove(&p);
         });
     }
 
+    fn stop_direct(&mut self, p: u32) {
+        if self.direct.remove(&p).is_some() {
+            self.serving.set_direct(p, None);
+        }
+    }
+
     /// Publishes where open task `p` is: `positions` (input partition, next offset to
     /// process); `caught_up` if it has processed its inputs to where they ended when it was
-    /// opened. A task becomes ready (running, answering reads) here.
+    /// opened. A task becomes ready (running, answering reads) here; HTTP workers read it
+    /// through `reads` while it is ready and not behind a position already published
+    /// (rolled back to its checkpoint and replaying).
     pub(crate) fn publish_task<'t>(
         &mut self,
         p: u32,
         positions: impl Iterator<Item = (&'t TopicPartition, u64)>,
         caught_up: bool,
         checkpoint: Option<&Checkpoint>,
+        reads: &Arc<dyn DirectRead>,
     ) {
+        let mut behind = false;
         for (tp, next) in positions {
+            behind |= self.published.get(tp).is_some_and(|&p| next < p);
             self.publish(tp, next);
         }
         if !self.ready.contains(&p) && (caught_up || !self.serving.inner.catch_up) {
             self.ready.insert(p);
             self.serving.task_checkpoint(p, checkpoint, true);
+        }
+        if !self.ready.contains(&p) || behind {
+            self.stop_direct(p);
+        } else if self.direct.get(&p).is_none_or(|r| !Arc::ptr_eq(r, reads)) {
+            // New, or a new opening of the task (a new store stack).
+            self.direct.insert(p, Arc::clone(reads));
+            self.serving.set_direct(p, Some(reads));
         }
     }
 
@@ -484,9 +549,7 @@ impl ServeLink {
             return 0; // the client gave up
         }
         let answer = if self.ready.contains(&task) {
-            tasks
-                .store(task, &store, &self.published)
-                .and_then(|s| query::run(&op, s).map_err(QueryError::from))
+            tasks.read(task, &store, &op, &self.published)
         } else {
             Err(QueryError::Unavailable {
                 task,
