@@ -14,7 +14,7 @@
 //!   checkpoints), each input partition's processed position and the key-value service's
 //!   durable ends (the read barrier: a read waits until its task applied every write
 //!   acknowledged before it); [`ServeLink`], the container's end of it;
-//! - [`query`]: the read requests and how the task thread answers them;
+//! - [`query`]: the read requests and how they are answered;
 //! - [`render`]: keys and values to and from URLs and JSON through the store's serdes;
 //! - [`write`](mod@write): the key-value service's writer (appends to the input topic, group commit);
 //! - [`http`]: the axum server, its routes and error replies.

@@ -1,5 +1,7 @@
-//! Read requests from the HTTP server to the run loop, and how the task thread answers them:
-//! a point lookup or a bounded scan of one task's store stack (through its write-back cache).
+//! Read requests from the HTTP server to the run loop, and how a read is answered between
+//! two batches of a task (by the run loop, or by the HTTP worker itself through
+//! [`Serving::try_read`](super::Serving::try_read)): a point lookup or a bounded scan of one
+//! task's store stack (through its write-back cache).
 
 use crate::store::{Entry, KeyValueStore, StoreError};
 
@@ -117,7 +119,7 @@ pub enum QueryError {
     Store(#[from] StoreError),
 }
 
-/// Runs `op` on `store` (on the task's thread).
+/// Runs `op` on `store` (between two batches of its task).
 pub fn run(op: &ReadOp, store: &mut dyn KeyValueStore) -> Result<ReadAnswer, StoreError> {
     match op {
         ReadOp::Get(key) => store.get(key).map(ReadAnswer::Value),
