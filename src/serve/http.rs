@@ -666,7 +666,6 @@ impl App {
     }
 }
 
-/// The run loop's answer to a read, or 503 if it does not come in [`READ_TIMEOUT`].
 /// A read answered already, or sent to the run loop ([`App::send_read`]).
 enum PendingRead {
     /// Answered on the HTTP worker.
@@ -675,7 +674,8 @@ enum PendingRead {
     Later(tokio::sync::oneshot::Receiver<Result<ReadAnswer, QueryError>>),
 }
 
-/// The answer of a read [`App::send_read`] made.
+/// The answer of a read [`App::send_read`] made: the run loop's, or 503 if it does not come
+/// in [`READ_TIMEOUT`].
 async fn reply(read: PendingRead) -> Result<ReadAnswer, ApiError> {
     let rx = match read {
         PendingRead::Now(answer) => return Ok(answer?),
