@@ -658,3 +658,72 @@ impl crate::restore::RestoreProgress for StatusProgress<'_> {
         self.inner.finish(stats);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores that answer every get with the value they were made with.
+    struct Fixed(&'static [u8]);
+
+    impl DirectRead for Fixed {
+        fn try_read(&self, _: &str, _: &ReadOp) -> Option<Result<ReadAnswer, QueryError>> {
+            Some(Ok(ReadAnswer::Value(Some(self.0.to_vec()))))
+        }
+    }
+
+    fn serving(catch_up: bool) -> (Serving, ServeLink) {
+        let job = JobConfig::from_toml_str(
+            "<test>",
+            "[job]\nname = \"j\"\ntask = \"kv\"\ninputs = [\"in\"]\n",
+        )
+        .unwrap();
+        let serving = Serving::new(job, catch_up);
+        let link = serving.link().unwrap();
+        (serving, link)
+    }
+
+    /// What a direct read of task 0 answers: `None` when it is not registered.
+    fn direct(s: &Serving) -> Option<Vec<u8>> {
+        match s.try_read(0, "kv", &ReadOp::Get(b"k".to_vec())) {
+            None => None,
+            Some(Ok(ReadAnswer::Value(v))) => v,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A task is read directly only while it is ready and not behind a position it already
+    /// published; a rollback (`task_opening`) or a close stops it at once, and a new opening
+    /// of the task is read through its new stores.
+    #[test]
+    fn direct_reads_follow_readiness_rollbacks_and_reopenings() {
+        let tp = TopicPartition::new("in", 0);
+        let first: Arc<dyn DirectRead> = Arc::new(Fixed(b"first"));
+        let second: Arc<dyn DirectRead> = Arc::new(Fixed(b"second"));
+        let (s, mut link) = serving(true);
+        link.task_opening(0, "j.partition-0");
+        // Not caught up with its input yet: not ready, not read directly.
+        link.publish_task(0, [(&tp, 5)].into_iter(), false, None, &first);
+        assert_eq!(direct(&s), None);
+        link.publish_task(0, [(&tp, 10)].into_iter(), true, None, &first);
+        assert_eq!(direct(&s), Some(b"first".to_vec()));
+        // Rolled back to its checkpoint: nothing direct from the moment it reopens, and not
+        // while it replays below what it had published (10), even once ready again.
+        link.task_opening(0, "j.partition-0");
+        assert_eq!(direct(&s), None);
+        link.publish_task(0, [(&tp, 7)].into_iter(), true, None, &second);
+        assert_eq!(direct(&s), None, "read directly while replaying");
+        link.publish_task(0, [(&tp, 10)].into_iter(), true, None, &second);
+        assert_eq!(direct(&s), Some(b"second".to_vec()));
+        // Reopened without a rollback notice (e.g. a promoted standby): its new stores.
+        link.publish_task(0, [(&tp, 11)].into_iter(), true, None, &first);
+        assert_eq!(direct(&s), Some(b"first".to_vec()));
+        link.task_closed(0);
+        assert_eq!(direct(&s), None);
+        // Without catch-up a task is ready as soon as it runs.
+        let (s, mut link) = serving(false);
+        link.task_opening(0, "j.partition-0");
+        link.publish_task(0, [(&tp, 0)].into_iter(), false, None, &first);
+        assert_eq!(direct(&s), Some(b"first".to_vec()));
+    }
+}
