@@ -1439,11 +1439,7 @@ impl TaskStores for OpenTasks<'_> {
                 why: "is replaying its input after a rollback",
             });
         }
-        let mut storage = run.storage.lock();
-        let s = storage
-            .store(store)
-            .ok_or_else(|| QueryError::NoStore(store.to_string()))?;
-        crate::serve::query::run(op, s.stack()).map_err(QueryError::from)
+        crate::runtime::shared_storage::read(&mut run.storage.lock(), store, op)
     }
 
     fn standby_get(

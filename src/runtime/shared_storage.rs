@@ -64,12 +64,21 @@ impl DirectRead for SharedStorage {
         if self.poisoned.load(Ordering::SeqCst) {
             return None;
         }
-        let storage = guard.as_mut()?;
-        Some(match storage.store(store) {
-            Some(s) => query::run(op, s.stack()).map_err(QueryError::from),
-            None => Err(QueryError::NoStore(store.to_string())),
-        })
+        Some(read(guard.as_mut()?, store, op))
     }
+}
+
+/// `op` on the store stack of `store` in `storage` (write-back cache included): how both a
+/// direct read and one the run loop answers are answered.
+pub(crate) fn read(
+    storage: &mut TaskStorage,
+    store: &str,
+    op: &ReadOp,
+) -> Result<ReadAnswer, QueryError> {
+    let s = storage
+        .store(store)
+        .ok_or_else(|| QueryError::NoStore(store.to_string()))?;
+    query::run(op, s.stack()).map_err(QueryError::from)
 }
 
 /// The run loop's hold on a task's storage.
