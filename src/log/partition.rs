@@ -97,6 +97,9 @@ pub struct Partition {
     segments: Vec<SegmentMeta>,
     /// Shared with the [`SyncTicket`]s in flight, which fsync it without the partition.
     active: Arc<File>,
+    /// The path of `active`, replaced with it (every append and sync names it to the
+    /// [`IoHooks`]; formatting a segment's name each time showed in profiles).
+    active_path: PathBuf,
     /// Bumped whenever `active` is replaced (a roll, or a (re)load after a truncation): a
     /// [`SyncTicket`] of an earlier generation covers a segment that is no longer active.
     generation: u64,
@@ -523,6 +526,7 @@ impl Partition {
             hooks,
             segments: Vec::new(),
             active: Arc::new(File::open(dir).map_err(|e| LogError::io("open", dir, e))?),
+            active_path: dir.to_path_buf(),
             generation: 0,
             truncations: 0,
             fsync_gate: Arc::new(Mutex::new(None)),
@@ -636,6 +640,7 @@ impl Partition {
         drop(index);
         self.segments = segments;
         self.active = Arc::new(file);
+        self.active_path = segment_path(&self.dir, base);
         self.generation += 1;
         self.active_len = scan.valid_len;
         // A torn tail was cut just above; a zero tail (preallocated) is kept for appends.
@@ -724,6 +729,7 @@ impl Partition {
         crate::sync::lock(&self.index).set(base, scan.index);
         self.segments = segments;
         self.active = Arc::new(file);
+        self.active_path = segment_path(&self.dir, base);
         self.generation += 1;
         self.active_len = valid_len;
         self.end_offset = end_offset;
@@ -806,7 +812,11 @@ impl Partition {
     }
 
     fn active_path(&self) -> PathBuf {
-        segment_path(&self.dir, self.active_segment_base())
+        debug_assert_eq!(
+            self.active_path,
+            segment_path(&self.dir, self.active_segment_base())
+        );
+        self.active_path.clone()
     }
 
     fn sync_dir_now(&self) -> Result<()> {
@@ -894,9 +904,9 @@ impl Partition {
             return Ok(());
         }
         self.preallocate(self.active_len + self.buf.len() as u64)?;
-        let path = self.active_path();
-        let written = self.hooks.before_write(&path).and_then(|_| {
-            match self.hooks.write_limit(&path, self.buf.len()) {
+        let path = &self.active_path;
+        let written = self.hooks.before_write(path).and_then(|_| {
+            match self.hooks.write_limit(path, self.buf.len()) {
                 Some(n) if n < self.buf.len() => {
                     self.active.write_all_at(&self.buf[..n], self.active_len)?;
                     Err(io::Error::new(
@@ -908,6 +918,7 @@ impl Partition {
             }
         });
         if let Err(e) = written {
+            let path = self.active_path();
             return Err(self.poison("write", &path, e));
         }
         self.active_len += self.buf.len() as u64;
@@ -1161,6 +1172,7 @@ impl Partition {
             max_timestamp: Some(None),
         });
         self.active = Arc::new(file);
+        self.active_path = path;
         self.generation += 1;
         self.active_len = 0;
         self.file_len = 0;
