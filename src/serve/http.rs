@@ -1,8 +1,9 @@
 //! The HTTP server (axum on a tokio runtime of its own thread): the routes of
 //! `docs/http-api.md`, their error replies, and the wait for the run loop's answers.
 //!
-//! Handlers never touch a store: reads become [`Request`]s the run loop answers (see the
-//! [module doc](super)); writes go to the [`KvWriter`] and are answered once durable. A read
+//! Reads are answered from the task's stores on the HTTP worker when the run loop is between
+//! batches ([`Serving::try_read`]), else they become [`Request`]s the run loop answers (see
+//! the [module doc](super)); writes go to the [`KvWriter`] and are answered once durable. A read
 //! first waits until its task has processed every write acknowledged before it arrived (the
 //! read barrier), so a client reads its own writes. Nothing a client sends can panic a
 //! handler.
@@ -269,6 +270,52 @@ struct App {
     metrics: Option<MetricsRender>,
     writes: Option<Writes>,
     auth_token: Option<String>,
+    request_metrics: RequestMetrics,
+}
+
+/// The handles of the HTTP request metrics by status and route pattern, looked up once:
+/// registering a labelled metric allocates its labels and searches the recorder's registry,
+/// which cost a few microseconds on every request.
+#[derive(Default)]
+struct RequestMetrics {
+    by_status: std::sync::Mutex<
+        std::collections::HashMap<u16, std::collections::HashMap<String, RouteMetrics>>,
+    >,
+}
+
+/// The counter and the duration histogram of one route pattern and status.
+#[derive(Clone)]
+struct RouteMetrics {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    /// Counts one request of `route` answered with `status` after `seconds`.
+    fn record(&self, route: &str, status: StatusCode, seconds: f64) {
+        let code = status.as_u16();
+        let handles = {
+            let mut by_status = crate::sync::lock(&self.by_status);
+            let by_route = by_status.entry(code).or_default();
+            match by_route.get(route) {
+                Some(h) => h.clone(),
+                None => {
+                    let labels = [("route", route.to_string()), ("status", code.to_string())];
+                    let h = RouteMetrics {
+                        requests: metrics::counter!(crate::telemetry::HTTP_REQUESTS, &labels),
+                        duration: metrics::histogram!(
+                            crate::telemetry::HTTP_REQUEST_DURATION,
+                            &labels
+                        ),
+                    };
+                    by_route.insert(route.to_string(), h.clone());
+                    h
+                }
+            }
+        };
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+    }
 }
 
 type AppState = State<Arc<App>>;
@@ -289,6 +336,7 @@ pub fn start(serving: Serving, opts: HttpOptions) -> Result<HttpServer, ServeErr
         metrics: opts.metrics,
         writes: opts.writes,
         auth_token: opts.auth_token,
+        request_metrics: RequestMetrics::default(),
     });
     let router = router(app);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -361,20 +409,22 @@ async fn guard(
 
 /// Counts every routed request and its time, by route pattern and status
 /// ([`crate::telemetry::HTTP_REQUESTS`], [`crate::telemetry::HTTP_REQUEST_DURATION`]).
-async fn record_metrics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn record_metrics(
+    State(app): AppState,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+        .cloned();
     let started = std::time::Instant::now();
     let r = next.run(req).await;
-    let labels = [
-        ("route", route),
-        ("status", r.status().as_u16().to_string()),
-    ];
-    metrics::counter!(crate::telemetry::HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(crate::telemetry::HTTP_REQUEST_DURATION, &labels)
-        .record(started.elapsed().as_secs_f64());
+    app.request_metrics.record(
+        route.as_ref().map_or("unmatched", |m| m.as_str()),
+        r.status(),
+        started.elapsed().as_secs_f64(),
+    );
     r
 }
 
@@ -399,7 +449,10 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
-        .route_layer(axum::middleware::from_fn(record_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            record_metrics,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
