@@ -112,6 +112,10 @@ struct LaneState {
     thread_leads: bool,
     /// The writer thread is running.
     thread: bool,
+    /// The writer thread waits on the lane's condition variable: only then is it notified
+    /// (a notification is a system call even when nobody waits, and the thread hands the
+    /// lead to itself after every group it commits while writes queued meanwhile).
+    thread_waits: bool,
     /// Every [`KvWriter`] is gone: the thread ends once idle.
     closed: bool,
 }
@@ -286,7 +290,9 @@ impl Inner {
     fn hand_to_thread(self: &Arc<Self>, p: u32, st: &mut LaneState) {
         st.thread_leads = true;
         if st.thread {
-            self.lanes[p as usize].wake.notify_one();
+            if st.thread_waits {
+                self.lanes[p as usize].wake.notify_one();
+            }
             return;
         }
         let inner = Arc::clone(self);
@@ -317,7 +323,9 @@ impl Inner {
             {
                 let mut st = lock(&lane.state);
                 while !st.thread_leads && !st.closed {
+                    st.thread_waits = true;
                     st = lane.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.thread_waits = false;
                 }
                 if !st.thread_leads {
                     st.thread = false;
