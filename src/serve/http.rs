@@ -563,7 +563,7 @@ impl App {
     /// between batches (wait for either with [`reply`]).
     async fn send_read(&self, p: u32, store: &str, op: ReadOp) -> Result<PendingRead, ApiError> {
         self.check_running(p)?;
-        self.await_barrier(p).await?;
+        self.await_barrier(p, store, &op).await?;
         if let Some(answer) = self.serving.try_read(p, store, &op) {
             return Ok(PendingRead::Now(answer));
         }
@@ -678,15 +678,19 @@ impl App {
         Ok(())
     }
 
-    /// The read barrier of task `p`: waits until it has processed every write the
-    /// key-value service acknowledged before now (nothing to wait for in a job without
-    /// writes, or when it is there already).
-    async fn await_barrier(&self, p: u32) -> Result<(), ApiError> {
+    /// The read barrier of task `p` for `op` on `store`: waits until it has processed every
+    /// write the key-value service acknowledged before now that the read must see: to the
+    /// key, for a read of one key of the store written; every one, for a range or another
+    /// store (nothing to wait for in a job without writes, or when it is there already).
+    async fn await_barrier(&self, p: u32, store: &str, op: &ReadOp) -> Result<(), ApiError> {
         let Some(w) = &self.writes else {
             return Ok(());
         };
         let tp = crate::backend::TopicPartition::new(w.writer.topic(), p);
-        let end = self.serving.read_barrier(&tp);
+        let end = match op {
+            ReadOp::Get(key) if store == w.store => self.serving.key_barrier(&tp, key),
+            _ => self.serving.read_barrier(&tp),
+        };
         if self.serving.has_processed(&tp, end) {
             return Ok(());
         }

@@ -12,13 +12,16 @@
 //! - this module: [`Serving`], what the container and the HTTP server share: the request
 //!   channel, the job's status ([`JobStatus`]: tasks restoring / running, restore progress,
 //!   checkpoints), each input partition's processed position and the key-value service's
-//!   durable ends (the read barrier: a read waits until its task applied every write
-//!   acknowledged before it); [`ServeLink`], the container's end of it;
+//!   acknowledged writes (the read barrier: a read waits until its task applied every write
+//!   acknowledged before it to the key it reads, or to any key for a range); [`ServeLink`],
+//!   the container's end of it;
+//! - `barrier`: which acknowledged writes a read waits for;
 //! - [`query`]: the read requests and how they are answered;
 //! - [`render`]: keys and values to and from URLs and JSON through the store's serdes;
 //! - [`write`](mod@write): the key-value service's writer (appends to the input topic, group commit);
 //! - [`http`]: the axum server, its routes and error replies.
 
+mod barrier;
 pub mod http;
 pub mod query;
 pub mod render;
@@ -135,10 +138,10 @@ struct Shared {
     requests: SyncSender<Request>,
     receiver: Mutex<Option<Receiver<Request>>>,
     positions: Mutex<BTreeMap<TopicPartition, Arc<tokio::sync::watch::Sender<u64>>>>,
-    /// The key-value service's durable ends per input partition: every write acknowledged
-    /// lies below them, so a read waits until its task has processed up to them (the read
-    /// barrier, see [`Serving::read_barrier`]).
-    durable: Mutex<BTreeMap<TopicPartition, u64>>,
+    /// The key-value service's acknowledged writes per input partition: a read waits until
+    /// its task has processed those it must see (the read barrier, see
+    /// [`Serving::read_barrier`]).
+    durable: Mutex<BTreeMap<TopicPartition, barrier::Acknowledged>>,
     /// Where the HTTP server listens (told to the job's other processes).
     advertised: Mutex<Option<String>>,
     /// Who runs each task, when a coordinator shares the job between processes.
@@ -314,26 +317,51 @@ impl Serving {
         )
     }
 
-    /// Records that the key-value service's writer made input partitions durable up to
-    /// `ends` (called before the writes are acknowledged).
-    pub fn note_durable<'a>(&self, ends: impl IntoIterator<Item = (&'a TopicPartition, &'a u64)>) {
+    /// Records that the key-value service's writer made input partition `tp` durable up to
+    /// `end` with a group writing `keys` (called before the writes are acknowledged).
+    pub fn note_durable<'k>(
+        &self,
+        tp: &TopicPartition,
+        end: u64,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) {
+        let hashes = keys.into_iter().map(barrier::key_hash);
         let mut durable = lock(&self.inner.durable);
-        for (tp, &end) in ends {
-            match durable.get_mut(tp) {
-                Some(e) => *e = (*e).max(end),
-                None => {
-                    durable.insert(tp.clone(), end);
-                }
+        match durable.get_mut(tp) {
+            Some(a) => a.acknowledge(end, hashes),
+            None => {
+                let mut a = barrier::Acknowledged::default();
+                a.acknowledge(end, hashes);
+                durable.insert(tp.clone(), a);
             }
         }
     }
 
     /// The read barrier of input partition `tp`: the end of every write to it acknowledged
-    /// so far (0 if none was). A read of its task waits until the task has processed up to
-    /// it, so it sees every write acknowledged before the read arrived: writes are answered
-    /// once durable, not once applied.
+    /// so far (0 if none was). A read of a range of its task waits until the task has
+    /// processed up to it, so it sees every write acknowledged before the read arrived:
+    /// writes are answered once durable, not once applied.
     pub fn read_barrier(&self, tp: &TopicPartition) -> u64 {
-        lock(&self.inner.durable).get(tp).copied().unwrap_or(0)
+        lock(&self.inner.durable).get(tp).map_or(0, |a| a.end())
+    }
+
+    /// The read barrier of `key` in input partition `tp`: how far its task must have
+    /// processed before a read of the key sees every write to it acknowledged so far (the
+    /// end of the last acknowledged group that wrote it, unless applied already; 0: nothing
+    /// to wait for). Writes to other keys are not waited for.
+    pub fn key_barrier(&self, tp: &TopicPartition, key: &[u8]) -> u64 {
+        let h = barrier::key_hash(key);
+        lock(&self.inner.durable)
+            .get(tp)
+            .map_or(0, |a| a.barrier_for(h))
+    }
+
+    /// The task consuming `tp` has processed every record below `next` and its readers see
+    /// them: writes acknowledged below it need no waiting any more.
+    fn note_applied(&self, tp: &TopicPartition, next: u64) {
+        if let Some(a) = lock(&self.inner.durable).get_mut(tp) {
+            a.applied(next);
+        }
     }
 
     /// Whether the task consuming `tp` has processed every record below `end` (without
@@ -485,6 +513,7 @@ impl ServeLink {
                 changed
             });
         }
+        self.serving.note_applied(tp, next);
     }
 
     /// Answers queued requests, at most `max`. With `wait`, first waits that long for one

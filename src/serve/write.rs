@@ -19,7 +19,7 @@
 //!
 //! Lanes commit side by side and independently: a write waits for its own partitions'
 //! flushes only. A write is answered with the partition ends the flush made durable, after
-//! they are recorded as the read barrier ([`Serving::note_durable`]).
+//! they are recorded, with the keys written, as the read barrier ([`Serving::note_durable`]).
 //!
 //! On the embedded log the sink shares the partition with the task reading it (one open
 //! partition per backend, appends under its lock), and the task reads only up to what a sync
@@ -396,7 +396,11 @@ impl Inner {
                 let healthy =
                     flushed.is_ok() && mine_failed.is_none() && failed.iter().all(Option::is_none);
                 if let Ok(end) = &flushed {
-                    self.serving.note_durable([(&tp, end)]);
+                    let keys = mine
+                        .iter()
+                        .chain(group.iter().flat_map(|w| &w.records))
+                        .map(|(key, _)| key.as_slice());
+                    self.serving.note_durable(&tp, *end, keys);
                 }
                 let answer = |failed: Option<WriteError>| match failed {
                     Some(e) => Err(e),
@@ -615,6 +619,17 @@ mod tests {
             }
         }
         assert_eq!(highest.len(), 4, "the writes covered every partition");
+        for (records, ends) in &results {
+            for (k, _) in records {
+                let tp = TopicPartition::new(writer.topic(), writer.partition(k));
+                let barrier = serving.key_barrier(&tp, k);
+                assert!(
+                    barrier >= ends[&tp] && barrier <= highest[&tp],
+                    "{tp}: a read of a written key waits for {barrier}, its write ended at {}",
+                    ends[&tp]
+                );
+            }
+        }
         let mut total = 0;
         for (tp, &end) in &highest {
             assert!(
@@ -626,6 +641,8 @@ mod tests {
             assert_eq!(serving.read_barrier(tp), end, "{tp}");
             assert!(!serving.has_processed(tp, end));
             assert!(serving.has_processed(tp, 0));
+            // A read of one key waits for the group that wrote it last, not for the others.
+            assert_eq!(serving.key_barrier(tp, b"never written"), 0, "{tp}");
             let mut reader = backend.open_reader(tp, 0).unwrap();
             let mut last: BTreeMap<String, String> = BTreeMap::new();
             loop {
