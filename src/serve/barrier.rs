@@ -90,6 +90,7 @@ impl Acknowledged {
     }
 
     /// Writes tracked by key and not known applied.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.order.len()
     }
