@@ -694,9 +694,6 @@ impl App {
         if self.serving.has_processed(&tp, end) {
             return Ok(());
         }
-        // The writer does not wake the run loop after each group (it applies them in its
-        // next round): a read that needs one of them now does.
-        self.serving.wake();
         let started = std::time::Instant::now();
         // Waits in short steps: a task that moves to another process meanwhile answers
         // there.

@@ -128,9 +128,8 @@ struct Waiter {
 
 impl KvWriter {
     /// Prepares the writer of input `topic` of the job `serving` serves, appending through
-    /// sinks of `backend` (one opened now, so a backend that cannot fails here). The run
-    /// loop is not woken per group: it applies the writes at its next round (within its idle
-    /// wait), or at once when a read must see one of them (the read barrier wakes it).
+    /// sinks of `backend` (one opened now, so a backend that cannot fails here); the run
+    /// loop is woken after every group commit.
     pub fn start(
         backend: Arc<dyn Backend>,
         serving: Serving,
@@ -417,6 +416,7 @@ impl Inner {
         for (w, answer) in group.into_iter().zip(answers) {
             let _ = w.answer.send(answer);
         }
+        self.serving.wake();
         mine_answer
     }
 
