@@ -136,7 +136,10 @@ mod tests {
                         .max()
                         .unwrap_or(0);
                     let got = ack.barrier_for(key_hash(&k.to_be_bytes()));
-                    assert!(got >= need, "seed {seed}: key {k} waits for {got}, needs {need}");
+                    assert!(
+                        got >= need,
+                        "seed {seed}: key {k} waits for {got}, needs {need}"
+                    );
                     assert!(got <= end, "seed {seed}: key {k} waits past every write");
                     if need == 0 {
                         assert!(
@@ -162,7 +165,11 @@ mod tests {
         assert_eq!(ack.barrier_for(key_hash(b"a")), 12);
         assert_eq!(ack.barrier_for(key_hash(b"b")), 10);
         ack.applied(10);
-        assert_eq!(ack.barrier_for(key_hash(b"b")), 10, "processed 10: nothing to wait for");
+        assert_eq!(
+            ack.barrier_for(key_hash(b"b")),
+            10,
+            "processed 10: nothing to wait for"
+        );
         assert_eq!(ack.barrier_for(key_hash(b"a")), 12);
         ack.applied(12);
         assert_eq!(ack.barrier_for(key_hash(b"a")), 10);
