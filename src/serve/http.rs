@@ -4,9 +4,9 @@
 //! Reads are answered from the task's stores on the HTTP worker when the run loop is between
 //! batches ([`Serving::try_read`]), else they become [`Request`]s the run loop answers (see
 //! the [module doc](super)); writes go to the [`KvWriter`] and are answered once durable. A read
-//! first waits until its task has processed every write acknowledged before it arrived (the
-//! read barrier), so a client reads its own writes. Nothing a client sends can panic a
-//! handler.
+//! first waits until its task has processed every write acknowledged before it arrived that it
+//! could see (the read barrier: for a GET, the writes to its key), so a client reads its own
+//! writes. Nothing a client sends can panic a handler.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
