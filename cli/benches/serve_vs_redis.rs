@@ -8,6 +8,13 @@
 //! - `redis-server --appendonly yes --appendfsync always`: a SET is answered after the AOF is
 //!   fsync'd (the same durability as a gregor 2xx).
 //! - `redis-server` with its default configuration (no AOF; RDB snapshots): a SET is in memory.
+//! - the *HTTP floor*: a server on the same HTTP stack as `gregor serve` (axum on a 2-worker
+//!   tokio runtime) that answers the same requests and does nothing else (a PUT is 204 once its
+//!   body is read, a GET a constant 100-byte value). No server on this stack can be faster;
+//!   `gregor / HTTP floor` is the share of the stack's rate gregor keeps while doing its work
+//!   (append, fsync, apply, read barrier, metrics), and the floor next to Redis shows what the
+//!   protocol alone costs on this machine. It runs in a child process (this binary with
+//!   `--floor-http-server`, the system allocator).
 //!
 //! The generator: `C` client threads (1, 16, 64), each with one keep-alive TCP connection,
 //! closed loop (one request at a time, no pipelining), random keys out of 10,000 (`key-%06d`,
@@ -15,7 +22,7 @@
 //! hand (`PUT`/`GET /v1/stores/kv/keys/{key}`; each request in one write, the reply parsed
 //! by status line and `Content-Length`), to Redis RESP by hand (`SET`, `GET`), so neither side
 //! pays for a heavier client. Workloads: `put` (100% writes), `get` (100% reads), `mixed`
-//! (50/50). Per (workload, clients) cell the three targets run back to back; ops/s over the
+//! (50/50). Per (workload, clients) cell the four targets run back to back; ops/s over the
 //! cell's duration, p50/p99 of every request's latency.
 //!
 //! For reference, `redis-benchmark` (Redis's own C client, event loop, `-P 1`) is run with the
@@ -262,6 +269,62 @@ fn measure(proto: Proto, addr: SocketAddr, workload: Workload, clients: usize, s
         ops_per_s,
         p50_ms,
         p99_ms,
+    }
+}
+
+/// The floor of the HTTP stack: `axum` on a 2-worker tokio runtime (as `gregor serve` has it)
+/// answering `PUT /v1/stores/{store}/keys/{key}` with 204 after reading the body and `GET` with
+/// a 100-byte value, doing nothing else. Run in a child process (this bench binary with
+/// `--floor-http-server`), which prints its address on its first line.
+fn floor_http_server() {
+    use axum::routing::put;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let value = axum::body::Bytes::from(value(0));
+        let app = axum::Router::new().route(
+            "/v1/stores/{store}/keys/{key}",
+            put(|_body: axum::body::Bytes| async { axum::http::StatusCode::NO_CONTENT })
+                .get(move || async move { value }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+/// A child process running [`floor_http_server`]; killed when dropped.
+struct FloorServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl FloorServer {
+    fn start() -> FloorServer {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--floor-http-server")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the floor HTTP server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the floor HTTP server's address");
+        let addr = line.trim().parse().unwrap_or_else(|e| {
+            panic!("the floor HTTP server printed {line:?}, not an address: {e}")
+        });
+        FloorServer { child, addr }
+    }
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -609,6 +672,10 @@ changelog = "kv-changelog"
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--floor-http-server") {
+        floor_http_server();
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--kafka") {
         let secs = arg("--secs").map_or(if quick { 3.0 } else { 10.0 }, |s| {
@@ -677,10 +744,12 @@ fn main() {
     let default = Redis::start(&[]);
     always.preload();
     default.preload();
+    let floor = FloorServer::start();
     let targets = [
         ("gregor", Proto::Http, gregor_addr),
         ("Redis AOF always", Proto::Resp, always.addr),
         ("Redis default", Proto::Resp, default.addr),
+        ("HTTP floor", Proto::Http, floor.addr),
     ];
 
     let workloads = [Workload::Put, Workload::Get, Workload::Mixed];
@@ -726,9 +795,11 @@ fn main() {
     }
     println!();
     println!(
-        "| workload | clients | gregor ops/s | p50 ms | p99 ms | Redis AOF always ops/s | p50 ms | p99 ms | Redis default ops/s | p50 ms | p99 ms | gregor / AOF always | gregor / default |"
+        "| workload | clients | gregor ops/s | p50 ms | p99 ms | Redis AOF always ops/s | p50 ms | p99 ms | Redis default ops/s | p50 ms | p99 ms | HTTP floor ops/s | p50 ms | p99 ms | gregor / AOF always | gregor / default | gregor / HTTP floor |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (wi, &w) in workloads.iter().enumerate() {
         for (ci, &c) in CLIENTS.iter().enumerate() {
             let row = &best[wi][ci];
@@ -743,9 +814,10 @@ fn main() {
             }
             write!(
                 line,
-                " {:.2}x | {:.2}x |",
+                " {:.2}x | {:.2}x | {:.2}x |",
                 row[0].ops_per_s / row[1].ops_per_s,
-                row[0].ops_per_s / row[2].ops_per_s
+                row[0].ops_per_s / row[2].ops_per_s,
+                row[0].ops_per_s / row[3].ops_per_s
             )
             .unwrap();
             println!("{line}");
@@ -763,6 +835,13 @@ fn main() {
             "- {c} clients: durable writes {w:.2}x Redis AOF always (goal >= 1x: {}); reads {r:.2}x Redis GET (the faster config; goal >= 0.5x: {})",
             if w >= 1.0 { "met" } else { "NOT met" },
             if r >= 0.5 { "met" } else { "NOT met" }
+        );
+        println!(
+            "  the HTTP floor (no work) at {c} clients: puts {:.2}x Redis AOF always, gets {:.2}x Redis GET; gregor keeps {:.2}x / {:.2}x of it",
+            put[3].ops_per_s / put[1].ops_per_s,
+            get[3].ops_per_s / get[1].ops_per_s.max(get[2].ops_per_s),
+            put[0].ops_per_s / put[3].ops_per_s,
+            get[0].ops_per_s / get[3].ops_per_s
         );
     }
 
