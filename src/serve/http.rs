@@ -27,6 +27,7 @@ use crate::runtime::task_name;
 use crate::store::Mutation;
 use crate::store::config::StoreConfig;
 
+use super::layers::{GuardLayer, MeteredLayer};
 use super::query::MAX_RANGE_LIMIT;
 use super::render::{self, RenderError};
 use super::write::{WriteError, WriteRecord};
@@ -263,21 +264,21 @@ impl Drop for HttpServer {
     }
 }
 
-struct App {
+pub(super) struct App {
     serving: Serving,
     process: ProcessInfo,
     addr: String,
     metrics: Option<MetricsRender>,
     writes: Option<Writes>,
-    auth_token: Option<String>,
-    request_metrics: RequestMetrics,
+    pub(super) auth_token: Option<String>,
+    pub(super) request_metrics: RequestMetrics,
 }
 
 /// The handles of the HTTP request metrics by status and route pattern, looked up once:
 /// registering a labelled metric allocates its labels and searches the recorder's registry,
 /// which cost a few microseconds on every request.
 #[derive(Default)]
-struct RequestMetrics {
+pub(super) struct RequestMetrics {
     by_status: std::sync::Mutex<
         std::collections::HashMap<u16, std::collections::HashMap<String, RouteMetrics>>,
     >,
@@ -292,7 +293,7 @@ struct RouteMetrics {
 
 impl RequestMetrics {
     /// Counts one request of `route` answered with `status` after `seconds`.
-    fn record(&self, route: &str, status: StatusCode, seconds: f64) {
+    pub(super) fn record(&self, route: &str, status: StatusCode, seconds: f64) {
         let code = status.as_u16();
         let handles = {
             let mut by_status = crate::sync::lock(&self.by_status);
@@ -370,69 +371,6 @@ pub fn start(serving: Serving, opts: HttpOptions) -> Result<HttpServer, ServeErr
     })
 }
 
-/// Every request passes here: the bearer token when one is configured (all but
-/// `GET /health`, which load balancers probe), and a deadline for the whole request, so a
-/// slow or abandoned client gets 408 and holds nothing (each connection is its own task, so
-/// others are served meanwhile).
-async fn guard(
-    State(app): AppState,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(token) = &app.auth_token
-        && req.uri().path() != "/health"
-    {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            let mut r = ApiError::Unauthorized(
-                "this server needs `Authorization: Bearer <token>` (http.auth.token)".into(),
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    }
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::RequestTimeout(format!(
-            "the request was not completed within {} s",
-            REQUEST_TIMEOUT.as_secs()
-        ))
-        .into_response(),
-    }
-}
-
-/// Counts every routed request and its time, by route pattern and status
-/// ([`crate::telemetry::HTTP_REQUESTS`], [`crate::telemetry::HTTP_REQUEST_DURATION`]).
-async fn record_metrics(
-    State(app): AppState,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let started = std::time::Instant::now();
-    let r = next.run(req).await;
-    app.request_metrics.record(
-        route.as_ref().map_or("unmatched", |m| m.as_str()),
-        r.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    r
-}
-
-/// Compares two secrets in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(
@@ -449,15 +387,9 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
-            record_metrics,
-        ))
+        .route_layer(MeteredLayer(Arc::clone(&app)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
-            guard,
-        ))
+        .layer(GuardLayer(Arc::clone(&app)))
         .with_state(app)
 }
 

@@ -23,6 +23,7 @@
 
 mod barrier;
 pub mod http;
+mod layers;
 pub mod query;
 pub mod render;
 pub mod write;
