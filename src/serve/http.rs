@@ -8,7 +8,8 @@
 //! could see (the read barrier: for a GET, the writes to its key), so a client reads its own
 //! writes. Nothing a client sends can panic a handler.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use foldhash::fast::FixedState;
 use serde_json::{Value, json};
 
 use crate::runtime::task_name;
@@ -279,9 +281,8 @@ pub(super) struct App {
 /// which cost a few microseconds on every request.
 #[derive(Default)]
 pub(super) struct RequestMetrics {
-    by_status: std::sync::Mutex<
-        std::collections::HashMap<u16, std::collections::HashMap<String, RouteMetrics>>,
-    >,
+    by_status:
+        std::sync::Mutex<HashMap<u16, HashMap<String, RouteMetrics, FixedState>, FixedState>>,
 }
 
 /// The counter and the duration histogram of one route pattern and status.
@@ -581,17 +582,22 @@ impl App {
         // Every task the records go to must run here (reads of its keys come here, and wait
         // for it to apply the write).
         let n = self.tasks_total()?;
-        let tasks: BTreeSet<u32> = records
-            .iter()
-            .map(|(k, _)| crate::partitioner::partition_for_key(k, n))
-            .collect();
+        let mut tasks: Vec<u32> = Vec::with_capacity(1);
+        for (k, _) in &records {
+            let p = crate::partitioner::partition_for_key(k, n);
+            if !tasks.contains(&p) {
+                tasks.push(p);
+            }
+        }
         for &p in &tasks {
             self.check_running(p)
                 .map_err(|e| ApiError::Unavailable(format!("{e}; nothing was written")))?;
         }
-        let started = std::time::Instant::now();
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let ends = w.writer.append(records).await?;
-        tracing::debug!("write durable after {:?}", started.elapsed());
+        if let Some(started) = started {
+            tracing::debug!("write durable after {:?}", started.elapsed());
+        }
         // A task that moved to another process meanwhile (its coordinator rebalanced) applies
         // the write there, where this process's read barrier does not reach: say so.
         let moved: Vec<String> = self.serving.with_status(|s| {
@@ -965,13 +971,12 @@ async fn metrics(State(app): AppState) -> Response {
 /// or + the store's `ttl.ms`), so the `kv` task applies the same deadline on every replay of
 /// the input; a `ttl_ms` for a store without `ttl.ms` is refused.
 fn put_record(
-    app: &App,
+    cfg: &StoreConfig,
     store: &str,
     key: Vec<u8>,
     value: Vec<u8>,
     ttl_ms: Option<u64>,
 ) -> Result<WriteRecord, ApiError> {
-    let cfg = app.store(store)?;
     let m = Mutation::put(key, value);
     cfg.limits
         .check(store, &m)
@@ -1047,8 +1052,9 @@ async fn put_key(
     // body go along) to the process that runs it.
     app.route(p, &uri)?;
     let body = body?;
-    let value = render::value_from_body(app.store(&store)?.value_serde, &body)?;
-    let record = put_record(&app, &store, key, value, ttl_ms)?;
+    let cfg = app.store(&store)?;
+    let value = render::value_from_body(cfg.value_serde, &body)?;
+    let record = put_record(cfg, &store, key, value, ttl_ms)?;
     app.write(w, vec![record]).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -1108,7 +1114,7 @@ fn batch_records(app: &App, store: &str, body: &[u8]) -> Result<Vec<WriteRecord>
                 .map_err(|e| at(e.to_string()))?;
             let ttl_ms = parse_ttl_ms(o.get("ttl_ms")).map_err(at)?;
             records.push(
-                put_record(app, store, key, value, ttl_ms).map_err(|e| match e {
+                put_record(cfg, store, key, value, ttl_ms).map_err(|e| match e {
                     ApiError::PayloadTooLarge(m) => {
                         ApiError::PayloadTooLarge(format!("ops[{i}]: {m}"))
                     }

@@ -179,12 +179,32 @@ impl KvWriter {
         partition_for_key(key, self.inner.lanes.len() as u32)
     }
 
+    /// The partition of every record of `records`, if they have one (and there is one).
+    fn single_partition(&self, records: &[WriteRecord]) -> Option<u32> {
+        let (first, rest) = records.split_first()?;
+        let p = self.partition(&first.0);
+        rest.iter()
+            .all(|(k, _)| self.partition(k) == p)
+            .then_some(p)
+    }
+
     /// Appends `records` (serialized key; value, `None` a tombstone) and waits until they are
     /// durable; returns the durable end of every partition written. Records of one partition
     /// keep their order; a write over several partitions is durable once all are, and if
     /// one fails the others may be durable (each partition is its own log). A write whose
     /// future is dropped before its answer may or may not become durable.
     pub async fn append(&self, records: Vec<WriteRecord>) -> Result<Ends, WriteError> {
+        // The usual write (one key, or a batch of one partition): one lane, nothing to sort.
+        if let Some(p) = self.single_partition(&records) {
+            let end = match self.inner.enqueue(p, records) {
+                Ticket::Lead(seat, records) => self.inner.lead(seat, records),
+                Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
+            }?;
+            return Ok(Ends::from([(
+                TopicPartition::new(&self.inner.topic, p),
+                end,
+            )]));
+        }
         let mut by_partition: BTreeMap<u32, Vec<WriteRecord>> = BTreeMap::new();
         for (k, v) in records {
             by_partition
