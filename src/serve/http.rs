@@ -266,13 +266,16 @@ impl Drop for HttpServer {
     }
 }
 
+/// What every handler and layer of the server shares.
 pub(super) struct App {
     serving: Serving,
     process: ProcessInfo,
     addr: String,
     metrics: Option<MetricsRender>,
     writes: Option<Writes>,
+    /// The bearer token every request but `GET /health` must carry, if one is configured.
     pub(super) auth_token: Option<String>,
+    /// The request metrics' handles ([`super::layers::MeteredLayer`]).
     pub(super) request_metrics: RequestMetrics,
 }
 
