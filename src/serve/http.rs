@@ -9,7 +9,6 @@
 //! writes. Nothing a client sends can panic a handler.
 
 use std::collections::{BTreeMap, HashMap};
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -196,10 +196,7 @@ impl KvWriter {
     pub async fn append(&self, records: Vec<WriteRecord>) -> Result<Ends, WriteError> {
         // The usual write (one key, or a batch of one partition): one lane, nothing to sort.
         if let Some(p) = self.single_partition(&records) {
-            let end = match self.inner.enqueue(p, records) {
-                Ticket::Lead(seat, records) => self.inner.lead(seat, records),
-                Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
-            }?;
+            let end = self.inner.settle(self.inner.enqueue(p, records)).await?;
             return Ok(Ends::from([(
                 TopicPartition::new(&self.inner.topic, p),
                 end,
@@ -222,11 +219,7 @@ impl KvWriter {
         let mut ends = Ends::new();
         let mut failed = None;
         for (p, ticket) in tickets {
-            let end = match ticket {
-                Ticket::Lead(seat, records) => self.inner.lead(seat, records),
-                Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
-            };
-            match end {
+            match self.inner.settle(ticket).await {
                 Ok(end) => {
                     ends.insert(TopicPartition::new(&self.inner.topic, p), end);
                 }
@@ -302,6 +295,15 @@ impl Inner {
             self.hand_to_thread(p, &mut st);
         }
         Ticket::Queued(rx)
+    }
+
+    /// The answer of a write's `ticket`: it leads its group here, or waits for the group's
+    /// leader.
+    async fn settle(&self, ticket: Ticket<'_>) -> Result<u64, WriteError> {
+        match ticket {
+            Ticket::Lead(seat, records) => self.lead(seat, records),
+            Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
+        }
     }
 
     /// Hands lane `p`'s lead to its writer thread (started if needed). `st` is the lane's
