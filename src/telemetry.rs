@@ -76,8 +76,20 @@ pub const HTTP_REQUESTS: &str = "gregor_http_requests_total";
 /// Histogram: time to answer an HTTP request, labels `route` and `status`.
 pub const HTTP_REQUEST_DURATION: &str = "gregor_http_request_duration_seconds";
 
+/// Counter: writes of the key-value service made durable, labels `job`, `topic`,
+/// `partition` (a write spanning partitions counts once in each). Over
+/// [`KV_WRITE_GROUPS`]: writes per group commit, i.e. per fsync on the embedded log.
+pub const KV_WRITES: &str = "gregor_kv_writes_total";
+/// Counter: group commits of the key-value service's writes (one flush each: an fsync on
+/// the embedded log, an acknowledgement round on Kafka), labels `job`, `topic`,
+/// `partition` and `leader`: `request` when the write that found the partition idle led
+/// its group on the HTTP worker that received it, `writer` when the partition's writer
+/// thread led the writes queued behind another group (as RocksDB's write-done-by-self /
+/// by-other).
+pub const KV_WRITE_GROUPS: &str = "gregor_kv_write_groups_total";
+
 /// Every metric: name, kind, unit, help text.
-pub const ALL: [(&str, Kind, Unit, &str); 25] = [
+pub const ALL: [(&str, Kind, Unit, &str); 27] = [
     (
         STORE_EXPIRED_ENTRIES,
         Kind::Counter,
@@ -222,6 +234,18 @@ pub const ALL: [(&str, Kind, Unit, &str); 25] = [
         Kind::Histogram,
         Unit::Seconds,
         "Time to answer an HTTP request, by route and status.",
+    ),
+    (
+        KV_WRITES,
+        Kind::Counter,
+        Unit::Count,
+        "Key-value service writes made durable (per partition written).",
+    ),
+    (
+        KV_WRITE_GROUPS,
+        Kind::Counter,
+        Unit::Count,
+        "Key-value service group commits (one flush each), by who led them.",
     ),
 ];
 

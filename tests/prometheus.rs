@@ -7,9 +7,7 @@
 //!
 //! One test in this file: the recorder is process-global.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use gregor::log::{LogDir, TopicConfig};
 use gregor::partitioner::partition_for_key;
@@ -20,6 +18,10 @@ use gregor::runtime::{
 use gregor::statedir::StateDir;
 use gregor::telemetry as t;
 use metrics_exporter_prometheus::PrometheusBuilder;
+
+#[path = "support/promtool.rs"]
+mod promtool;
+use promtool::promtool_check;
 
 const PARTITIONS: u32 = 2;
 
@@ -76,37 +78,6 @@ fn run(state: &StateDir, job: &JobConfig) -> u64 {
         ..RunOptions::new()
     };
     run_job(state, job, &factory, opts).unwrap().processed
-}
-
-/// `promtool check metrics` on `text`: its output, or a loud failure if promtool is missing.
-fn promtool_check(text: &str) -> (bool, String) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "PROMTOOL IS MISSING ({e}): this test checks the exported metrics with \
-             `promtool check metrics`; install it with `apt-get install prometheus` \
-             (.ci/deps does). The test fails rather than skip."
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), msg)
 }
 
 #[test]

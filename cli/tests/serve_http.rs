@@ -9,12 +9,15 @@
 //! - kill -9 after acknowledged PUTs: every acknowledged write is readable after a restart;
 //! - kill -9 under 8 concurrent clients doing mixed PUTs and GETs, 8 times: no acknowledged
 //!   write lost, every read a value written and no older than the last acknowledged one;
-//! - reads while the count job processes flat out only ever see counts grow.
+//! - reads while the count job processes flat out only ever see counts grow;
+//! - the group-commit counters: every write counted once, groups by who led them.
 
 #[path = "support/count_input.rs"]
 mod count_input;
 #[path = "support/http_server.rs"]
 mod http_server;
+#[path = "../../tests/support/promtool.rs"]
+mod promtool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -852,6 +855,82 @@ fn kill9_under_concurrent_mixed_load_loses_no_acknowledged_write() {
 }
 
 /// `gregor --state-dir STATE ARGS…`, expected to fail: its stderr.
+/// The key-value service's counters of partition 0 in `/metrics`: writes made durable,
+/// group commits led by a request, group commits led by the writer thread.
+fn kv_write_counters(s: &Server) -> (u64, u64, u64) {
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    let value = |prefix: &str, label: &str| -> u64 {
+        m.body
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(r#"partition="0""#))
+            .filter(|l| l.contains(label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
+    };
+    (
+        value("gregor_kv_writes_total{", r#"job="kv""#),
+        value("gregor_kv_write_groups_total{", r#"leader="request""#),
+        value("gregor_kv_write_groups_total{", r#"leader="writer""#),
+    )
+}
+
+/// The group-commit counters (docs/design.md, "Metrics"): a lone client's writes each lead
+/// their own group on the HTTP worker; concurrent clients' writes share groups, led by the
+/// writer thread when they queued behind another; every acknowledged write counts once.
+/// `gregor serve`'s whole `/metrics` passes `promtool check metrics` (the test fails if
+/// promtool is missing).
+#[test]
+fn group_commits_are_counted_with_who_led_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("state"),
+        &["serve", "--http", "127.0.0.1:0"],
+        &[],
+    );
+    s.wait_ready();
+    let sequential = 20u64;
+    for i in 0..sequential {
+        assert_eq!(s.put(&key_path("kv", &format!("s{i}")), b"v").status, 204);
+    }
+    assert_eq!(
+        kv_write_counters(&s),
+        (sequential, sequential, 0),
+        "one group per write, each led by its request"
+    );
+    let (clients, each) = (16u64, 50u64);
+    std::thread::scope(|scope| {
+        for c in 0..clients {
+            let s = &s;
+            scope.spawn(move || {
+                for i in 0..each {
+                    let r = s.put(&key_path("kv", &format!("c{c}-{i}")), b"v");
+                    assert_eq!(r.status, 204);
+                }
+            });
+        }
+    });
+    let (writes, by_request, by_writer) = kv_write_counters(&s);
+    assert_eq!(writes, sequential + clients * each);
+    assert!(
+        by_writer > 0 && by_request + by_writer < writes,
+        "{clients} concurrent clients: {writes} writes in {by_request} groups led by a \
+         request and {by_writer} by the writer thread"
+    );
+    let m = s.get("/metrics").body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("gregor_http_requests_total{")),
+        "{m}"
+    );
+    let (ok, out) = promtool::promtool_check(&m);
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{out}\n--- /metrics:\n{m}"
+    );
+    s.stop();
+}
+
 fn serve_fails(state: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gregor"))
         .arg("--state-dir")

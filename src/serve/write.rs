@@ -17,6 +17,10 @@
 //!   until the queue is empty. An HTTP worker thus blocks in at most one fsync at a time per
 //!   lane, and never in a network round trip (a Kafka write always goes to the thread).
 //!
+//! Each lane counts the writes it made durable and its group commits by who led them
+//! ([`crate::telemetry::KV_WRITES`], [`crate::telemetry::KV_WRITE_GROUPS`]): writes per
+//! fsync, in `/metrics`.
+//!
 //! Lanes commit side by side and independently: a write waits for its own partitions'
 //! flushes only. A write is answered with the partition ends the flush made durable, after
 //! they are recorded, with the keys written, as the read barrier ([`Serving::note_durable`]).
@@ -27,7 +31,7 @@
 //! machine crash could still take back.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -97,6 +101,26 @@ struct Lane {
     state: Mutex<LaneState>,
     /// Wakes the lane's writer thread.
     wake: Condvar,
+    /// Its metrics, registered at its first group commit (by then the process has installed
+    /// its metrics recorder: writes come through the HTTP server, which installs it).
+    counters: OnceLock<LaneCounters>,
+}
+
+/// A lane's counters: [`crate::telemetry::KV_WRITES`] and
+/// [`crate::telemetry::KV_WRITE_GROUPS`] by leader.
+struct LaneCounters {
+    writes: metrics::Counter,
+    led_by_request: metrics::Counter,
+    led_by_writer: metrics::Counter,
+}
+
+/// Who leads a group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// The write that found its lane idle, on the thread that made it (an HTTP worker).
+    Request,
+    /// The lane's writer thread, for the writes queued behind another group.
+    Writer,
 }
 
 #[derive(Default)]
@@ -301,7 +325,7 @@ impl Inner {
     /// leader.
     async fn settle(&self, ticket: Ticket<'_>) -> Result<u64, WriteError> {
         match ticket {
-            Ticket::Lead(seat, records) => self.lead(seat, records),
+            Ticket::Lead(seat, records) => self.lead(seat, records, Leader::Request),
             Ticket::Queued(rx) => rx.await.unwrap_or(Err(WriteError::Stopped)),
         }
     }
@@ -355,7 +379,7 @@ impl Inner {
                 }
                 st.thread_leads = false;
             }
-            let _ = self.lead(self.seat(p), Vec::new());
+            let _ = self.lead(self.seat(p), Vec::new(), Leader::Writer);
         }
     }
 
@@ -368,10 +392,37 @@ impl Inner {
         }
     }
 
-    /// Leads one group commit of `seat`'s lane: `mine` (the leader's own records, if any)
-    /// first, then every write queued (up to [`MAX_GROUP`]); appends, flushes once, passes
-    /// the lead on, answers the group and returns `mine`'s answer.
-    fn lead(&self, mut seat: Seat<'_>, mine: Vec<WriteRecord>) -> Result<u64, WriteError> {
+    /// The counters of lane `p` (registered on first use).
+    fn counters(&self, p: u32) -> &LaneCounters {
+        self.lanes[p as usize].counters.get_or_init(|| {
+            let labels = [
+                ("job", self.serving.job().name.clone()),
+                ("topic", self.topic.clone()),
+                ("partition", p.to_string()),
+            ];
+            let led = |by: &'static str| {
+                let mut l = labels.to_vec();
+                l.push(("leader", by.to_string()));
+                metrics::counter!(crate::telemetry::KV_WRITE_GROUPS, &l)
+            };
+            LaneCounters {
+                writes: metrics::counter!(crate::telemetry::KV_WRITES, &labels),
+                led_by_request: led("request"),
+                led_by_writer: led("writer"),
+            }
+        })
+    }
+
+    /// Leads one group commit of `seat`'s lane, led `by` a request or the writer thread:
+    /// `mine` (the leader's own records, if any) first, then every write queued (up to
+    /// [`MAX_GROUP`]); appends, flushes once, passes the lead on, answers the group and
+    /// returns `mine`'s answer.
+    fn lead(
+        &self,
+        mut seat: Seat<'_>,
+        mine: Vec<WriteRecord>,
+        by: Leader,
+    ) -> Result<u64, WriteError> {
         let p = seat.p;
         let lane = &self.lanes[p as usize];
         let (sink, group) = {
@@ -418,6 +469,14 @@ impl Inner {
                 let healthy =
                     flushed.is_ok() && mine_failed.is_none() && failed.iter().all(Option::is_none);
                 if let Ok(end) = &flushed {
+                    let counters = self.counters(p);
+                    let durable = usize::from(!mine.is_empty() && mine_failed.is_none())
+                        + failed.iter().filter(|f| f.is_none()).count();
+                    counters.writes.increment(durable as u64);
+                    match by {
+                        Leader::Request => counters.led_by_request.increment(1),
+                        Leader::Writer => counters.led_by_writer.increment(1),
+                    }
                     let keys = mine
                         .iter()
                         .chain(group.iter().flat_map(|w| &w.records))
@@ -544,7 +603,11 @@ mod tests {
         };
         let b = queued(inner.enqueue(0, rec("b")));
         let c = queued(inner.enqueue(0, rec("c")));
-        assert_eq!(inner.lead(a, a_records).unwrap(), 3, "one group: a, b, c");
+        assert_eq!(
+            inner.lead(a, a_records, Leader::Request).unwrap(),
+            3,
+            "one group: a, b, c"
+        );
         assert_eq!(answer(b), 3);
         assert_eq!(answer(c), 3);
         assert!(!lock(&inner.lanes[0].state).leading);
