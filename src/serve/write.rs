@@ -101,8 +101,9 @@ struct Lane {
     state: Mutex<LaneState>,
     /// Wakes the lane's writer thread.
     wake: Condvar,
-    /// Its metrics, registered at its first group commit (by then the process has installed
-    /// its metrics recorder: writes come through the HTTP server, which installs it).
+    /// Its metrics, registered at its first group commit: writes come through the HTTP
+    /// server, which `gregor serve` starts after installing the metrics recorder. Without a
+    /// recorder installed by then they stay no-ops (unit tests).
     counters: OnceLock<LaneCounters>,
 }
 
